@@ -1,0 +1,1 @@
+//! Load-harness helpers for scripts/bench.sh.
