@@ -321,6 +321,17 @@ enum Next {
     Stop,
 }
 
+impl Next {
+    /// The more urgent of two: stopping, then probing now, then waiting.
+    fn or(self, other: Next) -> Next {
+        match (self, other) {
+            (Next::Stop, _) | (_, Next::Stop) => Next::Stop,
+            (Next::ProbeNow, _) | (_, Next::ProbeNow) => Next::ProbeNow,
+            (Next::Wait, Next::Wait) => Next::Wait,
+        }
+    }
+}
+
 impl BackendRun {
     async fn run(mut self) {
         loop {
@@ -339,12 +350,11 @@ impl BackendRun {
                 tokio::select! {
                     () = tokio::time::sleep_until(wake) => break,
                     command = self.commands.recv() => {
+                        // Everything queued is applied before probing, so
+                        // a burst of passive failures counts in full.
                         let next = match command {
                             None => Next::Stop,
-                            Some(command) => match self.apply(command) {
-                                Next::Wait => self.drain_commands(),
-                                other => other,
-                            },
+                            Some(command) => self.apply(command).or(self.drain_commands()),
                         };
                         match next {
                             Next::Stop => return,
@@ -378,11 +388,7 @@ impl BackendRun {
         let mut next = Next::Wait;
         loop {
             match self.commands.try_recv() {
-                Ok(command) => match self.apply(command) {
-                    Next::Stop => return Next::Stop,
-                    Next::ProbeNow => next = Next::ProbeNow,
-                    Next::Wait => {}
-                },
+                Ok(command) => next = next.or(self.apply(command)),
                 Err(mpsc::error::TryRecvError::Empty) => return next,
                 Err(mpsc::error::TryRecvError::Disconnected) => return Next::Stop,
             }

@@ -548,8 +548,8 @@ mod tests {
 
     #[test]
     fn error_chain_joins_sources_without_repeating() {
-        let inner = std::io::Error::new(std::io::ErrorKind::Other, "reset");
-        let outer = std::io::Error::new(std::io::ErrorKind::Other, inner);
+        let inner = std::io::Error::other("reset");
+        let outer = std::io::Error::other(inner);
         assert_eq!(error_chain(&outer), "reset");
     }
 

@@ -271,11 +271,15 @@ mod tests {
         s.parse().expect("test IP")
     }
 
-    fn proxy(host: &str, port: u16) -> Option<ProxyAddr> {
-        Some(ProxyAddr {
+    fn addr(host: &str, port: u16) -> ProxyAddr {
+        ProxyAddr {
             host: host.into(),
             port,
-        })
+        }
+    }
+
+    fn proxy(host: &str, port: u16) -> Option<ProxyAddr> {
+        Some(addr(host, port))
     }
 
     const BACKEND: &str = "10.0.0.11";
@@ -291,23 +295,17 @@ mod tests {
     fn parses_proxy_urls() {
         assert_eq!(
             ProxyAddr::parse("http://proxy.corp:3128"),
-            Ok(proxy("proxy.corp", 3128).unwrap())
+            Ok(addr("proxy.corp", 3128))
         );
         assert_eq!(
             ProxyAddr::parse("HTTP://proxy.corp:3128/"),
-            Ok(proxy("proxy.corp", 3128).unwrap())
+            Ok(addr("proxy.corp", 3128))
         );
-        assert_eq!(
-            ProxyAddr::parse("proxy.corp"),
-            Ok(proxy("proxy.corp", 80).unwrap())
-        );
-        assert_eq!(
-            ProxyAddr::parse("http://[::1]:8080"),
-            Ok(proxy("::1", 8080).unwrap())
-        );
+        assert_eq!(ProxyAddr::parse("proxy.corp"), Ok(addr("proxy.corp", 80)));
+        assert_eq!(ProxyAddr::parse("http://[::1]:8080"), Ok(addr("::1", 8080)));
         assert_eq!(
             ProxyAddr::parse("10.1.1.1:8080"),
-            Ok(proxy("10.1.1.1", 8080).unwrap())
+            Ok(addr("10.1.1.1", 8080))
         );
         assert!(ProxyAddr::parse("https://proxy.corp:443").is_err());
         assert!(ProxyAddr::parse("socks5://proxy.corp:1080").is_err());
