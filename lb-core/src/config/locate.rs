@@ -278,6 +278,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

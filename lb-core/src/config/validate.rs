@@ -148,7 +148,7 @@ fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, Invalid> {
                      (list CIDRs such as \"127.0.0.0/8\", or set admin = \"off\")",
                 ));
             }
-            each(list, "global.admin_allow", |text| parse_cidr(text))?
+            each(list, "global.admin_allow", parse_cidr)?
         }
     };
     let admin_token = match &raw.admin_token {
@@ -509,7 +509,7 @@ impl Seen {
                 "is empty (expected at least one address such as \"0.0.0.0:8080\")",
             ));
         }
-        let listen = each(list, &key, |text| parse_socket_addr(text))?;
+        let listen = each(list, &key, parse_socket_addr)?;
         for (i, (addr, item)) in listen.iter().zip(list.get_ref()).enumerate() {
             // Port 0 asks the kernel for a fresh port each time: never shared.
             if addr.port() == 0 {

@@ -257,6 +257,7 @@ pub(super) fn is_prime(n: u32) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
