@@ -781,6 +781,17 @@ state = "disabled"
             (9, 2),
             &["unknown key `extra`", "`global` or `service`"],
         );
+        // An unknown sub-table is reported in the table that holds it.
+        assert_refused(
+            &global_with("[global.tuning]"),
+            (2, 9),
+            &["global: unknown key `tuning`"],
+        );
+        assert_refused(
+            &format!("{MINIMAL}[[service.backend.tags]]\n"),
+            (8, 19),
+            &["services[0].backend[0]: unknown key `tags`"],
+        );
     }
 
     #[test]
