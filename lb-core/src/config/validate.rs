@@ -404,7 +404,7 @@ impl Seen {
         };
 
         let backends = convert_backends(&raw, &table, &path, source_address)?;
-        let maglev_table_size = self.convert_table_size(&raw, &table, &path, backends.len())?;
+        let maglev_table_size = convert_table_size(&raw, &table, &path, backends.len())?;
 
         Ok(Service {
             name,
@@ -478,38 +478,38 @@ impl Seen {
         }
         Ok(listen)
     }
+}
 
-    fn convert_table_size(
-        &self,
-        raw: &RawService,
-        table: &Range<usize>,
-        path: &str,
-        backend_count: usize,
-    ) -> Result<u32, Invalid> {
-        let key = format!("{path}.maglev_table_size");
-        let (size, span) = match &raw.maglev_table_size {
-            None => (DEFAULT_MAGLEV_TABLE_SIZE, table.clone()),
-            Some(size) => {
-                let n: u32 = integer(size, &key, 7, MAX_MAGLEV_TABLE_SIZE)?;
-                if !is_prime(n) {
-                    return Err(Invalid::at(
-                        size.span(),
-                        &key,
-                        format!("{n} is not a prime number (Maglev needs a prime table size, e.g. 65537, 131071 or 1048573)"),
-                    ));
-                }
-                (n, size.span())
+/// `maglev_table_size`: a prime in 7..=2^24, larger than the backend count.
+fn convert_table_size(
+    raw: &RawService,
+    table: &Range<usize>,
+    path: &str,
+    backend_count: usize,
+) -> Result<u32, Invalid> {
+    let key = format!("{path}.maglev_table_size");
+    let (size, span) = match &raw.maglev_table_size {
+        None => (DEFAULT_MAGLEV_TABLE_SIZE, table.clone()),
+        Some(size) => {
+            let n: u32 = integer(size, &key, 7, MAX_MAGLEV_TABLE_SIZE)?;
+            if !is_prime(n) {
+                return Err(Invalid::at(
+                    size.span(),
+                    &key,
+                    format!("{n} is not a prime number (Maglev needs a prime table size, e.g. 65537, 131071 or 1048573)"),
+                ));
             }
-        };
-        if usize::try_from(size).is_ok_and(|size| size <= backend_count) {
-            return Err(Invalid::at(
-                span,
-                &key,
-                format!("{size} must be larger than the number of backends ({backend_count}); use a prime above 100 times that"),
-            ));
+            (n, size.span())
         }
-        Ok(size)
+    };
+    if usize::try_from(size).is_ok_and(|size| size <= backend_count) {
+        return Err(Invalid::at(
+            span,
+            &key,
+            format!("{size} must be larger than the number of backends ({backend_count}); use a prime above 100 times that"),
+        ));
     }
+    Ok(size)
 }
 
 /// The backends of a service: at least one, names and addresses unique, all
@@ -523,7 +523,7 @@ fn convert_backends(
     if raw.backend.is_empty() {
         return Err(Invalid::at(
             table.clone(),
-            &path,
+            path,
             "no backend (add at least one [[service.backend]] with name and address)",
         ));
     }
@@ -575,7 +575,6 @@ fn convert_backends(
             state: backend.state,
         });
     }
-
     Ok(backends)
 }
 
