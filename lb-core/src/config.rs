@@ -1115,7 +1115,7 @@ state = "disabled"
         assert_refused(
             &at_8("\"10.0.0.1\""),
             (7, 11),
-            &["services[0].backend[0].address: \"10.0.0.1\" is not a socket address (the port is missing) (expected \"IP:port\" or \"[IPv6]:port\")"],
+            &["services[0].backend[0].address: \"10.0.0.1\" is not a socket address: the port is missing (expected \"IP:port\" or \"[IPv6]:port\")"],
         );
         assert_refused(
             &at_8("\"10.0.0.1:0\""),
@@ -1489,6 +1489,29 @@ state = "disabled"
                 .starts_with("/nonexistent/ringlb.toml: cannot read the config file:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_examples_of_the_user_docs_parse() {
+        let docs = include_str!("../../docs/config.md");
+        let blocks: Vec<&str> = docs
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), 2, "docs/config.md: minimal and full example");
+        let dir = scratch_dir("docs");
+        std::fs::write(dir.join("join.key"), "secret\n").unwrap();
+        std::fs::create_dir_all(dir.join("tls")).unwrap();
+        std::fs::write(dir.join("tls/cluster-ca.pem"), "pem").unwrap();
+        for (i, block) in blocks.iter().enumerate() {
+            let file = dir.join(format!("example{i}.toml"));
+            std::fs::write(&file, block).unwrap();
+            if let Err(err) = Config::from_file(&file) {
+                panic!("docs/config.md example {i}: {err}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `RawConfig` → [`Config`]: every check of the file's content, in file
-//! order, stopping at the first problem. Each check reports the key path and
+//! `RawConfig` → [`Config`]: every check of the file's content, section by
+//! section, stopping at the first problem. Each check reports the key path and
 //! the span of the value (or of the table a key is missing from). The only
 //! I/O is reading `join_key_file` and checking that `ca_file` exists.
 
