@@ -1,6 +1,8 @@
 //! Configuration: the TOML file (see DESIGN.md and docs/config.md) parsed into
 //! a validated [`Config`]. Runs on whichever thread loads it (start-up, or the
-//! control plane on reload); pure: no sockets, no clocks, no logging.
+//! control plane on reload); no sockets, no clocks, no logging. Its only I/O
+//! is reading the file itself, the `join_key_file` it names, and checking
+//! that its `ca_file` exists.
 //!
 //! `RawConfig` (serde, `deny_unknown_fields`, spans kept) becomes `Config`
 //! through validation; nothing past this module re-checks a value.
@@ -1512,6 +1514,25 @@ state = "disabled"
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let depth = 100_000;
+        let arrays = format!(
+            "[global]\nworkers = {}{}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let tables = format!(
+            "[global]\nworkers = {}{}\n",
+            "{a = ".repeat(depth),
+            "}".repeat(depth)
+        );
+        for text in [arrays, tables] {
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.line, Some(2), "{err}");
+        }
     }
 
     #[test]
