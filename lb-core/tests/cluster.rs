@@ -4,6 +4,9 @@
 //! connections. Real sockets on loopback; clients are distinct source
 //! addresses 127.0.0.2 … 127.0.0.61.
 
+// A failed step should fail the test loudly, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
