@@ -28,7 +28,10 @@ impl Target {
             .parse()
             .map_err(|_| format!("{url}: expected a literal IP:PORT, got {authority:?}"))?;
         if !is_loopback(addr.ip()) {
-            return Err(format!("{url}: refusing non-loopback address {}", addr.ip()));
+            return Err(format!(
+                "{url}: refusing non-loopback address {}",
+                addr.ip()
+            ));
         }
         Ok(Target {
             addr,

@@ -72,7 +72,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<Run>, String> {
     let mut runs = Vec::new();
     for (n, line) in lines.enumerate() {
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        let get = |name: &str| -> &str { col(name).and_then(|i| cells.get(i)).copied().unwrap_or("") };
+        let get =
+            |name: &str| -> &str { col(name).and_then(|i| cells.get(i)).copied().unwrap_or("") };
         let num = |name: &str| -> Result<Option<f64>, String> {
             let v = get(name);
             if v.is_empty() || v == "NA" {
@@ -159,7 +160,11 @@ fn cell_of(runs: &[&Run]) -> Cell {
     let ok: Vec<&&Run> = runs.iter().filter(|r| r.ok()).collect();
     let s = |f: &dyn Fn(&Run) -> Option<f64>| stat(ok.iter().filter_map(|r| f(r)));
     Cell {
-        unit: runs.iter().map(|r| r.unit.clone()).find(|u| !u.is_empty()).unwrap_or_default(),
+        unit: runs
+            .iter()
+            .map(|r| r.unit.clone())
+            .find(|u| !u.is_empty())
+            .unwrap_or_default(),
         runs: runs.len(),
         failed: runs.len() - ok.len(),
         throughput: s(&|r| r.throughput),
@@ -238,7 +243,12 @@ fn fmt_signed_us(us: f64) -> String {
 
 fn fmt_range(s: &Stat) -> String {
     if s.n > 1 {
-        format!("{} ({}..{})", fmt_num(s.median), fmt_num(s.min), fmt_num(s.max))
+        format!(
+            "{} ({}..{})",
+            fmt_num(s.median),
+            fmt_num(s.min),
+            fmt_num(s.max)
+        )
     } else {
         fmt_num(s.median)
     }
@@ -252,7 +262,9 @@ fn fmt_ratio(num: Option<f64>, den: Option<f64>) -> String {
 }
 
 fn fmt_mib(kib: Option<&Stat>) -> String {
-    kib.map_or("–".to_string(), |s| format!("{:.1} MiB", s.median / 1024.0))
+    kib.map_or("–".to_string(), |s| {
+        format!("{:.1} MiB", s.median / 1024.0)
+    })
 }
 
 fn dash_or<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
@@ -288,11 +300,25 @@ pub fn render(runs: &[Run]) -> String {
             .filter_map(|c| c.cpu.map(|s| s.median))
             .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
         for (p, c) in cells {
-            let unit = if c.unit.is_empty() { "req" } else { c.unit.as_str() };
-            let tp = dash_or(c.throughput.as_ref(), |s| format!("{} {unit}/s", fmt_range(s)));
+            let unit = if c.unit.is_empty() {
+                "req"
+            } else {
+                c.unit.as_str()
+            };
+            let tp = dash_or(c.throughput.as_ref(), |s| {
+                format!("{} {unit}/s", fmt_range(s))
+            });
             let tpm = c.throughput.map(|s| s.median);
-            let vs_direct = if p == "direct" { "1.00×".to_string() } else { fmt_ratio(tpm, direct_tp) };
-            let vs_peer = if p == "direct" { "–".to_string() } else { fmt_ratio(tpm, best_tp) };
+            let vs_direct = if p == "direct" {
+                "1.00×".to_string()
+            } else {
+                fmt_ratio(tpm, direct_tp)
+            };
+            let vs_peer = if p == "direct" {
+                "–".to_string()
+            } else {
+                fmt_ratio(tpm, best_tp)
+            };
             let cpu = dash_or(c.cpu.as_ref(), |s| format!("{} µs/{unit}", fmt_range(s)));
             let cpu_peer = fmt_ratio(c.cpu.map(|s| s.median), best_cpu);
             let _ = writeln!(
@@ -408,13 +434,25 @@ round,workload,proxy,secs,unit,work,throughput,p50_us,p99_us,p999_us,cpu_us,cpu_
     fn renders_ratios_and_side_tables() {
         let md = render(&parse_csv(CSV).unwrap());
         // direct median 105; haproxy 80 → 0.76×; best peer median is 80 (tie).
-        assert!(md.contains("| ka | haproxy | 80.0 req/s | 0.76× | 1.00× |"), "{md}");
-        assert!(md.contains("| ka | nginx | 80.0 (70.0..90.0) req/s | 0.76× | 1.00× |"), "{md}");
+        assert!(
+            md.contains("| ka | haproxy | 80.0 req/s | 0.76× | 1.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ka | nginx | 80.0 (70.0..90.0) req/s | 0.76× | 1.00× |"),
+            "{md}"
+        );
         // CPU: haproxy 10, nginx median 9 → haproxy 1.11× the best peer.
         assert!(md.contains("10.0 µs/req | 1.11×"), "{md}");
         assert!(md.contains("(1 of 2 runs failed)"), "{md}");
-        assert!(md.contains("| nginx | 5000 | 70 µs | 130 µs | 400 µs | +30 µs | +50 µs | +280 µs |"), "{md}");
-        assert!(md.contains("| nginx | 8000 / 8000 | 1.0 MiB | 40.0 MiB | 2.0 MiB | 900 |"), "{md}");
+        assert!(
+            md.contains("| nginx | 5000 | 70 µs | 130 µs | 400 µs | +30 µs | +50 µs | +280 µs |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| nginx | 8000 / 8000 | 1.0 MiB | 40.0 MiB | 2.0 MiB | 900 |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -146,8 +146,8 @@ fn run_connection(lane: usize, args: &Args, t0: Instant) -> Tally {
     let total = ((args.warmup + args.duration) * args.rate).floor() as u64;
     let warm = (args.warmup * args.rate).floor() as u64;
     // Hard stop: nothing runs longer than the schedule plus a grace period.
-    let hard_stop = t0 + Duration::from_secs_f64(args.warmup + args.duration + 2.0)
-        + 2 * args.timeout;
+    let hard_stop =
+        t0 + Duration::from_secs_f64(args.warmup + args.duration + 2.0) + 2 * args.timeout;
     let mut conn = connect(args).ok();
     let step = args.connections as u64;
     let mut i = lane as u64;
@@ -185,7 +185,9 @@ fn run_connection(lane: usize, args: &Args, t0: Instant) -> Tally {
                 let done = Instant::now();
                 if measured {
                     let us = done.saturating_duration_since(due).as_micros();
-                    tally.hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+                    tally
+                        .hist
+                        .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
                     if (200..300).contains(&resp.status) {
                         tally.ok += 1;
                     } else {
