@@ -8,7 +8,8 @@
 #   scripts/bench.sh --quick --workloads ka --proxies direct,haproxy   # CI smoke
 #
 # Everything it starts listens on 127.0.0.1 only and is stopped by pid on
-# exit, Ctrl-C included. It changes no sysctl.
+# exit, Ctrl-C included. It changes no sysctl. Exit status 3 when a run
+# failed or a selected proxy did not start (the summary is written anyway).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -275,3 +276,10 @@ echo
 cat "$OUT_DIR/summary.md"
 ((QUICK)) && log "quick run: one short round; use a full run for numbers to quote"
 log "done: $OUT_DIR"
+
+# Exit status for CI: non-zero when a run failed or a selected proxy could not
+# be started at all. The last line is the plain "N passed, N failed" count.
+passed=$(awk -F, 'NR > 1 && $18 == "ok"' "$CSV" | wc -l)
+failed=$(($(awk 'NR > 1' "$CSV" | wc -l) - passed + ${#SKIPPED[@]} * ROUNDS * ${#WORKLOADS[@]}))
+echo "bench: $passed passed, $failed failed"
+((failed == 0)) || exit 3
