@@ -295,6 +295,17 @@ impl ControlPlane {
     }
 
     async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
+        // Before anything is announced, so that a signal right after
+        // "listening" drains instead of killing.
+        let (mut sigterm, mut sigint) = if self.handle_signals {
+            use tokio::signal::unix::{signal, SignalKind};
+            (
+                signal(SignalKind::terminate()).ok(),
+                signal(SignalKind::interrupt()).ok(),
+            )
+        } else {
+            (None, None)
+        };
         // Start-up rule: every backend is probed once before the workers
         // start (bounded by the longest check timeout plus a margin), so
         // clients are neither sent to a dead node nor turned away for a
@@ -323,15 +334,6 @@ impl ControlPlane {
             tracing::error!(error = %e, "cannot publish the backend table");
         }
         let _ = ready.send(());
-        let (mut sigterm, mut sigint) = if self.handle_signals {
-            use tokio::signal::unix::{signal, SignalKind};
-            (
-                signal(SignalKind::terminate()).ok(),
-                signal(SignalKind::interrupt()).ok(),
-            )
-        } else {
-            (None, None)
-        };
         loop {
             tokio::select! {
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
