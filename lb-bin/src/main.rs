@@ -1,1 +1,131 @@
-fn main() {}
+//! `ringlb`: the command line over lb-core. Parses arguments, sets up
+//! logging, loads the config and runs the server on the main thread.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lb_core::config::Config;
+use lb_core::demo::DemoBackends;
+use lb_core::server::{Server, StartOptions};
+
+/// ringlb: a sticky layer-4 TCP load balancer (Maglev on the client IP,
+/// zero-copy forwarding, out-of-band health checks).
+#[derive(Debug, Parser)]
+#[command(name = "ringlb", version, about, long_about = None)]
+struct Cli {
+    /// Config file (TOML) to run with.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate a config file: exit 0 if good, else print `file:line:col: reason`.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: two demo backends and the balancer on 127.0.0.1:8080.
+    Demo {
+        /// Address the demo balancer listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Some(Cmd::Check { config }) => check(&config),
+        Some(Cmd::Demo { listen }) => demo(listen),
+        None => match cli.config {
+            Some(config) => run(&config),
+            None => Err(anyhow::anyhow!(
+                "nothing to do: give --config FILE, or try `ringlb demo` (see --help)"
+            )),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringlb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::from_file(path)?;
+    let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
+    println!(
+        "{}: ok ({} services, {} backends)",
+        path.display(),
+        config.services.len(),
+        backends
+    );
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::from_file(path)?;
+    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "ringlb starting");
+    let server = Server::start(
+        config,
+        StartOptions {
+            handle_signals: true,
+        },
+    )?;
+    server.wait();
+    tracing::info!("ringlb stopped");
+    Ok(())
+}
+
+fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+    let backends =
+        DemoBackends::start(&["node1", "node2"], 0).context("starting the demo backends")?;
+    let toml = backends.config_toml(listen);
+    let config = Config::parse(&toml, None).context("building the demo config")?;
+    let server = Server::start(
+        config,
+        StartOptions {
+            handle_signals: true,
+        },
+    )?;
+    eprintln!();
+    eprintln!("ringlb demo is running: balancer on {listen}, backends:");
+    for (name, addr) in &backends.addrs {
+        eprintln!("  {name} on {addr}");
+    }
+    eprintln!();
+    eprintln!("Try:");
+    eprintln!(
+        "  curl http://{listen}/                       # always the same node for your address"
+    );
+    eprintln!("  curl --interface 127.0.0.2 http://{listen}/ # another client address, maybe another node");
+    eprintln!("  wrk -t1 -c64 -d10s http://{listen}/          # load");
+    eprintln!("Ctrl-C stops it.");
+    eprintln!();
+    server.wait();
+    drop(backends);
+    tracing::info!("demo stopped");
+    Ok(())
+}

@@ -5,8 +5,15 @@
 //! `RawConfig` (serde, `deny_unknown_fields`, spans kept) becomes `Config`
 //! through validation; nothing past this module re-checks a value.
 //!
-//! CONTRACT (other modules rely on these public types and functions; the
-//! parsing/validation body is being filled in).
+//! Layout: `raw` (the serde mirror of the file, spans kept), `validate`
+//! (`RawConfig` → `Config`, every check), `value` (duration, size, address
+//! syntaxes), `locate` (byte spans → `line:col` and key paths). The public
+//! types below are the contract other modules code against.
+
+mod locate;
+mod raw;
+mod validate;
+mod value;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -249,20 +256,135 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. Relative paths in it
+    /// (`join_key_file`, `ca_file`) are resolved against its directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let _ = path;
-        todo!("config parsing")
+        let bytes = std::fs::read(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            col: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse_bytes(&bytes, Some(path))
     }
 
-    /// Parses and validates config text; `file` only names it in errors.
+    /// Parses and validates config text; `file` only names it in errors and
+    /// locates relative paths (without it they are relative to the current
+    /// directory).
     pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let _ = (text, file);
-        todo!("config parsing")
+        let source = locate::Source { text, file };
+        let config: raw::RawConfig =
+            toml::from_str(text).map_err(|e| source.error(source.toml_error(&e)))?;
+        let base_dir = file.and_then(Path::parent).unwrap_or(Path::new(""));
+        Config::try_from(validate::Raw { config, base_dir }).map_err(|e| source.error(e))
     }
 
     /// Looks up a service by name.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// [`Config::parse`] for bytes that may not be UTF-8.
+    fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::parse(text, file),
+            Err(e) => {
+                let (line, col) = locate::line_col(bytes, e.valid_up_to());
+                Err(ConfigError {
+                    file: file.map(Path::to_path_buf),
+                    line: Some(line),
+                    col: Some(col),
+                    message: "the file is not UTF-8 text (TOML files must be UTF-8)".to_owned(),
+                })
+            }
+        }
+    }
+}
+
+impl Default for Global {
+    /// Every `[global]` key at its documented default.
+    fn default() -> Self {
+        Global {
+            workers: Workers::Auto,
+            engine: EngineKind::Auto,
+            forwarding: Forwarding::Auto,
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            admin_allow: vec![
+                IpNet::V4(ipnet::Ipv4Net::new_assert(
+                    std::net::Ipv4Addr::new(127, 0, 0, 0),
+                    8,
+                )),
+                IpNet::V6(ipnet::Ipv6Net::new_assert(
+                    std::net::Ipv6Addr::LOCALHOST,
+                    128,
+                )),
+            ],
+            admin_token: None,
+            join_key: None,
+            shutdown_timeout: Duration::from_secs(30),
+            pipe_size: NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN),
+            pipe_pool: 256,
+        }
+    }
+}
+
+impl Default for HealthCheck {
+    /// Every `[service.health]` key at its documented default.
+    fn default() -> Self {
+        HealthCheck {
+            kind: HealthKind::Http,
+            path: DEFAULT_HEALTH_PATH.to_owned(),
+            host: None,
+            interval: Duration::from_secs(2),
+            fast_interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(1),
+            rise: NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
+            fall: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
+            jitter: 0.1,
+            degraded: DegradedIs::Unhealthy,
+            ca_file: None,
+            sni: None,
+            insecure_skip_verify: false,
+            http_proxy: None,
+            https_proxy: None,
+            no_proxy: None,
+            max_body: 64 << 10,
+        }
+    }
+}
+
+impl Service {
+    /// A service with every optional key at its default, for tests and
+    /// code that builds a config without a file. Not validated: the caller
+    /// keeps the invariants documented on the fields.
+    pub fn new(name: impl Into<String>, listen: Vec<SocketAddr>, backends: Vec<Backend>) -> Self {
+        Service {
+            name: name.into(),
+            listen,
+            balance: Balance::Maglev,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_connections: None,
+            connect_attempts: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            hash_prefix_v4: 32,
+            hash_prefix_v6: 128,
+            bounded_load: None,
+            source_address: None,
+            health: HealthCheck::default(),
+            backends,
+        }
+    }
+}
+
+impl Backend {
+    /// An enabled backend of weight 100 (the defaults); not validated.
+    pub fn new(name: impl Into<String>, address: SocketAddr) -> Self {
+        Backend {
+            name: name.into(),
+            address,
+            weight: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
+            state: AdminState::Enabled,
+        }
     }
 }

@@ -1,1 +1,428 @@
-//! (in progress)
+//! The connection state machine, shared by the readiness-driven engines
+//! (epoll, and io_uring with poll readiness). Runs on the worker thread that
+//! owns the connection.
+//!
+//! A connection is two [`Flow`]s: client → backend ("up") and backend →
+//! client ("down"). Each flow moves bytes with non-blocking `splice(2)`
+//! through a pipe borrowed from the worker's [`PipePool`] only while bytes
+//! are in flight. The engines feed readiness in (edge-triggered: a flag is
+//! set by an event and cleared only when the kernel says EAGAIN) and act on
+//! the [`Outcome`].
+//!
+//! TCP semantics kept: EOF on one side becomes `shutdown(SHUT_WR)` on the
+//! other once every byte before it is delivered (half-close); a reset or
+//! write error on one side becomes an RST on the other (SO_LINGER 0); the
+//! pipe bounds the bytes in flight per direction, so a slow reader stops
+//! ringlb reading from its writer (backpressure).
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::pipe::{Pipe, PipePool};
+use crate::sys;
+
+/// Which socket of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+/// What the kernel last told us about one socket (edge-triggered).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// Why a flow stopped with an error.
+#[derive(Debug)]
+pub enum FlowError {
+    /// Reading the source failed (usually ECONNRESET).
+    Source(io::Error),
+    /// Writing the destination failed (EPIPE, ECONNRESET).
+    Destination(io::Error),
+    /// No pipe could be had (EMFILE, ENFILE, ENOMEM).
+    Pipe(io::Error),
+}
+
+/// One direction of a connection.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Present only while bytes are in flight.
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe, read from the source and not yet written.
+    in_pipe: usize,
+    /// The source sent FIN.
+    eof: bool,
+    /// FIN forwarded to the destination; this flow is finished.
+    shut: bool,
+    /// Bytes delivered to the destination.
+    pub bytes: u64,
+}
+
+/// What one call to [`Flow::pump`] achieved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pumped {
+    /// Some byte or FIN moved.
+    pub progressed: bool,
+    /// Stopped only because the budget ran out: call again soon.
+    pub starved: bool,
+}
+
+impl Flow {
+    pub fn is_shut(&self) -> bool {
+        self.shut
+    }
+
+    pub fn holds_pipe(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// Moves bytes `src` → pipe → `dst` as far as readiness and `budget`
+    /// (splice calls from the source) allow.
+    pub fn pump(
+        &mut self,
+        src: RawFd,
+        dst: RawFd,
+        src_ready: &mut bool,
+        dst_ready: &mut bool,
+        pool: &mut PipePool,
+        budget: &mut u32,
+    ) -> Result<Pumped, FlowError> {
+        let mut out = Pumped::default();
+        let result = self.pump_inner(src, dst, src_ready, dst_ready, pool, budget, &mut out);
+        // An empty pipe goes straight back: idle connections hold none.
+        if self.in_pipe == 0 {
+            if let Some(p) = self.pipe.take() {
+                pool.give_back(p);
+            }
+        }
+        result.map(|()| out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pump_inner(
+        &mut self,
+        src: RawFd,
+        dst: RawFd,
+        src_ready: &mut bool,
+        dst_ready: &mut bool,
+        pool: &mut PipePool,
+        budget: &mut u32,
+        out: &mut Pumped,
+    ) -> Result<(), FlowError> {
+        loop {
+            if self.in_pipe > 0 {
+                if !*dst_ready {
+                    return Ok(());
+                }
+                let Some(pipe) = &self.pipe else {
+                    return Ok(());
+                };
+                match sys::splice(pipe.read_fd(), dst, self.in_pipe) {
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.bytes += n as u64;
+                        out.progressed = true;
+                        continue;
+                    }
+                    Err(e) if sys::would_block(&e) => {
+                        *dst_ready = false;
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(FlowError::Destination(e)),
+                }
+            }
+            // The pipe is empty here.
+            if self.eof {
+                if !self.shut {
+                    sys::shutdown_write(dst).map_err(FlowError::Destination)?;
+                    self.shut = true;
+                    out.progressed = true;
+                }
+                return Ok(());
+            }
+            if !*src_ready {
+                return Ok(());
+            }
+            if *budget == 0 {
+                out.starved = true;
+                return Ok(());
+            }
+            *budget -= 1;
+            let pipe = match &mut self.pipe {
+                Some(p) => p,
+                None => self.pipe.insert(pool.take().map_err(FlowError::Pipe)?),
+            };
+            let room = pipe.capacity() - self.in_pipe;
+            match sys::splice(src, pipe.write_fd(), room) {
+                Ok(0) => {
+                    self.eof = true;
+                    out.progressed = true;
+                }
+                Ok(n) => {
+                    self.in_pipe += n;
+                    out.progressed = true;
+                }
+                Err(e) if sys::would_block(&e) => {
+                    // EAGAIN with bytes in the pipe may mean the pipe's slots
+                    // are full (a socket splice takes one per fragment), not
+                    // that the socket is empty: keep the flag until an empty
+                    // pipe proves it.
+                    if self.in_pipe == 0 {
+                        *src_ready = false;
+                        return Ok(());
+                    }
+                    if !*dst_ready {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FlowError::Source(e)),
+            }
+        }
+    }
+
+    /// Releases the pipe of a dying connection: reused if empty, else closed.
+    pub fn release(&mut self, pool: &mut PipePool) {
+        if let Some(p) = self.pipe.take() {
+            if self.in_pipe == 0 {
+                pool.give_back(p);
+            } else {
+                pool.discard(p);
+            }
+        }
+        self.in_pipe = 0;
+    }
+}
+
+/// The two flows of an established connection.
+#[derive(Debug, Default)]
+pub struct Pair {
+    /// Client → backend.
+    pub up: Flow,
+    /// Backend → client.
+    pub down: Flow,
+}
+
+/// What the engine should do after driving a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still open; `starved`: a budget ran out, drive again next turn.
+    Open { progressed: bool, starved: bool },
+    /// Both directions finished cleanly: close both sockets with
+    /// [`close_finished`].
+    Finished,
+    /// One side failed: the other gets an RST (`reset` names which sockets
+    /// to close with SO_LINGER 0; the failed one is closed either way).
+    Aborted {
+        reset_client: bool,
+        reset_backend: bool,
+    },
+}
+
+impl Pair {
+    /// Drives both directions with the sockets' readiness.
+    pub fn drive(
+        &mut self,
+        client: RawFd,
+        backend: RawFd,
+        client_ready: &mut Readiness,
+        backend_ready: &mut Readiness,
+        pool: &mut PipePool,
+        budget: u32,
+    ) -> Outcome {
+        let mut up_budget = budget;
+        let up = self.up.pump(
+            client,
+            backend,
+            &mut client_ready.readable,
+            &mut backend_ready.writable,
+            pool,
+            &mut up_budget,
+        );
+        let up = match up {
+            Ok(p) => p,
+            // The client reset (or vanished): pass the reset to the backend.
+            Err(FlowError::Source(_)) => {
+                return Outcome::Aborted {
+                    reset_client: false,
+                    reset_backend: true,
+                }
+            }
+            // The backend refuses our bytes: tell the client.
+            Err(FlowError::Destination(_)) => {
+                return Outcome::Aborted {
+                    reset_client: true,
+                    reset_backend: false,
+                }
+            }
+            Err(FlowError::Pipe(_)) => {
+                return Outcome::Aborted {
+                    reset_client: true,
+                    reset_backend: true,
+                }
+            }
+        };
+        let mut down_budget = budget;
+        let down = self.down.pump(
+            backend,
+            client,
+            &mut backend_ready.readable,
+            &mut client_ready.writable,
+            pool,
+            &mut down_budget,
+        );
+        let down = match down {
+            Ok(p) => p,
+            Err(FlowError::Source(_)) => {
+                return Outcome::Aborted {
+                    reset_client: true,
+                    reset_backend: false,
+                }
+            }
+            Err(FlowError::Destination(_)) => {
+                return Outcome::Aborted {
+                    reset_client: false,
+                    reset_backend: true,
+                }
+            }
+            Err(FlowError::Pipe(_)) => {
+                return Outcome::Aborted {
+                    reset_client: true,
+                    reset_backend: true,
+                }
+            }
+        };
+        if self.up.is_shut() && self.down.is_shut() {
+            return Outcome::Finished;
+        }
+        Outcome::Open {
+            progressed: up.progressed || down.progressed,
+            starved: up.starved || down.starved,
+        }
+    }
+
+    pub fn release(&mut self, pool: &mut PipePool) {
+        self.up.release(pool);
+        self.down.release(pool);
+    }
+
+    pub fn holds_pipe(&self) -> bool {
+        self.up.holds_pipe() || self.down.holds_pipe()
+    }
+}
+
+/// Prepares a cleanly finished socket for close so that ringlb keeps no
+/// TIME_WAIT: if everything we sent (FIN included) is acknowledged, the
+/// socket is in TIME_WAIT or CLOSED, and SO_LINGER 0 makes close() free it
+/// at once without sending anything. Otherwise (our FIN still unacked, as
+/// when the peer closed first and we are in LAST_ACK) a normal close lets
+/// the kernel finish the handshake; the TIME_WAIT, if any, stays with the
+/// peer that closed first.
+pub fn prepare_finished_close(fd: RawFd) {
+    if matches!(sys::unacked_bytes(fd), Ok(0)) {
+        let _ = sys::set_linger_zero(fd);
+    }
+}
+
+/// Prepares a socket to be closed with an RST.
+pub fn prepare_reset(fd: RawFd) {
+    let _ = sys::set_linger_zero(fd);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    /// (outside end, inside end) of a loopback TCP connection.
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    /// Drives a pair with all readiness flags forced on until `done`.
+    fn drive_until(
+        pair: &mut Pair,
+        c: &TcpStream,
+        b: &TcpStream,
+        pool: &mut PipePool,
+        mut done: impl FnMut(&Pair, Outcome) -> bool,
+    ) -> Outcome {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut cr = Readiness {
+                readable: true,
+                writable: true,
+            };
+            let mut br = Readiness {
+                readable: true,
+                writable: true,
+            };
+            let o = pair.drive(c.as_raw_fd(), b.as_raw_fd(), &mut cr, &mut br, pool, 4);
+            if done(pair, o) {
+                return o;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pair did not reach the expected state: {o:?}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn bytes_and_half_close_flow_both_ways() {
+        let (mut client, c_in) = tcp_pair();
+        let (mut backend, b_in) = tcp_pair();
+        let mut pool = PipePool::new(1 << 16, 4);
+        let mut pair = Pair::default();
+        client.write_all(b"request").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        drive_until(&mut pair, &c_in, &b_in, &mut pool, |p, _| p.up.is_shut());
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"request");
+        backend.write_all(b"reply after half-close").unwrap();
+        backend.shutdown(Shutdown::Write).unwrap();
+        let o = drive_until(&mut pair, &c_in, &b_in, &mut pool, |_, o| {
+            o == Outcome::Finished
+        });
+        assert_eq!(o, Outcome::Finished);
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"reply after half-close");
+        assert_eq!((pair.up.bytes, pair.down.bytes), (7, 22));
+        assert!(!pair.holds_pipe(), "an idle connection must hold no pipe");
+        assert_eq!(pool.lent(), 0);
+    }
+
+    #[test]
+    fn a_reset_from_the_backend_aborts_with_rst_to_the_client() {
+        let (_client, c_in) = tcp_pair();
+        let (backend, b_in) = tcp_pair();
+        let mut pool = PipePool::new(1 << 16, 4);
+        let mut pair = Pair::default();
+        sys::set_linger_zero(backend.as_raw_fd()).unwrap();
+        drop(backend);
+        let o = drive_until(&mut pair, &c_in, &b_in, &mut pool, |_, o| {
+            matches!(o, Outcome::Aborted { .. })
+        });
+        assert_eq!(
+            o,
+            Outcome::Aborted {
+                reset_client: true,
+                reset_backend: false
+            }
+        );
+    }
+}

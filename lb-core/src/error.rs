@@ -17,7 +17,10 @@ pub enum Error {
     Listen { addr: SocketAddr, source: io::Error },
     /// The requested event engine could not be set up.
     #[error("engine {engine} is not available: {reason}")]
-    Engine { engine: &'static str, reason: String },
+    Engine {
+        engine: &'static str,
+        reason: String,
+    },
     /// Any other system call failure, with what was being done.
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
@@ -26,7 +29,10 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with what was being attempted.
     pub fn io(what: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 

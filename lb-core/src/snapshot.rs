@@ -1,1 +1,257 @@
-//! (in progress)
+//! The published backend table: one immutable [`Snapshot`] per change,
+//! built by the control plane and read by every worker.
+//!
+//! Publishing swaps one `Arc` and bumps a generation counter; a worker
+//! checks the counter once per event-loop turn (one relaxed-acquire load)
+//! and only then loads the new `Arc`. Readers never lock, never see half a
+//! change, and connections already established never look at it again.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Balance;
+use crate::hash;
+use crate::maglev::{EffectiveTable, MaglevTable};
+use crate::policy::{self, P2c, RoundRobin};
+use crate::stats::{BackendStats, ServiceStats};
+
+/// Everything a worker needs to place new connections, at one instant.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one per publication.
+    pub generation: u64,
+    /// In configuration order; workers map listeners to services by name
+    /// when the generation changes.
+    pub services: Vec<ServiceTable>,
+}
+
+impl Snapshot {
+    pub fn service_index(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| &*s.name == name)
+    }
+}
+
+/// Per-service settings a worker applies to new connections.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Distinct backends tried per client connection.
+    pub connect_attempts: usize,
+    pub max_connections: Option<usize>,
+    pub hash_prefix_v4: u8,
+    pub hash_prefix_v6: u8,
+    pub bounded_load: Option<f64>,
+    pub source_address: Option<IpAddr>,
+}
+
+/// One backend as the workers see it.
+#[derive(Debug, Clone)]
+pub struct BackendEntry {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// Shared with every other snapshot listing this backend.
+    pub stats: Arc<BackendStats>,
+}
+
+/// A service's backends, which of them take new connections, and the
+/// tables to choose among them.
+#[derive(Debug)]
+pub struct ServiceTable {
+    pub name: Arc<str>,
+    pub settings: ServiceSettings,
+    pub backends: Vec<BackendEntry>,
+    /// `usable[i]`: backend i may receive new connections (healthy and
+    /// enabled by the operator).
+    pub usable: Vec<bool>,
+    /// Built over all configured backends (so a flip does not reshuffle);
+    /// None for the other policies.
+    maglev: Option<(MaglevTable, EffectiveTable)>,
+    weights: Vec<u32>,
+    pub stats: Arc<ServiceStats>,
+}
+
+/// A worker's own state for the non-hash policies of one service.
+#[derive(Debug)]
+pub struct PickState {
+    rr: RoundRobin,
+    p2c: P2c,
+    /// Rotates least-conn's tie-breaking start.
+    turn: usize,
+}
+
+impl PickState {
+    pub fn new(seed: u64) -> PickState {
+        PickState {
+            rr: RoundRobin::new(seed as usize),
+            p2c: P2c::new(seed),
+            turn: seed as usize,
+        }
+    }
+}
+
+impl ServiceTable {
+    /// Builds the table. `maglev_table` is the (reused) Maglev table for the
+    /// same backend list, or None to build one.
+    pub fn new(
+        name: Arc<str>,
+        settings: ServiceSettings,
+        backends: Vec<BackendEntry>,
+        usable: Vec<bool>,
+        maglev_table: Option<MaglevTable>,
+        maglev_size: u32,
+        stats: Arc<ServiceStats>,
+    ) -> Result<ServiceTable, crate::maglev::MaglevError> {
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let maglev = if settings.balance == Balance::Maglev {
+            let table = match maglev_table {
+                Some(t) => t,
+                None => {
+                    let members: Vec<crate::maglev::Member<'_>> = backends
+                        .iter()
+                        .map(|b| crate::maglev::Member {
+                            name: &b.name,
+                            weight: b.weight,
+                        })
+                        .collect();
+                    MaglevTable::build(&members, maglev_size)?
+                }
+            };
+            let effective = table.effective(&usable);
+            Some((table, effective))
+        } else {
+            None
+        };
+        Ok(ServiceTable {
+            name,
+            settings,
+            backends,
+            usable,
+            maglev,
+            weights,
+            stats,
+        })
+    }
+
+    /// The Maglev table, to be reused by the next snapshot when the backend
+    /// list is unchanged (only usability changed).
+    pub fn maglev_table(&self) -> Option<&MaglevTable> {
+        self.maglev.as_ref().map(|(t, _)| t)
+    }
+
+    /// Fills `out` with the backends to try for a new connection from
+    /// `client`, best first, distinct and usable; returns how many.
+    /// Zero means no backend is usable.
+    pub fn candidates(&self, client: IpAddr, state: &mut PickState, out: &mut [u32]) -> usize {
+        if out.is_empty() {
+            return 0;
+        }
+        let n = match &self.maglev {
+            Some((table, effective)) => {
+                let key = hash::client_key(
+                    client,
+                    self.settings.hash_prefix_v4,
+                    self.settings.hash_prefix_v6,
+                );
+                if out.len() == 1 {
+                    match effective.lookup(key) {
+                        Some(b) => {
+                            out[0] = b;
+                            1
+                        }
+                        None => 0,
+                    }
+                } else {
+                    table.candidates(key, &self.usable, out)
+                }
+            }
+            None => {
+                let first = match self.settings.balance {
+                    Balance::RoundRobin => state.rr.pick(&self.usable),
+                    Balance::LeastConn => {
+                        state.turn = state.turn.wrapping_add(1);
+                        policy::least_conn(
+                            &self.usable,
+                            |i| self.backends[i].stats.active(),
+                            &self.weights,
+                            state.turn,
+                        )
+                    }
+                    Balance::P2c | Balance::Maglev => state.p2c.pick(
+                        &self.usable,
+                        |i| self.backends[i].stats.active(),
+                        &self.weights,
+                    ),
+                };
+                match first {
+                    Some(first) => policy::failover_order(first, &self.usable, out),
+                    None => 0,
+                }
+            }
+        };
+        if let Some(c) = self.settings.bounded_load {
+            self.apply_bounded_load(c, &mut out[..n]);
+        }
+        n
+    }
+
+    /// Moves the first candidate within the load bound to the front, keeping
+    /// the others' order; if none is within the bound, leaves the order.
+    fn apply_bounded_load(&self, c: f64, cands: &mut [u32]) {
+        let usable_count = self.usable.iter().filter(|u| **u).count();
+        let total: u64 = self
+            .backends
+            .iter()
+            .zip(&self.usable)
+            .filter(|(_, u)| **u)
+            .map(|(b, _)| b.stats.active())
+            .sum();
+        let within = |i: u32| {
+            let active = self.backends[i as usize].stats.active();
+            policy::bounded_load_ok(active, total, usable_count, c)
+        };
+        if let Some(pos) = cands.iter().position(|&i| within(i)) {
+            cands[..=pos].rotate_right(1);
+        }
+    }
+}
+
+/// Where the control plane publishes and workers read the current snapshot.
+#[derive(Debug)]
+pub struct SnapshotCell {
+    current: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+}
+
+impl SnapshotCell {
+    pub fn new(first: Snapshot) -> SnapshotCell {
+        let generation = AtomicU64::new(first.generation);
+        SnapshotCell {
+            current: ArcSwap::from_pointee(first),
+            generation,
+        }
+    }
+
+    /// Swaps in a new snapshot (control plane only).
+    pub fn publish(&self, next: Snapshot) {
+        let generation = next.generation;
+        self.current.store(Arc::new(next));
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    /// The generation last published: the one load a worker makes per turn.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current snapshot (workers call this only when the generation moved).
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+}

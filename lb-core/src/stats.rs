@@ -1,1 +1,81 @@
-//! (in progress)
+//! Live counters shared between workers (writers) and the control plane
+//! (reader). Plain relaxed atomics: exact totals, no ordering promises.
+//!
+//! A backend's counters outlive snapshots: the registry keeps one
+//! `Arc<BackendStats>` per (service, backend name) and every snapshot that
+//! lists the backend points at the same one.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Counters of one backend.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Established client connections forwarded to it now (least-conn and
+    /// bounded load read this).
+    pub active: AtomicU64,
+    /// Connections ever established to it.
+    pub total: AtomicU64,
+    /// Bytes client → backend and backend → client, added when a
+    /// connection ends.
+    pub bytes_to_backend: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    /// Failed connects, by reason.
+    pub connect_refused: AtomicU64,
+    pub connect_timeout: AtomicU64,
+    pub connect_other: AtomicU64,
+}
+
+impl BackendStats {
+    pub fn active(&self) -> u64 {
+        self.active.load(Relaxed)
+    }
+}
+
+/// Counters of one service.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Client connections held now (accepted and not yet closed), across
+    /// workers; `max_connections` is enforced against it.
+    pub active: AtomicUsize,
+    /// Client connections accepted in all.
+    pub accepted: AtomicU64,
+    /// Connections that found no usable backend or exhausted their attempts.
+    pub no_backend: AtomicU64,
+    /// Connect retries on another backend.
+    pub retries: AtomicU64,
+}
+
+impl ServiceStats {
+    /// Reserves a connection slot under `max`; false if the service is full.
+    pub fn try_reserve(&self, max: Option<usize>) -> bool {
+        let prev = self.active.fetch_add(1, Relaxed);
+        match max {
+            Some(max) if prev >= max => {
+                self.active.fetch_sub(1, Relaxed);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    pub fn release(&self) {
+        self.active.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_stops_at_max_and_release_frees() {
+        let s = ServiceStats::default();
+        assert!(s.try_reserve(Some(2)));
+        assert!(s.try_reserve(Some(2)));
+        assert!(!s.try_reserve(Some(2)));
+        s.release();
+        assert!(s.try_reserve(Some(2)));
+        assert!(s.try_reserve(None));
+        assert_eq!(s.active.load(Relaxed), 3);
+    }
+}

@@ -1,1 +1,338 @@
-//! (in progress)
+//! Kernel-facing helpers: socket options, `splice(2)`, pipes, rlimits.
+//!
+//! Called from worker threads (sockets, splice, pipes) and from start-up
+//! (rlimits, listeners). This module and the engines are the only places
+//! with `unsafe`; every block says why it is sound.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Turns a libc return value into `io::Result`, reading errno on -1.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit. Returns (old, new).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let old = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit read just above.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok((old, lim.rlim_cur))
+}
+
+/// A non-blocking listening socket with SO_REUSEPORT, so each worker can own
+/// one for the same address and the kernel spreads connections over them.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // "[::]:p" and "0.0.0.0:p" may both be configured: keep them apart.
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.set_cloexec(true)?;
+    sock.bind(&SockAddr::from(addr))?;
+    sock.listen(backlog)?;
+    Ok(sock)
+}
+
+/// Starts a non-blocking connect to `addr` (from `source` if given).
+/// Returns the socket; completion is signalled by writability.
+pub fn start_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    sock.set_cloexec(true)?;
+    sock.set_tcp_nodelay(true)?;
+    sock.set_keepalive(true)?;
+    if let Some(src) = source {
+        // Let connect() pick the port: without this, bind() reserves a port
+        // per source address and the ephemeral range runs out much sooner.
+        set_bind_address_no_port(&sock)?;
+        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    }
+    match sock.connect(&SockAddr::from(addr)) {
+        Ok(()) => Ok(sock),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd, option value points at a live c_int of the given size.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Accepts one connection, non-blocking and close-on-exec (accept4).
+pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
+    // SAFETY: the closure hands accept4 the storage and length socket2
+    // prepared (zeroed, sized for any address) and reports errors; socket2
+    // then trusts `len` as written by the kernel.
+    let (fd, addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            check(libc::accept4(
+                listener,
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            ))
+        })
+    }?;
+    // SAFETY: accept4 succeeded: `fd` is a new descriptor nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP socket"))?;
+    Ok((owned, peer))
+}
+
+/// Options for an accepted client socket.
+pub fn tune_accepted(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    for (level, name) in [
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    ] {
+        // SAFETY: valid fd, option value points at a live c_int of the given size.
+        check(unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// SO_LINGER {on, 0}: the next close() sends RST instead of FIN (or, in
+/// TIME_WAIT, just frees the socket).
+pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd, option value points at a live linger of the given size.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lg as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Bytes (and FIN) written but not yet acknowledged by the peer (SIOCOUTQ).
+pub fn unacked_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: valid fd; TIOCOUTQ writes one c_int into `n`.
+    check(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) })?;
+    Ok(n.max(0) as usize)
+}
+
+/// The pending error of a socket (SO_ERROR), e.g. the result of a connect.
+pub fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd; `err`/`len` are live and sized for SO_ERROR.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// shutdown(fd, SHUT_WR): sends FIN, keeps the read side open.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd the caller owns.
+    check(unsafe { libc::shutdown(fd, libc::SHUT_WR) })?;
+    Ok(())
+}
+
+/// Non-blocking `splice(2)` of up to `len` bytes; `Ok(0)` is end of input.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: null offsets are allowed for pipes and sockets; fds are owned
+    // by the caller for the duration of the call.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Non-blocking `recv(2)` into `buf`.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live writable region of buf.len() bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Non-blocking `send(2)` of `buf` (no SIGPIPE).
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live readable region of buf.len() bytes.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// F_SETPIPE_SZ; returns the capacity the kernel granted (it rounds up to a
+/// power of two of pages, and may refuse above `pipe-max-size` or the
+/// per-user `pipe-user-pages-soft` budget, in which case the old size stays).
+pub fn set_pipe_size(fd: RawFd, size: usize) -> io::Result<usize> {
+    let want = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: plain fcntl on an fd the caller owns.
+    match check(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, want) }) {
+        Ok(n) => Ok(n as usize),
+        Err(_) => {
+            // SAFETY: plain fcntl on an fd the caller owns.
+            let n = check(unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) })?;
+            Ok(n as usize)
+        }
+    }
+}
+
+/// CPU time (user + system) this process has used, in microseconds.
+pub fn process_cpu_micros() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `ru` is valid writable storage for one rusage.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0;
+    }
+    // SAFETY: getrusage succeeded and filled the struct (and it was zeroed).
+    let ru = unsafe { ru.assume_init() };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+/// Whether an I/O error means "try again later" on a non-blocking fd.
+pub fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn splice_moves_bytes_socket_to_pipe_to_socket() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l2.local_addr().unwrap()).unwrap();
+        let (mut d, _) = l2.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        a.write_all(b"hello splice").unwrap();
+        let (r, w) = pipe().unwrap();
+        let cap = set_pipe_size(w.as_raw_fd(), 1 << 16).unwrap();
+        assert!(cap >= 1 << 16);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut n = 0;
+        while n < 12 && std::time::Instant::now() < deadline {
+            match splice(b.as_raw_fd(), w.as_raw_fd(), 64) {
+                Ok(k) => n += k,
+                Err(e) if would_block(&e) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(splice(r.as_raw_fd(), c.as_raw_fd(), n).unwrap(), 12);
+        let mut buf = [0u8; 12];
+        d.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello splice");
+    }
+
+    #[test]
+    fn connect_error_is_reported_through_so_error() {
+        // A port nobody listens on: bind, take the port, close.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = start_connect(SocketAddr::from(([127, 0, 0, 1], port)), None).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(e) = take_socket_error(s.as_raw_fd()).unwrap() {
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no connect error reported"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
