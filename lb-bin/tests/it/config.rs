@@ -211,7 +211,7 @@ fn check_rejects_a_duplicate_backend_name() {
                 "name = \"b1\"\naddress = \"127.0.0.1:34568\"",
             ),
             at: At::Between("address = \"127.0.0.1:34567\"", None),
-            says: &[&["duplicate"], &["b1"]],
+            says: &[&["duplicate", "already", "unique"], &["b1"]],
         },
     );
 }
