@@ -670,7 +670,7 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind backend");
+        let listener = listen(SocketAddr::new(ip, 0));
         let addr = listener.local_addr().expect("backend addr");
         let accepted = Arc::new(Counter::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -794,6 +794,21 @@ impl Drop for Backend {
 
 pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// Accept queue of test backends. std's listeners queue 128; a burst of
+/// ringlb connects beyond that drops SYNs, ringlb's connect times out and
+/// (rightly) fails over, which would blur what a test asserts.
+const BACKEND_BACKLOG: i32 = 1024;
+
+/// A listener on `addr` with a [`BACKEND_BACKLOG`] accept queue.
+fn listen(addr: SocketAddr) -> TcpListener {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .expect("backend socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.bind(&addr.into()).expect("bind backend");
+    socket.listen(BACKEND_BACKLOG).expect("listen");
+    socket.into()
+}
+
 /// Echoes until EOF or error; on EOF shuts down the write side. Returns
 /// how reading ended.
 pub fn echo_until_eof(s: &mut TcpStream) -> ReadOutcome {
@@ -822,11 +837,36 @@ pub fn reset(s: TcpStream) {
     drop(s);
 }
 
-/// An address where nothing listens: bound to get a free port, then
-/// released, so a connect there is refused.
-pub fn dead_address() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    listener.local_addr().expect("addr")
+/// An address where nothing listens, so a connect there is refused (RST).
+/// The port stays bound (never listening, no SO_REUSEADDR) while this
+/// lives, so the kernel cannot hand it to a backend that another test (or
+/// another suite on the machine) starts meanwhile.
+pub struct DeadPort {
+    addr: SocketAddr,
+    /// Holds the port.
+    _reservation: Socket,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+        socket
+            .bind(&SocketAddr::new(LOCALHOST, 0).into())
+            .expect("bind");
+        let addr = socket
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet addr");
+        DeadPort {
+            addr,
+            _reservation: socket,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }
 
 /// A backend that never completes a handshake: a listener with backlog 0
