@@ -24,6 +24,7 @@ mod integrity;
 mod ipv6;
 mod lifecycle;
 mod limits;
+mod policies;
 mod reset;
 mod stickiness;
 mod time_wait;
