@@ -547,7 +547,6 @@ impl<R: Reactor> Worker<R> {
             self.abort(slot, true, false);
             return;
         }
-        self.timers.push(Reverse((deadline, token)));
         self.next_attempt(slot);
     }
 
