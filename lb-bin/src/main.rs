@@ -88,12 +88,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "ringlb starting");
-    let server = Server::start(
-        config,
-        StartOptions {
-            handle_signals: true,
-        },
-    )?;
+    let options = StartOptions {
+        handle_signals: true,
+        config_path: Some(path.to_path_buf()),
+    };
+    let server = Server::start(config, options)?;
     server.wait();
     tracing::info!("ringlb stopped");
     Ok(())
@@ -104,12 +103,12 @@ fn demo(listen: SocketAddr) -> anyhow::Result<()> {
         DemoBackends::start(&["node1", "node2"], 0).context("starting the demo backends")?;
     let toml = backends.config_toml(listen);
     let config = Config::parse(&toml, None).context("building the demo config")?;
-    let server = Server::start(
-        config,
-        StartOptions {
-            handle_signals: true,
-        },
-    )?;
+    // The demo's config is built in memory: SIGHUP has no file to re-read.
+    let options = StartOptions {
+        handle_signals: true,
+        config_path: None,
+    };
+    let server = Server::start(config, options)?;
     eprintln!();
     eprintln!("ringlb demo is running: balancer on {listen}, backends:");
     for (name, addr) in &backends.addrs {

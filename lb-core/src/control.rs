@@ -59,6 +59,15 @@ pub enum RegistryError {
     Maglev { service: String, reason: String },
 }
 
+/// What a reload changed, for the log and the admin API.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub services_added: Vec<String>,
+    pub services_removed: Vec<String>,
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+}
+
 /// Services, backends and their live state.
 #[derive(Debug)]
 pub struct Registry {
@@ -115,6 +124,114 @@ impl Registry {
                 service: service.into(),
                 backend: backend.into(),
             })
+    }
+
+    /// Takes a reloaded config: services and backends that remain (by name)
+    /// keep their counters, admin state and health (a backend whose address
+    /// changed is probed anew); new ones start as at start-up; removed ones
+    /// go (their established connections are not touched: they hold their
+    /// own counters). The admin state of a remaining backend is the
+    /// operator's and survives a reload; a changed `state` in the file only
+    /// applies to new backends.
+    pub fn apply(&mut self, config: &Config) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        let mut old: Vec<ServiceRecord> = std::mem::take(&mut self.services);
+        for s in &config.services {
+            let Some(pos) = old.iter().position(|o| o.config.name == s.name) else {
+                summary.services_added.push(s.name.clone());
+                self.services.push(ServiceRecord {
+                    config: s.clone(),
+                    backends: s
+                        .backends
+                        .iter()
+                        .map(|b| new_backend(s.health.kind, b))
+                        .collect(),
+                    stats: Arc::new(ServiceStats::default()),
+                    maglev: None,
+                });
+                continue;
+            };
+            let mut prev = old.swap_remove(pos);
+            let mut backends = Vec::with_capacity(s.backends.len());
+            for b in &s.backends {
+                match prev.backends.iter().position(|p| p.config.name == b.name) {
+                    Some(i) => {
+                        let mut rec = prev.backends.swap_remove(i);
+                        if rec.config.address != b.address
+                            || prev.config.health.kind != s.health.kind
+                        {
+                            let fresh = new_backend(s.health.kind, b);
+                            rec.health = fresh.health;
+                            rec.reason = fresh.reason;
+                            rec.last_change = SystemTime::now();
+                        }
+                        rec.config = b.clone();
+                        backends.push(rec);
+                    }
+                    None => {
+                        summary
+                            .backends_added
+                            .push(format!("{}/{}", s.name, b.name));
+                        backends.push(new_backend(s.health.kind, b));
+                    }
+                }
+            }
+            summary.backends_removed.extend(
+                prev.backends
+                    .iter()
+                    .map(|b| format!("{}/{}", s.name, b.config.name)),
+            );
+            // The Maglev table depends on names, weights, size and policy.
+            let same_table = prev.config.balance == s.balance
+                && prev.config.maglev_table_size == s.maglev_table_size
+                && prev.config.backends.len() == s.backends.len()
+                && prev
+                    .config
+                    .backends
+                    .iter()
+                    .zip(&s.backends)
+                    .all(|(a, b)| a.name == b.name && a.weight == b.weight);
+            self.services.push(ServiceRecord {
+                config: s.clone(),
+                backends,
+                stats: prev.stats,
+                maglev: if same_table { prev.maglev } else { None },
+            });
+        }
+        summary.services_removed = old.into_iter().map(|o| o.config.name).collect();
+        summary
+    }
+
+    /// Changes a backend's weight (rebuilds the service's Maglev table at
+    /// the next snapshot); true if it changed.
+    pub fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: std::num::NonZeroU32,
+    ) -> Result<bool, RegistryError> {
+        let svc = self
+            .services
+            .iter_mut()
+            .find(|s| s.config.name == service)
+            .ok_or_else(|| RegistryError::NoService(service.into()))?;
+        let i = svc
+            .backends
+            .iter()
+            .position(|b| b.config.name == backend)
+            .ok_or_else(|| RegistryError::NoBackend {
+                service: service.into(),
+                backend: backend.into(),
+            })?;
+        if svc.backends[i].config.weight == weight {
+            return Ok(false);
+        }
+        svc.backends[i].config.weight = weight;
+        if let Some(c) = svc.config.backends.iter_mut().find(|b| b.name == backend) {
+            c.weight = weight;
+        }
+        svc.maglev = None;
+        Ok(true)
     }
 
     /// Records a health result; true if the state changed.

@@ -10,7 +10,8 @@
 //! address.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,11 +19,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AdminState, Config, Workers};
-use crate::control::{Health, Registry, RegistryError};
+use crate::control::{Health, Registry, RegistryError, ReloadSummary};
 use crate::engine::{self, EngineChoice};
 use crate::health::{BackendKey, ProbeReport, Prober};
 use crate::snapshot::SnapshotCell;
-use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerSetup};
+use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage, WorkerSetup};
 use crate::{sys, Error, Result};
 
 /// Listen backlog of every listener.
@@ -42,6 +43,10 @@ pub enum Command {
         state: AdminState,
         reply: oneshot::Sender<Result<(), RegistryError>>,
     },
+    /// Read the config file again and apply it (as SIGHUP does).
+    Reload {
+        reply: oneshot::Sender<Result<ReloadSummary, String>>,
+    },
     /// Stop accepting, wait for connections up to the shutdown timeout, stop.
     Shutdown,
 }
@@ -53,6 +58,17 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Reloads the config file (as SIGHUP does) and waits for the outcome:
+    /// what changed, or why the new file was refused (then nothing changed).
+    pub fn reload(&self) -> Result<ReloadSummary, String> {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Reload { reply }).is_err() {
+            return Err("ringlb is shutting down".into());
+        }
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err("ringlb is shutting down".into()))
+    }
+
     /// Starts a graceful shutdown (as SIGTERM does).
     pub fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
@@ -84,9 +100,18 @@ impl ServerHandle {
 /// Options that are not part of the config file.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
-    /// Handle SIGTERM/SIGINT (graceful shutdown) in the control plane.
-    /// The binary sets it; tests and the demo may not.
+    /// Handle SIGTERM/SIGINT (graceful shutdown) and SIGHUP (reload) in the
+    /// control plane. The binary sets it; tests and the demo may not.
     pub handle_signals: bool,
+    /// The file the config came from: reloads read it again.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Control-plane figures for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ControlCounters {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
 }
 
 /// A running ringlb.
@@ -121,6 +146,7 @@ impl Server {
         // One set of listeners per worker, all bound now.
         let mut per_worker: Vec<Vec<Listener>> = (0..worker_count).map(|_| Vec::new()).collect();
         let mut listening = Vec::new();
+        let mut listen_table = Vec::new();
         for svc in &config.services {
             let stats = registry
                 .service_stats(&svc.name)
@@ -139,11 +165,13 @@ impl Server {
                     }
                     listeners.push(Listener {
                         service: Arc::from(svc.name.as_str()),
+                        addr: bound,
                         socket,
                         stats: stats.clone(),
                     });
                 }
                 listening.push((svc.name.clone(), bound));
+                listen_table.push((svc.name.clone(), addr, bound));
             }
         }
 
@@ -157,9 +185,14 @@ impl Server {
             .map(|_| Arc::new(WorkerControl::default()))
             .collect();
 
+        let counters = Arc::new(ControlCounters::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let plane = ControlPlane {
             registry,
+            config: config.clone(),
+            config_path: options.config_path.clone(),
+            listeners: listen_table,
+            counters: counters.clone(),
             cell: cell.clone(),
             workers: worker_controls.clone(),
             failures: failures_rx,
@@ -271,6 +304,12 @@ impl Drop for Server {
 /// Everything the control-plane thread owns.
 struct ControlPlane {
     registry: Registry,
+    /// The config in force, and where it came from (for reloads).
+    config: Config,
+    config_path: Option<PathBuf>,
+    /// Every listen address: (service, as configured, as bound).
+    listeners: Vec<(String, SocketAddr, SocketAddr)>,
+    counters: Arc<ControlCounters>,
     cell: Arc<SnapshotCell>,
     workers: Vec<Arc<WorkerControl>>,
     failures: mpsc::Receiver<PassiveFailure>,
@@ -297,14 +336,15 @@ impl ControlPlane {
     async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
         // Before anything is announced, so that a signal right after
         // "listening" drains instead of killing.
-        let (mut sigterm, mut sigint) = if self.handle_signals {
+        let (mut sigterm, mut sigint, mut sighup) = if self.handle_signals {
             use tokio::signal::unix::{signal, SignalKind};
             (
                 signal(SignalKind::terminate()).ok(),
                 signal(SignalKind::interrupt()).ok(),
+                signal(SignalKind::hangup()).ok(),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         // Start-up rule: every backend is probed once before the workers
         // start (bounded by the longest check timeout plus a margin), so
@@ -356,13 +396,128 @@ impl ControlPlane {
                         });
                         let _ = reply.send(r);
                     }
+                    Some(Command::Reload { reply }) => {
+                        let r = self.reload(&mut prober);
+                        let _ = reply.send(r);
+                    }
                     Some(Command::Shutdown) | None => break,
                 },
+                Some(()) = recv_signal(&mut sighup) => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = self.reload(&mut prober);
+                }
                 Some(()) = recv_signal(&mut sigterm) => { tracing::info!("SIGTERM: draining"); break }
                 Some(()) = recv_signal(&mut sigint) => { tracing::info!("SIGINT: draining"); break }
             }
         }
         self.drain().await;
+    }
+
+    /// Reads the config file again and applies it. A file that does not
+    /// parse or validate, or a new listen address that cannot be bound, is
+    /// refused with the reason and changes nothing; established connections
+    /// are never touched either way.
+    fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, String> {
+        let result = self.try_reload(prober);
+        match &result {
+            Ok(summary) => {
+                self.counters.reloads_ok.fetch_add(1, Relaxed);
+                tracing::info!(
+                    services_added = ?summary.services_added,
+                    services_removed = ?summary.services_removed,
+                    backends_added = ?summary.backends_added,
+                    backends_removed = ?summary.backends_removed,
+                    "config reloaded"
+                );
+            }
+            Err(reason) => {
+                self.counters.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(reason = %reason, "reload refused; the running config keeps serving");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, String> {
+        let path = self
+            .config_path
+            .clone()
+            .ok_or("this ringlb was started without a config file: nothing to reload")?;
+        let new = Config::from_file(&path).map_err(|e| e.to_string())?;
+        let restart_only = restart_only_changes(&self.config.global, &new.global);
+        if !restart_only.is_empty() {
+            tracing::warn!(settings = ?restart_only, "these [global] settings change only at restart");
+        }
+        // Bind the new listen addresses first: failing here changes nothing.
+        let wanted: Vec<(String, SocketAddr)> = new
+            .services
+            .iter()
+            .flat_map(|s| s.listen.iter().map(move |a| (s.name.clone(), *a)))
+            .collect();
+        let mut added: Vec<(String, SocketAddr, SocketAddr, Vec<socket2::Socket>)> = Vec::new();
+        for (service, addr) in &wanted {
+            if self
+                .listeners
+                .iter()
+                .any(|(s, a, _)| s == service && a == addr)
+            {
+                continue;
+            }
+            let mut bound = *addr;
+            let mut sockets = Vec::with_capacity(self.workers.len());
+            for _ in &self.workers {
+                let socket = sys::reuseport_listener(bound, BACKLOG)
+                    .map_err(|e| format!("cannot listen on {addr} for service {service}: {e}"))?;
+                if bound.port() == 0 {
+                    bound = socket
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .unwrap_or(bound);
+                }
+                sockets.push(socket);
+            }
+            added.push((service.clone(), *addr, bound, sockets));
+        }
+        // Commit.
+        let summary = self.registry.apply(&new);
+        self.publish().map_err(|e| e.to_string())?;
+        let removed: Vec<(String, SocketAddr, SocketAddr)> = self
+            .listeners
+            .iter()
+            .filter(|(s, a, _)| !wanted.iter().any(|(ws, wa)| ws == s && wa == a))
+            .cloned()
+            .collect();
+        for (service, _, bound) in &removed {
+            for w in &self.workers {
+                w.send(WorkerMessage::CloseListener {
+                    service: Arc::from(service.as_str()),
+                    addr: *bound,
+                });
+            }
+            tracing::info!(service = %service, listen = %bound, "stopped listening");
+        }
+        self.listeners
+            .retain(|(s, a, _)| wanted.iter().any(|(ws, wa)| ws == s && wa == a));
+        for (service, addr, bound, sockets) in added {
+            let Some(stats) = self.registry.service_stats(&service) else {
+                continue;
+            };
+            for (w, socket) in self.workers.iter().zip(sockets) {
+                w.send(WorkerMessage::AddListener(Listener {
+                    service: Arc::from(service.as_str()),
+                    addr: bound,
+                    socket,
+                    stats: stats.clone(),
+                }));
+            }
+            tracing::info!(service = %service, listen = %bound, "listening");
+            self.listeners.push((service, addr, bound));
+        }
+        prober.set_targets(self.registry.probe_targets());
+        self.shutdown_timeout = new.global.shutdown_timeout;
+        self.config = new;
+        Ok(summary)
     }
 
     /// A worker could not connect: the prober counts it as a failed result
@@ -442,6 +597,31 @@ impl ControlPlane {
             w.wake();
         }
     }
+}
+
+/// `[global]` settings a running ringlb cannot change (threads, rings and
+/// pools are sized at start).
+fn restart_only_changes(
+    old: &crate::config::Global,
+    new: &crate::config::Global,
+) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.workers != new.workers {
+        out.push("workers");
+    }
+    if old.engine != new.engine {
+        out.push("engine");
+    }
+    if old.forwarding != new.forwarding {
+        out.push("forwarding");
+    }
+    if old.pipe_size != new.pipe_size || old.pipe_pool != new.pipe_pool {
+        out.push("pipe_size/pipe_pool");
+    }
+    if old.admin != new.admin || old.admin_allow != new.admin_allow {
+        out.push("admin/admin_allow");
+    }
+    out
 }
 
 async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

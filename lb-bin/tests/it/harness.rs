@@ -476,7 +476,26 @@ impl Ringlb {
         self.wait_exit(timeout)
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    /// Replaces the config file ringlb was started with (for reloads).
+    pub fn rewrite_config(&mut self, config: &str) {
+        self._dir.write("ringlb.toml", config);
+        self.config = config.to_owned();
+    }
+
+    /// Waits up to `timeout` for a new stderr line containing `needle`;
+    /// returns it, or None at the deadline.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            match self.lines.recv_timeout(deadline.remaining()) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) takes plain integers. The pid is our child's and
         // has not been reaped yet (exit status not received), so it cannot
         // name another process.

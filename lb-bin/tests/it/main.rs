@@ -25,6 +25,7 @@ mod ipv6;
 mod lifecycle;
 mod limits;
 mod policies;
+mod reload;
 mod reset;
 mod stickiness;
 mod time_wait;
