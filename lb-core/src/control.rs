@@ -357,3 +357,106 @@ fn new_backend(kind: HealthKind, b: &crate::config::Backend) -> BackendRecord {
         stats: Arc::new(BackendStats::default()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &[(&str, &str)], kind: &str) -> Config {
+        let mut t = format!("[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\n[service.health]\nkind = \"{kind}\"\n");
+        for (name, addr) in backends {
+            t.push_str(&format!(
+                "[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
+            ));
+        }
+        Config::parse(&t, None).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_remaining_backends() {
+        let mut r = Registry::new(&config(
+            &[("a", "127.0.0.1:1001"), ("b", "127.0.0.1:1002")],
+            "http",
+        ));
+        r.set_health("s", "a", Health::Up, "ok".into()).unwrap();
+        r.set_health("s", "b", Health::Up, "ok".into()).unwrap();
+        r.set_admin("s", "a", AdminState::Drain).unwrap();
+        r.service("s").unwrap().backends[0]
+            .stats
+            .total
+            .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+
+        // b moves to a new address; c is new; a stays.
+        let s = r.apply(&config(
+            &[
+                ("a", "127.0.0.1:1001"),
+                ("b", "127.0.0.1:2002"),
+                ("c", "127.0.0.1:1003"),
+            ],
+            "http",
+        ));
+        assert_eq!(s.backends_added, vec!["s/c".to_string()]);
+        assert!(
+            s.backends_removed.is_empty()
+                && s.services_added.is_empty()
+                && s.services_removed.is_empty()
+        );
+        let svc = r.service("s").unwrap();
+        let a = &svc.backends[0];
+        assert_eq!(
+            (a.health, a.admin),
+            (Health::Up, AdminState::Drain),
+            "operator and health state survive"
+        );
+        assert_eq!(
+            a.stats.total.load(std::sync::atomic::Ordering::Relaxed),
+            7,
+            "counters survive"
+        );
+        assert_eq!(
+            svc.backends[1].health,
+            Health::Unknown,
+            "a new address is probed anew"
+        );
+        assert_eq!(
+            svc.backends[2].health,
+            Health::Unknown,
+            "a new backend waits for its probe"
+        );
+
+        let s = r.apply(&config(&[("c", "127.0.0.1:1003")], "http"));
+        assert_eq!(
+            s.backends_removed,
+            vec!["s/a".to_string(), "s/b".to_string()]
+        );
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.services[0].backends.len(), 1);
+    }
+
+    #[test]
+    fn weight_changes_rebuild_the_table_and_unknown_names_are_errors() {
+        let mut r = Registry::new(&config(
+            &[("a", "127.0.0.1:1001"), ("b", "127.0.0.1:1002")],
+            "none",
+        ));
+        let before = r.snapshot().unwrap();
+        let w = std::num::NonZeroU32::new(300).unwrap();
+        assert_eq!(r.set_weight("s", "a", w), Ok(true));
+        assert_eq!(r.set_weight("s", "a", w), Ok(false));
+        let after = r.snapshot().unwrap();
+        assert_eq!(after.services[0].backends[0].weight, 300);
+        assert_ne!(
+            before.services[0].maglev_table(),
+            after.services[0].maglev_table()
+        );
+        assert!(matches!(
+            r.set_weight("s", "zz", w),
+            Err(RegistryError::NoBackend { .. })
+        ));
+        assert!(matches!(
+            r.set_admin("nope", "a", AdminState::Drain),
+            Err(RegistryError::NoService(_))
+        ));
+        assert!(after.generation > before.generation);
+    }
+}
