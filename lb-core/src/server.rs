@@ -10,6 +10,7 @@
 //! address.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{AdminState, Config, Workers};
 use crate::control::{Health, Registry, RegistryError, ReloadSummary};
 use crate::engine::{self, EngineChoice};
+use crate::handover::{self, Inherited};
 use crate::health::{BackendKey, ProbeReport, Prober};
 use crate::snapshot::SnapshotCell;
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage, WorkerSetup};
@@ -28,6 +30,8 @@ use crate::{sys, Error, Result};
 
 /// Listen backlog of every listener.
 const BACKLOG: i32 = 4096;
+/// Longest a binary-upgrade exchange may stall before it is abandoned.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra wait for the first health round beyond the longest check timeout.
 const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 /// Passive-failure reports that may wait for the control plane.
@@ -98,13 +102,18 @@ impl ServerHandle {
 }
 
 /// Options that are not part of the config file.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct StartOptions {
     /// Handle SIGTERM/SIGINT (graceful shutdown) and SIGHUP (reload) in the
     /// control plane. The binary sets it; tests and the demo may not.
     pub handle_signals: bool,
     /// The file the config came from: reloads read it again.
     pub config_path: Option<PathBuf>,
+    /// Listening sockets received from an older ringlb or from systemd,
+    /// used instead of binding where their address matches.
+    pub inherited: Vec<Inherited>,
+    /// Serve binary upgrades on this Unix socket path.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// Control-plane figures for metrics and tests.
@@ -143,27 +152,24 @@ impl Server {
         };
 
         let mut registry = Registry::new(&config);
-        // One set of listeners per worker, all bound now.
+        // One set of listeners per worker, all bound (or inherited) now.
+        let mut inherited = options.inherited;
         let mut per_worker: Vec<Vec<Listener>> = (0..worker_count).map(|_| Vec::new()).collect();
         let mut listening = Vec::new();
         let mut listen_table = Vec::new();
+        let mut handover = Vec::new();
         for svc in &config.services {
             let stats = registry
                 .service_stats(&svc.name)
                 .ok_or_else(|| Error::io("registry", std::io::Error::other("service missing")))?;
             for &addr in &svc.listen {
-                let mut bound = addr;
-                for listeners in per_worker.iter_mut() {
-                    let socket = sys::reuseport_listener(bound, BACKLOG)
-                        .map_err(|source| Error::Listen { addr, source })?;
-                    if bound.port() == 0 {
-                        let local = socket.local_addr().ok().and_then(|a| a.as_socket());
-                        bound = local.ok_or(Error::Listen {
-                            addr,
-                            source: std::io::Error::other("no local address"),
-                        })?;
+                let (bound, sockets) =
+                    listener_group(&svc.name, addr, worker_count, &mut inherited)?;
+                for (w, socket) in sockets.into_iter().enumerate() {
+                    if let Ok(dup) = socket.try_clone() {
+                        handover.push((svc.name.clone(), bound, dup));
                     }
-                    listeners.push(Listener {
+                    per_worker[w % worker_count].push(Listener {
                         service: Arc::from(svc.name.as_str()),
                         addr: bound,
                         socket,
@@ -174,6 +180,22 @@ impl Server {
                 listen_table.push((svc.name.clone(), addr, bound));
             }
         }
+        for left in inherited {
+            tracing::warn!(listen = %left.addr, "an inherited socket matches no listen address of the config: closed");
+        }
+        let upgrade = match &options.upgrade_socket {
+            Some(path) => {
+                // The old process's socket file, if any, is ours now.
+                let _ = std::fs::remove_file(path);
+                let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+                    Error::io(format!("binding the upgrade socket {}", path.display()), e)
+                })?;
+                l.set_nonblocking(true)
+                    .map_err(|e| Error::io("upgrade socket", e))?;
+                Some(l)
+            }
+            None => None,
+        };
 
         let first = registry
             .snapshot()
@@ -189,6 +211,8 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let plane = ControlPlane {
             registry,
+            handover,
+            upgrade,
             config: config.clone(),
             config_path: options.config_path.clone(),
             listeners: listen_table,
@@ -304,6 +328,11 @@ impl Drop for Server {
 /// Everything the control-plane thread owns.
 struct ControlPlane {
     registry: Registry,
+    /// A copy of every listening socket, to hand to a new ringlb on upgrade
+    /// (closed when draining, so the kernel stops queueing to them).
+    handover: Vec<(String, SocketAddr, socket2::Socket)>,
+    /// Where a new ringlb asks for the sockets.
+    upgrade: Option<std::os::unix::net::UnixListener>,
     /// The config in force, and where it came from (for reloads).
     config: Config,
     config_path: Option<PathBuf>,
@@ -374,6 +403,17 @@ impl ControlPlane {
             tracing::error!(error = %e, "cannot publish the backend table");
         }
         let _ = ready.send(());
+        let upgrade =
+            self.upgrade
+                .take()
+                .and_then(|l| match tokio::net::UnixListener::from_std(l) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serve binary upgrades");
+                        None
+                    }
+                });
+        let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<()>>();
         loop {
             tokio::select! {
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
@@ -402,6 +442,11 @@ impl ControlPlane {
                     }
                     Some(Command::Shutdown) | None => break,
                 },
+                Some(stream) = accept_upgrade(&upgrade) => self.hand_over(stream, upgraded_tx.clone()),
+                Some(result) = upgraded.recv() => match result {
+                    Ok(()) => { tracing::info!("a new ringlb took over the listening sockets: draining"); break }
+                    Err(e) => tracing::warn!(error = %e, "binary upgrade abandoned; serving on"),
+                },
                 Some(()) = recv_signal(&mut sighup) => {
                     tracing::info!("SIGHUP: reloading the config");
                     let _ = self.reload(&mut prober);
@@ -411,6 +456,36 @@ impl ControlPlane {
             }
         }
         self.drain().await;
+    }
+
+    /// Hands copies of every listening socket to a new ringlb (blocking
+    /// exchange with timeouts, off the control thread); the outcome comes
+    /// back on `done`.
+    fn hand_over(
+        &self,
+        stream: tokio::net::UnixStream,
+        done: mpsc::UnboundedSender<std::io::Result<()>>,
+    ) {
+        let sockets: Vec<(String, SocketAddr, socket2::Socket)> = self
+            .handover
+            .iter()
+            .filter_map(|(s, a, sock)| sock.try_clone().ok().map(|c| (s.clone(), *a, c)))
+            .collect();
+        tracing::info!(
+            sockets = sockets.len(),
+            "a new ringlb asks for the listening sockets"
+        );
+        tokio::task::spawn_blocking(move || {
+            let result = stream.into_std().and_then(|std| {
+                std.set_nonblocking(false)?;
+                let list: Vec<(String, SocketAddr, std::os::fd::RawFd)> = sockets
+                    .iter()
+                    .map(|(s, a, sock)| (s.clone(), *a, sock.as_raw_fd()))
+                    .collect();
+                handover::serve_takeover(std, &list, HANDOVER_TIMEOUT)
+            });
+            let _ = done.send(result);
+        });
     }
 
     /// Reads the config file again and applies it. A file that does not
@@ -504,6 +579,9 @@ impl ControlPlane {
                 continue;
             };
             for (w, socket) in self.workers.iter().zip(sockets) {
+                if let Ok(dup) = socket.try_clone() {
+                    self.handover.push((service.clone(), bound, dup));
+                }
                 w.send(WorkerMessage::AddListener(Listener {
                     service: Arc::from(service.as_str()),
                     addr: bound,
@@ -569,6 +647,9 @@ impl ControlPlane {
 
     /// Stop accepting, wait for connections up to the timeout, stop workers.
     async fn drain(&mut self) {
+        // Our copies of the listening sockets would keep them open (and the
+        // kernel queueing to them) after the workers close theirs.
+        self.handover.clear();
         for w in &self.workers {
             w.draining.store(true, Relaxed);
             w.wake();
@@ -599,6 +680,68 @@ impl ControlPlane {
     }
 }
 
+/// The listening sockets of one address for `workers` workers: the
+/// inherited ones that match (each worker gets one; with fewer sockets than
+/// workers they are shared through dups, with more some workers get two),
+/// else fresh `SO_REUSEPORT` sockets. A port of 0 is resolved by the first
+/// bind and shared. Returns the bound address and one socket per worker (or
+/// more).
+fn listener_group(
+    service: &str,
+    addr: SocketAddr,
+    workers: usize,
+    inherited: &mut Vec<Inherited>,
+) -> Result<(SocketAddr, Vec<socket2::Socket>)> {
+    let matches = |i: &Inherited| {
+        i.service.as_deref().is_none_or(|s| s == service)
+            && (i.addr == addr || (addr.port() == 0 && i.addr.ip() == addr.ip()))
+    };
+    let mut mine = Vec::new();
+    let mut i = 0;
+    while i < inherited.len() {
+        if matches(&inherited[i]) {
+            mine.push(inherited.swap_remove(i).socket);
+        } else {
+            i += 1;
+        }
+    }
+    if !mine.is_empty() {
+        let bound = mine[0]
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(addr);
+        for s in &mine {
+            s.set_nonblocking(true)
+                .map_err(|source| Error::Listen { addr, source })?;
+        }
+        let k = mine.len();
+        for w in k..workers {
+            let dup = mine[w % k]
+                .try_clone()
+                .map_err(|source| Error::Listen { addr, source })?;
+            mine.push(dup);
+        }
+        tracing::info!(service = %service, listen = %bound, sockets = k, "using inherited listening sockets");
+        return Ok((bound, mine));
+    }
+    let mut bound = addr;
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = sys::reuseport_listener(bound, BACKLOG)
+            .map_err(|source| Error::Listen { addr, source })?;
+        if bound.port() == 0 {
+            let local = socket.local_addr().ok().and_then(|a| a.as_socket());
+            bound = local.ok_or(Error::Listen {
+                addr,
+                source: std::io::Error::other("no local address"),
+            })?;
+        }
+        sockets.push(socket);
+    }
+    Ok((bound, sockets))
+}
+
 /// `[global]` settings a running ringlb cannot change (threads, rings and
 /// pools are sized at start).
 fn restart_only_changes(
@@ -622,6 +765,13 @@ fn restart_only_changes(
         out.push("admin/admin_allow");
     }
     out
+}
+
+async fn accept_upgrade(l: &Option<tokio::net::UnixListener>) -> Option<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await.ok().map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

@@ -187,6 +187,10 @@ impl TempDir {
         TempDir { path }
     }
 
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Writes `contents` to `name` in this directory; returns its path.
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.path.join(name);

@@ -29,3 +29,4 @@ mod reload;
 mod reset;
 mod stickiness;
 mod time_wait;
+mod upgrade;
