@@ -29,7 +29,9 @@ fn bench(c: &mut Criterion) {
     let cell = SnapshotCell::new(registry.snapshot().expect("snapshot"));
     let snap = cell.load();
     let generation = snap.generation;
-    c.bench_function("accept/generation_check", |b| b.iter(|| black_box(cell.generation() == generation)));
+    c.bench_function("accept/generation_check", |b| {
+        b.iter(|| black_box(cell.generation() == generation))
+    });
 
     let svc = &snap.services[0];
     let mut state = PickState::new(1);

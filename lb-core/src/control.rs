@@ -59,6 +59,15 @@ pub enum RegistryError {
     Maglev { service: String, reason: String },
 }
 
+/// What a reload changed, for the log and the admin API.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub services_added: Vec<String>,
+    pub services_removed: Vec<String>,
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+}
+
 /// Services, backends and their live state.
 #[derive(Debug)]
 pub struct Registry {
@@ -115,6 +124,114 @@ impl Registry {
                 service: service.into(),
                 backend: backend.into(),
             })
+    }
+
+    /// Takes a reloaded config: services and backends that remain (by name)
+    /// keep their counters, admin state and health (a backend whose address
+    /// changed is probed anew); new ones start as at start-up; removed ones
+    /// go (their established connections are not touched: they hold their
+    /// own counters). The admin state of a remaining backend is the
+    /// operator's and survives a reload; a changed `state` in the file only
+    /// applies to new backends.
+    pub fn apply(&mut self, config: &Config) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        let mut old: Vec<ServiceRecord> = std::mem::take(&mut self.services);
+        for s in &config.services {
+            let Some(pos) = old.iter().position(|o| o.config.name == s.name) else {
+                summary.services_added.push(s.name.clone());
+                self.services.push(ServiceRecord {
+                    config: s.clone(),
+                    backends: s
+                        .backends
+                        .iter()
+                        .map(|b| new_backend(s.health.kind, b))
+                        .collect(),
+                    stats: Arc::new(ServiceStats::default()),
+                    maglev: None,
+                });
+                continue;
+            };
+            let mut prev = old.swap_remove(pos);
+            let mut backends = Vec::with_capacity(s.backends.len());
+            for b in &s.backends {
+                match prev.backends.iter().position(|p| p.config.name == b.name) {
+                    Some(i) => {
+                        let mut rec = prev.backends.swap_remove(i);
+                        if rec.config.address != b.address
+                            || prev.config.health.kind != s.health.kind
+                        {
+                            let fresh = new_backend(s.health.kind, b);
+                            rec.health = fresh.health;
+                            rec.reason = fresh.reason;
+                            rec.last_change = SystemTime::now();
+                        }
+                        rec.config = b.clone();
+                        backends.push(rec);
+                    }
+                    None => {
+                        summary
+                            .backends_added
+                            .push(format!("{}/{}", s.name, b.name));
+                        backends.push(new_backend(s.health.kind, b));
+                    }
+                }
+            }
+            summary.backends_removed.extend(
+                prev.backends
+                    .iter()
+                    .map(|b| format!("{}/{}", s.name, b.config.name)),
+            );
+            // The Maglev table depends on names, weights, size and policy.
+            let same_table = prev.config.balance == s.balance
+                && prev.config.maglev_table_size == s.maglev_table_size
+                && prev.config.backends.len() == s.backends.len()
+                && prev
+                    .config
+                    .backends
+                    .iter()
+                    .zip(&s.backends)
+                    .all(|(a, b)| a.name == b.name && a.weight == b.weight);
+            self.services.push(ServiceRecord {
+                config: s.clone(),
+                backends,
+                stats: prev.stats,
+                maglev: if same_table { prev.maglev } else { None },
+            });
+        }
+        summary.services_removed = old.into_iter().map(|o| o.config.name).collect();
+        summary
+    }
+
+    /// Changes a backend's weight (rebuilds the service's Maglev table at
+    /// the next snapshot); true if it changed.
+    pub fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: std::num::NonZeroU32,
+    ) -> Result<bool, RegistryError> {
+        let svc = self
+            .services
+            .iter_mut()
+            .find(|s| s.config.name == service)
+            .ok_or_else(|| RegistryError::NoService(service.into()))?;
+        let i = svc
+            .backends
+            .iter()
+            .position(|b| b.config.name == backend)
+            .ok_or_else(|| RegistryError::NoBackend {
+                service: service.into(),
+                backend: backend.into(),
+            })?;
+        if svc.backends[i].config.weight == weight {
+            return Ok(false);
+        }
+        svc.backends[i].config.weight = weight;
+        if let Some(c) = svc.config.backends.iter_mut().find(|b| b.name == backend) {
+            c.weight = weight;
+        }
+        svc.maglev = None;
+        Ok(true)
     }
 
     /// Records a health result; true if the state changed.
@@ -238,5 +355,108 @@ fn new_backend(kind: HealthKind, b: &crate::config::Backend) -> BackendRecord {
         reason,
         last_change: SystemTime::now(),
         stats: Arc::new(BackendStats::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &[(&str, &str)], kind: &str) -> Config {
+        let mut t = format!("[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\n[service.health]\nkind = \"{kind}\"\n");
+        for (name, addr) in backends {
+            t.push_str(&format!(
+                "[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
+            ));
+        }
+        Config::parse(&t, None).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_remaining_backends() {
+        let mut r = Registry::new(&config(
+            &[("a", "127.0.0.1:1001"), ("b", "127.0.0.1:1002")],
+            "http",
+        ));
+        r.set_health("s", "a", Health::Up, "ok".into()).unwrap();
+        r.set_health("s", "b", Health::Up, "ok".into()).unwrap();
+        r.set_admin("s", "a", AdminState::Drain).unwrap();
+        r.service("s").unwrap().backends[0]
+            .stats
+            .total
+            .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+
+        // b moves to a new address; c is new; a stays.
+        let s = r.apply(&config(
+            &[
+                ("a", "127.0.0.1:1001"),
+                ("b", "127.0.0.1:2002"),
+                ("c", "127.0.0.1:1003"),
+            ],
+            "http",
+        ));
+        assert_eq!(s.backends_added, vec!["s/c".to_string()]);
+        assert!(
+            s.backends_removed.is_empty()
+                && s.services_added.is_empty()
+                && s.services_removed.is_empty()
+        );
+        let svc = r.service("s").unwrap();
+        let a = &svc.backends[0];
+        assert_eq!(
+            (a.health, a.admin),
+            (Health::Up, AdminState::Drain),
+            "operator and health state survive"
+        );
+        assert_eq!(
+            a.stats.total.load(std::sync::atomic::Ordering::Relaxed),
+            7,
+            "counters survive"
+        );
+        assert_eq!(
+            svc.backends[1].health,
+            Health::Unknown,
+            "a new address is probed anew"
+        );
+        assert_eq!(
+            svc.backends[2].health,
+            Health::Unknown,
+            "a new backend waits for its probe"
+        );
+
+        let s = r.apply(&config(&[("c", "127.0.0.1:1003")], "http"));
+        assert_eq!(
+            s.backends_removed,
+            vec!["s/a".to_string(), "s/b".to_string()]
+        );
+        let snap = r.snapshot().unwrap();
+        assert_eq!(snap.services[0].backends.len(), 1);
+    }
+
+    #[test]
+    fn weight_changes_rebuild_the_table_and_unknown_names_are_errors() {
+        let mut r = Registry::new(&config(
+            &[("a", "127.0.0.1:1001"), ("b", "127.0.0.1:1002")],
+            "none",
+        ));
+        let before = r.snapshot().unwrap();
+        let w = std::num::NonZeroU32::new(300).unwrap();
+        assert_eq!(r.set_weight("s", "a", w), Ok(true));
+        assert_eq!(r.set_weight("s", "a", w), Ok(false));
+        let after = r.snapshot().unwrap();
+        assert_eq!(after.services[0].backends[0].weight, 300);
+        assert_ne!(
+            before.services[0].maglev_table(),
+            after.services[0].maglev_table()
+        );
+        assert!(matches!(
+            r.set_weight("s", "zz", w),
+            Err(RegistryError::NoBackend { .. })
+        ));
+        assert!(matches!(
+            r.set_admin("nope", "a", AdminState::Drain),
+            Err(RegistryError::NoService(_))
+        ));
+        assert!(after.generation > before.generation);
     }
 }

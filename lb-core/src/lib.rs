@@ -11,6 +11,7 @@ pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod handover;
 pub mod hash;
 pub mod health;
 pub mod maglev;

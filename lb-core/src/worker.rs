@@ -13,8 +13,10 @@ use std::collections::BinaryHeap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
@@ -117,6 +119,19 @@ pub struct WorkerControl {
     /// The engine that runs this worker, once started.
     pub engine: OnceLock<&'static str>,
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Requests from the control plane (reload). The worker looks at
+    /// `has_mail` once per turn and takes the lock only when it is set.
+    mail: Mutex<Vec<WorkerMessage>>,
+    has_mail: AtomicBool,
+}
+
+/// What the control plane may ask of a running worker.
+pub enum WorkerMessage {
+    /// Accept on a new listener (a reload added a listen address).
+    AddListener(Listener),
+    /// Stop accepting on an address (a reload removed it); established
+    /// connections stay.
+    CloseListener { service: Arc<str>, addr: SocketAddr },
 }
 
 impl std::fmt::Debug for WorkerControl {
@@ -135,6 +150,23 @@ impl WorkerControl {
         }
     }
 
+    /// Queues a request and wakes the worker.
+    pub fn send(&self, msg: WorkerMessage) {
+        self.mail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
+        self.has_mail.store(true, Release);
+        self.wake();
+    }
+
+    fn take_mail(&self) -> Vec<WorkerMessage> {
+        if !self.has_mail.swap(false, Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.mail.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Called once by the engine with its way to be woken.
     pub fn set_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
         let _ = self.waker.set(waker);
@@ -144,6 +176,8 @@ impl WorkerControl {
 /// A listening socket given to a worker.
 pub struct Listener {
     pub service: Arc<str>,
+    /// The address it is bound to (port 0 in the config resolved).
+    pub addr: SocketAddr,
     pub socket: Socket,
     pub stats: Arc<ServiceStats>,
 }
@@ -161,6 +195,9 @@ pub struct WorkerSetup {
 
 struct ListenerState {
     service: Arc<str>,
+    addr: SocketAddr,
+    /// None once closed (drain, or removed by a reload); the state stays for
+    /// the connections it accepted.
     socket: Option<Socket>,
     stats: Arc<ServiceStats>,
     /// Index of the service in the worker's current snapshot.
@@ -240,6 +277,7 @@ impl<R: Reactor> Worker<R> {
             .into_iter()
             .map(|l| ListenerState {
                 service_index: snapshot.service_index(&l.service),
+                addr: l.addr,
                 service: l.service,
                 socket: Some(l.socket),
                 stats: l.stats,
@@ -367,6 +405,9 @@ impl<R: Reactor> Worker<R> {
             }
         }
         self.run_timers();
+        for msg in self.control.take_mail() {
+            self.on_message(msg);
+        }
         self.manage_listeners();
         self.free.append(&mut self.freed);
         self.control.connections.store(self.conn_count, Relaxed);
@@ -440,6 +481,45 @@ impl<R: Reactor> Worker<R> {
             }
         }
         self.listeners[li].more = true;
+    }
+
+    fn on_message(&mut self, msg: WorkerMessage) {
+        match msg {
+            WorkerMessage::AddListener(l) => {
+                if self.listeners_closed {
+                    return; // draining: a new listener would only be closed
+                }
+                let i = self.listeners.len();
+                let fd = l.socket.as_raw_fd();
+                self.listeners.push(ListenerState {
+                    service_index: self.snapshot.service_index(&l.service),
+                    service: l.service,
+                    addr: l.addr,
+                    socket: Some(l.socket),
+                    stats: l.stats,
+                    paused: false,
+                    // Clients may be queued already; edge-triggered.
+                    more: true,
+                });
+                if let Err(e) = self.reactor.add(fd, LISTENER_FLAG | i as u64) {
+                    tracing::error!(worker = self.id, error = %e, "cannot watch a new listener");
+                    self.listeners[i].socket = None;
+                }
+            }
+            WorkerMessage::CloseListener { service, addr } => {
+                for (i, l) in self.listeners.iter_mut().enumerate() {
+                    if l.service == service && l.addr == addr {
+                        if let Some(s) = l.socket.take() {
+                            if !l.paused {
+                                self.reactor
+                                    .remove(s.as_raw_fd(), LISTENER_FLAG | i as u64, true);
+                            }
+                        }
+                        l.more = false;
+                    }
+                }
+            }
+        }
     }
 
     fn pause_listener(&mut self, li: usize) {
@@ -547,7 +627,6 @@ impl<R: Reactor> Worker<R> {
             self.abort(slot, true, false);
             return;
         }
-        self.timers.push(Reverse((deadline, token)));
         self.next_attempt(slot);
     }
 
@@ -804,14 +883,11 @@ impl<R: Reactor> Worker<R> {
         }
     }
 
-    /// Both directions done: close without keeping TIME_WAIT where we can.
+    /// Both directions done: a plain close. (On a leg where ringlb sent the
+    /// first FIN, the kernel makes the TIME_WAIT when the second FIN arrives,
+    /// whatever close() does; on the other leg the peer that closed first
+    /// keeps it. Only an RST would avoid it, and that breaks half-close.)
     fn finish(&mut self, slot: usize) {
-        if let Some(conn) = self.slots[slot].as_ref() {
-            conn::prepare_finished_close(conn.client.as_raw_fd());
-            if let Some(b) = &conn.backend {
-                conn::prepare_finished_close(b.as_raw_fd());
-            }
-        }
         self.release(slot);
     }
 
