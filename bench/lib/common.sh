@@ -85,6 +85,7 @@ stop_all() {
 # /proc sampling.
 
 CLK_TCK=$(getconf CLK_TCK)
+NCPU=$(nproc)
 
 # proc_tree PID: PID and all its descendants, one per line.
 proc_tree() {

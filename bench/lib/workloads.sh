@@ -12,13 +12,36 @@ reset_result() {
 	R_HWM="" R_ERR="" R_RSS_B="" R_RSS_W="" R_RSS_A="" R_NOTE=""
 }
 
-# Proxy CPU (µs) over the measured window: cpu_begin … cpu_end WORK.
-cpu_begin() { CPU0=""; [[ -z $PROXY_PID ]] || CPU0=$(cpu_us "$PROXY_PID"); }
+# note WORDS…: appends to the run's note.
+note() { R_NOTE+="${R_NOTE:+ }$*"; }
+
+# Hypervisor steal time of the whole machine, in clock ticks.
+steal_ticks() { awk '$1 == "cpu" { print $9; exit }' /proc/stat; }
+
+# The measured window: cpu_begin … cpu_end WORK. Gives the proxy's CPU time
+# (µs, and per unit of WORK), and notes the window's wall time and the
+# machine's steal. A window much longer than planned means the machine was
+# paused or starved (seen here: a VM snapshot froze everything for 4 min):
+# the run is then discarded (failed) rather than averaged in.
+cpu_begin() {
+	CPU0=""
+	[[ -z $PROXY_PID ]] || CPU0=$(cpu_us "$PROXY_PID")
+	T0=$EPOCHREALTIME STEAL0=$(steal_ticks)
+}
 cpu_end() {
-	[[ -n $CPU0 && -n $PROXY_PID ]] || return 0
-	R_CPU=$(($(cpu_us "$PROXY_PID") - CPU0))
-	if [[ -n $1 ]] && [[ $(calc "$1 > 0" %d) == 1 ]]; then
-		R_CPU_UNIT=$(calc "$R_CPU / $1" %.2f)
+	if [[ -n $CPU0 && -n $PROXY_PID ]]; then
+		R_CPU=$(($(cpu_us "$PROXY_PID") - CPU0))
+		if [[ -n $1 ]] && [[ $(calc "$1 > 0" %d) == 1 ]]; then
+			R_CPU_UNIT=$(calc "$R_CPU / $1" %.2f)
+		fi
+	fi
+	local wall steal
+	wall=$(calc "$EPOCHREALTIME - $T0" %.1f)
+	steal=$(calc "100 * ($(steal_ticks) - $STEAL0) / ($wall * $NCPU * $CLK_TCK)" %.0f)
+	note "wall_s=$wall steal_pct=$steal"
+	if [[ $(calc "$wall > $DURATION * 1.5 + 5" %d) == 1 ]]; then
+		R_NOTE="stalled: the ${DURATION} s window took ${wall} s (machine paused or starved); $R_NOTE"
+		return 1
 	fi
 }
 
@@ -110,7 +133,7 @@ wl_iperf() {
 	R_WORK=$(calc "$bytes / 1048576" %.1f)
 	R_TP=$(calc "$bytes / 1048576 / $secs" %.1f)
 	R_ERR=0
-	R_NOTE="retransmits=$retr attempts=$attempt"
+	note "retransmits=$retr attempts=$attempt"
 	cpu_end "$R_WORK"
 }
 
@@ -134,7 +157,7 @@ wl_rate() {
 	R_TP=$(kv "$line" achieved_rps)
 	R_P50=$(kv "$line" p50_us) R_P99=$(kv "$line" p99_us) R_P999=$(kv "$line" p999_us)
 	R_ERR=$(($(kv "$line" errors) + $(kv "$line" non2xx) + $(kv "$line" unsent)))
-	R_NOTE="target_rps=$RATE"
+	note "target_rps=$RATE"
 	cpu_end "$R_WORK"
 }
 
@@ -159,7 +182,10 @@ wl_conc() {
 		return 1
 	fi
 	fill_from_wrk
-	cpu_end "$R_WORK"
+	if ! cpu_end "$R_WORK"; then
+		stop_pid "$pid"
+		return 1
+	fi
 	if [[ -n $PROXY_PID ]]; then
 		b=$(mem_kib "$PROXY_PID" VmRSS)
 		R_RSS_W=$((a > b ? a : b))
@@ -171,7 +197,7 @@ wl_conc() {
 		R_NOTE="no summary line from idleconns: $(tail -c 200 "$log" | tr '\n' ' ')"
 		return 1
 	}
-	R_NOTE="target=$CONC opened=$(kv "$line" opened) alive=$(kv "$line" alive) open_ms=$(kv "$line" open_ms)"
+	note "target=$CONC opened=$(kv "$line" opened) alive=$(kv "$line" alive) open_ms=$(kv "$line" open_ms)"
 	# An idle connection lost while held is an error too.
 	R_ERR=$((R_ERR + CONC - $(kv "$line" alive)))
 	if [[ -n $PROXY_PID ]]; then

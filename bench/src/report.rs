@@ -154,6 +154,27 @@ pub struct Cell {
     pub rss_after: Option<Stat>,
     pub conc_target: Option<Stat>,
     pub conc_alive: Option<Stat>,
+    /// The successful runs by round, for paired (same-round) comparisons.
+    pub by_round: BTreeMap<u32, Run>,
+}
+
+/// Median and range of `f(a) / f(b)` over the rounds where both have a value:
+/// a paired comparison. Machine-wide drifts (a neighbour's build, a host
+/// change) hit every proxy of a round alike and cancel out of these ratios.
+pub fn paired_ratio(a: &Cell, b: &Cell, f: fn(&Run) -> Option<f64>) -> Option<Stat> {
+    stat(a.by_round.iter().filter_map(|(round, ra)| {
+        let (x, y) = (f(ra)?, f(b.by_round.get(round)?)?);
+        (y > 0.0).then(|| x / y)
+    }))
+}
+
+/// Median and range of `f(a) - f(b)` over the rounds where both have a value.
+pub fn paired_diff(a: &Cell, b: &Cell, f: fn(&Run) -> Option<f64>) -> Option<Stat> {
+    stat(
+        a.by_round
+            .iter()
+            .filter_map(|(round, ra)| Some(f(ra)? - f(b.by_round.get(round)?)?)),
+    )
 }
 
 fn cell_of(runs: &[&Run]) -> Cell {
@@ -179,6 +200,7 @@ fn cell_of(runs: &[&Run]) -> Cell {
         rss_after: s(&|r| r.rss_after_kib),
         conc_target: s(&|r| r.note_value("target")),
         conc_alive: s(&|r| r.note_value("alive")),
+        by_round: ok.iter().map(|r| (r.round, (**r).clone())).collect(),
     }
 }
 
@@ -254,13 +276,6 @@ fn fmt_range(s: &Stat) -> String {
     }
 }
 
-fn fmt_ratio(num: Option<f64>, den: Option<f64>) -> String {
-    match (num, den) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-        _ => "–".to_string(),
-    }
-}
-
 fn fmt_mib(kib: Option<&Stat>) -> String {
     kib.map_or("–".to_string(), |s| {
         format!("{:.1} MiB", s.median / 1024.0)
@@ -289,16 +304,32 @@ pub fn render(runs: &[Run]) -> String {
 | proxy CPU per unit, median (min..max) | CPU × best peer | peak RSS | errors |\n\
 |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
+    let mut best_lines = Vec::new();
     for (w, cells) in &agg {
         let get = |name: &str| cells.iter().find(|(p, _)| p == name).map(|(_, c)| c);
-        let direct_tp = get("direct").and_then(|c| c.throughput).map(|s| s.median);
-        let peers = || PEERS.iter().filter_map(|p| get(p));
-        let best_tp = peers()
-            .filter_map(|c| c.throughput.map(|s| s.median))
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-        let best_cpu = peers()
-            .filter_map(|c| c.cpu.map(|s| s.median))
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+        let direct = get("direct");
+        // The best peer of this workload: highest median throughput, and
+        // (separately) lowest median CPU per unit.
+        let pick = |key: fn(&Cell) -> Option<f64>, better: fn(f64, f64) -> bool| {
+            let mut best: Option<(&str, &Cell, f64)> = None;
+            for p in PEERS {
+                if let Some((c, v)) = get(p).and_then(|c| Some((c, key(c)?))) {
+                    if best.is_none_or(|(_, _, b)| better(v, b)) {
+                        best = Some((p, c, v));
+                    }
+                }
+            }
+            best
+        };
+        let best_tp = pick(|c| c.throughput.map(|s| s.median), |a, b| a > b);
+        let best_cpu = pick(|c| c.cpu.map(|s| s.median), |a, b| a < b);
+        if best_tp.is_some() || best_cpu.is_some() {
+            best_lines.push(format!(
+                "{w}: {} (throughput), {} (CPU)",
+                best_tp.map_or("–", |b| b.0),
+                best_cpu.map_or("–", |b| b.0)
+            ));
+        }
         for (p, c) in cells {
             let unit = if c.unit.is_empty() {
                 "req"
@@ -308,19 +339,23 @@ pub fn render(runs: &[Run]) -> String {
             let tp = dash_or(c.throughput.as_ref(), |s| {
                 format!("{} {unit}/s", fmt_range(s))
             });
-            let tpm = c.throughput.map(|s| s.median);
+            let ratio = |other: Option<&Cell>, f: fn(&Run) -> Option<f64>| {
+                other
+                    .and_then(|o| paired_ratio(c, o, f))
+                    .map_or("–".to_string(), |s| format!("{:.2}×", s.median))
+            };
             let vs_direct = if p == "direct" {
                 "1.00×".to_string()
             } else {
-                fmt_ratio(tpm, direct_tp)
+                ratio(direct, |r| r.throughput)
             };
             let vs_peer = if p == "direct" {
                 "–".to_string()
             } else {
-                fmt_ratio(tpm, best_tp)
+                ratio(best_tp.map(|b| b.1), |r| r.throughput)
             };
             let cpu = dash_or(c.cpu.as_ref(), |s| format!("{} µs/{unit}", fmt_range(s)));
-            let cpu_peer = fmt_ratio(c.cpu.map(|s| s.median), best_cpu);
+            let cpu_peer = ratio(best_cpu.map(|b| b.1), |r| r.cpu_per_unit_us);
             let _ = writeln!(
                 out,
                 "| {w} | {p} | {tp} | {vs_direct} | {vs_peer} | {} | {} | {cpu} | {cpu_peer} | {} | {} |",
@@ -331,16 +366,25 @@ pub fn render(runs: &[Run]) -> String {
             );
         }
     }
+    if !best_lines.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nRatios are medians of per-round ratios (each run compared with the same round's run of \
+the reference). Best peer per workload: {}.",
+            best_lines.join("; ")
+        );
+    }
 
     if let Some((_, cells)) = agg.iter().find(|(w, _)| w == "rate") {
         let direct = cells.iter().find(|(p, _)| p == "direct").map(|(_, c)| c);
-        let added = |f: fn(&Cell) -> Option<Stat>, c: &Cell| match (f(c), direct.and_then(f)) {
-            (Some(a), Some(d)) => fmt_signed_us(a.median - d.median),
-            _ => "–".to_string(),
+        let added = |f: fn(&Run) -> Option<f64>, c: &Cell| {
+            direct
+                .and_then(|d| paired_diff(c, d, f))
+                .map_or("–".to_string(), |s| fmt_signed_us(s.median))
         };
         out.push_str(
             "\nFixed-rate latency (open loop, measured from each request's intended send time; \
-medians over rounds):\n\n\
+medians over rounds; added = median of per-round differences):\n\n\
 | proxy | achieved req/s | p50 | p99 | p99.9 | added p50 vs direct | added p99 | added p99.9 | proxy CPU µs/req | errors |\n\
 |---|---|---|---|---|---|---|---|---|---|\n",
         );
@@ -352,9 +396,9 @@ medians over rounds):\n\n\
                 dash_or(c.p50, |s| fmt_us(s.median)),
                 dash_or(c.p99, |s| fmt_us(s.median)),
                 dash_or(c.p999, |s| fmt_us(s.median)),
-                added(|c| c.p50, c),
-                added(|c| c.p99, c),
-                added(|c| c.p999, c),
+                added(|r| r.p50_us, c),
+                added(|r| r.p99_us, c),
+                added(|r| r.p999_us, c),
                 dash_or(c.cpu, |s| fmt_num(s.median)),
                 errors_cell(c),
             );
@@ -433,17 +477,20 @@ round,workload,proxy,secs,unit,work,throughput,p50_us,p99_us,p999_us,cpu_us,cpu_
     #[test]
     fn renders_ratios_and_side_tables() {
         let md = render(&parse_csv(CSV).unwrap());
-        // direct median 105; haproxy 80 → 0.76×; best peer median is 80 (tie).
+        // Paired with direct: haproxy r1 80/100; nginx r1 90/100, r2 70/110 → median 0.768.
+        // Best throughput peer: haproxy (80, tie with nginx, first in PEERS wins);
+        // nginx vs haproxy is paired on round 1 only (haproxy's round 2 failed): 90/80.
         assert!(
-            md.contains("| ka | haproxy | 80.0 req/s | 0.76× | 1.00× |"),
+            md.contains("| ka | haproxy | 80.0 req/s | 0.80× | 1.00× |"),
             "{md}"
         );
         assert!(
-            md.contains("| ka | nginx | 80.0 (70.0..90.0) req/s | 0.76× | 1.00× |"),
+            md.contains("| ka | nginx | 80.0 (70.0..90.0) req/s | 0.77× | 1.12× |"),
             "{md}"
         );
-        // CPU: haproxy 10, nginx median 9 → haproxy 1.11× the best peer.
-        assert!(md.contains("10.0 µs/req | 1.11×"), "{md}");
+        // CPU: best peer nginx (median 9); haproxy r1 10 vs nginx r1 8 → 1.25×.
+        assert!(md.contains("10.0 µs/req | 1.25×"), "{md}");
+        assert!(md.contains("ka: haproxy (throughput), nginx (CPU)"), "{md}");
         assert!(md.contains("(1 of 2 runs failed)"), "{md}");
         assert!(
             md.contains("| nginx | 5000 | 70 µs | 130 µs | 400 µs | +30 µs | +50 µs | +280 µs |"),
