@@ -3,6 +3,7 @@
 //! it. Owned by the control-plane thread; workers only ever see the
 //! snapshots it publishes.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -76,6 +77,10 @@ pub enum RegistryError {
 pub struct Registry {
     services: Vec<ServiceRecord>,
     generation: u64,
+    /// Configurations loaded: 1 at start; a successful reload adds one
+    /// (and must carry it over if it builds a new registry). Shown by the
+    /// admin API and metrics so an operator sees a reload took.
+    config_generation: u64,
 }
 
 impl Registry {
@@ -99,7 +104,18 @@ impl Registry {
         Registry {
             services,
             generation: 0,
+            config_generation: 1,
         }
+    }
+
+    /// Generation of the last snapshot built (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Configurations loaded so far (see the field).
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation
     }
 
     pub fn services(&self) -> &[ServiceRecord] {
@@ -161,6 +177,36 @@ impl Registry {
         b.admin = state;
         b.last_change = SystemTime::now();
         Ok(true)
+    }
+
+    /// Sets a backend's weight; returns the previous one. A change drops
+    /// the service's cached Maglev table, so the next snapshot rebuilds it
+    /// with the new weight.
+    pub fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: NonZeroU32,
+    ) -> Result<NonZeroU32, RegistryError> {
+        let svc = self
+            .services
+            .iter_mut()
+            .find(|s| s.config.name == service)
+            .ok_or_else(|| RegistryError::NoService(service.into()))?;
+        let b = svc
+            .backends
+            .iter_mut()
+            .find(|b| b.config.name == backend)
+            .ok_or_else(|| RegistryError::NoBackend {
+                service: service.into(),
+                backend: backend.into(),
+            })?;
+        let old = b.config.weight;
+        if old != weight {
+            b.config.weight = weight;
+            svc.maglev = None;
+        }
+        Ok(old)
     }
 
     /// The stats of a service (shared with workers' listeners).

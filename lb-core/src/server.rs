@@ -10,6 +10,7 @@
 //! address.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::admin::{self, AdminContext, StatusView};
 use crate::config::{AdminState, Config, Workers};
 use crate::control::{Registry, RegistryError};
 use crate::engine::{self, EngineChoice};
@@ -39,6 +41,15 @@ pub enum Command {
         state: AdminState,
         reply: oneshot::Sender<Result<(), RegistryError>>,
     },
+    /// Set a backend's weight (rebuilds its service's Maglev table).
+    Weight {
+        service: String,
+        backend: String,
+        weight: NonZeroU32,
+        reply: oneshot::Sender<Result<(), RegistryError>>,
+    },
+    /// The registry's state now, for the admin API's reads.
+    Status { reply: oneshot::Sender<StatusView> },
     /// Stop accepting, wait for connections up to the shutdown timeout, stop.
     Shutdown,
 }
@@ -91,6 +102,8 @@ pub struct StartOptions {
 pub struct Server {
     handle: ServerHandle,
     listening: Vec<(String, SocketAddr)>,
+    /// The admin API's actual address (None: `admin = "off"`).
+    admin_addr: Option<SocketAddr>,
     engine: EngineChoice,
     control_thread: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -153,6 +166,23 @@ impl Server {
         let worker_controls: Vec<Arc<WorkerControl>> = (0..worker_count)
             .map(|_| Arc::new(WorkerControl::default()))
             .collect();
+        let admin = match config.global.admin {
+            Some(addr) => {
+                let listener =
+                    admin::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+                let ctx =
+                    AdminContext::new(&config.global, commands_tx.clone(), worker_controls.clone());
+                Some((listener, ctx))
+            }
+            None => None,
+        };
+        let admin_addr = match &admin {
+            Some((l, _)) => Some(
+                l.local_addr()
+                    .map_err(|e| Error::io("reading the admin address", e))?,
+            ),
+            None => None,
+        };
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let plane = ControlPlane {
@@ -163,6 +193,7 @@ impl Server {
             commands: commands_rx,
             shutdown_timeout: config.global.shutdown_timeout,
             handle_signals: options.handle_signals,
+            admin,
         };
         let control_thread = std::thread::Builder::new()
             .name("ringlb-control".into())
@@ -215,6 +246,7 @@ impl Server {
                 commands: commands_tx,
             },
             listening,
+            admin_addr,
             engine,
             control_thread: Some(control_thread),
             workers,
@@ -225,6 +257,11 @@ impl Server {
     /// (service, actual address) of every listener.
     pub fn listening(&self) -> &[(String, SocketAddr)] {
         &self.listening
+    }
+
+    /// Where the admin API listens (None when `admin = "off"`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -274,6 +311,8 @@ struct ControlPlane {
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    /// The admin listener, bound at start, served from `serve`.
+    admin: Option<(std::net::TcpListener, AdminContext)>,
 }
 
 impl ControlPlane {
@@ -293,6 +332,10 @@ impl ControlPlane {
 
     async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
         let _ = ready.send(());
+        if let Some((listener, ctx)) = self.admin.take() {
+            tokio::spawn(admin::run(listener, ctx));
+        }
+        tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
         let (mut sigterm, mut sigint) = if self.handle_signals {
             use tokio::signal::unix::{signal, SignalKind};
             (
@@ -317,6 +360,12 @@ impl ControlPlane {
                         });
                         let _ = reply.send(r);
                     }
+                    Some(Command::Weight { service, backend, weight, reply }) => {
+                        let _ = reply.send(self.set_weight(&service, &backend, weight));
+                    }
+                    Some(Command::Status { reply }) => {
+                        let _ = reply.send(StatusView::new(&self.registry));
+                    }
                     Some(Command::Shutdown) | None => break,
                 },
                 Some(()) = recv_signal(&mut sigterm) => { tracing::info!("SIGTERM: draining"); break }
@@ -330,6 +379,30 @@ impl ControlPlane {
         tracing::debug!(service = %f.service, backend = %f.backend, address = %f.address, reason = %f.reason, "connect failed");
     }
 
+    /// Sets a weight and publishes; if the table cannot be built, puts the
+    /// old weight back so a refused change changes nothing.
+    fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: NonZeroU32,
+    ) -> Result<(), RegistryError> {
+        let old = self.registry.set_weight(service, backend, weight)?;
+        if old == weight {
+            return Ok(());
+        }
+        match self.publish() {
+            Ok(()) => {
+                tracing::info!(service = %service, backend = %backend, from = old, to = weight, "weight changed");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.registry.set_weight(service, backend, old);
+                Err(e)
+            }
+        }
+    }
+
     fn publish(&mut self) -> Result<(), RegistryError> {
         let snap = self.registry.snapshot()?;
         self.cell.publish(snap);
@@ -341,6 +414,9 @@ impl ControlPlane {
 
     /// Stop accepting, wait for connections up to the timeout, stop workers.
     async fn drain(&mut self) {
+        if let Err(e) = crate::notify::stopping() {
+            tracing::warn!(error = %e, "cannot tell systemd we are stopping");
+        }
         for w in &self.workers {
             w.draining.store(true, Relaxed);
             w.wake();
