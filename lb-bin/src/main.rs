@@ -94,6 +94,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             handle_signals: true,
         },
     )?;
+    // Under systemd (Type=notify): serving now. A no-op otherwise.
+    if let Err(e) = lb_core::notify::ready() {
+        tracing::warn!(error = %e, "cannot tell systemd we are ready");
+    }
     server.wait();
     tracing::info!("ringlb stopped");
     Ok(())
