@@ -7,29 +7,17 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{AdminState, Balance, Config, HealthKind};
+use std::net::SocketAddr;
+
+use crate::config::{AdminState, Balance, Config, HealthCheck, HealthKind};
+use crate::health::BackendKey;
 use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
 use crate::stats::{BackendStats, ServiceStats};
 
-/// A backend's health as the control plane knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// Not probed yet: receives no traffic.
-    Unknown,
-    Up,
-    Down,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Unknown => "unknown",
-            Health::Up => "up",
-            Health::Down => "down",
-        }
-    }
-}
+/// A backend's health as the control plane knows it (the prober's state:
+/// `Unknown` until its first probe result, and then `Up` or `Down`).
+pub use crate::health::State as Health;
 
 /// One backend in the registry.
 #[derive(Debug)]
@@ -266,11 +254,21 @@ impl Registry {
         })
     }
 
-    /// Backend names and their service, with the health check to run.
-    pub fn health_targets(&self) -> impl Iterator<Item = (&ServiceRecord, &BackendRecord)> {
-        self.services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+    /// What the prober should probe: every backend of every service, with
+    /// its service's check.
+    pub fn probe_targets(&self) -> Vec<(BackendKey, SocketAddr, Arc<HealthCheck>)> {
+        let mut out = Vec::new();
+        for s in &self.services {
+            let check = Arc::new(s.config.health.clone());
+            for b in &s.backends {
+                let key = BackendKey {
+                    service: s.config.name.clone(),
+                    backend: b.config.name.clone(),
+                };
+                out.push((key, b.config.address, check.clone()));
+            }
+        }
+        out
     }
 }
 

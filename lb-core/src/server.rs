@@ -20,14 +20,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::{self, AdminContext, StatusView};
 use crate::config::{AdminState, Config, Workers};
-use crate::control::{Registry, RegistryError};
+use crate::control::{Health, Registry, RegistryError};
 use crate::engine::{self, EngineChoice};
+use crate::health::{BackendKey, ProbeReport, Prober};
 use crate::snapshot::SnapshotCell;
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerSetup};
 use crate::{sys, Error, Result};
 
 /// Listen backlog of every listener.
 const BACKLOG: i32 = 4096;
+/// Extra wait for the first health round beyond the longest check timeout.
+const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 /// Passive-failure reports that may wait for the control plane.
 const FAILURE_QUEUE: usize = 4096;
 
@@ -331,6 +334,33 @@ impl ControlPlane {
     }
 
     async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
+        // Start-up rule: every backend is probed once before the workers
+        // start (bounded by the longest check timeout plus a margin), so
+        // clients are neither sent to a dead node nor turned away for a
+        // whole probe interval. Backends that have not answered by then stay
+        // out until they do.
+        let (reports_tx, mut reports) = mpsc::unbounded_channel::<ProbeReport>();
+        let mut prober = Prober::new(reports_tx);
+        prober.set_targets(self.registry.probe_targets());
+        let longest = self
+            .registry
+            .services()
+            .iter()
+            .map(|s| s.config.health.timeout)
+            .max()
+            .unwrap_or_default();
+        let complete = prober
+            .first_round(tokio::time::Instant::now() + longest + FIRST_ROUND_MARGIN)
+            .await;
+        while let Ok(report) = reports.try_recv() {
+            self.on_report(report);
+        }
+        if !complete {
+            tracing::warn!("some backends did not answer their first health probe in time; they get traffic once they do");
+        }
+        if let Err(e) = self.publish() {
+            tracing::error!(error = %e, "cannot publish the backend table");
+        }
         let _ = ready.send(());
         if let Some((listener, ctx)) = self.admin.take() {
             tokio::spawn(admin::run(listener, ctx));
@@ -347,7 +377,14 @@ impl ControlPlane {
         };
         loop {
             tokio::select! {
-                Some(f) = self.failures.recv() => self.on_failure(f),
+                Some(f) = self.failures.recv() => self.on_failure(&prober, f),
+                Some(report) = reports.recv() => {
+                    if self.on_report(report) {
+                        if let Err(e) = self.publish() {
+                            tracing::error!(error = %e, "cannot publish the backend table");
+                        }
+                    }
+                }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Admin { service, backend, state, reply }) => {
                         let r = self.registry.set_admin(&service, &backend, state).and_then(|changed| {
@@ -375,8 +412,42 @@ impl ControlPlane {
         self.drain().await;
     }
 
-    fn on_failure(&mut self, f: PassiveFailure) {
+    /// A worker could not connect: the prober counts it as a failed result
+    /// and probes again at once.
+    fn on_failure(&mut self, prober: &Prober, f: PassiveFailure) {
         tracing::debug!(service = %f.service, backend = %f.backend, address = %f.address, reason = %f.reason, "connect failed");
+        let key = BackendKey {
+            service: f.service.to_string(),
+            backend: f.backend.to_string(),
+        };
+        prober.passive_failure(&key, f.reason.to_string());
+    }
+
+    /// Records a probe result; true if a backend's state flipped (then the
+    /// caller publishes). Each flip is logged once, with its reason.
+    fn on_report(&mut self, report: ProbeReport) -> bool {
+        let reason = match &report.result {
+            Ok(()) => "probe passed".to_string(),
+            Err(r) => r.to_string(),
+        };
+        let key = &report.key;
+        match self
+            .registry
+            .set_health(&key.service, &key.backend, report.state, reason.clone())
+        {
+            Ok(true) => {
+                match report.state {
+                    Health::Up => tracing::info!(backend = %key, reason = %reason, "backend is up"),
+                    _ => {
+                        tracing::warn!(backend = %key, state = %report.state, reason = %reason, "backend is down")
+                    }
+                }
+                true
+            }
+            Ok(false) => false,
+            // A report for a backend removed by a reload: nothing to do.
+            Err(_) => false,
+        }
     }
 
     /// Sets a weight and publishes; if the table cannot be built, puts the
