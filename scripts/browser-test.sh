@@ -39,8 +39,8 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 be1=$(free_port); be2=$(free_port); lb=$(free_port); admin=$(free_port)
-(cd "$work" && exec python3 -m http.server "$be1" --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
-(cd "$work" && exec python3 -m http.server "$be2" --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
+(cd "$work" && exec "$py" -m http.server "$be1" --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
+(cd "$work" && exec "$py" -m http.server "$be2" --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
 cat > "$work/ringlb.toml" <<EOF
 [global]
 workers = 1
