@@ -401,13 +401,7 @@ impl AdminContext {
 
     async fn health(&self) -> Response<Full<Bytes>> {
         let serving = self.serving();
-        // While shutting down the control plane waits for connections and
-        // answers nothing: say so at once.
-        let view = if serving {
-            self.status().await.ok()
-        } else {
-            None
-        };
+        let view = self.status().await.ok();
         let doc = HealthDoc::new(view.as_ref(), &self.node_id, serving);
         let status = if doc.healthy() {
             StatusCode::OK
@@ -480,11 +474,15 @@ impl AdminContext {
         self.ask(|reply| Command::Status { reply }).await
     }
 
-    /// Sends a command and waits (bounded) for its reply.
+    /// Sends a command and waits (bounded) for its reply. While shutting
+    /// down the control plane only waits for connections: fail at once.
     async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, Unavailable> {
+        if !self.serving() {
+            return Err(Unavailable);
+        }
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(command(reply))

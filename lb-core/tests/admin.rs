@@ -928,6 +928,33 @@ fn health_is_ok_while_every_service_has_a_usable_backend() {
     assert_eq!(lb.get("/router/api/v1/system/health").status, 200);
 }
 
+#[test]
+fn health_says_unhealthy_at_once_while_shutting_down() {
+    let lb = start("", &["b1"]);
+    // A held connection keeps the drain going (up to shutdown_timeout).
+    let (mut held, _) = lb.client("127.0.0.1");
+    lb._server.handle().shutdown();
+    let mut doc = Value::Null;
+    wait_until("the health answer to turn 503", || {
+        let r = lb.get("/router/api/v1/system/health");
+        doc = r.json();
+        r.status == 503
+    });
+    assert_eq!(doc["router"]["state"], "UNHEALTHY");
+    assert!(doc["router"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("shutting down")));
+    // Reads and actions answer 503 at once instead of waiting for the
+    // draining control plane.
+    let asked = Instant::now();
+    let r = lb.get("/api/v1/services");
+    assert_eq!(r.status, 503);
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    assert_eq!(lb.action("b1", "drain").status, 503);
+    // The established connection still flows while draining.
+    echo_round_trip(&mut held, b"still here");
+}
+
 // ---------------------------------------------------------- status page
 
 #[test]
