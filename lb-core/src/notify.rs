@@ -158,6 +158,9 @@ pub async fn supervise_watchdog(workers: Vec<Arc<WorkerControl>>) {
     let mut last: Vec<u64> = workers.iter().map(|w| w.turns.load(Relaxed)).collect();
     let mut tick = tokio::time::interval(interval / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: skip it, so workers have a full period
+    // to show progress (they may not have started yet).
+    tick.tick().await;
     loop {
         tick.tick().await;
         let now: Vec<u64> = workers.iter().map(|w| w.turns.load(Relaxed)).collect();
