@@ -315,19 +315,6 @@ impl Pair {
     }
 }
 
-/// Prepares a cleanly finished socket for close so that ringlb keeps no
-/// TIME_WAIT: if everything we sent (FIN included) is acknowledged, the
-/// socket is in TIME_WAIT or CLOSED, and SO_LINGER 0 makes close() free it
-/// at once without sending anything. Otherwise (our FIN still unacked, as
-/// when the peer closed first and we are in LAST_ACK) a normal close lets
-/// the kernel finish the handshake; the TIME_WAIT, if any, stays with the
-/// peer that closed first.
-pub fn prepare_finished_close(fd: RawFd) {
-    if matches!(sys::unacked_bytes(fd), Ok(0)) {
-        let _ = sys::set_linger_zero(fd);
-    }
-}
-
 /// Prepares a socket to be closed with an RST.
 pub fn prepare_reset(fd: RawFd) {
     let _ = sys::set_linger_zero(fd);

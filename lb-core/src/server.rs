@@ -334,6 +334,17 @@ impl ControlPlane {
     }
 
     async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
+        // Before anything is announced, so that a signal right after
+        // "listening" drains instead of killing.
+        let (mut sigterm, mut sigint) = if self.handle_signals {
+            use tokio::signal::unix::{signal, SignalKind};
+            (
+                signal(SignalKind::terminate()).ok(),
+                signal(SignalKind::interrupt()).ok(),
+            )
+        } else {
+            (None, None)
+        };
         // Start-up rule: every backend is probed once before the workers
         // start (bounded by the longest check timeout plus a margin), so
         // clients are neither sent to a dead node nor turned away for a
@@ -366,15 +377,6 @@ impl ControlPlane {
             tokio::spawn(admin::run(listener, ctx));
         }
         tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
-        let (mut sigterm, mut sigint) = if self.handle_signals {
-            use tokio::signal::unix::{signal, SignalKind};
-            (
-                signal(SignalKind::terminate()).ok(),
-                signal(SignalKind::interrupt()).ok(),
-            )
-        } else {
-            (None, None)
-        };
         loop {
             tokio::select! {
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),

@@ -153,14 +153,6 @@ pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Bytes (and FIN) written but not yet acknowledged by the peer (SIOCOUTQ).
-pub fn unacked_bytes(fd: RawFd) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: valid fd; TIOCOUTQ writes one c_int into `n`.
-    check(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) })?;
-    Ok(n.max(0) as usize)
-}
-
 /// The pending error of a socket (SO_ERROR), e.g. the result of a connect.
 pub fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
     let mut err: libc::c_int = 0;

@@ -804,14 +804,11 @@ impl<R: Reactor> Worker<R> {
         }
     }
 
-    /// Both directions done: close without keeping TIME_WAIT where we can.
+    /// Both directions done: a plain close. (On a leg where ringlb sent the
+    /// first FIN, the kernel makes the TIME_WAIT when the second FIN arrives,
+    /// whatever close() does; on the other leg the peer that closed first
+    /// keeps it. Only an RST would avoid it, and that breaks half-close.)
     fn finish(&mut self, slot: usize) {
-        if let Some(conn) = self.slots[slot].as_ref() {
-            conn::prepare_finished_close(conn.client.as_raw_fd());
-            if let Some(b) = &conn.backend {
-                conn::prepare_finished_close(b.as_raw_fd());
-            }
-        }
         self.release(slot);
     }
 
