@@ -10,6 +10,7 @@
 //! address.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::admin::{self, AdminContext, StatusView};
 use crate::config::{AdminState, Config, Workers};
 use crate::control::{Health, Registry, RegistryError, ReloadSummary};
 use crate::engine::{self, EngineChoice};
@@ -51,6 +53,15 @@ pub enum Command {
     Reload {
         reply: oneshot::Sender<Result<ReloadSummary, String>>,
     },
+    /// Set a backend's weight (rebuilds its service's Maglev table).
+    Weight {
+        service: String,
+        backend: String,
+        weight: NonZeroU32,
+        reply: oneshot::Sender<Result<(), RegistryError>>,
+    },
+    /// The registry's state now, for the admin API's reads.
+    Status { reply: oneshot::Sender<StatusView> },
     /// Stop accepting, wait for connections up to the shutdown timeout, stop.
     Shutdown,
 }
@@ -128,6 +139,8 @@ pub struct ControlCounters {
 pub struct Server {
     handle: ServerHandle,
     listening: Vec<(String, SocketAddr)>,
+    /// The admin API's actual address (None: `admin = "off"`).
+    admin_addr: Option<SocketAddr>,
     engine: EngineChoice,
     control_thread: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -206,6 +219,23 @@ impl Server {
         let worker_controls: Vec<Arc<WorkerControl>> = (0..worker_count)
             .map(|_| Arc::new(WorkerControl::default()))
             .collect();
+        let admin = match config.global.admin {
+            Some(addr) => {
+                let listener =
+                    admin::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+                let ctx =
+                    AdminContext::new(&config.global, commands_tx.clone(), worker_controls.clone());
+                Some((listener, ctx))
+            }
+            None => None,
+        };
+        let admin_addr = match &admin {
+            Some((l, _)) => Some(
+                l.local_addr()
+                    .map_err(|e| Error::io("reading the admin address", e))?,
+            ),
+            None => None,
+        };
 
         let counters = Arc::new(ControlCounters::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
@@ -223,6 +253,7 @@ impl Server {
             commands: commands_rx,
             shutdown_timeout: config.global.shutdown_timeout,
             handle_signals: options.handle_signals,
+            admin,
         };
         let control_thread = std::thread::Builder::new()
             .name("ringlb-control".into())
@@ -275,6 +306,7 @@ impl Server {
                 commands: commands_tx,
             },
             listening,
+            admin_addr,
             engine,
             control_thread: Some(control_thread),
             workers,
@@ -285,6 +317,11 @@ impl Server {
     /// (service, actual address) of every listener.
     pub fn listening(&self) -> &[(String, SocketAddr)] {
         &self.listening
+    }
+
+    /// Where the admin API listens (None when `admin = "off"`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -345,6 +382,8 @@ struct ControlPlane {
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    /// The admin listener, bound at start, served from `serve`.
+    admin: Option<(std::net::TcpListener, AdminContext)>,
 }
 
 impl ControlPlane {
@@ -414,6 +453,10 @@ impl ControlPlane {
                     }
                 });
         let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<()>>();
+        if let Some((listener, ctx)) = self.admin.take() {
+            tokio::spawn(admin::run(listener, ctx));
+        }
+        tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
         loop {
             tokio::select! {
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
@@ -439,6 +482,12 @@ impl ControlPlane {
                     Some(Command::Reload { reply }) => {
                         let r = self.reload(&mut prober);
                         let _ = reply.send(r);
+                    }
+                    Some(Command::Weight { service, backend, weight, reply }) => {
+                        let _ = reply.send(self.set_weight(&service, &backend, weight));
+                    }
+                    Some(Command::Status { reply }) => {
+                        let _ = reply.send(StatusView::new(&self.registry));
                     }
                     Some(Command::Shutdown) | None => break,
                 },
@@ -493,7 +542,10 @@ impl ControlPlane {
     /// refused with the reason and changes nothing; established connections
     /// are never touched either way.
     fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, String> {
+        // Under systemd: RELOADING=1 (with MONOTONIC_USEC) … READY=1.
+        let _ = crate::notify::reloading();
         let result = self.try_reload(prober);
+        let _ = crate::notify::ready();
         match &result {
             Ok(summary) => {
                 self.counters.reloads_ok.fetch_add(1, Relaxed);
@@ -636,6 +688,30 @@ impl ControlPlane {
         }
     }
 
+    /// Sets a weight and publishes; if the table cannot be built, puts the
+    /// old weight back so a refused change changes nothing.
+    fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: NonZeroU32,
+    ) -> Result<(), RegistryError> {
+        let old = self.registry.set_weight(service, backend, weight)?;
+        if old == weight {
+            return Ok(());
+        }
+        match self.publish() {
+            Ok(()) => {
+                tracing::info!(service = %service, backend = %backend, from = old, to = weight, "weight changed");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.registry.set_weight(service, backend, old);
+                Err(e)
+            }
+        }
+    }
+
     fn publish(&mut self) -> Result<(), RegistryError> {
         let snap = self.registry.snapshot()?;
         self.cell.publish(snap);
@@ -650,6 +726,9 @@ impl ControlPlane {
         // Our copies of the listening sockets would keep them open (and the
         // kernel queueing to them) after the workers close theirs.
         self.handover.clear();
+        if let Err(e) = crate::notify::stopping() {
+            tracing::warn!(error = %e, "cannot tell systemd we are stopping");
+        }
         for w in &self.workers {
             w.draining.store(true, Relaxed);
             w.wake();
