@@ -342,19 +342,25 @@ impl Ringlb {
     /// Starts ringlb with `config` and waits (up to [`READY_TIMEOUT`]) for a
     /// `listening` line per configured listen address.
     pub fn start(config: &LbConfig) -> Ringlb {
+        Ringlb::start_with_env(config, &[])
+    }
+
+    /// [`Ringlb::start`] with extra environment variables.
+    pub fn start_with_env(config: &LbConfig, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {
         let mut expected: BTreeMap<String, usize> = BTreeMap::new();
         for s in &config.services {
             *expected.entry(s.name.clone()).or_default() += s.listen.len();
         }
-        let mut lb = Ringlb::spawn(&config.to_toml());
+        let mut lb = Ringlb::spawn(&config.to_toml(), env);
         lb.wait_ready(&expected);
         lb
     }
 
-    fn spawn(config: &str) -> Ringlb {
+    fn spawn(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {
         let dir = TempDir::new("lb");
         let path = dir.write("ringlb.toml", config);
         let mut child = ringlb_command()
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&path)
             .stdin(Stdio::null())
