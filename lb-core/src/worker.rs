@@ -586,7 +586,6 @@ impl<R: Reactor> Worker<R> {
     }
 
     fn open(&mut self, li: usize, si: usize, client: OwnedFd, peer: SocketAddr) {
-        let _ = sys::tune_accepted(client.as_raw_fd());
         let service = &self.snapshot.services[si];
         let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
         let mut candidates = [0u32; MAX_ATTEMPTS];
