@@ -12,20 +12,24 @@
 //!
 //! Who may talk to it: a peer outside `admin_allow` gets 403 before a byte
 //! of its request is read; with `admin_token` set, every request that is
-//! not a GET needs `Authorization: Bearer <token>` (401 otherwise); a POST
-//! or PUT from a web page of another origin is refused (403). Requests are
-//! bounded: 16 KiB of head, 64 KiB of body, 10 s to send the head (also
-//! the keep-alive idle limit), 10 s for the body, 64 connections at once.
+//! not a GET needs `Authorization: Bearer <token>` (401 otherwise), except
+//! the join endpoints, which need the join key instead (`admin/join.rs`);
+//! a POST or PUT from a web page of another origin is refused (403).
+//! Requests are bounded: 16 KiB of head, 64 KiB of body, 10 s to send the
+//! head (also the keep-alive idle limit), 10 s for the body, 64 connections
+//! at once.
 //! Bad input is answered (`{"error": "…"}`), never panicked on.
 
 pub mod auth;
+pub mod join;
+pub mod limit;
 pub mod view;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -44,10 +48,12 @@ use crate::control::RegistryError;
 use crate::server::Command;
 use crate::worker::WorkerControl;
 use auth::Credentials;
+use join::Membership;
+use limit::FailureLimiter;
 pub use view::StatusView;
 use view::{BackendDoc, HealthDoc, ServicesDoc};
 
-/// Largest request body read (the only body is `{"weight": N}`).
+/// Largest request body read (`{"weight": N}` and the join bodies).
 const MAX_BODY: usize = 64 << 10;
 /// Largest request head (request line and headers); hyper's minimum is 8 KiB.
 const MAX_HEAD: usize = 16 << 10;
@@ -94,6 +100,9 @@ pub struct AdminContext {
     connections: Arc<Semaphore>,
     /// Connections being refused.
     refusals: Arc<Semaphore>,
+    /// Failed join-key attempts per peer. A std mutex: it is held for a
+    /// few map operations, never across an await.
+    join_failures: Mutex<FailureLimiter>,
 }
 
 impl AdminContext {
@@ -110,6 +119,11 @@ impl AdminContext {
             node_id: host_name(),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+            join_failures: Mutex::new(FailureLimiter::new(
+                join::FAILURE_BURST,
+                join::FAILURE_REFILL,
+                join::FAILURE_PEERS,
+            )),
         }
     }
 
@@ -242,6 +256,8 @@ enum Route<'a> {
         backend: &'a str,
         action: Action,
     },
+    /// `POST /api/v1/services/{service}/join` or `…/leave` (join key).
+    Membership { service: &'a str, op: Membership },
 }
 
 /// What an action route does.
@@ -264,6 +280,14 @@ impl<'a> Route<'a> {
             ["metrics"] => Some(Route::Metrics),
             ["api", "v1", "services"] => Some(Route::Services),
             ["api", "v1", "reload"] => Some(Route::Reload),
+            ["api", "v1", "services", service, op] if !service.is_empty() => {
+                let op = match *op {
+                    "join" => Membership::Join,
+                    "leave" => Membership::Leave,
+                    _ => return None,
+                };
+                Some(Route::Membership { service, op })
+            }
             ["api", "v1", "services", service, "backends", backend, action]
                 if !service.is_empty() && !backend.is_empty() =>
             {
@@ -291,7 +315,8 @@ impl<'a> Route<'a> {
                 action: Action::Set(_),
                 ..
             }
-            | Route::Reload => Method::POST,
+            | Route::Reload
+            | Route::Membership { .. } => Method::POST,
             Route::Backend {
                 action: Action::Weight,
                 ..
@@ -378,21 +403,17 @@ impl AdminContext {
                 }
                 self.act(req, peer, service, backend, action).await
             }
+            Route::Membership { service, op } => self.membership(req, peer, service, op).await,
         }
     }
 
     /// Refuses a state-changing request from another origin or without the
     /// token; None lets it through.
     fn check_writer(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
-        let h = req.headers();
-        let origin = h.get(header::ORIGIN).map(HeaderValue::as_bytes);
-        let host = h.get(header::HOST).map(HeaderValue::as_bytes);
-        if auth::cross_origin(origin, host) {
-            return Some(error(
-                StatusCode::FORBIDDEN,
-                "cross-origin request refused: use the status page served by this admin address",
-            ));
+        if let Some(refusal) = check_origin(req) {
+            return Some(refusal);
         }
+        let h = req.headers();
         let token = self.token.as_deref()?;
         let creds =
             Credentials::from_header(h.get(header::AUTHORIZATION).map(HeaderValue::as_bytes));
@@ -509,30 +530,43 @@ impl AdminContext {
     }
 }
 
+/// Refuses a state-changing request sent by a web page of another origin;
+/// None lets it through.
+fn check_origin(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let h = req.headers();
+    let origin = h.get(header::ORIGIN).map(HeaderValue::as_bytes);
+    let host = h.get(header::HOST).map(HeaderValue::as_bytes);
+    auth::cross_origin(origin, host).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused: use the status page served by this admin address",
+        )
+    })
+}
+
+/// Reads a request body, bounded in size ([`MAX_BODY`]) and time
+/// ([`BODY_TIMEOUT`]); the error is the answer to send.
+async fn read_body(body: Incoming) -> Result<Bytes, Response<Full<Bytes>>> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        )),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
 /// Reads and checks `{"weight": N}`; the error is the answer to send.
 async fn read_weight(body: Incoming) -> Result<NonZeroU32, Response<Full<Bytes>>> {
-    let bytes =
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Err(_) => {
-                return Err(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body did not arrive in time",
-                ))
-            }
-            Ok(Err(e)) if e.is::<LengthLimitError>() => {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body is larger than {MAX_BODY} bytes"),
-                ))
-            }
-            Ok(Err(e)) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}"),
-                ))
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
+    let bytes = read_body(body).await?;
     let body: WeightBody = serde_json::from_slice(&bytes).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -650,9 +684,26 @@ mod tests {
                 action: Action::Weight
             })
         );
+        assert_eq!(
+            Route::parse("/api/v1/services/web/join"),
+            Some(Route::Membership {
+                service: "web",
+                op: Membership::Join
+            })
+        );
+        assert_eq!(
+            Route::parse("/api/v1/services/web/leave"),
+            Some(Route::Membership {
+                service: "web",
+                op: Membership::Leave
+            })
+        );
         for bad in [
             "",
             "/metrics/",
+            "/api/v1/services//join",
+            "/api/v1/services/web/join/",
+            "/api/v1/services/web/explode",
             "/api/v1/services/",
             "/api/v1/services/web/backends/b1/explode",
             "/api/v1/services//backends/b1/drain",
@@ -671,6 +722,10 @@ mod tests {
         let weight = Route::parse("/api/v1/services/a/backends/b/weight").expect("route");
         assert!(weight.accepts(&Method::PUT));
         assert!(!weight.accepts(&Method::POST));
+        let join = Route::parse("/api/v1/services/a/join").expect("route");
+        assert!(join.accepts(&Method::POST));
+        assert!(!join.accepts(&Method::GET));
+        assert!(!join.accepts(&Method::PUT));
         assert!(Route::Metrics.accepts(&Method::GET));
         assert!(Route::Metrics.accepts(&Method::HEAD));
         assert!(!Route::Metrics.accepts(&Method::POST));

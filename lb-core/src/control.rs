@@ -1,7 +1,9 @@
 //! The control plane's state: the registry of services and backends (config,
 //! admin state, health state, counters) and the building of snapshots from
 //! it. Owned by the control-plane thread; workers only ever see the
-//! snapshots it publishes.
+//! snapshots it publishes. Nodes that join at run time: `control/join.rs`.
+
+mod join;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use crate::health::BackendKey;
 use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
 use crate::stats::{BackendStats, ServiceStats};
+
+pub use join::{JoinError, JoinOutcome};
 
 /// A backend's health as the control plane knows it (the prober's state:
 /// `Unknown` until its first probe result, and then `Up` or `Down`).
@@ -29,6 +33,10 @@ pub struct BackendRecord {
     pub reason: String,
     pub last_change: SystemTime,
     pub stats: Arc<BackendStats>,
+    /// Added by a node's join request, not by the config file: only these
+    /// may leave through the API, and a reload keeps them (unless the file
+    /// now configures their name). Lost at restart.
+    pub joined: bool,
 }
 
 impl BackendRecord {
@@ -187,7 +195,10 @@ impl Registry {
             for b in &s.backends {
                 match prev.backends.iter().position(|p| p.config.name == b.name) {
                     Some(i) => {
-                        let mut rec = prev.backends.swap_remove(i);
+                        // `remove`: the joined nodes left over keep their order.
+                        let mut rec = prev.backends.remove(i);
+                        // A joined name now in the file: the file wins.
+                        rec.joined = false;
                         if rec.config.address != b.address
                             || prev.config.health.kind != s.health.kind
                         {
@@ -207,8 +218,12 @@ impl Registry {
                     }
                 }
             }
+            // Left over: backends the file dropped, and joined nodes, which
+            // stay while they still fit the service (control/join.rs).
+            let kind_changed = prev.config.health.kind != s.health.kind;
+            let dropped = join::keep_joined(s, &mut backends, prev.backends, kind_changed);
             summary.backends_removed.extend(
-                prev.backends
+                dropped
                     .iter()
                     .map(|b| format!("{}/{}", s.name, b.config.name)),
             );
@@ -375,6 +390,7 @@ fn new_backend(kind: HealthKind, b: &crate::config::Backend) -> BackendRecord {
         reason,
         last_change: SystemTime::now(),
         stats: Arc::new(BackendStats::default()),
+        joined: false,
     }
 }
 

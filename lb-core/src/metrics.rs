@@ -154,16 +154,18 @@ fn render_backends(e: &mut Exposition, view: &StatusView) {
     e.family(
         "ringlb_backend_info",
         Kind::Gauge,
-        "Always 1; labels give the backend's address.",
+        "Always 1; labels give the backend's address and whether it joined through the API.",
     );
     for (svc, b) in each() {
         let address = b.address.to_string();
+        let joined = if b.joined { "true" } else { "false" };
         e.sample(
             "ringlb_backend_info",
             &[
                 ("service", svc),
                 ("backend", &b.name),
                 ("address", &address),
+                ("joined", joined),
             ],
             1,
         );
@@ -359,6 +361,7 @@ mod tests {
             reason: String::new(),
             last_change: UNIX_EPOCH,
             stats: Arc::default(),
+            joined: false,
         };
         let view = StatusView {
             generation: 7,

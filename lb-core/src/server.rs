@@ -9,6 +9,8 @@
 //! the first snapshot; then start the workers and log `listening` per
 //! address.
 
+mod join;
+
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
@@ -62,6 +64,23 @@ pub enum Command {
     },
     /// The registry's state now, for the admin API's reads.
     Status { reply: oneshot::Sender<StatusView> },
+    /// The join key in force (it follows reloads); None: joining is off.
+    JoinKey {
+        reply: oneshot::Sender<Option<String>>,
+    },
+    /// Add a node that announced itself with the join key (see
+    /// `server/join.rs`).
+    Join {
+        service: String,
+        backend: crate::config::Backend,
+        reply: oneshot::Sender<Result<crate::control::JoinOutcome, crate::control::JoinError>>,
+    },
+    /// Remove a joined node; the reply is its settings.
+    Leave {
+        service: String,
+        backend: String,
+        reply: oneshot::Sender<Result<crate::config::Backend, crate::control::JoinError>>,
+    },
     /// Stop accepting, wait for connections up to the shutdown timeout, stop.
     Shutdown,
 }
@@ -488,6 +507,15 @@ impl ControlPlane {
                     }
                     Some(Command::Status { reply }) => {
                         let _ = reply.send(StatusView::new(&self.registry));
+                    }
+                    Some(Command::JoinKey { reply }) => {
+                        let _ = reply.send(self.config.global.join_key.clone());
+                    }
+                    Some(Command::Join { service, backend, reply }) => {
+                        let _ = reply.send(self.join(&mut prober, &service, backend));
+                    }
+                    Some(Command::Leave { service, backend, reply }) => {
+                        let _ = reply.send(self.leave(&mut prober, &service, &backend));
                     }
                     Some(Command::Shutdown) | None => break,
                 },

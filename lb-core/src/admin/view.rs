@@ -52,6 +52,8 @@ pub struct BackendView {
     pub last_change: SystemTime,
     /// Live: shared with every snapshot listing the backend.
     pub stats: Arc<BackendStats>,
+    /// Added by a node's join request, not by the config file.
+    pub joined: bool,
 }
 
 /// A backend's state in the router's health vocabulary.
@@ -126,6 +128,7 @@ impl BackendView {
             reason: b.reason.clone(),
             last_change: b.last_change,
             stats: b.stats.clone(),
+            joined: b.joined,
         }
     }
 
@@ -272,6 +275,9 @@ pub struct BackendDoc<'a> {
     /// `HEALTHY` | `UNHEALTHY` | `DRAINING` | `DISABLED`.
     pub state: &'static str,
     pub usable: bool,
+    /// Added by a node's join request (it may leave through the API; a
+    /// restart forgets it), not by the config file.
+    pub joined: bool,
     pub reason: &'a str,
     /// RFC 3339, UTC.
     pub last_change: String,
@@ -324,6 +330,7 @@ impl<'a> BackendDoc<'a> {
             health: b.health.as_str(),
             state: b.router_state().as_str(),
             usable: b.usable(),
+            joined: b.joined,
             reason: &b.reason,
             last_change: rfc3339(b.last_change),
             last_change_unix: unix_seconds(b.last_change),
@@ -412,6 +419,7 @@ mod tests {
             reason: "r".into(),
             last_change: UNIX_EPOCH,
             stats: Arc::default(),
+            joined: false,
         }
     }
 
