@@ -28,6 +28,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// The text being written.
@@ -41,6 +42,7 @@ impl Exposition {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
@@ -99,6 +101,7 @@ pub fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> String {
     render_services(&mut e, view);
     render_backends(&mut e, view);
     render_workers(&mut e, workers);
+    render_latencies(&mut e, workers);
     e.out
 }
 
@@ -333,6 +336,71 @@ fn escape_label_into(out: &mut String, s: &str) {
             c => out.push(c),
         }
     }
+}
+
+/// Upper bounds (seconds) of the histogram buckets.
+const CONNECT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const DURATION_BUCKETS: [f64; 11] = [
+    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0, 604800.0,
+];
+
+/// Connect time and connection duration over all workers: each worker's
+/// last published copy (at most a second old), merged here.
+fn render_latencies(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
+    let mut all = crate::stats::Latencies::new();
+    for w in workers {
+        if let Some(l) = w.latencies.load_full() {
+            all.add(&l);
+        }
+    }
+    histogram(
+        e,
+        "ringlb_backend_connect_seconds",
+        "Time to establish the backend connection (successful attempts).",
+        &all.connect_us,
+        1e-6,
+        &CONNECT_BUCKETS,
+    );
+    histogram(
+        e,
+        "ringlb_connection_duration_seconds",
+        "Lifetime of forwarded connections, from backend connect to close.",
+        &all.duration_ms,
+        1e-3,
+        &DURATION_BUCKETS,
+    );
+}
+
+/// One histogram family from an hdrhistogram whose values are in `unit`
+/// seconds; `_sum` is the histogram's mean × count (exact to its precision).
+fn histogram(
+    e: &mut Exposition,
+    name: &str,
+    help: &str,
+    h: &hdrhistogram::Histogram<u64>,
+    unit: f64,
+    bounds: &[f64],
+) {
+    e.family(name, Kind::Histogram, help);
+    let bucket = format!("{name}_bucket");
+    for &le in bounds {
+        let upto = (le / unit).round() as u64;
+        let n = if h.is_empty() {
+            0
+        } else {
+            h.count_between(0, upto)
+        };
+        e.sample(&bucket, &[("le", &le.to_string())], n);
+    }
+    e.sample(&bucket, &[("le", "+Inf")], h.len());
+    e.sample(
+        &format!("{name}_sum"),
+        &[],
+        h.mean() * h.len() as f64 * unit,
+    );
+    e.sample(&format!("{name}_count"), &[], h.len());
 }
 
 #[cfg(test)]

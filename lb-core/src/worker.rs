@@ -24,7 +24,7 @@ use socket2::Socket;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
-use crate::stats::{BackendStats, ServiceStats};
+use crate::stats::{BackendStats, Latencies, ServiceStats};
 use crate::sys;
 
 /// Most backends one client connection tries.
@@ -39,6 +39,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest an idle worker sleeps: bounds how late it notices a paused
 /// listener may resume.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// Most often a worker publishes its latency histograms for scrapes.
+const LATENCY_PUBLISH: Duration = Duration::from_secs(1);
 
 /// Token of a listener (high bit set) or a connection socket.
 /// Connection tokens: generation << 32 | slot << 1 | side.
@@ -119,6 +122,9 @@ pub struct WorkerControl {
     /// The engine that runs this worker, once started.
     pub engine: OnceLock<&'static str>,
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The worker's latency histograms as of its last publication (at most
+    /// once a second); scrapes merge these copies.
+    pub latencies: arc_swap::ArcSwapOption<Latencies>,
     /// Requests from the control plane (reload). The worker looks at
     /// `has_mail` once per turn and takes the lock only when it is set.
     mail: Mutex<Vec<WorkerMessage>>,
@@ -221,10 +227,13 @@ enum Phase {
         tried: u8,
         generation: u64,
         deadline: Instant,
+        /// When the current attempt started (connect-time histogram).
+        started: Instant,
     },
     Established {
         pair: Pair,
         stats: Arc<BackendStats>,
+        since: Instant,
     },
 }
 
@@ -267,6 +276,11 @@ pub struct Worker<R: Reactor> {
     accept_backoff: Option<Instant>,
     listeners_closed: bool,
     conn_count: usize,
+    /// Live histograms; a copy goes to `WorkerControl::latencies` at most
+    /// once per `LATENCY_PUBLISH` when something was recorded.
+    latencies: Latencies,
+    latencies_dirty: bool,
+    latencies_published: Instant,
 }
 
 impl<R: Reactor> Worker<R> {
@@ -308,6 +322,9 @@ impl<R: Reactor> Worker<R> {
             accept_backoff: None,
             listeners_closed: false,
             conn_count: 0,
+            latencies: Latencies::new(),
+            latencies_dirty: false,
+            latencies_published: Instant::now(),
         }
     }
 
@@ -412,6 +429,15 @@ impl<R: Reactor> Worker<R> {
         self.free.append(&mut self.freed);
         self.control.connections.store(self.conn_count, Relaxed);
         self.control.pipes_lent.store(self.pool.lent(), Relaxed);
+        if self.latencies_dirty
+            && self.now.duration_since(self.latencies_published) >= LATENCY_PUBLISH
+        {
+            self.control
+                .latencies
+                .store(Some(Arc::new(self.latencies.clone())));
+            self.latencies_dirty = false;
+            self.latencies_published = self.now;
+        }
     }
 
     /// True once the worker should leave its loop.
@@ -617,6 +643,7 @@ impl<R: Reactor> Worker<R> {
                 tried: 0,
                 generation: self.snapshot.generation,
                 deadline,
+                started: self.now,
             },
             last_active: self.now,
             timer_at: deadline,
@@ -649,6 +676,7 @@ impl<R: Reactor> Worker<R> {
                 deadline,
                 backend_index,
                 target,
+                started,
             } = &mut conn.phase
             else {
                 return;
@@ -686,6 +714,7 @@ impl<R: Reactor> Worker<R> {
                 svc.stats.retries.fetch_add(1, Relaxed);
             }
             *backend_index = b;
+            *started = self.now;
             *deadline = self.now + svc.settings.connect_timeout;
             let deadline = *deadline;
             let entry = &svc.backends[b as usize];
@@ -750,6 +779,7 @@ impl<R: Reactor> Worker<R> {
             backend_index,
             target,
             generation,
+            started,
             ..
         } = conn.phase
         else {
@@ -784,9 +814,13 @@ impl<R: Reactor> Worker<R> {
         let stats = entry.stats.clone();
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
+        self.latencies
+            .record_connect(self.now.saturating_duration_since(started));
+        self.latencies_dirty = true;
         conn.phase = Phase::Established {
             pair: Pair::default(),
             stats,
+            since: self.now,
         };
         conn.backend_ready = Readiness {
             readable: true,
@@ -914,7 +948,10 @@ impl<R: Reactor> Worker<R> {
         if let Some(b) = &conn.backend {
             self.reactor.remove(b.as_raw_fd(), backend_token, true);
         }
-        if let Phase::Established { pair, stats } = &mut conn.phase {
+        if let Phase::Established { pair, stats, since } = &mut conn.phase {
+            self.latencies
+                .record_duration(self.now.saturating_duration_since(*since));
+            self.latencies_dirty = true;
             pair.release(&mut self.pool);
             stats.active.fetch_sub(1, Relaxed);
             stats.bytes_to_backend.fetch_add(pair.up.bytes, Relaxed);

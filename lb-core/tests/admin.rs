@@ -655,17 +655,29 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
         }
         assert!(fields.next().is_none(), "{at}: trailing fields");
 
-        // Families: counters and gauges are named as their samples.
-        let family = name.to_string();
+        // Families: counters and gauges are named as their samples; a
+        // histogram's samples are its name + _bucket (with `le`), _sum,
+        // _count.
+        let histogram_base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| typed.get(*base).is_some_and(|k| k == "histogram"));
+        if histogram_base.is_some() && name.ends_with("_bucket") {
+            assert!(
+                labels.iter().any(|(k, _)| k == "le"),
+                "{at}: bucket without le"
+            );
+        }
+        let family = histogram_base.unwrap_or(name).to_string();
         assert!(typed.contains_key(&family), "{at}: sample without TYPE");
-        if current.as_deref() != Some(name) {
+        if current.as_deref() != Some(family.as_str()) {
             assert!(
                 !sampled.contains(&family),
                 "{at}: family {family} not contiguous"
             );
             current = Some(family.clone());
         }
-        sampled.insert(family);
+        sampled.insert(family.clone());
         let key = format!(
             "{name}{{{}}}",
             labels
@@ -675,7 +687,7 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
                 .join(",")
         );
         assert!(series.insert(key, v).is_none(), "{at}: series twice");
-        if typed[name] == "counter" {
+        if typed[family.as_str()] == "counter" {
             assert!(v >= 0.0, "{at}: negative counter");
         }
     }
@@ -838,6 +850,17 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
             && total(&after, "ringlb_backend_connections_active", "") == 0.0
     });
     assert_eq!(total(&after, "ringlb_backend_connections_total", ""), 3.0);
+    // The latency histograms: workers publish them at most once a second.
+    wait_until("latency histograms to count the 3 connections", || {
+        after = parse_exposition(&lb.get("/metrics").text());
+        metric(&after, "ringlb_backend_connect_seconds_count{}") == 3.0
+            && metric(&after, "ringlb_connection_duration_seconds_count{}") == 3.0
+    });
+    assert_eq!(
+        metric(&after, "ringlb_backend_connect_seconds_bucket{le=\"+Inf\"}"),
+        3.0
+    );
+    assert!(metric(&after, "ringlb_backend_connect_seconds_sum{}") > 0.0);
     // Each backend wrote its greeting ("b1\n") before the echo.
     assert_eq!(
         total(
