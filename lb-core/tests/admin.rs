@@ -5,45 +5,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use lb_core::config::Config;
 use lb_core::server::{Server, StartOptions};
 use serde_json::Value;
 
-const DEADLINE: Duration = Duration::from_secs(10);
 const TOKEN: &str = "s3cret-token";
 
-// ---------------------------------------------------------------- harness
+#[path = "support/http.rs"]
+mod http;
+use http::*;
 
-/// A backend that says its name on connect, then echoes.
-fn echo_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = listener.local_addr().expect("backend addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                if stream.write_all(format!("{name}\n").as_bytes()).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 16 << 10];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
+// ---------------------------------------------------------------- harness
 
 /// A running ringlb over echo backends `b1`, `b2` (and `b3` if asked).
 struct Lb {
@@ -77,49 +52,6 @@ fn start(global_extra: &str, backends: &[&'static str]) -> Lb {
     }
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test ip")
-}
-
-/// Connects from a chosen loopback source address.
-fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::new(source, 0).into())
-        .expect("bind source");
-    s.connect_timeout(&to.into(), DEADLINE).expect("connect");
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    s
-}
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.body.clone()).expect("utf-8 body")
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
-
 /// Sends raw bytes, reads the whole answer (the request says close).
 fn raw_from(source: IpAddr, to: SocketAddr, request: &[u8]) -> Resp {
     let mut s = connect_from(source, to);
@@ -129,45 +61,6 @@ fn raw_from(source: IpAddr, to: SocketAddr, request: &[u8]) -> Resp {
 
 /// Reads until EOF. A reset after the answer (the server closed with part
 /// of an oversized request unread) ends the read too.
-fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 << 10];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => return buf,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !buf.is_empty() => {
-                return buf
-            }
-            Err(e) => panic!("reading the answer: {e}"),
-        }
-    }
-}
-
-fn parse_response(buf: &[u8]) -> Resp {
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of head in {:?}", String::from_utf8_lossy(buf)));
-    let head = std::str::from_utf8(&buf[..split]).expect("ascii head");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: buf[split + 4..].to_vec(),
-    }
-}
-
 struct Req<'a> {
     method: &'a str,
     path: &'a str,
@@ -270,23 +163,6 @@ impl Lb {
         (s, String::from_utf8(name).expect("name"))
     }
 }
-
-fn echo_round_trip(s: &mut TcpStream, payload: &[u8]) {
-    s.write_all(payload).expect("send through ringlb");
-    let mut back = vec![0u8; payload.len()];
-    s.read_exact(&mut back).expect("echo through ringlb");
-    assert_eq!(back, payload);
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-// ------------------------------------------------------ access control
 
 #[test]
 fn allow_list_refuses_other_peers_before_reading() {

@@ -6,48 +6,30 @@
 //! deadlines, never fixed sleeps.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lb_core::config::Config;
 use lb_core::server::{Server, StartOptions};
 use serde_json::{json, Value};
 
-const DEADLINE: Duration = Duration::from_secs(10);
 const KEY: &str = "j0in-k3y-for-tests";
 const TOKEN: &str = "admin-t0ken";
 
+#[path = "support/http.rs"]
+mod http;
+use http::*;
+
 // ---------------------------------------------------------------- harness
 
-/// A backend that says its name on connect, then echoes. A TCP health
-/// probe connects and closes: it passes while the listener is up.
-fn echo_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = listener.local_addr().expect("backend addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                if stream.write_all(format!("{name}\n").as_bytes()).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 16 << 10];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+/// How a request presents the join key.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    None,
+    Header(&'a str),
+    Bearer(&'a str),
 }
 
 /// A running ringlb with service `web` over the configured backends, its
@@ -119,108 +101,6 @@ fn start_with_key(global_extra: &str) -> Lb {
         &format!("join_key = \"{KEY}\"\n{global_extra}"),
         &[("b1", b1)],
     )
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test ip")
-}
-
-/// Connects from a chosen loopback source address.
-fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::new(source, 0).into())
-        .expect("bind source");
-    s.connect_timeout(&to.into(), DEADLINE).expect("connect");
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    s
-}
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn error(&self) -> String {
-        self.json()["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-/// Reads until EOF. A reset after the answer (the server closed with part
-/// of an oversized request unread) ends the read too.
-fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 << 10];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => return buf,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !buf.is_empty() => {
-                return buf
-            }
-            Err(e) => panic!("reading the answer: {e}"),
-        }
-    }
-}
-
-fn parse_response(buf: &[u8]) -> Resp {
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of head in {:?}", String::from_utf8_lossy(buf)));
-    let head = std::str::from_utf8(&buf[..split]).expect("ascii head");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: buf[split + 4..].to_vec(),
-    }
-}
-
-/// How a request presents the join key.
-#[derive(Clone, Copy)]
-enum Key<'a> {
-    None,
-    Header(&'a str),
-    Bearer(&'a str),
 }
 
 impl Lb {
@@ -351,21 +231,6 @@ impl Lb {
             );
             i += 1;
         }
-    }
-}
-
-fn echo_round_trip(s: &mut TcpStream, payload: &[u8]) {
-    s.write_all(payload).expect("send through ringlb");
-    let mut back = vec![0u8; payload.len()];
-    s.read_exact(&mut back).expect("echo through ringlb");
-    assert_eq!(back, payload);
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
