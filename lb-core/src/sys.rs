@@ -112,6 +112,23 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
     Ok((owned, peer))
 }
 
+/// The peer address of a connected socket (for connections the io_uring
+/// engine accepted: multishot accept returns no address).
+pub fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(fd)
+        .peer_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP socket"))
+}
+
+/// A non-blocking, close-on-exec eventfd (an engine's wake-up source).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with no pointers.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: eventfd succeeded: `fd` is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Options for an accepted client socket.
 pub fn tune_accepted(fd: RawFd) -> io::Result<()> {
     let one: libc::c_int = 1;
