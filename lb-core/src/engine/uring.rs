@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::types::{SubmitArgs, Timespec};
-use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::sys;
 use crate::worker::{Reactor, Worker, WorkerSetup, LISTENER_FLAG, WAKE_TOKEN};
@@ -70,6 +70,14 @@ const POLL_MASK: u32 =
     (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
 const READ_BITS: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
 const WRITE_BITS: u32 = (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) as u32;
+
+/// Completions asked for by a draining enter (see `UringReactor::enter`):
+/// half the completion queue, so one turn's reports rarely overflow it.
+const DRAIN_BATCH: usize = setup::CQ_ENTRIES as usize / 2;
+/// Completions one capped task-work pass of a `DEFER_TASKRUN` ring yields
+/// (the kernel's IO_LOCAL_TW_DEFAULT_MAX): reaping this many means more may
+/// be waiting in the kernel.
+const CAPPED_PASS: usize = 20;
 
 /// Failed completions in a row after which a request is no longer re-armed
 /// (a persistent kernel refusal would otherwise spin the worker). The
@@ -146,6 +154,9 @@ pub struct UringReactor {
     backlog: VecDeque<squeue::Entry>,
     /// Flags of cancel requests: SKIP_SUCCESS when the kernel has it.
     cancel_flags: squeue::Flags,
+    /// The last reap looked capped: don't sleep in the next enter, drain
+    /// (see `enter`).
+    drain_next: bool,
 }
 
 impl Reactor for UringReactor {
@@ -215,6 +226,7 @@ impl UringReactor {
             wake: Watch::default(),
             backlog: VecDeque::new(),
             cancel_flags,
+            drain_next: false,
         }
     }
 
@@ -308,21 +320,24 @@ impl UringReactor {
 
     /// Submits what the turn queued and waits up to `budget` for at least
     /// one completion: the turn's single `io_uring_enter`.
+    ///
+    /// Since Linux 6.13 a `DEFER_TASKRUN` ring runs at most
+    /// max(20, min_complete) pending task-work items (each a poll wake-up
+    /// or an accept becoming a completion) per pass, and an enter makes at
+    /// most two passes. Asking for one completion would let only ~40
+    /// readiness reports through per turn: under load the rest queue up in
+    /// the kernel and sockets wait many turns to be served (connects
+    /// observed timing out while connected). So a turn that must not sleep,
+    /// or follows a turn that reaped as many completions as one capped
+    /// pass yields, asks for `DRAIN_BATCH` completions with a zero timeout:
+    /// the kernel runs up to that much task work and returns (ETIME) at
+    /// once. Other kernels and setups just return what is there.
     fn enter(&mut self, budget: Duration) -> io::Result<()> {
         self.flush_backlog();
-        let queued = self.ring.submission().len() as u32;
-        let result = if budget.is_zero() {
-            // SAFETY: no extended argument is passed (null pointer, size of
-            // a sigset_t that is never read); the kernel reads only the
-            // rings it mapped.
-            unsafe {
-                self.ring.submitter().enter::<libc::sigset_t>(
-                    queued,
-                    0,
-                    EnterFlags::GETEVENTS.bits(),
-                    None,
-                )
-            }
+        let result = if budget.is_zero() || self.drain_next {
+            let ts = Timespec::new();
+            let args = SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(DRAIN_BATCH, &args)
         } else {
             let ts = Timespec::from(budget);
             let args = SubmitArgs::new().timespec(&ts);
@@ -347,7 +362,9 @@ impl UringReactor {
     /// Moves every available completion into `out` (the worker then runs
     /// with the ring free for new requests).
     fn reap(&mut self, out: &mut Vec<cqueue::Entry>) {
+        let before = out.len();
         out.extend(self.ring.completion());
+        self.drain_next = out.len() - before >= CAPPED_PASS;
     }
 
     /// After `close_all`: hand the kernel the last cancels. Requests still
