@@ -149,8 +149,19 @@ fn describe_setup_error(e: &io::Error) -> String {
 /// wait. Opcode probes can't tell multishot support (5.13 for poll, 5.19
 /// for accept) from the plain opcode. Uses an abstract unix socket, so it
 /// needs no network. Returns the setup tier.
+///
+/// Runs on a short-lived thread of its own: tearing a ring down queues task
+/// work (`TWA_SIGNAL`) to the thread that created it, and that makes the
+/// creator's next blocking socket call with a timeout fail with `EINTR`
+/// (seen in tests that probe and then read). The helper thread takes that
+/// hit as it exits.
 pub fn self_test() -> Result<&'static str, Unusable> {
-    self_test_from(0)
+    std::thread::Builder::new()
+        .name("ringlb-uring-probe".into())
+        .spawn(|| self_test_from(0))
+        .map_err(|e| Unusable(format!("cannot start the io_uring probe thread: {e}")))?
+        .join()
+        .map_err(|_| Unusable("the io_uring probe thread panicked".into()))?
 }
 
 fn self_test_from(first_tier: usize) -> Result<&'static str, Unusable> {
