@@ -33,35 +33,41 @@ pub struct EngineChoice {
 /// can run. `Err` only when a specific engine was demanded and can't run.
 pub fn choose(kind: EngineKind) -> Result<EngineChoice, crate::Error> {
     match kind {
-        EngineKind::Epoll => Ok(EngineChoice {
+        EngineKind::Epoll => decide(kind, Err(uring::Unusable("not asked for".into()))),
+        EngineKind::Uring | EngineKind::Auto => decide(kind, uring::self_test()),
+    }
+}
+
+/// The choice for `kind` given the io_uring self-test's outcome (`Ok`:
+/// the ring setup it got).
+fn decide(
+    kind: EngineKind,
+    uring: Result<&'static str, uring::Unusable>,
+) -> Result<EngineChoice, crate::Error> {
+    match (kind, uring) {
+        (EngineKind::Epoll, _) => Ok(EngineChoice {
             name: "epoll",
             reason: "configured".into(),
             strict: true,
         }),
-        EngineKind::Uring => match uring::self_test() {
-            Ok(mode) => Ok(EngineChoice {
-                name: "uring",
-                reason: format!("configured (ring setup: {mode})"),
-                strict: true,
-            }),
-            Err(why) => Err(crate::Error::Engine {
-                engine: "uring",
-                reason: format!("{why}; use engine = \"auto\" or \"epoll\""),
-            }),
-        },
-        EngineKind::Auto => Ok(match uring::self_test() {
-            Ok(mode) => EngineChoice {
-                name: "uring",
-                reason: format!("engine = \"auto\": io_uring works here (ring setup: {mode})"),
-                strict: false,
-            },
-            Err(why) => EngineChoice {
-                name: "epoll",
-                reason: format!(
-                    "engine = \"auto\": io_uring is not usable here ({why}); using epoll"
-                ),
-                strict: false,
-            },
+        (EngineKind::Uring, Ok(mode)) => Ok(EngineChoice {
+            name: "uring",
+            reason: format!("configured (ring setup: {mode})"),
+            strict: true,
+        }),
+        (EngineKind::Uring, Err(why)) => Err(crate::Error::Engine {
+            engine: "uring",
+            reason: format!("{why}; use engine = \"auto\" or \"epoll\""),
+        }),
+        (EngineKind::Auto, Ok(mode)) => Ok(EngineChoice {
+            name: "uring",
+            reason: format!("engine = \"auto\": io_uring works here (ring setup: {mode})"),
+            strict: false,
+        }),
+        (EngineKind::Auto, Err(why)) => Ok(EngineChoice {
+            name: "epoll",
+            reason: format!("engine = \"auto\": io_uring is not usable here ({why}); using epoll"),
+            strict: false,
         }),
     }
 }
@@ -86,5 +92,51 @@ pub fn run(choice: &EngineChoice, setup: WorkerSetup) -> Result<(), crate::Error
             engine: "uring",
             reason: why.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn blocked() -> Result<&'static str, uring::Unusable> {
+        Err(uring::Unusable(
+            "io_uring_setup failed: Operation not permitted (os error 1)".into(),
+        ))
+    }
+
+    #[test]
+    fn auto_falls_back_to_epoll_and_says_why() {
+        let c = decide(EngineKind::Auto, blocked()).unwrap();
+        assert_eq!((c.name, c.strict), ("epoll", false));
+        assert!(c.reason.contains("Operation not permitted"), "{}", c.reason);
+        let c = decide(EngineKind::Auto, Ok("coop-taskrun")).unwrap();
+        assert_eq!((c.name, c.strict), ("uring", false));
+    }
+
+    #[test]
+    fn a_demanded_uring_fails_clearly_instead_of_falling_back() {
+        let e = decide(EngineKind::Uring, blocked()).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(
+            e,
+            crate::Error::Engine {
+                engine: "uring",
+                ..
+            }
+        ));
+        assert!(
+            text.contains("Operation not permitted") && text.contains("or \"epoll\""),
+            "{text}"
+        );
+        assert!(decide(EngineKind::Uring, Ok("plain")).unwrap().strict);
+    }
+
+    #[test]
+    fn epoll_is_taken_as_configured() {
+        let c = choose(EngineKind::Epoll).unwrap();
+        assert_eq!((c.name, c.strict), ("epoll", true));
     }
 }

@@ -588,9 +588,13 @@ mod tests {
     }
 
     fn config(engine: &str, backend: SocketAddr) -> Config {
+        config_with(engine, backend, "")
+    }
+
+    fn config_with(engine: &str, backend: SocketAddr, service_extra: &str) -> Config {
         let text = format!(
             "[global]\nworkers = 1\nengine = \"{engine}\"\nadmin = \"off\"\n\n\
-             [[service]]\nname = \"t\"\nlisten = [\"127.0.0.1:0\"]\n\n\
+             [[service]]\nname = \"t\"\nlisten = [\"127.0.0.1:0\"]\n{service_extra}\n\
              [service.health]\nkind = \"none\"\n\n\
              [[service.backend]]\nname = \"b1\"\naddress = \"{backend}\"\n"
         );
@@ -660,5 +664,55 @@ mod tests {
             control.connections.load(Relaxed) == 0 && control.pipes_lent.load(Relaxed) == 0
         });
         assert_eq!(control.accepted.load(Relaxed), 1);
+    }
+
+    /// One echo round trip on `c`, or the read error.
+    fn echo_once(c: &mut TcpStream, msg: &[u8]) -> io::Result<Vec<u8>> {
+        c.write_all(msg)?;
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got)?;
+        Ok(got)
+    }
+
+    #[test]
+    fn at_max_connections_accepted_clients_wait_until_a_place_frees() {
+        let backend = echo_backend();
+        let server = Server::start(
+            config_with("uring", backend, "max_connections = 2\n"),
+            StartOptions::default(),
+        )
+        .unwrap();
+        let addr = server.listening()[0].1;
+        let control = server.worker_controls()[0].clone();
+        let mut first = TcpStream::connect(addr).unwrap();
+        let mut second = TcpStream::connect(addr).unwrap();
+        for c in [&mut first, &mut second] {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert_eq!(echo_once(c, b"hello").unwrap(), b"hello");
+        }
+        // The third: the multishot accept takes it from the kernel, but
+        // the worker must hold it, unserved, while the service is full.
+        let mut third = TcpStream::connect(addr).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let early = echo_once(&mut third, b"wait");
+        assert!(
+            matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "the third client was answered while the service was full: {early:?}"
+        );
+        assert_eq!(control.accepted.load(Relaxed), 2);
+        assert_eq!(control.connections.load(Relaxed), 2);
+
+        // A place frees: the held client is served, its early bytes kept.
+        drop(first);
+        third
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = [0u8; 4];
+        third.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"wait");
+        assert_eq!(echo_once(&mut third, b"more").unwrap(), b"more");
+        assert_eq!(control.accepted.load(Relaxed), 3);
     }
 }
