@@ -44,7 +44,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -78,6 +78,9 @@ const DRAIN_BATCH: usize = setup::CQ_ENTRIES as usize / 2;
 /// (the kernel's IO_LOCAL_TW_DEFAULT_MAX): reaping this many means more may
 /// be waiting in the kernel.
 const CAPPED_PASS: usize = 20;
+
+/// Longest a stopping worker waits for its accepts to end.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Failed completions in a row after which a request is no longer re-armed
 /// (a persistent kernel refusal would otherwise spin the worker). The
@@ -367,11 +370,44 @@ impl UringReactor {
         self.drain_next = out.len() - before >= CAPPED_PASS;
     }
 
-    /// After `close_all`: hand the kernel the last cancels. Requests still
-    /// alive when the ring is dropped are cancelled by the kernel.
-    fn finish(&mut self) {
-        self.flush_backlog();
-        let _ = self.enter(Duration::ZERO);
+    /// After `close_all`: hands the kernel the last cancels, and ends every
+    /// multishot accept before the ring goes. The kernel cancels whatever
+    /// is left when the ring is dropped, polls included, but an accept
+    /// could meanwhile install a connection's fd that nobody would ever
+    /// read from the completion queue, let alone close. Connections that
+    /// arrive until the accepts end are reset. Bounded by `deadline`.
+    fn finish(&mut self, deadline: Instant) {
+        for li in 0..self.accepts.len() {
+            self.cancel_accept(li);
+        }
+        let mut completions = Vec::new();
+        loop {
+            if self.enter(Duration::ZERO).is_err() {
+                return;
+            }
+            self.reap(&mut completions);
+            for cqe in completions.drain(..) {
+                let ud = cqe.user_data();
+                if kind_of(ud) != KIND_ACCEPT {
+                    continue;
+                }
+                if cqe.result() >= 0 {
+                    // SAFETY: as in `on_accept`: a fresh descriptor of ours.
+                    let fd = unsafe { OwnedFd::from_raw_fd(cqe.result()) };
+                    crate::conn::prepare_reset(fd.as_raw_fd());
+                }
+                let w = self.accepts.get_mut(id_of(ud) as usize);
+                if let Some(w) = w.filter(|w| w.seq == seq_of(ud)) {
+                    if !cqueue::more(cqe.flags()) {
+                        w.armed = false;
+                    }
+                }
+            }
+            if !self.accepts.iter().any(|w| w.armed) || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -421,7 +457,7 @@ pub fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
         worker.end_turn();
     }
     worker.close_all();
-    worker.reactor.finish();
+    worker.reactor.finish(Instant::now() + FINISH_TIMEOUT);
     result
 }
 
