@@ -5,6 +5,7 @@
 //! listeners, its event loop (io_uring or epoll), its connections and pipes.
 //! The only thing they share on the hot path is the published [`snapshot`].
 
+pub mod buffer;
 pub mod config;
 pub mod conn;
 pub mod control;

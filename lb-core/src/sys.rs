@@ -298,6 +298,9 @@ pub fn would_block(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    // A failed unwrap in a test is a failed test.
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};

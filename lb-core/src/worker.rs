@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use crate::buffer::BufferPool;
+use crate::config::Forwarding;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
@@ -121,6 +123,8 @@ pub struct WorkerControl {
     pub turns: AtomicU64,
     /// Pipes currently lent to connections (leak checks, metrics).
     pub pipes_lent: AtomicUsize,
+    /// Copy buffers currently lent to connections (`forwarding = "copy"`).
+    pub buffers_lent: AtomicUsize,
     /// The engine that runs this worker, once started.
     pub engine: OnceLock<&'static str>,
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
@@ -164,6 +168,9 @@ pub struct WorkerSetup {
     pub control: Arc<WorkerControl>,
     pub pipe_size: usize,
     pub pipe_pool: usize,
+    /// How bytes are moved; `Copy` uses buffers of `pipe_size` bytes, at
+    /// most `pipe_pool` of them kept idle. Anything else splices.
+    pub forwarding: Forwarding,
 }
 
 struct ListenerState {
@@ -228,6 +235,10 @@ pub struct Worker<R: Reactor> {
     failures: FailureSender,
     control: Arc<WorkerControl>,
     pool: PipePool,
+    /// Copy buffers (`forwarding = "copy"`; none made otherwise).
+    buffers: BufferPool,
+    /// Move bytes by recv/send through `buffers` instead of splice.
+    copy: bool,
     slots: Vec<Option<Conn>>,
     generations: Vec<u32>,
     free: Vec<usize>,
@@ -273,6 +284,8 @@ impl<R: Reactor> Worker<R> {
             failures: setup.failures,
             control: setup.control,
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
+            buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
+            copy: setup.forwarding == Forwarding::Copy,
             slots: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
@@ -384,6 +397,9 @@ impl<R: Reactor> Worker<R> {
         self.free.append(&mut self.freed);
         self.control.connections.store(self.conn_count, Relaxed);
         self.control.pipes_lent.store(self.pool.lent(), Relaxed);
+        self.control
+            .buffers_lent
+            .store(self.buffers.lent(), Relaxed);
     }
 
     /// True once the worker should leave its loop.
@@ -402,6 +418,9 @@ impl<R: Reactor> Worker<R> {
         self.free.append(&mut self.freed);
         self.control.connections.store(self.conn_count, Relaxed);
         self.control.pipes_lent.store(self.pool.lent(), Relaxed);
+        self.control
+            .buffers_lent
+            .store(self.buffers.lent(), Relaxed);
     }
 
     fn slot_of(&self, token: u64) -> Option<usize> {
@@ -818,14 +837,25 @@ impl<R: Reactor> Worker<R> {
             return;
         };
         let Some(backend) = &conn.backend else { return };
-        let outcome = pair.drive(
-            conn.client.as_raw_fd(),
-            backend.as_raw_fd(),
-            &mut conn.client_ready,
-            &mut conn.backend_ready,
-            &mut self.pool,
-            DRIVE_BUDGET,
-        );
+        let outcome = if self.copy {
+            pair.drive_copy(
+                conn.client.as_raw_fd(),
+                backend.as_raw_fd(),
+                &mut conn.client_ready,
+                &mut conn.backend_ready,
+                &mut self.buffers,
+                DRIVE_BUDGET,
+            )
+        } else {
+            pair.drive(
+                conn.client.as_raw_fd(),
+                backend.as_raw_fd(),
+                &mut conn.client_ready,
+                &mut conn.backend_ready,
+                &mut self.pool,
+                DRIVE_BUDGET,
+            )
+        };
         match outcome {
             Outcome::Open {
                 progressed,
@@ -931,6 +961,7 @@ impl<R: Reactor> Worker<R> {
         }
         if let Phase::Established { pair, stats } = &mut conn.phase {
             pair.release(&mut self.pool);
+            pair.release_buffers(&mut self.buffers);
             stats.active.fetch_sub(1, Relaxed);
             stats.bytes_to_backend.fetch_add(pair.up.bytes, Relaxed);
             stats.bytes_to_client.fetch_add(pair.down.bytes, Relaxed);

@@ -1,9 +1,10 @@
-//! Leak check of the engines: after 1 000 connections through ringlb have
-//! closed (clients closing first, backends closing first, and a batch
-//! aborted by RST), the process holds exactly the descriptors it held
-//! before, no pipe is lent, and no socket of ringlb's is left open in the
-//! kernel (an io_uring request that outlives its fd keeps the socket alive
-//! without a descriptor, so counting fds alone would miss it).
+//! Leak check of the engines and forwarding strategies: after 1 000
+//! connections through ringlb have closed (clients closing first, backends
+//! closing first, and a batch aborted by RST), the process holds exactly
+//! the descriptors it held before, no pipe or buffer is lent, and no socket
+//! of ringlb's is left open in the kernel (an io_uring request that
+//! outlives its fd keeps the socket alive without a descriptor, so counting
+//! fds alone would miss it).
 //!
 //! A test binary of its own with a single test: fd counts are
 //! process-wide, so nothing may run beside it.
@@ -87,9 +88,10 @@ fn backend() -> SocketAddr {
     addr
 }
 
-fn config(engine: &str, backend: SocketAddr) -> Config {
+fn config(engine: &str, forwarding: &str, backend: SocketAddr) -> Config {
     let text = format!(
-        "[global]\nworkers = 2\nengine = \"{engine}\"\nadmin = \"off\"\npipe_pool = 0\n\n\
+        "[global]\nworkers = 2\nengine = \"{engine}\"\nforwarding = \"{forwarding}\"\n\
+         admin = \"off\"\npipe_pool = 0\n\n\
          [[service]]\nname = \"leaks\"\nlisten = [\"127.0.0.1:0\"]\n\n\
          [service.health]\nkind = \"none\"\n\n\
          [[service.backend]]\nname = \"b1\"\naddress = \"{backend}\"\n"
@@ -161,9 +163,10 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<St
     }
 }
 
-fn check_engine(engine: &str, backend_addr: SocketAddr) {
+fn check_engine(engine: &str, forwarding: &str, backend_addr: SocketAddr) {
     let before_start = open_fds();
-    let server = Server::start(config(engine, backend_addr), StartOptions::default()).unwrap();
+    let config = config(engine, forwarding, backend_addr);
+    let server = Server::start(config, StartOptions::default()).unwrap();
     assert_eq!(server.engine().name, engine, "{}", server.engine().reason);
     let addr = server.listening()[0].1;
     let controls = server.worker_controls().to_vec();
@@ -189,19 +192,22 @@ fn check_engine(engine: &str, backend_addr: SocketAddr) {
     let accepted: u64 = controls.iter().map(|c| c.accepted.load(Relaxed)).sum();
     assert_eq!(
         accepted, CONNECTIONS as u64,
-        "{engine}: connections accepted"
+        "{engine}/{forwarding}: connections accepted"
     );
     wait_until(
-        &format!("{engine}: every connection, pipe and fd to be released"),
+        &format!("{engine}/{forwarding}: every connection, pipe and fd to be released"),
         Duration::from_secs(20),
         || {
             let conns: usize = controls.iter().map(|c| c.connections.load(Relaxed)).sum();
-            let pipes: usize = controls.iter().map(|c| c.pipes_lent.load(Relaxed)).sum();
+            let pipes: usize = controls
+                .iter()
+                .map(|c| c.pipes_lent.load(Relaxed) + c.buffers_lent.load(Relaxed))
+                .sum();
             let fds = open_fds();
             let sockets = ringlb_sockets(addr.port(), backend_addr.port());
             (conns != 0 || pipes != 0 || fds != baseline || !sockets.is_empty()).then(|| {
                 format!(
-                    "connections {conns}, pipes lent {pipes}, fds {fds} (baseline {baseline}), \
+                    "connections {conns}, pipes/buffers lent {pipes}, fds {fds} (baseline {baseline}), \
                      sockets left {sockets:#?}"
                 )
             })
@@ -212,7 +218,7 @@ fn check_engine(engine: &str, backend_addr: SocketAddr) {
     drop(controls);
     drop(server);
     wait_until(
-        &format!("{engine}: the stopped server to close everything"),
+        &format!("{engine}/{forwarding}: the stopped server to close everything"),
         Duration::from_secs(10),
         || {
             let fds = open_fds();
@@ -242,6 +248,8 @@ fn a_thousand_closed_connections_leave_no_fd_pipe_or_socket_behind() {
         }
     };
     for engine in engines {
-        check_engine(engine, backend_addr);
+        for forwarding in ["splice", "copy"] {
+            check_engine(engine, forwarding, backend_addr);
+        }
     }
 }
