@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::types::{SubmitArgs, Timespec};
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring};
 
 use crate::sys;
 use crate::worker::{Reactor, Worker, WorkerSetup, LISTENER_FLAG, WAKE_TOKEN};
@@ -71,13 +71,9 @@ const POLL_MASK: u32 =
 const READ_BITS: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
 const WRITE_BITS: u32 = (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) as u32;
 
-/// Completions asked for by a draining enter (see `UringReactor::enter`):
-/// half the completion queue, so one turn's reports rarely overflow it.
-const DRAIN_BATCH: usize = setup::CQ_ENTRIES as usize / 2;
-/// Completions one capped task-work pass of a `DEFER_TASKRUN` ring yields
-/// (the kernel's IO_LOCAL_TW_DEFAULT_MAX): reaping this many means more may
-/// be waiting in the kernel.
-const CAPPED_PASS: usize = 20;
+/// Most completions one turn collects before handing them to the worker:
+/// half the completion queue, so collecting never overflows it.
+const TURN_COMPLETIONS: usize = setup::CQ_ENTRIES as usize / 2;
 
 /// Longest a stopping worker waits for its accepts to end.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -157,9 +153,6 @@ pub struct UringReactor {
     backlog: VecDeque<squeue::Entry>,
     /// Flags of cancel requests: SKIP_SUCCESS when the kernel has it.
     cancel_flags: squeue::Flags,
-    /// The last reap looked capped: don't sleep in the next enter, drain
-    /// (see `enter`).
-    drain_next: bool,
 }
 
 impl Reactor for UringReactor {
@@ -229,7 +222,6 @@ impl UringReactor {
             wake: Watch::default(),
             backlog: VecDeque::new(),
             cancel_flags,
-            drain_next: false,
         }
     }
 
@@ -321,53 +313,63 @@ impl UringReactor {
         }
     }
 
-    /// Submits what the turn queued and waits up to `budget` for at least
-    /// one completion: the turn's single `io_uring_enter`.
+    /// Submits what the turn queued, waits up to `budget` for at least one
+    /// completion, and collects every completion the kernel has ready: the
+    /// turn's `io_uring_enter`, plus more only when the kernel holds back.
     ///
-    /// Since Linux 6.13 a `DEFER_TASKRUN` ring runs at most
-    /// max(20, min_complete) pending task-work items (each a poll wake-up
-    /// or an accept becoming a completion) per pass, and an enter makes at
-    /// most two passes. Asking for one completion would let only ~40
-    /// readiness reports through per turn: under load the rest queue up in
-    /// the kernel and sockets wait many turns to be served (connects
-    /// observed timing out while connected). So a turn that must not sleep,
-    /// or follows a turn that reaped as many completions as one capped
-    /// pass yields, asks for `DRAIN_BATCH` completions with a zero timeout:
-    /// the kernel runs up to that much task work and returns (ETIME) at
-    /// once. Other kernels and setups just return what is there.
+    /// Since Linux 6.13 a `DEFER_TASKRUN` ring turns at most about 20
+    /// queued task-work items (each a poll wake-up or an accepted
+    /// connection becoming a completion) into completions per enter and
+    /// keeps the rest queued. A turn that only saw those would serve ~20
+    /// sockets per turn, however many are ready; under load, with turns
+    /// made long by busy connections, readiness waited in the kernel for
+    /// seconds (connects timed out while connected). epoll_wait hands over
+    /// every ready socket at once; to do the same, the ring is set up with
+    /// `IORING_SETUP_TASKRUN_FLAG`, the kernel raises `IORING_SQ_TASKRUN`
+    /// while such work is queued, and this enters again (without waiting)
+    /// until the flag drops or a turn's worth of completions is ready. With
+    /// the flag up the turn does not sleep either.
     fn enter(&mut self, budget: Duration) -> io::Result<()> {
         self.flush_backlog();
-        let result = if budget.is_zero() || self.drain_next {
-            let ts = Timespec::new();
-            let args = SubmitArgs::new().timespec(&ts);
-            self.ring.submitter().submit_with_args(DRAIN_BATCH, &args)
+        let result = if budget.is_zero() || self.ring.submission().taskrun() {
+            self.enter_nowait()
         } else {
             let ts = Timespec::from(budget);
             let args = SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
         };
-        match result {
-            Ok(_) => Ok(()),
-            // Timed out, interrupted, or the kernel wants the completion
-            // queue drained first (EBUSY): the turn goes on.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
+        tolerate(result)?;
+        // Bounded: work that yields no completion could keep arriving.
+        for _ in 0..TURN_COMPLETIONS / 20 {
+            if !self.ring.submission().taskrun() || self.ring.completion().len() >= TURN_COMPLETIONS
             {
-                Ok(())
+                break;
             }
-            Err(e) => Err(e),
+            tolerate(self.enter_nowait())?;
+        }
+        Ok(())
+    }
+
+    /// Submits what is queued and runs queued task work, without waiting.
+    fn enter_nowait(&mut self) -> io::Result<usize> {
+        let queued = self.ring.submission().len() as u32;
+        // SAFETY: no extended argument is passed (a null pointer, with the
+        // size of a sigset_t that is never read); the kernel reads only the
+        // rings it mapped.
+        unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                queued,
+                0,
+                EnterFlags::GETEVENTS.bits(),
+                None,
+            )
         }
     }
 
     /// Moves every available completion into `out` (the worker then runs
     /// with the ring free for new requests).
     fn reap(&mut self, out: &mut Vec<cqueue::Entry>) {
-        let before = out.len();
         out.extend(self.ring.completion());
-        self.drain_next = out.len() - before >= CAPPED_PASS;
     }
 
     /// After `close_all`: hands the kernel the last cancels, and ends every
@@ -408,6 +410,23 @@ impl UringReactor {
             }
             std::thread::yield_now();
         }
+    }
+}
+
+/// Timed out, interrupted, or the kernel wants the completion queue drained
+/// first (EBUSY): the turn goes on. Anything else is the ring failing.
+fn tolerate(result: io::Result<usize>) -> io::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -6,7 +6,9 @@
 //! Setup tries the best flags first and steps down on `EINVAL` (the kernel
 //! does not know a flag): `SINGLE_ISSUER | DEFER_TASKRUN` (6.1: completions
 //! are produced only when the worker asks, on its own thread, with no
-//! interrupting task work), then `COOP_TASKRUN` (5.19), then none. Any other
+//! interrupting task work), then `COOP_TASKRUN` (5.19), then none. The
+//! first two add `TASKRUN_FLAG` (the kernel flags queued task work in the
+//! SQ ring, see `UringReactor::enter`) and `SUBMIT_ALL`. Any other
 //! error (`EPERM` from seccomp or `kernel.io_uring_disabled`, `ENOSYS`,
 //! `ENOMEM`) ends the attempt: stepping down would not help.
 
@@ -71,10 +73,13 @@ fn build_from(first_tier: usize) -> Result<Ring, Unusable> {
         ("single-issuer+defer-taskrun", |b| {
             b.setup_single_issuer()
                 .setup_defer_taskrun()
+                .setup_taskrun_flag()
                 .setup_submit_all();
         }),
         ("coop-taskrun", |b| {
-            b.setup_coop_taskrun().setup_submit_all();
+            b.setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .setup_submit_all();
         }),
         // Without SUBMIT_ALL a failing SQE ends its batch; the rest stay
         // queued for the next enter. Slower to recover, still correct.
