@@ -6,6 +6,7 @@
 //! The only thing they share on the hot path is the published [`snapshot`].
 
 pub mod admin;
+pub mod buffer;
 pub mod config;
 pub mod conn;
 pub mod control;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::{self, AdminContext, StatusView};
-use crate::config::{AdminState, Config, Workers};
+use crate::config::{AdminState, Config, Forwarding, Workers};
 use crate::control::{Health, Registry, RegistryError, ReloadSummary};
 use crate::engine::{self, EngineChoice};
 use crate::handover::{self, Inherited};
@@ -281,7 +281,10 @@ impl Server {
         // The control plane says when its first table is published.
         let _ = ready_rx.recv();
 
-        tracing::info!(engine = engine.name, reason = %engine.reason, workers = worker_count, "starting workers");
+        tracing::info!(engine = engine.name, reason = %engine.reason, forwarding = ?config.global.forwarding, workers = worker_count, "starting workers");
+        if config.global.forwarding == Forwarding::UringSplice {
+            tracing::warn!("forwarding = \"uring-splice\" is not implemented yet: splicing inline (as \"splice\")");
+        }
         let mut workers = Vec::with_capacity(worker_count);
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let setup = WorkerSetup {
@@ -292,6 +295,7 @@ impl Server {
                 control: worker_controls[id].clone(),
                 pipe_size: config.global.pipe_size.get(),
                 pipe_pool: config.global.pipe_pool,
+                forwarding: config.global.forwarding,
             };
             let core = (config.global.workers == Workers::Auto)
                 .then(|| cores.get(id).copied())

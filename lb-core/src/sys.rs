@@ -120,6 +120,23 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
     Ok((owned, peer))
 }
 
+/// The peer address of a connected socket (for connections the io_uring
+/// engine accepted: multishot accept returns no address).
+pub fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(fd)
+        .peer_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP socket"))
+}
+
+/// A non-blocking, close-on-exec eventfd (an engine's wake-up source).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with no pointers.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: eventfd succeeded: `fd` is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// SO_LINGER {on, 0}: the next close() sends RST instead of FIN (or, in
 /// TIME_WAIT, just frees the socket).
 pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
@@ -260,6 +277,9 @@ pub fn would_block(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    // A failed unwrap in a test is a failed test.
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
