@@ -46,7 +46,7 @@ pub const SMALL_STACK: usize = 256 * 1024;
 /// skips it, with a printed reason, on kernels or sandboxes that block
 /// io_uring.
 pub fn engines() -> Vec<&'static str> {
-    vec!["epoll"]
+    vec!["epoll", "uring"]
 }
 
 /// Runs `test` once per engine in [`engines`], skipping (with a printed
