@@ -9,7 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lb_core::config::Config;
 use lb_core::demo::DemoBackends;
+use lb_core::handover;
 use lb_core::server::{Server, StartOptions};
+
+/// Longest wait for the running ringlb during a takeover.
+const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// ringlb: a sticky layer-4 TCP load balancer (Maglev on the client IP,
 /// zero-copy forwarding, out-of-band health checks).
@@ -19,6 +23,11 @@ struct Cli {
     /// Config file (TOML) to run with.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Zero-downtime upgrades: serve the listening sockets to a newer ringlb
+    /// on this Unix socket; and if a ringlb already serves here, take its
+    /// sockets over (it then drains and exits).
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -45,7 +54,7 @@ fn main() -> ExitCode {
         Some(Cmd::Check { config }) => check(&config),
         Some(Cmd::Demo { listen }) => demo(listen),
         None => match cli.config {
-            Some(config) => run(&config),
+            Some(config) => run(&config, cli.upgrade_socket),
             None => Err(anyhow::anyhow!(
                 "nothing to do: give --config FILE, or try `ringlb demo` (see --help)"
             )),
@@ -85,18 +94,85 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "ringlb starting");
-    let server = Server::start(
-        config,
-        StartOptions {
-            handle_signals: true,
+    // Socket activation: systemd's sockets serve the listen addresses they
+    // are bound to (matched by address), so they survive restarts.
+    let activated = socket_activation()?;
+    let (mut inherited, takeover) = match &upgrade_socket {
+        Some(sock) => match handover::take_over(sock, HANDOVER_TIMEOUT) {
+            Ok((sockets, takeover)) => {
+                tracing::info!(
+                    sockets = sockets.len(),
+                    from = %sock.display(),
+                    "took over the listening sockets of the running ringlb"
+                );
+                (sockets, Some(takeover))
+            }
+            // Nobody serves there: a first start, or a stale socket file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                (Vec::new(), None)
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "taking over from the ringlb at {}: {e}",
+                    sock.display()
+                ))
+            }
         },
-    )?;
+        None => (Vec::new(), None),
+    };
+    inherited.extend(activated);
+    let options = StartOptions {
+        handle_signals: true,
+        config_path: Some(path.to_path_buf()),
+        inherited,
+        upgrade_socket,
+    };
+    let server = Server::start(config, options)?;
+    if let Some(t) = takeover {
+        // We accept on the sockets now: the old process may drain.
+        t.release().context("telling the old ringlb to drain")?;
+    }
+    // Under systemd (Type=notify): serving now. A no-op otherwise.
+    if let Err(e) = lb_core::notify::ready() {
+        tracing::warn!(error = %e, "cannot tell systemd we are ready");
+    }
     server.wait();
     tracing::info!("ringlb stopped");
     Ok(())
+}
+
+/// The listening sockets systemd passed (`LISTEN_FDS`), if any.
+fn socket_activation() -> anyhow::Result<Vec<handover::Inherited>> {
+    let fds =
+        lb_core::notify::listen_fds().context("reading the sockets systemd passed (LISTEN_FDS)")?;
+    let mut out = Vec::new();
+    for fd in fds {
+        match fd.local {
+            Some(addr) => out.push(handover::Inherited {
+                service: None,
+                addr,
+                socket: fd.fd.into(),
+            }),
+            None => {
+                tracing::warn!(name = ?fd.name, "systemd passed a socket that is not TCP/IP: ignored")
+            }
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(
+            sockets = out.len(),
+            "socket activation: using the sockets systemd passed"
+        );
+    }
+    Ok(out)
 }
 
 fn demo(listen: SocketAddr) -> anyhow::Result<()> {
@@ -104,12 +180,12 @@ fn demo(listen: SocketAddr) -> anyhow::Result<()> {
         DemoBackends::start(&["node1", "node2"], 0).context("starting the demo backends")?;
     let toml = backends.config_toml(listen);
     let config = Config::parse(&toml, None).context("building the demo config")?;
-    let server = Server::start(
-        config,
-        StartOptions {
-            handle_signals: true,
-        },
-    )?;
+    // The demo's config is built in memory: SIGHUP has no file to re-read.
+    let options = StartOptions {
+        handle_signals: true,
+        ..StartOptions::default()
+    };
+    let server = Server::start(config, options)?;
     eprintln!();
     eprintln!("ringlb demo is running: balancer on {listen}, backends:");
     for (name, addr) in &backends.addrs {

@@ -1,6 +1,8 @@
 //! Configuration: the TOML file (see DESIGN.md and docs/config.md) parsed into
 //! a validated [`Config`]. Runs on whichever thread loads it (start-up, or the
-//! control plane on reload); pure: no sockets, no clocks, no logging.
+//! control plane on reload); no sockets, no clocks, no logging. Its only I/O
+//! is reading the file itself, the `join_key_file` it names, and checking
+//! that its `ca_file` exists.
 //!
 //! `RawConfig` (serde, `deny_unknown_fields`, spans kept) becomes `Config`
 //! through validation; nothing past this module re-checks a value.
@@ -386,5 +388,1205 @@ impl Backend {
             weight: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
             state: AdminState::Enabled,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// The example of DESIGN.md, verbatim.
+    const DESIGN_EXAMPLE: &str = r#"[global]
+workers = "auto"            # or a number
+engine = "auto"             # "uring" | "epoll"
+admin = "127.0.0.1:9090"
+
+[[service]]
+name = "artifactory"
+listen = ["0.0.0.0:8080", "[::]:8080"]
+balance = "maglev"          # "round-robin" | "least-conn" | "p2c"
+connect_timeout = "2s"
+idle_timeout = "15m"
+
+[service.health]
+kind = "http"               # "https" | "tcp" | "none"
+path = "/router/api/v1/system/health"
+interval = "2s"
+timeout = "1s"
+rise = 2
+fall = 3
+
+[[service.backend]]
+name = "art1"
+address = "10.0.0.11:8081"
+weight = 100
+"#;
+
+    /// The smallest valid file: one service, one listen address, one backend.
+    const MINIMAL: &str = r#"[[service]]
+name = "web"
+listen = ["127.0.0.1:8080"]
+
+[[service.backend]]
+name = "app1"
+address = "10.0.0.1:80"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Some(Path::new("ringlb.toml")))
+    }
+
+    /// `[global]` on line 1, `extra` from line 2, then [`MINIMAL`].
+    fn global_with(extra: &str) -> String {
+        format!("[global]\n{extra}\n\n{MINIMAL}")
+    }
+
+    /// [`MINIMAL`] with `extra` on line 4, inside the service table.
+    fn service_with(extra: &str) -> String {
+        format!(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8080\"]\n{extra}\n\n\
+             [[service.backend]]\nname = \"app1\"\naddress = \"10.0.0.1:80\"\n"
+        )
+    }
+
+    /// [`MINIMAL`] with `[service.health]` on line 4 and `extra` from line 5.
+    fn health_with(extra: &str) -> String {
+        format!(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8080\"]\n[service.health]\n{extra}\n\n\
+             [[service.backend]]\nname = \"app1\"\naddress = \"10.0.0.1:80\"\n"
+        )
+    }
+
+    /// [`MINIMAL`] with `extra` on line 8, inside the backend table.
+    fn backend_with(extra: &str) -> String {
+        format!("{MINIMAL}{extra}\n")
+    }
+
+    /// Asserts that `text` is refused at `line:col` with a message holding
+    /// every one of `parts`.
+    #[track_caller]
+    fn assert_refused(text: &str, (line, col): (usize, usize), parts: &[&str]) -> ConfigError {
+        let err = parse(text).expect_err("the config was accepted");
+        assert_eq!((err.line, err.col), (Some(line), Some(col)), "{err}");
+        for part in parts {
+            assert!(err.message.contains(part), "{err} does not say {part:?}");
+        }
+        err
+    }
+
+    /// A fresh directory for a test's files.
+    fn scratch_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ringlb-config-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn design_example_parses_to_the_expected_values() {
+        let config = parse(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(config.global, Global::default());
+        assert_eq!(config.services.len(), 1);
+        let service = config.service("artifactory").unwrap();
+        assert_eq!(
+            service.listen,
+            [
+                "0.0.0.0:8080".parse().unwrap(),
+                "[::]:8080".parse().unwrap()
+            ]
+        );
+        assert_eq!(service.balance, Balance::Maglev);
+        assert_eq!(service.connect_timeout, Duration::from_secs(2));
+        assert_eq!(service.idle_timeout, Duration::from_secs(900));
+        assert_eq!(service.health.kind, HealthKind::Http);
+        assert_eq!(service.health.path, DEFAULT_HEALTH_PATH);
+        assert_eq!(service.health.interval, Duration::from_secs(2));
+        assert_eq!(service.health.timeout, Duration::from_secs(1));
+        assert_eq!(service.health.rise.get(), 2);
+        assert_eq!(service.health.fall.get(), 3);
+        assert_eq!(
+            service.backends,
+            [Backend::new("art1", "10.0.0.11:8081".parse().unwrap())]
+        );
+        assert_eq!(service.backends[0].weight.get(), 100);
+        assert!(config.service("nope").is_none());
+    }
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let config = parse(MINIMAL).unwrap();
+        let g = &config.global;
+        assert_eq!(g.workers, Workers::Auto);
+        assert_eq!(g.engine, EngineKind::Auto);
+        assert_eq!(g.forwarding, Forwarding::Auto);
+        assert_eq!(g.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            g.admin_allow,
+            [
+                "127.0.0.0/8".parse::<IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (g.admin_token.as_deref(), g.join_key.as_deref()),
+            (None, None)
+        );
+        assert_eq!(g.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(g.pipe_size.get(), 65_536);
+        assert_eq!(g.pipe_pool, 256);
+
+        let s = &config.services[0];
+        assert_eq!(s.name, "web");
+        assert_eq!(s.listen, ["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(s.balance, Balance::Maglev);
+        assert_eq!(s.connect_timeout, Duration::from_secs(2));
+        assert_eq!(s.idle_timeout, Duration::from_secs(15 * 60));
+        assert_eq!(s.max_connections, None);
+        assert_eq!(s.connect_attempts.get(), 3);
+        assert_eq!(s.maglev_table_size, 65_537);
+        assert_eq!((s.hash_prefix_v4, s.hash_prefix_v6), (32, 128));
+        assert_eq!((s.bounded_load, s.source_address), (None, None));
+
+        let h = &s.health;
+        assert_eq!(h.kind, HealthKind::Http);
+        assert_eq!(h.path, "/router/api/v1/system/health");
+        assert_eq!(h.host, None);
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert_eq!(h.fast_interval, Duration::from_millis(500));
+        assert_eq!(h.timeout, Duration::from_secs(1));
+        assert_eq!((h.rise.get(), h.fall.get()), (2, 3));
+        assert_eq!(h.jitter, 0.1);
+        assert_eq!(h.degraded, DegradedIs::Unhealthy);
+        assert_eq!(
+            (&h.ca_file, &h.sni, h.insecure_skip_verify),
+            (&None, &None, false)
+        );
+        assert_eq!(
+            (&h.http_proxy, &h.https_proxy, &h.no_proxy),
+            (&None, &None, &None)
+        );
+        assert_eq!(h.max_body, 65_536);
+
+        let b = &s.backends[0];
+        assert_eq!(
+            (b.name.as_str(), b.address),
+            ("app1", "10.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!((b.weight.get(), b.state), (100, AdminState::Enabled));
+
+        // The helper constructors agree with the file's defaults.
+        let built = Service::new(
+            "web",
+            s.listen.clone(),
+            vec![Backend::new("app1", b.address)],
+        );
+        assert_eq!(&built, s);
+    }
+
+    #[test]
+    fn every_key_set_parses_and_relative_paths_follow_the_config_file() {
+        let dir = scratch_dir("every-key");
+        std::fs::write(dir.join("join.key"), "  s3cret\n").unwrap();
+        std::fs::create_dir_all(dir.join("tls")).unwrap();
+        std::fs::write(dir.join("tls/ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let text = r#"
+[global]
+workers = 4
+engine = "epoll"
+forwarding = "splice"
+admin = "[::1]:9191"
+admin_allow = ["10.1.2.3/8", "192.168.1.7"]
+admin_token = "t0ken"
+join_key_file = "join.key"
+shutdown_timeout = "0s"
+pipe_size = "1MiB"
+pipe_pool = 0
+
+[[service]]
+name = "art.prod-1"
+listen = ["0.0.0.0:443", "[::]:443"]
+balance = "p2c"
+connect_timeout = "500ms"
+idle_timeout = "1h30m"
+max_connections = 10000
+connect_attempts = 5
+maglev_table_size = 7
+hash_prefix_v4 = 24
+hash_prefix_v6 = 64
+bounded_load = 1.25
+source_address = "10.0.0.5"
+
+[service.health]
+kind = "https"
+path = "/ping?deep=1"
+host = "art.example.com:8443"
+interval = "5s"
+fast_interval = "1s"
+timeout = "5s"
+rise = 1
+fall = 1
+jitter = 0
+degraded = "healthy"
+ca_file = "tls/ca.pem"
+sni = "art.example.com"
+insecure_skip_verify = false
+http_proxy = "http://proxy:3128/"
+https_proxy = "http://10.0.0.9:3128"
+no_proxy = ["localhost", ".corp", "10.0.0.0/8", "*"]
+max_body = 1024
+
+[[service.backend]]
+name = "a"
+address = "10.0.0.11:8081"
+weight = 1
+state = "drain"
+
+[[service.backend]]
+name = "b"
+address = "10.0.0.12:8081"
+weight = 10000
+state = "disabled"
+"#;
+        let file = dir.join("ringlb.toml");
+        std::fs::write(&file, text).unwrap();
+        let config = Config::from_file(&file).unwrap();
+        let g = &config.global;
+        assert_eq!(g.workers, Workers::Count(NonZeroUsize::new(4).unwrap()));
+        assert_eq!(
+            (g.engine, g.forwarding),
+            (EngineKind::Epoll, Forwarding::Splice)
+        );
+        assert_eq!(g.admin, Some("[::1]:9191".parse().unwrap()));
+        assert_eq!(
+            g.admin_allow,
+            [
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.168.1.7/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(g.admin_token.as_deref(), Some("t0ken"));
+        assert_eq!(g.join_key.as_deref(), Some("s3cret"));
+        assert_eq!(g.shutdown_timeout, Duration::ZERO);
+        assert_eq!((g.pipe_size.get(), g.pipe_pool), (1 << 20, 0));
+
+        let s = &config.services[0];
+        assert_eq!(s.name, "art.prod-1");
+        assert_eq!(s.balance, Balance::P2c);
+        assert_eq!(s.connect_timeout, Duration::from_millis(500));
+        assert_eq!(s.idle_timeout, Duration::from_secs(5400));
+        assert_eq!(s.max_connections, NonZeroUsize::new(10_000));
+        assert_eq!(s.connect_attempts.get(), 5);
+        assert_eq!(s.maglev_table_size, 7);
+        assert_eq!((s.hash_prefix_v4, s.hash_prefix_v6), (24, 64));
+        assert_eq!(s.bounded_load, Some(1.25));
+        assert_eq!(s.source_address, Some("10.0.0.5".parse().unwrap()));
+
+        let h = &s.health;
+        assert_eq!(h.kind, HealthKind::Https);
+        assert_eq!(h.path, "/ping?deep=1");
+        assert_eq!(h.host.as_deref(), Some("art.example.com:8443"));
+        assert_eq!(
+            (h.interval, h.fast_interval, h.timeout),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                Duration::from_secs(5)
+            )
+        );
+        assert_eq!((h.rise.get(), h.fall.get(), h.jitter), (1, 1, 0.0));
+        assert_eq!(h.degraded, DegradedIs::Healthy);
+        assert_eq!(h.ca_file, Some(dir.join("tls/ca.pem")));
+        assert_eq!(h.sni.as_deref(), Some("art.example.com"));
+        assert_eq!(h.http_proxy.as_deref(), Some("http://proxy:3128"));
+        assert_eq!(h.https_proxy.as_deref(), Some("http://10.0.0.9:3128"));
+        assert_eq!(
+            h.no_proxy,
+            Some(vec![
+                "localhost".into(),
+                ".corp".into(),
+                "10.0.0.0/8".into(),
+                "*".into()
+            ])
+        );
+        assert_eq!(h.max_body, 1024);
+
+        let weights: Vec<_> = s
+            .backends
+            .iter()
+            .map(|b| (b.weight.get(), b.state))
+            .collect();
+        assert_eq!(
+            weights,
+            [(1, AdminState::Drain), (10_000, AdminState::Disabled)]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn display_is_file_line_col_message() {
+        let err = parse(&global_with("workers = 0")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ringlb.toml:2:11: global.workers: 0 is out of range (expected \"auto\" or an integer 1..=1024)"
+        );
+        let unnamed = Config::parse("", None).unwrap_err();
+        assert_eq!(unnamed.file, None);
+        assert!(
+            unnamed.to_string().starts_with("no [[service]]"),
+            "{unnamed}"
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_located() {
+        let err = assert_refused(
+            "[[service]]\nname = \"web\nlisten = []\n",
+            (2, 12),
+            &["invalid TOML"],
+        );
+        assert!(!err.message.contains('\n'), "{err}");
+        assert_refused(
+            "[[service]]\nname = 1\nname = 2\n",
+            (3, 1),
+            &["invalid TOML", "duplicate key `name`"],
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_in_every_table() {
+        assert_refused(
+            &global_with("wrokers = 4"),
+            (2, 1),
+            &["global: unknown key `wrokers`", "`workers`"],
+        );
+        assert_refused(
+            &service_with("lisen = []"),
+            (4, 1),
+            &["services[0]: unknown key `lisen`"],
+        );
+        assert_refused(
+            &health_with("intervall = \"1s\""),
+            (5, 1),
+            &["services[0].health: unknown key `intervall`"],
+        );
+        assert_refused(
+            &backend_with("wieght = 1"),
+            (8, 1),
+            &["services[0].backend[0]: unknown key `wieght`"],
+        );
+        assert_refused(
+            &format!("{MINIMAL}\n[extra]\n"),
+            (9, 2),
+            &["unknown key `extra`", "`global` or `service`"],
+        );
+        // An unknown sub-table is reported in the table that holds it.
+        assert_refused(
+            &global_with("[global.tuning]"),
+            (2, 9),
+            &["global: unknown key `tuning`"],
+        );
+        assert_refused(
+            &format!("{MINIMAL}[[service.backend.tags]]\n"),
+            (8, 19),
+            &["services[0].backend[0]: unknown key `tags`"],
+        );
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected() {
+        assert_refused(
+            &global_with("workers = true"),
+            (2, 11),
+            &[
+                "global.workers: invalid type: boolean",
+                "\"auto\" or a number of workers",
+            ],
+        );
+        assert_refused(
+            &global_with("pipe_size = 1.5"),
+            (2, 13),
+            &["global.pipe_size", "a size"],
+        );
+        assert_refused(
+            &service_with("connect_timeout = 2"),
+            (4, 19),
+            &["services[0].connect_timeout", "expected a duration string"],
+        );
+        assert_refused(
+            &health_with("rise = \"2\""),
+            (5, 8),
+            &["services[0].health.rise", "expected an integer"],
+        );
+        assert_refused(
+            &health_with("insecure_skip_verify = \"yes\""),
+            (5, 24),
+            &["expected a boolean"],
+        );
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:80\"\n",
+            (3, 10),
+            &[
+                "services[0].listen: invalid type: string",
+                "expected an array",
+            ],
+        );
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:80\"]\nbackend = [{ name = \"a\", address = 80 }]\n",
+            (4, 36),
+            &["services[0].backend[0].address: invalid type: integer `80`, expected a string"],
+        );
+    }
+
+    #[test]
+    fn a_single_bracket_service_gets_a_hint() {
+        assert_refused(
+            "[service]\nname = \"web\"\n",
+            (1, 1),
+            &[
+                "services: invalid type: table, expected an array",
+                "[[service]]",
+            ],
+        );
+    }
+
+    #[test]
+    fn missing_keys_point_at_their_table() {
+        assert_refused(
+            "[global]\n\n[[service]]\nlisten = [\"127.0.0.1:80\"]\n",
+            (3, 1),
+            &["services[0]: missing key `name`"],
+        );
+        assert_refused(
+            "[[service]]\nname = \"web\"\n",
+            (1, 1),
+            &["services[0]: missing key `listen`"],
+        );
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:80\"]\n[[service.backend]]\nname = \"a\"\n",
+            (4, 1),
+            &["services[0].backend[0]: missing key `address`", "IP:port"],
+        );
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:80\"]\n[[service.backend]]\naddress = \"10.0.0.1:80\"\n",
+            (4, 1),
+            &["services[0].backend[0]: missing key `name`"],
+        );
+    }
+
+    #[test]
+    fn at_least_one_service_backend_and_listen_address() {
+        for text in ["", "[global]\nworkers = 2\n"] {
+            let err = parse(text).unwrap_err();
+            assert_eq!((err.line, err.col), (None, None));
+            assert!(err.message.contains("no [[service]] is defined"), "{err}");
+        }
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:80\"]\n",
+            (1, 1),
+            &["services[0]: no backend", "[[service.backend]]"],
+        );
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = []\n",
+            (3, 10),
+            &["services[0].listen: is empty"],
+        );
+    }
+
+    #[test]
+    fn workers_are_auto_or_1_to_1024() {
+        assert_refused(
+            &global_with("workers = 1025"),
+            (2, 11),
+            &["1025 is out of range", "1..=1024"],
+        );
+        assert_refused(
+            &global_with("workers = -1"),
+            (2, 11),
+            &["-1 is out of range"],
+        );
+        assert_refused(
+            &global_with("workers = \"all\""),
+            (2, 11),
+            &["\"all\" is not valid", "\"auto\""],
+        );
+        let config = parse(&global_with("workers = 1024")).unwrap();
+        assert_eq!(
+            config.global.workers,
+            Workers::Count(NonZeroUsize::new(1024).unwrap())
+        );
+    }
+
+    #[test]
+    fn enum_keys_list_their_allowed_values() {
+        let cases = [
+            (global_with("engine = \"io_uring\""), (2, 10), "global.engine: \"io_uring\" is not valid (expected one of \"auto\", \"uring\", \"epoll\")"),
+            (global_with("forwarding = \"zero-copy\""), (2, 14), "global.forwarding: \"zero-copy\" is not valid (expected one of \"auto\", \"splice\", \"uring-splice\", \"copy\")"),
+            (service_with("balance = \"rr\""), (4, 11), "services[0].balance: \"rr\" is not valid (expected one of \"maglev\", \"round-robin\", \"least-conn\", \"p2c\")"),
+            (health_with("kind = \"grpc\""), (5, 8), "services[0].health.kind: \"grpc\" is not valid (expected one of \"http\", \"https\", \"tcp\", \"none\")"),
+            (health_with("degraded = \"ok\""), (5, 12), "services[0].health.degraded: \"ok\" is not valid (expected one of \"unhealthy\", \"healthy\")"),
+            (backend_with("state = \"down\""), (8, 9), "services[0].backend[0].state: \"down\" is not valid (expected one of \"enabled\", \"drain\", \"disabled\")"),
+        ];
+        for (text, at, message) in cases {
+            assert_refused(&text, at, &[message]);
+        }
+    }
+
+    #[test]
+    fn uring_splice_needs_the_uring_engine() {
+        assert_refused(
+            &global_with("engine = \"epoll\"\nforwarding = \"uring-splice\""),
+            (3, 14),
+            &["global.forwarding: \"uring-splice\" needs the io_uring engine"],
+        );
+        assert!(parse(&global_with(
+            "engine = \"uring\"\nforwarding = \"uring-splice\""
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn admin_is_an_address_or_off() {
+        assert_refused(
+            &global_with("admin = \"localhost:9090\""),
+            (2, 9),
+            &["global.admin: \"localhost:9090\" is not valid", "\"off\""],
+        );
+        assert_refused(
+            &global_with("admin = \"9090\""),
+            (2, 9),
+            &["\"9090\" is not valid"],
+        );
+        assert_eq!(
+            parse(&global_with("admin = \"off\"")).unwrap().global.admin,
+            None
+        );
+    }
+
+    #[test]
+    fn admin_allow_entries_are_cidrs() {
+        assert_refused(
+            &global_with("admin_allow = [\"10.0.0.0/8\", \"10.0.0.0/40\"]"),
+            (2, 30),
+            &["global.admin_allow[1]: \"10.0.0.0/40\" is not a CIDR"],
+        );
+        assert_refused(
+            &global_with("admin_allow = []"),
+            (2, 15),
+            &["global.admin_allow: is empty", "admin = \"off\""],
+        );
+    }
+
+    #[test]
+    fn admin_token_is_a_printable_secret() {
+        assert_refused(
+            &global_with("admin_token = \"\""),
+            (2, 15),
+            &["global.admin_token: the admin token is empty"],
+        );
+        assert_refused(
+            &global_with("admin_token = \"a b\""),
+            (2, 15),
+            &["printable ASCII without spaces"],
+        );
+    }
+
+    #[test]
+    fn join_key_and_join_key_file_exclude_each_other() {
+        assert_refused(
+            &global_with("join_key = \"k\"\njoin_key_file = \"k.txt\""),
+            (3, 17),
+            &["global.join_key_file: join_key and join_key_file are both set"],
+        );
+    }
+
+    #[test]
+    fn join_keys_must_not_be_empty() {
+        assert_refused(
+            &global_with("join_key = \"  \""),
+            (2, 12),
+            &["global.join_key: the join key is empty"],
+        );
+        let dir = scratch_dir("empty-key");
+        std::fs::write(dir.join("key"), "\n \n").unwrap();
+        let file = dir.join("ringlb.toml");
+        std::fs::write(&file, global_with("join_key_file = \"key\"")).unwrap();
+        let err = Config::from_file(&file).unwrap_err();
+        assert_eq!((err.line, err.col), (Some(2), Some(17)));
+        assert!(err.message.contains("is empty"), "{err}");
+        assert_eq!(err.file.as_deref(), Some(file.as_path()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_join_key_file_is_named_as_resolved() {
+        let dir = scratch_dir("missing-key");
+        let file = dir.join("ringlb.toml");
+        std::fs::write(&file, global_with("join_key_file = \"secrets/join.key\"")).unwrap();
+        let err = Config::from_file(&file).unwrap_err();
+        assert_eq!((err.line, err.col), (Some(2), Some(17)));
+        let named = dir.join("secrets/join.key").display().to_string();
+        assert!(err.message.contains(&named), "{err} does not name {named}");
+        assert!(
+            err.message
+                .starts_with("global.join_key_file: cannot read the join key file"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn service_names_are_plain_and_unique() {
+        assert_refused(
+            "[[service]]\nname = \"my web\"\nlisten = [\"127.0.0.1:80\"]\n",
+            (2, 8),
+            &[
+                "services[0].name: \"my web\" is not a valid name",
+                "letters, digits",
+            ],
+        );
+        let text = format!("{MINIMAL}\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:81\"]\n");
+        assert_refused(
+            &text,
+            (10, 8),
+            &["services[1].name: \"web\" is already the name of services[0]"],
+        );
+    }
+
+    #[test]
+    fn backend_names_are_plain_and_unique_within_a_service() {
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:80\"]\n[[service.backend]]\nname = \"app/1\"\naddress = \"10.0.0.1:80\"\n",
+            (5, 8),
+            &["services[0].backend[0].name: \"app/1\" is not a valid name"],
+        );
+        let text =
+            format!("{MINIMAL}\n[[service.backend]]\nname = \"app1\"\naddress = \"10.0.0.2:80\"\n");
+        assert_refused(
+            &text,
+            (10, 8),
+            &["services[0].backend[1].name: \"app1\" is already the name of services[0].backend[0]"],
+        );
+        // The same backend name in two services is fine.
+        let two = format!("{MINIMAL}\n[[service]]\nname = \"api\"\nlisten = [\"127.0.0.1:81\"]\n[[service.backend]]\nname = \"app1\"\naddress = \"10.0.0.1:81\"\n");
+        assert_eq!(parse(&two).unwrap().services.len(), 2);
+    }
+
+    #[test]
+    fn listen_addresses_are_socket_addresses() {
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = [\"0.0.0.0:80\", \"8080\"]\n",
+            (3, 25),
+            &["services[0].listen[1]: \"8080\" is not a socket address (expected \"IP:port\" or \"[IPv6]:port\")"],
+        );
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = [\"::1:80\"]\n",
+            (3, 11),
+            &["\"::1:80\" is not a socket address", "brackets"],
+        );
+    }
+
+    #[test]
+    fn a_listen_address_belongs_to_one_service() {
+        let text =
+            format!("{MINIMAL}\n[[service]]\nname = \"api\"\nlisten = [\"127.0.0.1:8080\"]\n");
+        assert_refused(
+            &text,
+            (11, 11),
+            &["services[1].listen[0]: 127.0.0.1:8080 is already a listen address of service \"web\""],
+        );
+        assert_refused(
+            "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n",
+            (3, 27),
+            &["services[0].listen[1]: 127.0.0.1:80 is listed twice"],
+        );
+        // Port 0 takes a fresh port each time: tests use it in several services.
+        let zero = "[[service]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"x\"\naddress = \"10.0.0.1:80\"\n\
+                    [[service]]\nname = \"b\"\nlisten = [\"127.0.0.1:0\"]\n[[service.backend]]\nname = \"x\"\naddress = \"10.0.0.1:80\"\n";
+        assert_eq!(parse(zero).unwrap().services.len(), 2);
+    }
+
+    #[test]
+    fn backend_addresses_are_connectable_and_distinct() {
+        let at_8 = |address: &str| {
+            format!("[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8080\"]\n\n[[service.backend]]\nname = \"app1\"\naddress = {address}\n")
+        };
+        assert_refused(
+            &at_8("\"10.0.0.1\""),
+            (7, 11),
+            &["services[0].backend[0].address: \"10.0.0.1\" is not a socket address: the port is missing (expected \"IP:port\" or \"[IPv6]:port\")"],
+        );
+        assert_refused(
+            &at_8("\"10.0.0.1:0\""),
+            (7, 11),
+            &["port 0 cannot be connected to"],
+        );
+        assert_refused(&at_8("\"0.0.0.0:80\""), (7, 11), &["unspecified address"]);
+        assert_refused(&at_8("\"[ff02::1]:80\""), (7, 11), &["multicast"]);
+        let text =
+            format!("{MINIMAL}\n[[service.backend]]\nname = \"app2\"\naddress = \"10.0.0.1:80\"\n");
+        assert_refused(&text, (11, 11), &["services[0].backend[1].address: 10.0.0.1:80 is already the address of backend \"app1\""]);
+    }
+
+    #[test]
+    fn maglev_table_size_is_a_prime_above_the_backend_count() {
+        assert_refused(
+            &service_with("maglev_table_size = 65536"),
+            (4, 21),
+            &["services[0].maglev_table_size: 65536 is not a prime number"],
+        );
+        assert_refused(
+            &service_with("maglev_table_size = 5"),
+            (4, 21),
+            &["5 is out of range (expected an integer 7..=16777216)"],
+        );
+        assert_refused(
+            &service_with("maglev_table_size = 4294967291"),
+            (4, 21),
+            &["out of range"],
+        );
+        let mut text = service_with("maglev_table_size = 7");
+        for i in 2..=7 {
+            text.push_str(&format!(
+                "[[service.backend]]\nname = \"app{i}\"\naddress = \"10.0.0.{i}:80\"\n"
+            ));
+        }
+        assert_refused(
+            &text,
+            (4, 21),
+            &["7 must be larger than the number of backends (7)"],
+        );
+    }
+
+    #[test]
+    fn hash_prefixes_are_in_range() {
+        assert_refused(
+            &service_with("hash_prefix_v4 = 33"),
+            (4, 18),
+            &["services[0].hash_prefix_v4: 33 is out of range (expected an integer 0..=32)"],
+        );
+        assert_refused(
+            &service_with("hash_prefix_v6 = 129"),
+            (4, 18),
+            &["services[0].hash_prefix_v6: 129 is out of range (expected an integer 0..=128)"],
+        );
+        let config = parse(&service_with("hash_prefix_v4 = 0\nhash_prefix_v6 = 128")).unwrap();
+        assert_eq!(
+            (
+                config.services[0].hash_prefix_v4,
+                config.services[0].hash_prefix_v6
+            ),
+            (0, 128)
+        );
+    }
+
+    #[test]
+    fn bounded_load_is_finite_and_above_one() {
+        for value in ["1.0", "0.5", "nan", "inf", "-inf"] {
+            assert_refused(
+                &service_with(&format!("bounded_load = {value}")),
+                (4, 16),
+                &[
+                    "services[0].bounded_load",
+                    "is not valid (expected a number greater than 1.0",
+                ],
+            );
+        }
+        assert_eq!(
+            parse(&service_with("bounded_load = 2")).unwrap().services[0].bounded_load,
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn weights_are_1_to_10000() {
+        assert_refused(
+            &backend_with("weight = 0"),
+            (8, 10),
+            &["services[0].backend[0].weight: 0 is out of range (expected an integer 1..=10000)"],
+        );
+        assert_refused(
+            &backend_with("weight = 10001"),
+            (8, 10),
+            &["10001 is out of range"],
+        );
+    }
+
+    #[test]
+    fn counts_that_must_be_positive() {
+        assert_refused(
+            &service_with("connect_attempts = 0"),
+            (4, 20),
+            &["services[0].connect_attempts: 0 is out of range (expected an integer 1..="],
+        );
+        assert_refused(
+            &service_with("max_connections = 0"),
+            (4, 19),
+            &["services[0].max_connections: 0 is out of range (expected an integer >= 1)"],
+        );
+        assert_refused(
+            &health_with("rise = 0"),
+            (5, 8),
+            &["services[0].health.rise: 0 is out of range"],
+        );
+        assert_refused(
+            &health_with("fall = -3"),
+            (5, 8),
+            &["services[0].health.fall: -3 is out of range"],
+        );
+        assert_refused(
+            &global_with("pipe_pool = -1"),
+            (2, 13),
+            &["global.pipe_pool: -1 is out of range (expected an integer >= 0)"],
+        );
+    }
+
+    #[test]
+    fn durations_are_parsed_and_zero_only_where_it_means_something() {
+        assert_refused(
+            &service_with("idle_timeout = \"15 minutes\""),
+            (4, 16),
+            &[
+                "services[0].idle_timeout: \"15 minutes\" is not a duration",
+                "\"1m30s\"",
+            ],
+        );
+        assert_refused(
+            &service_with("connect_timeout = \"1.5s\""),
+            (4, 19),
+            &["\"1.5s\" is not a duration"],
+        );
+        assert_refused(
+            &service_with("connect_timeout = \"0s\""),
+            (4, 19),
+            &["services[0].connect_timeout: \"0s\" is not valid: it must be longer than zero"],
+        );
+        assert_refused(
+            &health_with("interval = \"0ms\""),
+            (5, 12),
+            &["services[0].health.interval", "longer than zero"],
+        );
+        assert_refused(
+            &health_with("fast_interval = \"0s\""),
+            (5, 17),
+            &["longer than zero"],
+        );
+        assert_refused(
+            &health_with("timeout = \"0s\""),
+            (5, 11),
+            &["longer than zero"],
+        );
+        assert_refused(
+            &service_with("idle_timeout = \"9000h\""),
+            (4, 16),
+            &["\"9000h\" is too long"],
+        );
+        let config = parse(&global_with("shutdown_timeout = \"0s\"")).unwrap();
+        assert_eq!(config.global.shutdown_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn health_timeout_is_at_most_the_interval() {
+        assert_refused(
+            &health_with("interval = \"1s\"\ntimeout = \"1500ms\""),
+            (6, 11),
+            &["services[0].health.timeout: the timeout (1s500ms) must not exceed the interval (1s)"],
+        );
+        // Only the interval is set: the default timeout (1s) exceeds it.
+        assert_refused(
+            &health_with("interval = \"500ms\""),
+            (5, 12),
+            &["services[0].health.interval: the timeout (1s) must not exceed the interval (500ms)"],
+        );
+        assert!(parse(&health_with("interval = \"1s\"\ntimeout = \"1s\"")).is_ok());
+    }
+
+    #[test]
+    fn jitter_is_0_to_half() {
+        assert_refused(&health_with("jitter = 0.6"), (5, 10), &["services[0].health.jitter: 0.6 is out of range (expected a fraction of the interval from 0.0 to 0.5)"]);
+        assert_refused(&health_with("jitter = -0.1"), (5, 10), &["out of range"]);
+        assert_refused(&health_with("jitter = nan"), (5, 10), &["out of range"]);
+        assert_eq!(
+            parse(&health_with("jitter = 0.5")).unwrap().services[0]
+                .health
+                .jitter,
+            0.5
+        );
+    }
+
+    #[test]
+    fn health_path_and_host_are_request_safe() {
+        assert_refused(
+            &health_with("path = \"health\""),
+            (5, 8),
+            &["services[0].health.path: \"health\" does not start with '/'"],
+        );
+        assert_refused(
+            &health_with("path = \"/a b\""),
+            (5, 8),
+            &["printable ASCII without spaces"],
+        );
+        assert_refused(
+            &health_with("host = \"a b\""),
+            (5, 8),
+            &["services[0].health.host: \"a b\" is not a host"],
+        );
+        assert_refused(
+            &health_with("host = \"a:http\""),
+            (5, 8),
+            &["is not a host"],
+        );
+        for host in ["art.example.com", "10.0.0.1:8081", "[::1]:8081", "[::1]"] {
+            assert!(
+                parse(&health_with(&format!("host = {host:?}"))).is_ok(),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn ca_file_must_exist() {
+        let dir = scratch_dir("ca-file");
+        let file = dir.join("ringlb.toml");
+        std::fs::write(&file, health_with("kind = \"https\"\nca_file = \"ca.pem\"")).unwrap();
+        let err = Config::from_file(&file).unwrap_err();
+        assert_eq!((err.line, err.col), (Some(6), Some(11)), "{err}");
+        let named = dir.join("ca.pem").display().to_string();
+        assert!(
+            err.message.starts_with("services[0].health.ca_file: "),
+            "{err}"
+        );
+        assert!(err.message.contains(&named), "{err} does not name {named}");
+        std::fs::write(dir.join("ca.pem"), "pem").unwrap();
+        let config = Config::from_file(&file).unwrap();
+        assert_eq!(config.services[0].health.ca_file, Some(dir.join("ca.pem")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn https_checks_need_a_ca_file_or_an_explicit_opt_out() {
+        assert_refused(
+            &health_with("kind = \"https\""),
+            (5, 8),
+            &["services[0].health.kind: https health checks need ca_file or insecure_skip_verify = true"],
+        );
+        let config = parse(&health_with(
+            "kind = \"https\"\ninsecure_skip_verify = true",
+        ))
+        .unwrap();
+        assert!(config.services[0].health.insecure_skip_verify);
+    }
+
+    #[test]
+    fn sni_is_a_server_name() {
+        assert_refused(
+            &health_with("sni = \"not a name\""),
+            (5, 7),
+            &["services[0].health.sni: \"not a name\" is not a server name"],
+        );
+        assert!(parse(&health_with("sni = \"10.0.0.1\"")).is_ok());
+    }
+
+    #[test]
+    fn proxies_are_http_host_port_urls() {
+        assert_refused(
+            &health_with("http_proxy = \"proxy:3128\""),
+            (5, 14),
+            &["services[0].health.http_proxy: \"proxy:3128\" is not a proxy URL (expected \"http://host:port\")"],
+        );
+        assert_refused(
+            &health_with("https_proxy = \"https://proxy:3128\""),
+            (5, 15),
+            &["only http:// proxies are supported"],
+        );
+        assert_refused(
+            &health_with("no_proxy = [\"localhost\", \"a b\"]"),
+            (5, 26),
+            &["services[0].health.no_proxy[1]: \"a b\" is not a host, domain or CIDR"],
+        );
+        let config = parse(&health_with("no_proxy = []")).unwrap();
+        assert_eq!(config.services[0].health.no_proxy, Some(vec![]));
+    }
+
+    #[test]
+    fn pipe_size_is_a_power_of_two_from_4k_to_1m() {
+        for value in ["\"3KiB\"", "\"2MiB\"", "100000", "0"] {
+            assert_refused(
+                &global_with(&format!("pipe_size = {value}")),
+                (2, 13),
+                &[
+                    "global.pipe_size",
+                    "is not valid (expected a power of two from 4KiB to 1MiB",
+                ],
+            );
+        }
+        assert_refused(
+            &global_with("pipe_size = \"64KB\""),
+            (2, 13),
+            &["\"64KB\" is not a size"],
+        );
+        assert_refused(
+            &global_with("pipe_size = -4096"),
+            (2, 13),
+            &["-4096 is negative"],
+        );
+        assert_eq!(
+            parse(&global_with("pipe_size = 4096"))
+                .unwrap()
+                .global
+                .pipe_size
+                .get(),
+            4096
+        );
+    }
+
+    #[test]
+    fn max_body_is_a_positive_size() {
+        assert_refused(
+            &health_with("max_body = 0"),
+            (5, 12),
+            &["services[0].health.max_body: 0 bytes is not valid"],
+        );
+        assert_eq!(
+            parse(&health_with("max_body = \"1MiB\"")).unwrap().services[0]
+                .health
+                .max_body,
+            1 << 20
+        );
+    }
+
+    #[test]
+    fn source_address_is_an_ip_of_the_backends_family() {
+        assert_refused(
+            &service_with("source_address = \"10.0.0.5:0\""),
+            (4, 18),
+            &["services[0].source_address: \"10.0.0.5:0\" is not an IP address"],
+        );
+        assert_refused(
+            &service_with("source_address = \"fd00::5\""),
+            (4, 18),
+            &["services[0].source_address: fd00::5 cannot reach backend \"app1\" at 10.0.0.1:80"],
+        );
+    }
+
+    #[test]
+    fn files_must_be_utf8_and_readable() {
+        let mut bytes = MINIMAL.as_bytes().to_vec();
+        bytes.splice(13..13, [b'\xff']); // inside `name = "web"` on line 2
+        let err = Config::parse_bytes(&bytes, Some(Path::new("x.toml"))).unwrap_err();
+        assert_eq!((err.line, err.col), (Some(2), Some(2)), "{err}");
+        assert!(err.message.contains("not UTF-8"), "{err}");
+
+        let missing = Path::new("/nonexistent/ringlb.toml");
+        let err = Config::from_file(missing).unwrap_err();
+        assert_eq!(
+            (err.line, err.col, err.file.as_deref()),
+            (None, None, Some(missing))
+        );
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/ringlb.toml: cannot read the config file:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_examples_of_the_user_docs_parse() {
+        let docs = include_str!("../../docs/config.md");
+        let blocks: Vec<&str> = docs
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), 2, "docs/config.md: minimal and full example");
+        let dir = scratch_dir("docs");
+        std::fs::write(dir.join("join.key"), "secret\n").unwrap();
+        std::fs::create_dir_all(dir.join("tls")).unwrap();
+        std::fs::write(dir.join("tls/cluster-ca.pem"), "pem").unwrap();
+        for (i, block) in blocks.iter().enumerate() {
+            let file = dir.join(format!("example{i}.toml"));
+            std::fs::write(&file, block).unwrap();
+            if let Err(err) = Config::from_file(&file) {
+                panic!("docs/config.md example {i}: {err}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let depth = 100_000;
+        let arrays = format!(
+            "[global]\nworkers = {}{}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let tables = format!(
+            "[global]\nworkers = {}{}\n",
+            "{a = ".repeat(depth),
+            "}".repeat(depth)
+        );
+        for text in [arrays, tables] {
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.line, Some(2), "{err}");
+        }
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        // Bytes that matter to TOML and to the validators, plus noise.
+        const ALPHABET: &[u8] =
+            b"[]{}=\"'.,:#\n 0123456789-+_/abcdefghijklmnopqrstuvwxyz\xff\xc3\xa9";
+        let seeds = [
+            DESIGN_EXAMPLE,
+            MINIMAL,
+            &health_with("kind = \"https\"\ninsecure_skip_verify = true\njitter = 0.2"),
+        ];
+        let mut rng = StdRng::seed_from_u64(0x5EED_C0F1);
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..2_000 {
+            let mut bytes = seeds[rng.gen_range(0..seeds.len())].as_bytes().to_vec();
+            for _ in 0..rng.gen_range(1..=4) {
+                let at = rng.gen_range(0..=bytes.len());
+                let byte = ALPHABET[rng.gen_range(0..ALPHABET.len())];
+                match rng.gen_range(0..4) {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    2 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => {
+                        // Duplicate a random slice somewhere else.
+                        let start = rng.gen_range(0..bytes.len());
+                        let end = rng.gen_range(start..=bytes.len().min(start + 40));
+                        let slice = bytes[start..end].to_vec();
+                        let to = rng.gen_range(0..=bytes.len());
+                        bytes.splice(to..to, slice);
+                    }
+                }
+            }
+            let outcome = std::panic::catch_unwind(|| Config::parse_bytes(&bytes, None));
+            match outcome {
+                Ok(Ok(_)) => accepted += 1,
+                Ok(Err(err)) => {
+                    refused += 1;
+                    assert!(!err.message.is_empty());
+                    let lines = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+                    assert!(
+                        err.line.is_none_or(|line| line <= lines),
+                        "{err} is past the end"
+                    );
+                }
+                Err(_) => panic!("panicked on {:?}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+        // The mutations both keep and break configs: the test exercises both.
+        assert!(
+            accepted > 50 && refused > 500,
+            "accepted {accepted}, refused {refused}"
+        );
     }
 }

@@ -49,6 +49,24 @@ pub enum FlowError {
     Pipe(io::Error),
 }
 
+impl FlowError {
+    /// What to do when a flow reading from `source` failed: the side that
+    /// failed is closed, the other one gets an RST (it must learn the
+    /// stream broke); without a pipe, both get one.
+    fn abort(&self, source: Side) -> Outcome {
+        let failed = match (self, source) {
+            (FlowError::Pipe(_), _) => None,
+            (FlowError::Source(_), s) => Some(s),
+            (FlowError::Destination(_), Side::Client) => Some(Side::Backend),
+            (FlowError::Destination(_), Side::Backend) => Some(Side::Client),
+        };
+        Outcome::Aborted {
+            reset_client: failed != Some(Side::Client),
+            reset_backend: failed != Some(Side::Backend),
+        }
+    }
+}
+
 /// One direction of a connection.
 #[derive(Debug, Default)]
 pub struct Flow {
@@ -362,7 +380,7 @@ impl Pair {
         );
         let up = match up {
             Ok(p) => p,
-            Err(e) => return Outcome::up_failed(&e),
+            Err(e) => return e.abort(Side::Client),
         };
         let mut down_budget = budget;
         let down = self.down.pump(
@@ -375,7 +393,7 @@ impl Pair {
         );
         let down = match down {
             Ok(p) => p,
-            Err(e) => return Outcome::down_failed(&e),
+            Err(e) => return e.abort(Side::Backend),
         };
         self.outcome(up, down)
     }
@@ -402,7 +420,7 @@ impl Pair {
         );
         let up = match up {
             Ok(p) => p,
-            Err(e) => return Outcome::up_failed(&e),
+            Err(e) => return e.abort(Side::Client),
         };
         let mut down_budget = budget;
         let down = self.down.pump_copy(
@@ -415,7 +433,7 @@ impl Pair {
         );
         let down = match down {
             Ok(p) => p,
-            Err(e) => return Outcome::down_failed(&e),
+            Err(e) => return e.abort(Side::Backend),
         };
         self.outcome(up, down)
     }
@@ -446,59 +464,6 @@ impl Pair {
 
     pub fn holds_buffer(&self) -> bool {
         self.up.holds_buffer() || self.down.holds_buffer()
-    }
-}
-
-impl Outcome {
-    /// The client → backend flow failed.
-    fn up_failed(e: &FlowError) -> Outcome {
-        match e {
-            // The client reset (or vanished): pass the reset to the backend.
-            FlowError::Source(_) => Outcome::Aborted {
-                reset_client: false,
-                reset_backend: true,
-            },
-            // The backend refuses our bytes: tell the client.
-            FlowError::Destination(_) => Outcome::Aborted {
-                reset_client: true,
-                reset_backend: false,
-            },
-            FlowError::Pipe(_) => Outcome::Aborted {
-                reset_client: true,
-                reset_backend: true,
-            },
-        }
-    }
-
-    /// The backend → client flow failed.
-    fn down_failed(e: &FlowError) -> Outcome {
-        match e {
-            FlowError::Source(_) => Outcome::Aborted {
-                reset_client: true,
-                reset_backend: false,
-            },
-            FlowError::Destination(_) => Outcome::Aborted {
-                reset_client: false,
-                reset_backend: true,
-            },
-            FlowError::Pipe(_) => Outcome::Aborted {
-                reset_client: true,
-                reset_backend: true,
-            },
-        }
-    }
-}
-
-/// Prepares a cleanly finished socket for close so that ringlb keeps no
-/// TIME_WAIT: if everything we sent (FIN included) is acknowledged, the
-/// socket is in TIME_WAIT or CLOSED, and SO_LINGER 0 makes close() free it
-/// at once without sending anything. Otherwise (our FIN still unacked, as
-/// when the peer closed first and we are in LAST_ACK) a normal close lets
-/// the kernel finish the handshake; the TIME_WAIT, if any, stays with the
-/// peer that closed first.
-pub fn prepare_finished_close(fd: RawFd) {
-    if matches!(sys::unacked_bytes(fd), Ok(0)) {
-        let _ = sys::set_linger_zero(fd);
     }
 }
 
@@ -581,6 +546,34 @@ mod tests {
         assert_eq!((pair.up.bytes, pair.down.bytes), (7, 22));
         assert!(!pair.holds_pipe(), "an idle connection must hold no pipe");
         assert_eq!(pool.lent(), 0);
+    }
+
+    #[test]
+    fn a_failed_side_is_closed_and_the_other_side_is_reset() {
+        let e = || io::Error::from_raw_os_error(libc::ECONNRESET);
+        let abort = |client, backend| Outcome::Aborted {
+            reset_client: client,
+            reset_backend: backend,
+        };
+        // up flow: source = client, destination = backend.
+        assert_eq!(
+            FlowError::Source(e()).abort(Side::Client),
+            abort(false, true)
+        );
+        assert_eq!(
+            FlowError::Destination(e()).abort(Side::Client),
+            abort(true, false)
+        );
+        // down flow: source = backend, destination = client.
+        assert_eq!(
+            FlowError::Source(e()).abort(Side::Backend),
+            abort(true, false)
+        );
+        assert_eq!(
+            FlowError::Destination(e()).abort(Side::Backend),
+            abort(false, true)
+        );
+        assert_eq!(FlowError::Pipe(e()).abort(Side::Client), abort(true, true));
     }
 
     #[test]

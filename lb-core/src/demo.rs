@@ -101,13 +101,13 @@ impl Drop for DemoBackends {
 
 async fn serve(name: String, listener: tokio::net::TcpListener) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let name = name.clone();
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
-            let svc = hyper::service::service_fn(move |req| answer(name.clone(), peer, req));
+            let svc = hyper::service::service_fn(move |req| answer(name.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, svc)
                 .await;
@@ -115,11 +115,7 @@ async fn serve(name: String, listener: tokio::net::TcpListener) {
     }
 }
 
-async fn answer(
-    name: String,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(name: String, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match req.uri().path() {
         crate::config::DEFAULT_HEALTH_PATH => (
             StatusCode::OK,
@@ -128,11 +124,7 @@ async fn answer(
                 r#"{{"router":{{"node_id":"{name}","state":"HEALTHY","message":"OK"}},"services":[{{"service_id":"demo@{name}","node_id":"{name}","state":"HEALTHY","message":"OK"}}]}}"#
             ),
         ),
-        "/" => (
-            StatusCode::OK,
-            "text/plain",
-            format!("Hello from {name} (you are {})\n", peer.ip()),
-        ),
+        "/" => (StatusCode::OK, "text/plain", format!("Hello from {name}\n")),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

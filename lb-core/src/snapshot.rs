@@ -190,7 +190,11 @@ impl ServiceTable {
                     ),
                 };
                 match first {
-                    Some(first) => policy::failover_order(first, &self.usable, out),
+                    // The pick first, then the others in index order.
+                    Some(first) => {
+                        out[0] = first as u32;
+                        1 + policy::failover_order(first, &self.usable, &mut out[1..])
+                    }
                     None => 0,
                 }
             }
@@ -253,5 +257,95 @@ impl SnapshotCell {
     /// The current snapshot (workers call this only when the generation moved).
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn table(balance: Balance, usable: &[bool]) -> ServiceTable {
+        let settings = ServiceSettings {
+            balance,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            connect_attempts: 3,
+            max_connections: None,
+            hash_prefix_v4: 32,
+            hash_prefix_v6: 128,
+            bounded_load: None,
+            source_address: None,
+        };
+        let backends = (0..usable.len())
+            .map(|i| BackendEntry {
+                name: Arc::from(format!("b{i}").as_str()),
+                address: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                weight: 1,
+                stats: Arc::default(),
+            })
+            .collect();
+        ServiceTable::new(
+            Arc::from("s"),
+            settings,
+            backends,
+            usable.to_vec(),
+            None,
+            101,
+            Arc::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_policy_lists_its_pick_first_then_the_other_usable_backends() {
+        for balance in [
+            Balance::Maglev,
+            Balance::RoundRobin,
+            Balance::LeastConn,
+            Balance::P2c,
+        ] {
+            for usable in [vec![true], vec![true, false, true], vec![false, true, true]] {
+                let t = table(balance, &usable);
+                let mut state = PickState::new(7);
+                let mut out = [u32::MAX; 3];
+                let n = t.candidates(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), &mut state, &mut out);
+                let usable_count = usable.iter().filter(|u| **u).count();
+                assert_eq!(n, usable_count, "{balance:?} {usable:?}: {out:?}");
+                let mut seen = out[..n].to_vec();
+                seen.sort();
+                seen.dedup();
+                assert_eq!(
+                    seen.len(),
+                    n,
+                    "{balance:?}: candidates must be distinct: {out:?}"
+                );
+                assert!(
+                    out[..n].iter().all(|&b| usable[b as usize]),
+                    "{balance:?}: only usable ones: {out:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_usable_gives_no_candidate() {
+        for balance in [
+            Balance::Maglev,
+            Balance::RoundRobin,
+            Balance::LeastConn,
+            Balance::P2c,
+        ] {
+            let t = table(balance, &[false, false]);
+            let mut out = [0u32; 3];
+            assert_eq!(
+                t.candidates(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    &mut PickState::new(1),
+                    &mut out
+                ),
+                0
+            );
+        }
     }
 }

@@ -13,8 +13,10 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
@@ -24,7 +26,7 @@ use crate::config::Forwarding;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
-use crate::stats::{BackendStats, ServiceStats};
+use crate::stats::{BackendStats, Latencies, ServiceStats};
 use crate::sys;
 
 /// Most backends one client connection tries.
@@ -39,6 +41,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest an idle worker sleeps: bounds how late it notices a paused
 /// listener may resume.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// Most often a worker publishes its latency histograms for scrapes.
+const LATENCY_PUBLISH: Duration = Duration::from_secs(1);
 
 /// Token of a listener (high bit set) or a connection socket.
 /// Connection tokens: generation << 32 | slot << 1 | side.
@@ -128,6 +133,22 @@ pub struct WorkerControl {
     /// The engine that runs this worker, once started.
     pub engine: OnceLock<&'static str>,
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The worker's latency histograms as of its last publication (at most
+    /// once a second); scrapes merge these copies.
+    pub latencies: arc_swap::ArcSwapOption<Latencies>,
+    /// Requests from the control plane (reload). The worker looks at
+    /// `has_mail` once per turn and takes the lock only when it is set.
+    mail: Mutex<Vec<WorkerMessage>>,
+    has_mail: AtomicBool,
+}
+
+/// What the control plane may ask of a running worker.
+pub enum WorkerMessage {
+    /// Accept on a new listener (a reload added a listen address).
+    AddListener(Listener),
+    /// Stop accepting on an address (a reload removed it); established
+    /// connections stay.
+    CloseListener { service: Arc<str>, addr: SocketAddr },
 }
 
 impl std::fmt::Debug for WorkerControl {
@@ -146,6 +167,23 @@ impl WorkerControl {
         }
     }
 
+    /// Queues a request and wakes the worker.
+    pub fn send(&self, msg: WorkerMessage) {
+        self.mail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
+        self.has_mail.store(true, Release);
+        self.wake();
+    }
+
+    fn take_mail(&self) -> Vec<WorkerMessage> {
+        if !self.has_mail.swap(false, Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.mail.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Called once by the engine with its way to be woken.
     pub fn set_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
         let _ = self.waker.set(waker);
@@ -155,6 +193,8 @@ impl WorkerControl {
 /// A listening socket given to a worker.
 pub struct Listener {
     pub service: Arc<str>,
+    /// The address it is bound to (port 0 in the config resolved).
+    pub addr: SocketAddr,
     pub socket: Socket,
     pub stats: Arc<ServiceStats>,
 }
@@ -175,6 +215,9 @@ pub struct WorkerSetup {
 
 struct ListenerState {
     service: Arc<str>,
+    addr: SocketAddr,
+    /// None once closed (drain, or removed by a reload); the state stays for
+    /// the connections it accepted.
     socket: Option<Socket>,
     stats: Arc<ServiceStats>,
     /// Index of the service in the worker's current snapshot.
@@ -203,10 +246,13 @@ enum Phase {
         tried: u8,
         generation: u64,
         deadline: Instant,
+        /// When the current attempt started (connect-time histogram).
+        started: Instant,
     },
     Established {
         pair: Pair,
         stats: Arc<BackendStats>,
+        since: Instant,
     },
 }
 
@@ -253,6 +299,11 @@ pub struct Worker<R: Reactor> {
     accept_backoff: Option<Instant>,
     listeners_closed: bool,
     conn_count: usize,
+    /// Live histograms; a copy goes to `WorkerControl::latencies` at most
+    /// once per `LATENCY_PUBLISH` when something was recorded.
+    latencies: Latencies,
+    latencies_dirty: bool,
+    latencies_published: Instant,
 }
 
 impl<R: Reactor> Worker<R> {
@@ -263,6 +314,7 @@ impl<R: Reactor> Worker<R> {
             .into_iter()
             .map(|l| ListenerState {
                 service_index: snapshot.service_index(&l.service),
+                addr: l.addr,
                 service: l.service,
                 socket: Some(l.socket),
                 stats: l.stats,
@@ -296,6 +348,9 @@ impl<R: Reactor> Worker<R> {
             accept_backoff: None,
             listeners_closed: false,
             conn_count: 0,
+            latencies: Latencies::new(),
+            latencies_dirty: false,
+            latencies_published: Instant::now(),
         }
     }
 
@@ -393,10 +448,22 @@ impl<R: Reactor> Worker<R> {
             }
         }
         self.run_timers();
+        for msg in self.control.take_mail() {
+            self.on_message(msg);
+        }
         self.manage_listeners();
         self.free.append(&mut self.freed);
         self.control.connections.store(self.conn_count, Relaxed);
         self.control.pipes_lent.store(self.pool.lent(), Relaxed);
+        if self.latencies_dirty
+            && self.now.duration_since(self.latencies_published) >= LATENCY_PUBLISH
+        {
+            self.control
+                .latencies
+                .store(Some(Arc::new(self.latencies.clone())));
+            self.latencies_dirty = false;
+            self.latencies_published = self.now;
+        }
         self.control
             .buffers_lent
             .store(self.buffers.lent(), Relaxed);
@@ -457,6 +524,46 @@ impl<R: Reactor> Worker<R> {
             }
         }
         self.listeners[li].more = true;
+    }
+
+    fn on_message(&mut self, msg: WorkerMessage) {
+        match msg {
+            WorkerMessage::AddListener(l) => {
+                if self.listeners_closed {
+                    return; // draining: a new listener would only be closed
+                }
+                let i = self.listeners.len();
+                let fd = l.socket.as_raw_fd();
+                self.listeners.push(ListenerState {
+                    service_index: self.snapshot.service_index(&l.service),
+                    service: l.service,
+                    addr: l.addr,
+                    socket: Some(l.socket),
+                    stats: l.stats,
+                    paused: false,
+                    // Clients may be queued already; edge-triggered.
+                    more: true,
+                    held: Default::default(),
+                });
+                if let Err(e) = self.reactor.add(fd, LISTENER_FLAG | i as u64) {
+                    tracing::error!(worker = self.id, error = %e, "cannot watch a new listener");
+                    self.listeners[i].socket = None;
+                }
+            }
+            WorkerMessage::CloseListener { service, addr } => {
+                for (i, l) in self.listeners.iter_mut().enumerate() {
+                    if l.service == service && l.addr == addr {
+                        if let Some(s) = l.socket.take() {
+                            if !l.paused {
+                                self.reactor
+                                    .remove(s.as_raw_fd(), LISTENER_FLAG | i as u64, true);
+                            }
+                        }
+                        l.more = false;
+                    }
+                }
+            }
+        }
     }
 
     /// A connection the engine accepted on listener `li` (multishot
@@ -613,7 +720,6 @@ impl<R: Reactor> Worker<R> {
     }
 
     fn open(&mut self, li: usize, si: usize, client: OwnedFd, peer: SocketAddr) {
-        let _ = sys::tune_accepted(client.as_raw_fd());
         let service = &self.snapshot.services[si];
         let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
         let mut candidates = [0u32; MAX_ATTEMPTS];
@@ -647,6 +753,7 @@ impl<R: Reactor> Worker<R> {
                 tried: 0,
                 generation: self.snapshot.generation,
                 deadline,
+                started: self.now,
             },
             last_active: self.now,
             timer_at: deadline,
@@ -656,7 +763,6 @@ impl<R: Reactor> Worker<R> {
             self.abort(slot, true, false);
             return;
         }
-        self.timers.push(Reverse((deadline, token)));
         self.next_attempt(slot);
     }
 
@@ -680,6 +786,7 @@ impl<R: Reactor> Worker<R> {
                 deadline,
                 backend_index,
                 target,
+                started,
             } = &mut conn.phase
             else {
                 return;
@@ -717,6 +824,7 @@ impl<R: Reactor> Worker<R> {
                 svc.stats.retries.fetch_add(1, Relaxed);
             }
             *backend_index = b;
+            *started = self.now;
             *deadline = self.now + svc.settings.connect_timeout;
             let deadline = *deadline;
             let entry = &svc.backends[b as usize];
@@ -781,6 +889,7 @@ impl<R: Reactor> Worker<R> {
             backend_index,
             target,
             generation,
+            started,
             ..
         } = conn.phase
         else {
@@ -815,9 +924,13 @@ impl<R: Reactor> Worker<R> {
         let stats = entry.stats.clone();
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
+        self.latencies
+            .record_connect(self.now.saturating_duration_since(started));
+        self.latencies_dirty = true;
         conn.phase = Phase::Established {
             pair: Pair::default(),
             stats,
+            since: self.now,
         };
         conn.backend_ready = Readiness {
             readable: true,
@@ -924,14 +1037,11 @@ impl<R: Reactor> Worker<R> {
         }
     }
 
-    /// Both directions done: close without keeping TIME_WAIT where we can.
+    /// Both directions done: a plain close. (On a leg where ringlb sent the
+    /// first FIN, the kernel makes the TIME_WAIT when the second FIN arrives,
+    /// whatever close() does; on the other leg the peer that closed first
+    /// keeps it. Only an RST would avoid it, and that breaks half-close.)
     fn finish(&mut self, slot: usize) {
-        if let Some(conn) = self.slots[slot].as_ref() {
-            conn::prepare_finished_close(conn.client.as_raw_fd());
-            if let Some(b) = &conn.backend {
-                conn::prepare_finished_close(b.as_raw_fd());
-            }
-        }
         self.release(slot);
     }
 
@@ -959,7 +1069,10 @@ impl<R: Reactor> Worker<R> {
         if let Some(b) = &conn.backend {
             self.reactor.remove(b.as_raw_fd(), backend_token, true);
         }
-        if let Phase::Established { pair, stats } = &mut conn.phase {
+        if let Phase::Established { pair, stats, since } = &mut conn.phase {
+            self.latencies
+                .record_duration(self.now.saturating_duration_since(*since));
+            self.latencies_dirty = true;
             pair.release(&mut self.pool);
             pair.release_buffers(&mut self.buffers);
             stats.active.fetch_sub(1, Relaxed);

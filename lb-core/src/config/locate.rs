@@ -79,9 +79,15 @@ impl Source<'_> {
             },
             Ok(tree) => {
                 let message = reword(&message);
+                // An unknown key's span is the key itself: report the table
+                // it is in, not the key as if it were expected there.
+                let unknown_key = message
+                    .strip_prefix("unknown key `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(key, _)| key);
                 let path = span
                     .as_ref()
-                    .map(|span| key_path(&tree, span))
+                    .map(|span| key_path(&tree, span, unknown_key))
                     .unwrap_or_default();
                 let message = match (path.is_empty(), hint_for(&path, &message)) {
                     (true, hint) => format!("{message}{hint}"),
@@ -160,12 +166,21 @@ enum Node {
 
 /// Key path of the smallest node whose span holds `span`, rendered as the
 /// messages write it: the top-level `service` array is `services`, as in
-/// [`super::Config::services`].
-fn key_path(tree: &Spanned<Node>, span: &Range<usize>) -> String {
+/// [`super::Config::services`]. With `unknown_key`, the path stops at the
+/// table holding that key.
+fn key_path(tree: &Spanned<Node>, span: &Range<usize>, unknown_key: Option<&str>) -> String {
     let mut best: Option<(usize, Vec<Step>)> = None;
     let mut path = Vec::new();
     smallest_holder(tree, span, &mut path, &mut best);
-    let steps = best.map(|(_, steps)| steps).unwrap_or_default();
+    let mut steps = best.map(|(_, steps)| steps).unwrap_or_default();
+    if let Some(unknown) = unknown_key {
+        let own = steps
+            .iter()
+            .rposition(|step| matches!(step, Step::Key(key) if key == unknown));
+        if let Some(own) = own {
+            steps.truncate(own);
+        }
+    }
     let mut out = String::new();
     for (i, step) in steps.iter().enumerate() {
         match step {
@@ -278,6 +293,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -299,13 +315,13 @@ mod tests {
         let tree: Spanned<Node> = toml::from_str(text).unwrap();
         let at = |needle: &str| {
             let start = text.find(needle).unwrap();
-            key_path(&tree, &(start..start + needle.len()))
+            key_path(&tree, &(start..start + needle.len()), None)
         };
         assert_eq!(at("5"), "services[0].backend[1].weight");
         assert_eq!(at("\"b\""), "services[0].backend[0].name");
         let rise = text.find("rise = 1").unwrap() + "rise = ".len();
         assert_eq!(
-            key_path(&tree, &(rise..rise + 1)),
+            key_path(&tree, &(rise..rise + 1), None),
             "services[0].health.rise"
         );
         assert_eq!(at("name = \"a\""), "services[0]");
@@ -316,6 +332,6 @@ mod tests {
         let text = "[global]\nwhen = 1979-05-27T07:32:00Z\nx = 1\n";
         let tree: Spanned<Node> = toml::from_str(text).unwrap();
         let start = text.find('1').unwrap();
-        assert_eq!(key_path(&tree, &(start..start + 1)), "global.when");
+        assert_eq!(key_path(&tree, &(start..start + 1), None), "global.when");
     }
 }

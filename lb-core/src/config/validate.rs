@@ -1,5 +1,5 @@
-//! `RawConfig` → [`Config`]: every check of the file's content, in file
-//! order, stopping at the first problem. Each check reports the key path and
+//! `RawConfig` → [`Config`]: every check of the file's content, section by
+//! section, stopping at the first problem. Each check reports the key path and
 //! the span of the value (or of the table a key is missing from). The only
 //! I/O is reading `join_key_file` and checking that `ca_file` exists.
 
@@ -148,7 +148,7 @@ fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, Invalid> {
                      (list CIDRs such as \"127.0.0.0/8\", or set admin = \"off\")",
                 ));
             }
-            each(list, "global.admin_allow", |text| parse_cidr(text))?
+            each(list, "global.admin_allow", parse_cidr)?
         }
     };
     let admin_token = match &raw.admin_token {
@@ -315,6 +315,7 @@ impl Seen {
         let raw = raw.into_inner();
         let path = format!("services[{index}]");
         let at = |key: &str| format!("{path}.{key}");
+        let default = Service::new(String::new(), Vec::new(), Vec::new());
 
         let raw_name = required(
             &raw.name,
@@ -335,7 +336,7 @@ impl Seen {
 
         let listen = self.convert_listen(&raw, &table, &path, &name)?;
         let balance = match &raw.balance {
-            None => Balance::Maglev,
+            None => default.balance,
             Some(balance) => choice(
                 balance,
                 &at("balance"),
@@ -350,33 +351,24 @@ impl Seen {
         let connect_timeout = optional_duration(
             &raw.connect_timeout,
             &at("connect_timeout"),
-            Duration::from_secs(2),
+            default.connect_timeout,
         )?;
-        let idle_timeout = optional_duration(
-            &raw.idle_timeout,
-            &at("idle_timeout"),
-            Duration::from_secs(15 * 60),
-        )?;
+        let idle_timeout =
+            optional_duration(&raw.idle_timeout, &at("idle_timeout"), default.idle_timeout)?;
         let max_connections = match &raw.max_connections {
-            None => None,
-            Some(max) => NonZeroUsize::new(integer(max, &at("max_connections"), 1, i64::MAX)?),
+            None => default.max_connections,
+            Some(max) => Some(positive_usize(max, &at("max_connections"))?),
         };
         let connect_attempts = match &raw.connect_attempts {
-            None => NonZeroU32::new(3),
-            Some(attempts) => NonZeroU32::new(integer(
-                attempts,
-                &at("connect_attempts"),
-                1,
-                i64::from(u32::MAX),
-            )?),
-        }
-        .unwrap_or(NonZeroU32::MIN);
+            None => default.connect_attempts,
+            Some(attempts) => positive_u32(attempts, &at("connect_attempts"), i64::from(u32::MAX))?,
+        };
         let hash_prefix_v4 = match &raw.hash_prefix_v4 {
-            None => 32,
+            None => default.hash_prefix_v4,
             Some(prefix) => integer(prefix, &at("hash_prefix_v4"), 0, 32)?,
         };
         let hash_prefix_v6 = match &raw.hash_prefix_v6 {
-            None => 128,
+            None => default.hash_prefix_v6,
             Some(prefix) => integer(prefix, &at("hash_prefix_v6"), 0, 128)?,
         };
         let bounded_load = match &raw.bounded_load {
@@ -411,63 +403,8 @@ impl Seen {
             Some(health) => convert_health(health, &at("health"), base_dir)?,
         };
 
-        if raw.backend.is_empty() {
-            return Err(Invalid::at(
-                table,
-                &path,
-                "no backend (add at least one [[service.backend]] with name and address)",
-            ));
-        }
-        let mut backend_names: HashMap<String, usize> = HashMap::new();
-        let mut backend_addresses: HashMap<SocketAddr, String> = HashMap::new();
-        let mut backends = Vec::with_capacity(raw.backend.len());
-        for (i, backend) in raw.backend.iter().enumerate() {
-            let backend_path = format!("{path}.backend[{i}]");
-            let backend = convert_backend(backend, &backend_path)?;
-            if let Some(other) = backend_names.insert(backend.name.clone(), i) {
-                let span = backend.name_span.clone();
-                return Err(Invalid::at(
-                    span,
-                    format!("{backend_path}.name"),
-                    format!(
-                        "{:?} is already the name of {path}.backend[{other}] (backend names must be unique within a service)",
-                        backend.name
-                    ),
-                ));
-            }
-            if let Some(other) = backend_addresses.get(&backend.address) {
-                return Err(Invalid::at(
-                    backend.address_span.clone(),
-                    format!("{backend_path}.address"),
-                    format!(
-                        "{} is already the address of backend {other:?} (each backend must have its own address)",
-                        backend.address
-                    ),
-                ));
-            }
-            backend_addresses.insert(backend.address, backend.name.clone());
-            if let (Some(source), Some(raw_source)) = (source_address, &raw.source_address) {
-                if source.is_ipv4() != backend.address.is_ipv4() {
-                    return Err(Invalid::at(
-                        raw_source.span(),
-                        at("source_address"),
-                        format!(
-                            "{source} cannot reach backend {:?} at {}: the address families differ \
-                             (use backends of one family, or remove source_address)",
-                            backend.name, backend.address
-                        ),
-                    ));
-                }
-            }
-            backends.push(Backend {
-                name: backend.name,
-                address: backend.address,
-                weight: backend.weight,
-                state: backend.state,
-            });
-        }
-
-        let maglev_table_size = self.convert_table_size(&raw, &table, &path, backends.len())?;
+        let backends = convert_backends(&raw, &table, &path, source_address)?;
+        let maglev_table_size = convert_table_size(&raw, &table, &path, backends.len())?;
 
         Ok(Service {
             name,
@@ -509,7 +446,7 @@ impl Seen {
                 "is empty (expected at least one address such as \"0.0.0.0:8080\")",
             ));
         }
-        let listen = each(list, &key, |text| parse_socket_addr(text))?;
+        let listen = each(list, &key, parse_socket_addr)?;
         for (i, (addr, item)) in listen.iter().zip(list.get_ref()).enumerate() {
             // Port 0 asks the kernel for a fresh port each time: never shared.
             if addr.port() == 0 {
@@ -541,38 +478,104 @@ impl Seen {
         }
         Ok(listen)
     }
+}
 
-    fn convert_table_size(
-        &self,
-        raw: &RawService,
-        table: &Range<usize>,
-        path: &str,
-        backend_count: usize,
-    ) -> Result<u32, Invalid> {
-        let key = format!("{path}.maglev_table_size");
-        let (size, span) = match &raw.maglev_table_size {
-            None => (DEFAULT_MAGLEV_TABLE_SIZE, table.clone()),
-            Some(size) => {
-                let n: u32 = integer(size, &key, 7, MAX_MAGLEV_TABLE_SIZE)?;
-                if !is_prime(n) {
-                    return Err(Invalid::at(
-                        size.span(),
-                        &key,
-                        format!("{n} is not a prime number (Maglev needs a prime table size, e.g. 65537, 131071 or 1048573)"),
-                    ));
-                }
-                (n, size.span())
+/// `maglev_table_size`: a prime in 7..=2^24, larger than the backend count.
+fn convert_table_size(
+    raw: &RawService,
+    table: &Range<usize>,
+    path: &str,
+    backend_count: usize,
+) -> Result<u32, Invalid> {
+    let key = format!("{path}.maglev_table_size");
+    let (size, span) = match &raw.maglev_table_size {
+        None => (DEFAULT_MAGLEV_TABLE_SIZE, table.clone()),
+        Some(size) => {
+            let n: u32 = integer(size, &key, 7, MAX_MAGLEV_TABLE_SIZE)?;
+            if !is_prime(n) {
+                return Err(Invalid::at(
+                    size.span(),
+                    &key,
+                    format!("{n} is not a prime number (Maglev needs a prime table size, e.g. 65537, 131071 or 1048573)"),
+                ));
             }
-        };
-        if usize::try_from(size).is_ok_and(|size| size <= backend_count) {
+            (n, size.span())
+        }
+    };
+    if usize::try_from(size).is_ok_and(|size| size <= backend_count) {
+        return Err(Invalid::at(
+            span,
+            &key,
+            format!("{size} must be larger than the number of backends ({backend_count}); use a prime above 100 times that"),
+        ));
+    }
+    Ok(size)
+}
+
+/// The backends of a service: at least one, names and addresses unique, all
+/// of `source_address`'s family when it is set.
+fn convert_backends(
+    raw: &RawService,
+    table: &Range<usize>,
+    path: &str,
+    source_address: Option<IpAddr>,
+) -> Result<Vec<Backend>, Invalid> {
+    if raw.backend.is_empty() {
+        return Err(Invalid::at(
+            table.clone(),
+            path,
+            "no backend (add at least one [[service.backend]] with name and address)",
+        ));
+    }
+    let mut backend_names: HashMap<String, usize> = HashMap::new();
+    let mut backend_addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let mut backends = Vec::with_capacity(raw.backend.len());
+    for (i, backend) in raw.backend.iter().enumerate() {
+        let backend_path = format!("{path}.backend[{i}]");
+        let backend = convert_backend(backend, &backend_path)?;
+        if let Some(other) = backend_names.insert(backend.name.clone(), i) {
+            let span = backend.name_span.clone();
             return Err(Invalid::at(
                 span,
-                &key,
-                format!("{size} must be larger than the number of backends ({backend_count}); use a prime above 100 times that"),
+                format!("{backend_path}.name"),
+                format!(
+                    "{:?} is already the name of {path}.backend[{other}] (backend names must be unique within a service)",
+                    backend.name
+                ),
             ));
         }
-        Ok(size)
+        if let Some(other) = backend_addresses.get(&backend.address) {
+            return Err(Invalid::at(
+                backend.address_span.clone(),
+                format!("{backend_path}.address"),
+                format!(
+                    "{} is already the address of backend {other:?} (each backend must have its own address)",
+                    backend.address
+                ),
+            ));
+        }
+        backend_addresses.insert(backend.address, backend.name.clone());
+        if let (Some(source), Some(raw_source)) = (source_address, &raw.source_address) {
+            if source.is_ipv4() != backend.address.is_ipv4() {
+                return Err(Invalid::at(
+                    raw_source.span(),
+                    format!("{path}.source_address"),
+                    format!(
+                        "{source} cannot reach backend {:?} at {}: the address families differ \
+                         (use backends of one family, or remove source_address)",
+                        backend.name, backend.address
+                    ),
+                ));
+            }
+        }
+        backends.push(Backend {
+            name: backend.name,
+            address: backend.address,
+            weight: backend.weight,
+            state: backend.state,
+        });
     }
+    Ok(backends)
 }
 
 /// A backend as converted, with the spans the checks across backends need.
@@ -622,13 +625,13 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
             format!("{address}: {why} (expected the backend's own IP and port)"),
         ));
     }
+    let default = Backend::new(String::new(), address);
     let weight = match &raw.weight {
-        None => NonZeroU32::new(100),
-        Some(weight) => NonZeroU32::new(integer(weight, &at("weight"), 1, MAX_WEIGHT)?),
-    }
-    .unwrap_or(NonZeroU32::MIN);
+        None => default.weight,
+        Some(weight) => positive_u32(weight, &at("weight"), MAX_WEIGHT)?,
+    };
     let state = match &raw.state {
-        None => AdminState::Enabled,
+        None => default.state,
         Some(state) => choice(
             state,
             &at("state"),
@@ -730,15 +733,13 @@ fn convert_health(
         return Err(Invalid { span, message });
     }
     let rise = match &raw.rise {
-        None => Some(default.rise),
-        Some(n) => NonZeroU32::new(integer(n, &at("rise"), 1, i64::from(u32::MAX))?),
-    }
-    .unwrap_or(NonZeroU32::MIN);
+        None => default.rise,
+        Some(n) => positive_u32(n, &at("rise"), i64::from(u32::MAX))?,
+    };
     let fall = match &raw.fall {
-        None => Some(default.fall),
-        Some(n) => NonZeroU32::new(integer(n, &at("fall"), 1, i64::from(u32::MAX))?),
-    }
-    .unwrap_or(NonZeroU32::MIN);
+        None => default.fall,
+        Some(n) => positive_u32(n, &at("fall"), i64::from(u32::MAX))?,
+    };
     let jitter = match &raw.jitter {
         None => default.jitter,
         Some(jitter) => {
@@ -976,16 +977,33 @@ fn integer<T: TryFrom<i64>>(
             return Ok(converted);
         }
     }
+    Err(out_of_range(value, path, min, max))
+}
+
+/// An integer in `1..=max` for a `NonZeroU32` field.
+fn positive_u32(value: &Spanned<i64>, path: &str, max: i64) -> Result<NonZeroU32, Invalid> {
+    NonZeroU32::new(integer(value, path, 1, max)?).ok_or_else(|| out_of_range(value, path, 1, max))
+}
+
+/// An integer `>= 1` for a `NonZeroUsize` field.
+fn positive_usize(value: &Spanned<i64>, path: &str) -> Result<NonZeroUsize, Invalid> {
+    let max = i64::MAX;
+    NonZeroUsize::new(integer(value, path, 1, max)?)
+        .ok_or_else(|| out_of_range(value, path, 1, max))
+}
+
+fn out_of_range(value: &Spanned<i64>, path: &str, min: i64, max: i64) -> Invalid {
     let expected = if max == i64::MAX {
         format!("an integer >= {min}")
     } else {
         format!("an integer {min}..={max}")
     };
-    Err(Invalid::at(
+    let n = value.get_ref();
+    Invalid::at(
         value.span(),
         path,
         format!("{n} is out of range (expected {expected})"),
-    ))
+    )
 }
 
 /// Whether a duration of zero means something for that key.

@@ -148,12 +148,12 @@ pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     let hint = match text.parse::<IpAddr>() {
-        Ok(IpAddr::V4(_)) => " (the port is missing)",
+        Ok(IpAddr::V4(_)) => ": the port is missing",
         Ok(IpAddr::V6(_)) => {
-            " (the port is missing; IPv6 addresses go in brackets, e.g. \"[::1]:8080\")"
+            ": the port is missing, and IPv6 addresses go in brackets as in \"[::1]:8080\""
         }
         Err(_) if text.matches(':').count() > 1 && !text.starts_with('[') => {
-            " (IPv6 addresses go in brackets, e.g. \"[::1]:8080\")"
+            ": IPv6 addresses go in brackets, as in \"[::1]:8080\""
         }
         Err(_) => "",
     };
@@ -257,6 +257,7 @@ pub(super) fn is_prime(n: u32) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

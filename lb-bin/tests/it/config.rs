@@ -1,0 +1,333 @@
+//! Config validation through the binary: `ringlb check --config FILE`
+//! accepts a good file and rejects each kind of mistake with exit != 0 and
+//! `FILE:LINE:COL: message` naming the mistake; `ringlb --config BAD` never
+//! starts listening.
+
+use std::ffi::OsStr;
+use std::ops::RangeInclusive;
+
+use crate::harness::{run_to_exit, Finished, TempDir};
+
+/// The contract's example config, with a second backend.
+const GOOD: &str = r#"[global]
+workers = 2
+engine = "epoll"
+admin = "off"
+
+[[service]]
+name = "web"
+listen = ["127.0.0.1:0"]
+balance = "maglev"
+connect_timeout = "500ms"
+idle_timeout = "15m"
+max_connections = 100
+connect_attempts = 3
+
+[service.health]
+kind = "none"
+
+[[service.backend]]
+name = "b1"
+address = "127.0.0.1:34567"
+weight = 100
+
+[[service.backend]]
+name = "b2"
+address = "127.0.0.1:34568"
+weight = 100
+"#;
+
+/// Where in the file the error must point.
+enum At {
+    /// This exact line (its text, trimmed).
+    Line(&'static str),
+    /// Any line from the first text's line through the second's (inclusive;
+    /// `None` = end of file): for errors about a whole table.
+    Between(&'static str, Option<&'static str>),
+}
+
+/// One way to get a config wrong.
+struct Mistake {
+    /// The config text.
+    text: String,
+    at: At,
+    /// Words the message must contain (case-insensitive); each inner list
+    /// is "any of these".
+    says: &'static [&'static [&'static str]],
+}
+
+fn check(text: &str) -> (Finished, String) {
+    let dir = TempDir::new("check");
+    let path = dir.write("ringlb.toml", text);
+    let finished = run_to_exit(&[
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        path.as_os_str(),
+    ]);
+    (finished, path.display().to_string())
+}
+
+/// 1-based number of the line whose trimmed text is `line`.
+fn line_of(text: &str, line: &str) -> usize {
+    let found: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == line)
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(found.len(), 1, "test setup: `{line}` must occur once");
+    found[0]
+}
+
+/// Parses `PATH:LINE:COL: message` out of stderr.
+fn located_error(stderr: &str, path: &str) -> Option<(usize, usize, String)> {
+    stderr.lines().find_map(|l| {
+        let rest = &l[l.find(path)? + path.len()..];
+        let mut parts = rest.strip_prefix(':')?.splitn(3, ':');
+        let line = parts.next()?.parse().ok()?;
+        let col = parts.next()?.parse().ok()?;
+        let message = parts.next()?.trim().to_owned();
+        Some((line, col, message))
+    })
+}
+
+fn assert_rejected(kind: &str, mistake: Mistake) {
+    let (finished, path) = check(&mistake.text);
+    let context = format!(
+        "{kind}: `ringlb check` on\n{}\nexit {:?}\nstdout: {}\nstderr: {}",
+        mistake.text, finished.status, finished.stdout, finished.stderr
+    );
+    assert!(
+        !finished.status.success(),
+        "{context}\nexpected a non-zero exit"
+    );
+    let Some((line, col, message)) = located_error(&finished.stderr, &path) else {
+        panic!("{context}\nexpected `{path}:LINE:COL: message` on stderr")
+    };
+    let lines: Vec<&str> = mistake.text.lines().collect();
+    let expected: RangeInclusive<usize> = match mistake.at {
+        At::Line(text) => {
+            let n = line_of(&mistake.text, text);
+            n..=n
+        }
+        At::Between(first, last) => {
+            line_of(&mistake.text, first)..=last.map_or(lines.len(), |l| line_of(&mistake.text, l))
+        }
+    };
+    assert!(
+        expected.contains(&line),
+        "{context}\nerror points at line {line}, expected line {expected:?}"
+    );
+    let line_len = lines[line - 1].chars().count();
+    assert!(
+        (1..=line_len + 1).contains(&col),
+        "{context}\ncolumn {col} is outside line {line} ({line_len} characters)"
+    );
+    let lower = message.to_lowercase();
+    for any_of in mistake.says {
+        assert!(
+            any_of.iter().any(|w| lower.contains(&w.to_lowercase())),
+            "{context}\nmessage `{message}` should mention one of {any_of:?}"
+        );
+    }
+}
+
+/// GOOD with `from` (a whole line) replaced by `to`.
+fn replaced(from: &str, to: &str) -> String {
+    assert_eq!(
+        GOOD.matches(from).count(),
+        1,
+        "test setup: `{from}` must occur once"
+    );
+    GOOD.replace(from, to)
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let (finished, _) = check(GOOD);
+    assert!(
+        finished.status.success(),
+        "good config rejected: exit {:?}\nstderr: {}",
+        finished.status,
+        finished.stderr
+    );
+    assert!(
+        finished.stdout.contains("ok"),
+        "`ringlb check` on a good config should print ok; stdout: {:?}",
+        finished.stdout
+    );
+}
+
+#[test]
+fn check_rejects_an_unknown_key() {
+    assert_rejected(
+        "unknown key",
+        Mistake {
+            text: replaced(
+                "connect_attempts = 3\n",
+                "connect_attempts = 3\nbogus_key = 1\n",
+            ),
+            at: At::Line("bogus_key = 1"),
+            says: &[&["bogus_key"], &["unknown"]],
+        },
+    );
+}
+
+#[test]
+fn check_rejects_a_bad_backend_address() {
+    assert_rejected(
+        "bad backend address",
+        Mistake {
+            text: replaced(
+                "address = \"127.0.0.1:34568\"",
+                "address = \"127.0.0.1:port\"",
+            ),
+            at: At::Line("address = \"127.0.0.1:port\""),
+            says: &[&["address"]],
+        },
+    );
+}
+
+#[test]
+fn check_rejects_a_bad_listen_address() {
+    assert_rejected(
+        "bad listen address",
+        Mistake {
+            text: replaced("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1\"]"),
+            at: At::Line("listen = [\"127.0.0.1\"]"),
+            says: &[&["address"]],
+        },
+    );
+}
+
+#[test]
+fn check_rejects_a_duplicate_backend_name() {
+    assert_rejected(
+        "duplicate backend name",
+        Mistake {
+            // The second backend (b2's table) is renamed b1.
+            text: replaced(
+                "name = \"b2\"\naddress = \"127.0.0.1:34568\"",
+                "name = \"b1\"\naddress = \"127.0.0.1:34568\"",
+            ),
+            at: At::Between("address = \"127.0.0.1:34567\"", None),
+            says: &[&["duplicate", "already", "unique"], &["b1"]],
+        },
+    );
+}
+
+#[test]
+fn check_rejects_a_maglev_table_size_that_is_not_prime() {
+    assert_rejected(
+        "non-prime maglev_table_size",
+        Mistake {
+            text: replaced(
+                "connect_attempts = 3\n",
+                "connect_attempts = 3\nmaglev_table_size = 65536\n",
+            ),
+            at: At::Line("maglev_table_size = 65536"),
+            says: &[&["prime"], &["65536"]],
+        },
+    );
+}
+
+#[test]
+fn check_rejects_a_bad_duration() {
+    assert_rejected(
+        "bad duration",
+        Mistake {
+            text: replaced(
+                "connect_timeout = \"500ms\"",
+                "connect_timeout = \"5 parsecs\"",
+            ),
+            at: At::Line("connect_timeout = \"5 parsecs\""),
+            says: &[&["duration", "connect_timeout"]],
+        },
+    );
+}
+
+#[test]
+fn check_rejects_a_bad_balance_policy() {
+    assert_rejected(
+        "bad enum value (balance)",
+        Mistake {
+            text: replaced("balance = \"maglev\"", "balance = \"random\""),
+            at: At::Line("balance = \"random\""),
+            // What was wrong, and what is allowed instead.
+            says: &[&["random"], &["maglev", "round-robin", "least-conn", "p2c"]],
+        },
+    );
+}
+
+#[test]
+fn check_rejects_a_bad_engine() {
+    assert_rejected(
+        "bad enum value (engine)",
+        Mistake {
+            text: replaced("engine = \"epoll\"", "engine = \"turbo\""),
+            at: At::Line("engine = \"turbo\""),
+            says: &[&["turbo"], &["epoll", "uring", "auto"]],
+        },
+    );
+}
+
+/// GOOD without its `[[service.backend]]` tables.
+fn without_backends() -> String {
+    let cut = GOOD.find("[[service.backend]]").expect("backends in GOOD");
+    GOOD[..cut].trim_end().to_owned() + "\n"
+}
+
+#[test]
+fn check_rejects_an_empty_backend_list() {
+    let text = without_backends().replace(
+        "connect_attempts = 3\n",
+        "connect_attempts = 3\nbackend = []\n",
+    );
+    assert_rejected(
+        "empty backend list (backend = [])",
+        Mistake {
+            text,
+            at: At::Between("[[service]]", Some("backend = []")),
+            says: &[&["backend"]],
+        },
+    );
+}
+
+#[test]
+fn check_rejects_a_service_without_backends() {
+    assert_rejected(
+        "empty backend list (no [[service.backend]])",
+        Mistake {
+            text: without_backends(),
+            at: At::Between("[[service]]", None),
+            says: &[&["backend"]],
+        },
+    );
+}
+
+#[test]
+fn running_with_a_bad_config_exits_without_listening() {
+    let dir = TempDir::new("badrun");
+    let text = replaced(
+        "connect_attempts = 3\n",
+        "connect_attempts = 3\nbogus_key = 1\n",
+    );
+    let path = dir.write("ringlb.toml", &text);
+    let finished = run_to_exit(&[OsStr::new("--config"), path.as_os_str()]);
+    assert!(
+        !finished.status.success(),
+        "ringlb --config with an unknown key: exit {:?}, expected non-zero\nstderr: {}",
+        finished.status,
+        finished.stderr
+    );
+    assert!(
+        !finished.stderr.contains("listening"),
+        "ringlb started listening on a bad config:\n{}",
+        finished.stderr
+    );
+    assert!(
+        finished.stderr.contains("bogus_key"),
+        "ringlb should say what is wrong with the config:\n{}",
+        finished.stderr
+    );
+}

@@ -1,0 +1,1041 @@
+//! Shared machinery of the integration suite: the `ringlb` process under
+//! test ([`Ringlb`]), its config ([`LbConfig`]), test backends
+//! ([`Backend`], [`Blackhole`]), clients bound to distinct loopback sources
+//! ([`connect_from`]), the engine matrix ([`for_each_engine`]) and
+//! deadline-bounded waiting ([`Deadline`], [`Counter`]).
+//!
+//! Everything here runs on the test's own thread plus helper threads it
+//! spawns (stderr reader, exit waiter, backend acceptors and per-connection
+//! handlers); every helper stops when its owner is dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// How long ringlb may take to log its `listening` lines.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped ringlb (or a `check` run) may take to exit.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect timeout of test clients: the kernel completes the handshake with
+/// ringlb's listener (or its backlog), so this only trips if nothing listens.
+pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default read/write timeout on client and backend sockets, so that a
+/// wrong balancer makes a test fail instead of hang.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stack size of the many small helper threads (clients, handlers).
+pub const SMALL_STACK: usize = 256 * 1024;
+
+// ---------------------------------------------------------------------------
+// Engines
+
+/// The engines every forwarding test runs against.
+///
+/// Add `"uring"` when the io_uring engine lands; [`for_each_engine`] then
+/// skips it, with a printed reason, on kernels or sandboxes that block
+/// io_uring.
+pub fn engines() -> Vec<&'static str> {
+    vec!["epoll"]
+}
+
+/// Runs `test` once per engine in [`engines`], skipping (with a printed
+/// reason) engines this machine cannot run.
+pub fn for_each_engine(test: &str, mut body: impl FnMut(&'static str)) {
+    for engine in engines() {
+        if let Some(reason) = engine_unavailable(engine) {
+            println!("{test}: SKIPPED for engine {engine}: {reason}");
+            continue;
+        }
+        println!("{test}: engine {engine}");
+        body(engine);
+    }
+}
+
+/// Why this machine cannot run `engine`, if it cannot.
+fn engine_unavailable(engine: &str) -> Option<String> {
+    match engine {
+        "uring" => uring_unavailable(),
+        _ => None,
+    }
+}
+
+/// Tries `io_uring_setup(2)` the way the engine would: seccomp profiles,
+/// gVisor and `kernel.io_uring_disabled` all make it fail.
+fn uring_unavailable() -> Option<String> {
+    // struct io_uring_params is 120 bytes; zeroed means "no flags".
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes exactly one
+    // struct io_uring_params through the pointer, which points to a live,
+    // writable 120-byte buffer owned by this frame.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Some(format!(
+            "io_uring_setup failed: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is a descriptor io_uring_setup just returned to us and
+    // nothing else owns it.
+    unsafe { libc::close(fd as libc::c_int) };
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Load isolation
+
+/// Held exclusively by the throughput-heavy test and shared by all others,
+/// so timing-sensitive tests never run beside hundreds of busy connections
+/// on a 2-core machine.
+static LOAD: RwLock<()> = RwLock::new(());
+
+/// For the test that saturates the machine: runs alone.
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    LOAD.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// For every other test: runs beside its peers, never beside the heavy one.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Deadlines and counters
+
+/// A point in time a wait must not pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn after(timeout: Duration) -> Deadline {
+        Deadline(Instant::now() + timeout)
+    }
+
+    /// Time left, zero once passed.
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.0
+    }
+}
+
+/// A count that threads bump and tests wait on (no polling).
+#[derive(Debug, Default)]
+pub struct Counter {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Counter {
+    pub fn increment(&self) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *count += 1;
+        self.changed.notify_all();
+    }
+
+    pub fn get(&self) -> usize {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the count is at least `target` or `timeout` passes;
+    /// returns the count at that moment.
+    pub fn wait_for(&self, target: usize, timeout: Duration) -> usize {
+        let guard = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |count| *count < target)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Temporary directories
+
+/// A directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringlb-it-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Writes `contents` to `name` in this directory; returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Config
+
+/// A ringlb config the tests build in code and render as TOML.
+#[derive(Debug, Clone)]
+pub struct LbConfig {
+    pub workers: u32,
+    pub engine: String,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Listen addresses as written in the config (port 0 = any).
+    pub listen: Vec<String>,
+    pub balance: String,
+    pub connect_timeout: String,
+    pub idle_timeout: String,
+    pub max_connections: Option<u32>,
+    pub connect_attempts: u32,
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One `[[service.backend]]`.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+impl BackendConfig {
+    pub fn new(name: &str, address: SocketAddr) -> BackendConfig {
+        BackendConfig {
+            name: name.to_owned(),
+            address,
+            weight: 100,
+        }
+    }
+}
+
+impl From<&Backend> for BackendConfig {
+    fn from(backend: &Backend) -> BackendConfig {
+        BackendConfig::new(backend.name(), backend.addr())
+    }
+}
+
+impl LbConfig {
+    /// Two workers, one service `web` on 127.0.0.1:0, Maglev, no active
+    /// health checks, the given backends in the given order.
+    pub fn single(engine: &str, backends: Vec<BackendConfig>) -> LbConfig {
+        LbConfig {
+            workers: 2,
+            engine: engine.to_owned(),
+            services: vec![ServiceConfig {
+                name: "web".to_owned(),
+                listen: vec!["127.0.0.1:0".to_owned()],
+                balance: "maglev".to_owned(),
+                connect_timeout: "500ms".to_owned(),
+                idle_timeout: "15m".to_owned(),
+                max_connections: None,
+                connect_attempts: 3,
+                backends,
+            }],
+        }
+    }
+
+    /// [`LbConfig::single`] over running test backends.
+    pub fn over(engine: &str, backends: &[&Backend]) -> LbConfig {
+        LbConfig::single(engine, backends.iter().map(|b| (*b).into()).collect())
+    }
+
+    /// The first (usually only) service.
+    pub fn service(&mut self) -> &mut ServiceConfig {
+        &mut self.services[0]
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "[global]");
+        let _ = writeln!(t, "workers = {}", self.workers);
+        let _ = writeln!(t, "engine = {:?}", self.engine);
+        let _ = writeln!(t, "admin = \"off\"");
+        for s in &self.services {
+            let _ = writeln!(t, "\n[[service]]");
+            let _ = writeln!(t, "name = {:?}", s.name);
+            let _ = writeln!(t, "listen = {:?}", s.listen);
+            let _ = writeln!(t, "balance = {:?}", s.balance);
+            let _ = writeln!(t, "connect_timeout = {:?}", s.connect_timeout);
+            let _ = writeln!(t, "idle_timeout = {:?}", s.idle_timeout);
+            if let Some(max) = s.max_connections {
+                let _ = writeln!(t, "max_connections = {max}");
+            }
+            let _ = writeln!(t, "connect_attempts = {}", s.connect_attempts);
+            let _ = writeln!(t, "\n[service.health]\nkind = \"none\"");
+            for b in &s.backends {
+                let _ = writeln!(t, "\n[[service.backend]]");
+                let _ = writeln!(t, "name = {:?}", b.name);
+                let _ = writeln!(t, "address = \"{}\"", b.address);
+                let _ = writeln!(t, "weight = {}", b.weight);
+            }
+        }
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The ringlb process
+
+/// A running `ringlb --config FILE`: started by [`Ringlb::start`], which
+/// returns once every listen address has been logged as listening; stopped
+/// on drop (SIGTERM, then SIGKILL), printing its stderr if the test failed.
+pub struct Ringlb {
+    /// The child's pid, for signals (the exit waiter thread owns the Child).
+    pid: libc::pid_t,
+    /// Delivers the exit status once the process has been reaped.
+    exit: Receiver<ExitStatus>,
+    /// Set once the exit status has been received.
+    exited: Option<ExitStatus>,
+    /// Every stderr line so far, for failure messages.
+    stderr: Arc<Mutex<String>>,
+    /// Each stderr line as it arrives, to find the `listening` lines.
+    lines: Receiver<String>,
+    /// (service, actual bound address) from the `listening` lines.
+    listening: Vec<(String, SocketAddr)>,
+    /// The config file's directory; removed on drop.
+    _dir: TempDir,
+    /// The config text, for failure messages.
+    config: String,
+}
+
+impl Ringlb {
+    /// Starts ringlb with `config` and waits (up to [`READY_TIMEOUT`]) for a
+    /// `listening` line per configured listen address.
+    pub fn start(config: &LbConfig) -> Ringlb {
+        Ringlb::start_with_env(config, &[])
+    }
+
+    /// [`Ringlb::start`] with extra environment variables.
+    pub fn start_with_env(config: &LbConfig, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {
+        let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &config.services {
+            *expected.entry(s.name.clone()).or_default() += s.listen.len();
+        }
+        let mut lb = Ringlb::spawn(&config.to_toml(), env);
+        lb.wait_ready(&expected);
+        lb
+    }
+
+    fn spawn(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {
+        let dir = TempDir::new("lb");
+        let path = dir.write("ringlb.toml", config);
+        let mut child = ringlb_command()
+            .envs(env.iter().copied())
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringlb");
+        let pid = child.id() as libc::pid_t;
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (line_tx, lines) = mpsc::channel();
+        spawn_line_reader(stderr_pipe, Arc::clone(&stderr), Some(line_tx));
+        let exit = spawn_exit_waiter(child);
+        Ringlb {
+            pid,
+            exit,
+            exited: None,
+            stderr,
+            lines,
+            listening: Vec::new(),
+            _dir: dir,
+            config: config.to_owned(),
+        }
+    }
+
+    fn wait_ready(&mut self, expected: &BTreeMap<String, usize>) {
+        let deadline = Deadline::after(READY_TIMEOUT);
+        let mut seen: BTreeMap<String, BTreeSet<SocketAddr>> = BTreeMap::new();
+        let ready = |seen: &BTreeMap<String, BTreeSet<SocketAddr>>| {
+            expected
+                .iter()
+                .all(|(svc, n)| seen.get(svc).map_or(0, BTreeSet::len) >= *n)
+        };
+        while !ready(&seen) {
+            match self.lines.recv_timeout(deadline.remaining()) {
+                Ok(line) => {
+                    if let Some((service, addr)) = parse_listening(&line) {
+                        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| {
+                            panic!("bad address in `{line}`: {e}\n{}", self.report())
+                        });
+                        assert_ne!(
+                            addr.port(),
+                            0,
+                            "ringlb logged port 0 instead of the bound port: `{line}`\n{}",
+                            self.report()
+                        );
+                        seen.entry(service).or_default().insert(addr);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "ringlb did not log `listening` for every listen address within {:?} \
+                     (expected {expected:?}, saw {seen:?})\n{}",
+                    READY_TIMEOUT,
+                    self.report()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.wait_exit(EXIT_TIMEOUT);
+                    panic!(
+                        "ringlb closed stderr before listening (exit: {status:?})\n{}",
+                        self.report()
+                    )
+                }
+            }
+        }
+        for (service, addrs) in &seen {
+            let want = expected.get(service).copied().unwrap_or(0);
+            assert_eq!(
+                addrs.len(),
+                want,
+                "service {service}: {want} listen addresses configured but {} bound \
+                 ({addrs:?}); port 0 must resolve to one port shared by all workers\n{}",
+                addrs.len(),
+                self.report()
+            );
+        }
+        self.listening = seen
+            .into_iter()
+            .flat_map(|(svc, addrs)| addrs.into_iter().map(move |a| (svc.clone(), a)))
+            .collect();
+    }
+
+    /// The only listen address of the only service.
+    pub fn addr(&self) -> SocketAddr {
+        assert_eq!(self.listening.len(), 1, "addr() needs exactly one listener");
+        self.listening[0].1
+    }
+
+    /// Every bound address of `service`.
+    pub fn addrs(&self, service: &str) -> Vec<SocketAddr> {
+        self.listening
+            .iter()
+            .filter(|(s, _)| s == service)
+            .map(|(_, a)| *a)
+            .collect()
+    }
+
+    /// Everything ringlb wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Config and stderr, for assertion messages.
+    pub fn report(&self) -> String {
+        format!(
+            "--- ringlb config ---\n{}--- ringlb stderr ---\n{}---",
+            self.config,
+            self.stderr()
+        )
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: libc::c_int,
+        timeout: Duration,
+    ) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.signal(signal);
+        }
+        self.wait_exit(timeout)
+    }
+
+    /// Replaces the config file ringlb was started with (for reloads).
+    pub fn rewrite_config(&mut self, config: &str) {
+        self._dir.write("ringlb.toml", config);
+        self.config = config.to_owned();
+    }
+
+    /// Waits up to `timeout` for a new stderr line containing `needle`;
+    /// returns it, or None at the deadline.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            match self.lines.recv_timeout(deadline.remaining()) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) takes plain integers. The pid is our child's and
+        // has not been reaped yet (exit status not received), so it cannot
+        // name another process.
+        unsafe { libc::kill(self.pid, signal) };
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.exit.recv_timeout(timeout).ok();
+        }
+        self.exited
+    }
+}
+
+impl Drop for Ringlb {
+    fn drop(&mut self) {
+        if self.exited.is_none() && self.signal_and_wait(libc::SIGTERM, EXIT_TIMEOUT).is_none() {
+            eprintln!("ringlb (pid {}) ignored SIGTERM; sending SIGKILL", self.pid);
+            let _ = self.signal_and_wait(libc::SIGKILL, EXIT_TIMEOUT);
+        }
+        if thread::panicking() {
+            eprintln!("{}", self.report());
+        }
+    }
+}
+
+/// `ringlb` from this build, with a predictable environment: the default
+/// log filter (no inherited RUST_LOG) and no colour codes in the log.
+pub fn ringlb_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringlb"));
+    cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    cmd
+}
+
+/// The outcome of a ringlb run that is expected to exit by itself.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs ringlb with `args` to completion, killing it (and failing) if it
+/// has not exited within [`EXIT_TIMEOUT`].
+pub fn run_to_exit(args: &[&std::ffi::OsStr]) -> Finished {
+    let mut child = ringlb_command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringlb");
+    let pid = child.id() as libc::pid_t;
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let out_reader = spawn_line_reader(
+        child.stdout.take().expect("piped stdout"),
+        Arc::clone(&stdout),
+        None,
+    );
+    let err_reader = spawn_line_reader(
+        child.stderr.take().expect("piped stderr"),
+        Arc::clone(&stderr),
+        None,
+    );
+    let exit = spawn_exit_waiter(child);
+    let status = match exit.recv_timeout(EXIT_TIMEOUT) {
+        Ok(status) => status,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, not yet reaped (no status
+            // received), so the pid still names it.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = exit.recv_timeout(EXIT_TIMEOUT);
+            panic!(
+                "ringlb {args:?} did not exit within {EXIT_TIMEOUT:?}; stderr:\n{}",
+                stderr.lock().unwrap_or_else(|p| p.into_inner())
+            );
+        }
+    };
+    // The pipes close when the process exits; the readers then finish.
+    let _ = out_reader.join();
+    let _ = err_reader.join();
+    let take = |s: &Arc<Mutex<String>>| s.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Finished {
+        status,
+        stdout: take(&stdout),
+        stderr: take(&stderr),
+    }
+}
+
+/// Reads `pipe` line by line into `sink` (and `lines`, if given) until EOF.
+fn spawn_line_reader(
+    pipe: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    lines: Option<Sender<String>>,
+) -> JoinHandle<()> {
+    thread::Builder::new()
+        .name("ringlb-output".into())
+        .stack_size(SMALL_STACK)
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&raw).into_owned();
+                        sink.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push_str(&line);
+                        if let Some(tx) = &lines {
+                            let _ = tx.send(line.trim_end().to_owned());
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawn output reader")
+}
+
+/// Reaps `child` on a thread and delivers its exit status.
+fn spawn_exit_waiter(mut child: Child) -> Receiver<ExitStatus> {
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("ringlb-wait".into())
+        .stack_size(SMALL_STACK)
+        .spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = tx.send(status);
+            }
+        })
+        .expect("spawn exit waiter");
+    rx
+}
+
+/// Finds `listening service=NAME listen=ADDR` in a log line. Colour codes
+/// are stripped and quotes around values tolerated: the contract is the
+/// words, not the log formatter's styling.
+pub fn parse_listening(line: &str) -> Option<(String, String)> {
+    const KEY: &str = "listening service=";
+    let clean = strip_ansi(line);
+    let rest = &clean[clean.find(KEY)? + KEY.len()..];
+    let (service, rest) = rest.split_once(' ')?;
+    let addr = rest.strip_prefix("listen=")?.split_whitespace().next()?;
+    Some((unquote(service), unquote(addr)))
+}
+
+fn unquote(s: &str) -> String {
+    s.trim_matches('"').to_owned()
+}
+
+/// Removes ANSI CSI sequences (`ESC [ … final`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Backends
+
+/// A test backend on loopback: a listener whose accept thread hands each
+/// connection to `handler` on its own thread and counts it. Stops accepting
+/// on drop; handlers end when their peer (ringlb) closes.
+pub struct Backend {
+    name: String,
+    addr: SocketAddr,
+    /// Connections accepted so far (ringlb's backend-side connections).
+    accepted: Arc<Counter>,
+    /// Tells the accept thread to stop at its next wake-up.
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// A backend on `ip`:0 running `handler` per connection.
+    pub fn spawn<F>(name: &str, ip: IpAddr, handler: F) -> Backend
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = listen(SocketAddr::new(ip, 0));
+        let addr = listener.local_addr().expect("backend addr");
+        let accepted = Arc::new(Counter::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler = Arc::new(handler);
+        let acceptor = {
+            let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
+            thread::Builder::new()
+                .name(format!("backend-{name}"))
+                .stack_size(SMALL_STACK)
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let Ok(stream) = conn else { continue };
+                        accepted.increment();
+                        let _ = stream.set_read_timeout(Some(IO_TIMEOUT * 3));
+                        let _ = stream.set_write_timeout(Some(IO_TIMEOUT * 3));
+                        let handler = Arc::clone(&handler);
+                        let _ = thread::Builder::new()
+                            .stack_size(SMALL_STACK)
+                            .spawn(move || handler(stream));
+                    }
+                })
+                .expect("spawn backend acceptor")
+        };
+        Backend {
+            name: name.to_owned(),
+            addr,
+            accepted,
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// Echoes everything; on EOF finishes sending, then shuts down its
+    /// write side.
+    pub fn echo(name: &str) -> Backend {
+        Backend::spawn(name, LOCALHOST, |mut s| {
+            let _ = echo_until_eof(&mut s);
+        })
+    }
+
+    /// Writes its name and "\n" on accept, then echoes like [`Backend::echo`].
+    pub fn named(name: &str) -> Backend {
+        Backend::named_on(name, LOCALHOST)
+    }
+
+    pub fn named_on(name: &str, ip: IpAddr) -> Backend {
+        let greeting = format!("{name}\n");
+        Backend::spawn(name, ip, move |mut s| {
+            if s.write_all(greeting.as_bytes()).is_ok() {
+                let _ = echo_until_eof(&mut s);
+            }
+        })
+    }
+
+    /// Echoes, and reports on `ends` how its connection ended: the outcome
+    /// of the read that stopped the echo loop ([`ReadOutcome::Eof`],
+    /// [`ReadOutcome::Reset`], …).
+    pub fn echo_reporting(name: &str, ends: Sender<ReadOutcome>) -> Backend {
+        Backend::spawn(name, LOCALHOST, move |mut s| {
+            let end = echo_until_eof(&mut s);
+            let _ = ends.send(end);
+        })
+    }
+
+    /// Reads until it has seen some bytes, reports them on `got`, then
+    /// closes with SO_LINGER 0, which sends an RST instead of a FIN.
+    pub fn resetting(name: &str, got: Sender<Vec<u8>>) -> Backend {
+        Backend::spawn(name, LOCALHOST, move |mut s| {
+            let mut buf = [0u8; 1024];
+            if let Ok(n) = s.read(&mut buf) {
+                let _ = got.send(buf[..n].to_vec());
+                reset(s);
+            }
+        })
+    }
+
+    /// Reads the request until the client half-closes (EOF), reports it on
+    /// `requests`, then sends `reply` and closes (FIN).
+    pub fn reply_after_eof(name: &str, reply: Arc<Vec<u8>>, requests: Sender<Vec<u8>>) -> Backend {
+        Backend::spawn(name, LOCALHOST, move |mut s| {
+            let mut request = Vec::new();
+            if s.read_to_end(&mut request).is_ok() {
+                let _ = requests.send(request);
+                let _ = s.write_all(&reply);
+            }
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.get()
+    }
+
+    /// Waits until `n` connections have been accepted; returns the count.
+    pub fn wait_accepted(&self, n: usize, timeout: Duration) -> usize {
+        self.accepted.wait_for(n, timeout)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Accept queue of test backends. std's listeners queue 128; a burst of
+/// ringlb connects beyond that drops SYNs, ringlb's connect times out and
+/// (rightly) fails over, which would blur what a test asserts.
+const BACKEND_BACKLOG: i32 = 1024;
+
+/// A listener on `addr` with a [`BACKEND_BACKLOG`] accept queue.
+fn listen(addr: SocketAddr) -> TcpListener {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .expect("backend socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.bind(&addr.into()).expect("bind backend");
+    socket.listen(BACKEND_BACKLOG).expect("listen");
+    socket.into()
+}
+
+/// Echoes until EOF or error; on EOF shuts down the write side. Returns
+/// how reading ended.
+pub fn echo_until_eof(s: &mut TcpStream) -> ReadOutcome {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match read_outcome(s, &mut buf) {
+            ReadOutcome::Data(n) => {
+                if let Err(e) = s.write_all(&buf[..n]) {
+                    return ReadOutcome::Failed(e.kind());
+                }
+            }
+            ReadOutcome::Eof => {
+                let _ = s.shutdown(Shutdown::Write);
+                return ReadOutcome::Eof;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Closes `s` with SO_LINGER 0: the kernel sends an RST, not a FIN.
+pub fn reset(s: TcpStream) {
+    SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("set SO_LINGER 0");
+    drop(s);
+}
+
+/// An address where nothing listens, so a connect there is refused (RST).
+/// The port stays bound (never listening, no SO_REUSEADDR) while this
+/// lives, so the kernel cannot hand it to a backend that another test (or
+/// another suite on the machine) starts meanwhile.
+pub struct DeadPort {
+    addr: SocketAddr,
+    /// Holds the port.
+    _reservation: Socket,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+        socket
+            .bind(&SocketAddr::new(LOCALHOST, 0).into())
+            .expect("bind");
+        let addr = socket
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet addr");
+        DeadPort {
+            addr,
+            _reservation: socket,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A backend that never completes a handshake: a listener with backlog 0
+/// whose one queue slot is taken by a connection nobody accepts, so the
+/// kernel drops further SYNs and connects there time out (a blackholed
+/// host, on loopback).
+pub struct Blackhole {
+    addr: SocketAddr,
+    /// Kept open so the listener keeps dropping SYNs.
+    _listener: Socket,
+    /// The connection that fills the accept queue.
+    _filler: TcpStream,
+}
+
+impl Blackhole {
+    pub fn new() -> Blackhole {
+        let listener =
+            Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+        listener
+            .bind(&SocketAddr::new(LOCALHOST, 0).into())
+            .expect("bind");
+        listener.listen(0).expect("listen");
+        let addr = listener
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet addr");
+        let filler = TcpStream::connect_timeout(&addr, CLIENT_CONNECT_TIMEOUT).expect("filler");
+        // Self-check: the queue is full, so a connect must now time out.
+        let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        assert!(
+            probe.is_err(),
+            "test setup: a backlog-0 listener with a queued connection still completed a \
+             handshake; this kernel does not drop SYNs on a full accept queue"
+        );
+        Blackhole {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+/// The loopback sources that play distinct clients: 127.0.0.2 ..= 127.0.0.50.
+pub fn client_sources() -> Vec<IpAddr> {
+    (2..=50)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
+}
+
+/// Connects to `dst` from `src` (any port), with [`IO_TIMEOUT`] read and
+/// write timeouts. std cannot bind before connecting; socket2 can.
+pub fn connect_from(src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(src, 0).into())?;
+    socket.connect_timeout(&dst.into(), CLIENT_CONNECT_TIMEOUT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// Reads one `\n`-terminated line (at most 256 bytes), without the `\n`.
+pub fn read_line(s: &mut TcpStream) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 256 {
+        match s.read(&mut byte)? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF after {:?}", String::from_utf8_lossy(&line)),
+                ))
+            }
+            _ if byte[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
+            _ => line.push(byte[0]),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"))
+}
+
+/// What one `read` on a socket saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes.
+    Data(usize),
+    /// A FIN: orderly end of the peer's sending.
+    Eof,
+    /// An RST.
+    Reset,
+    /// Nothing before the socket's read timeout.
+    TimedOut,
+    /// Some other error.
+    Failed(io::ErrorKind),
+}
+
+pub fn read_outcome(s: &mut TcpStream, buf: &mut [u8]) -> ReadOutcome {
+    match s.read(buf) {
+        Ok(0) => ReadOutcome::Eof,
+        Ok(n) => ReadOutcome::Data(n),
+        Err(e) => match e.kind() {
+            io::ErrorKind::ConnectionReset => ReadOutcome::Reset,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ReadOutcome::TimedOut,
+            kind => ReadOutcome::Failed(kind),
+        },
+    }
+}
+
+/// `len` bytes from a PRNG seeded with `seed`.
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_lines_are_found_with_or_without_styling() {
+        assert_eq!(
+            parse_listening(
+                "2025-01-01T00:00:00Z  INFO ringlb: listening service=web listen=127.0.0.1:4000"
+            ),
+            Some(("web".into(), "127.0.0.1:4000".into()))
+        );
+        assert_eq!(
+            parse_listening(
+                "\u{1b}[32m INFO\u{1b}[0m listening service=\"api\" listen=[::1]:9 workers=2"
+            ),
+            Some(("api".into(), "[::1]:9".into()))
+        );
+        assert_eq!(parse_listening("INFO starting workers=2"), None);
+    }
+}

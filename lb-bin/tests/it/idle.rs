@@ -1,0 +1,131 @@
+//! Idle timeout: a connection with no byte either way for `idle_timeout` is
+//! closed (both sides); one with traffic in either direction stays open.
+
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    self, client_sources, connect_from, for_each_engine, read_line, read_outcome, Backend,
+    LbConfig, ReadOutcome, Ringlb, LOCALHOST,
+};
+
+const IDLE_TIMEOUT: Duration = Duration::from_millis(300);
+/// An idle connection must be closed by then (timer granularity, load).
+const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
+/// An idle connection must not be closed before this: the timeout less a
+/// small allowance for timer granularity.
+const EARLIEST_CLOSE: Duration = Duration::from_millis(250);
+/// Traffic: a byte every TICK for TICKS ticks (1 s, over 3 idle timeouts).
+const TICK: Duration = Duration::from_millis(100);
+const TICKS: u32 = 10;
+
+fn config(engine: &str, backend: &Backend) -> LbConfig {
+    let mut config = LbConfig::over(engine, &[backend]);
+    config.service().idle_timeout = "300ms".to_owned();
+    config
+}
+
+#[test]
+fn idle_connection_is_closed_on_both_sides() {
+    let _shared = harness::shared();
+    for_each_engine("idle::closed", |engine| {
+        let (ends_tx, ends) = mpsc::channel();
+        let backend = Backend::echo_reporting("b1", ends_tx);
+        let lb = Ringlb::start(&config(engine, &backend));
+
+        let mut client = connect_from(client_sources()[4], lb.addr()).expect("connect");
+        client.write_all(b"x").expect("send");
+        let mut echo = [0u8; 1];
+        client.read_exact(&mut echo).expect("echo");
+        let last_activity = Instant::now();
+
+        client
+            .set_read_timeout(Some(CLOSE_DEADLINE))
+            .expect("timeout");
+        let outcome = read_outcome(&mut client, &mut [0u8; 16]);
+        let idle_for = last_activity.elapsed();
+        assert!(
+            matches!(outcome, ReadOutcome::Eof | ReadOutcome::Reset),
+            "[{engine}] idle_timeout = {IDLE_TIMEOUT:?}: connection idle for {idle_for:.2?} \
+             still open ({outcome:?})"
+        );
+        assert!(
+            idle_for >= EARLIEST_CLOSE,
+            "[{engine}] idle_timeout = {IDLE_TIMEOUT:?}, but the connection was closed after \
+             only {idle_for:.2?} idle"
+        );
+        let backend_end = ends.recv_timeout(CLOSE_DEADLINE).unwrap_or_else(|_| {
+            panic!("[{engine}] client side closed for idleness but backend side left open")
+        });
+        assert!(
+            matches!(backend_end, ReadOutcome::Eof | ReadOutcome::Reset),
+            "[{engine}] backend side ended with {backend_end:?}"
+        );
+    });
+}
+
+#[test]
+fn connection_with_steady_traffic_survives() {
+    let _shared = harness::shared();
+    for_each_engine("idle::busy_survives", |engine| {
+        let backend = Backend::echo("b1");
+        let lb = Ringlb::start(&config(engine, &backend));
+        let mut client = connect_from(client_sources()[5], lb.addr()).expect("connect");
+
+        pace(|tick| {
+            let byte = [b'a' + tick as u8];
+            client.write_all(&byte).unwrap_or_else(|e| {
+                panic!("[{engine}] write at tick {tick} on a busy connection: {e}")
+            });
+            let mut echo = [0u8; 1];
+            client.read_exact(&mut echo).unwrap_or_else(|e| {
+                panic!("[{engine}] echo at tick {tick} on a busy connection: {e}")
+            });
+            assert_eq!(echo, byte);
+        });
+    });
+}
+
+/// "No byte either way": traffic in one direction alone keeps the
+/// connection open. The client only sends (the backend answers nothing
+/// until the end), then the backend's single answer must still arrive.
+#[test]
+fn one_way_traffic_keeps_the_connection_open() {
+    let _shared = harness::shared();
+    for_each_engine("idle::one_way_survives", |engine| {
+        let backend = Backend::spawn("sink", LOCALHOST, |mut s| {
+            let mut got = [0u8; TICKS as usize];
+            if s.read_exact(&mut got).is_ok() {
+                let _ = s.write_all(b"got all\n");
+            }
+        });
+        let lb = Ringlb::start(&config(engine, &backend));
+        let mut client = connect_from(client_sources()[6], lb.addr()).expect("connect");
+
+        pace(|tick| {
+            client.write_all(b"z").unwrap_or_else(|e| {
+                panic!("[{engine}] write at tick {tick} on a one-way busy connection: {e}")
+            });
+        });
+        let answer = read_line(&mut client).unwrap_or_else(|e| {
+            panic!(
+                "[{engine}] client sent a byte every {TICK:?} (idle_timeout {IDLE_TIMEOUT:?}) \
+                 but the connection was closed: {e}"
+            )
+        });
+        assert_eq!(answer, "got all");
+    });
+}
+
+/// Runs `step` every [`TICK`], [`TICKS`] times. The sleep here shapes the
+/// traffic under test (one byte per tick); it synchronises nothing.
+fn pace(mut step: impl FnMut(u32)) {
+    let start = Instant::now();
+    for tick in 0..TICKS {
+        let due = start + TICK * tick;
+        thread::sleep(due.saturating_duration_since(Instant::now()));
+        step(tick);
+    }
+}

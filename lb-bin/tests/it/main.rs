@@ -1,0 +1,33 @@
+//! ringlb's integration suite: one test binary, a module per area
+//! (STYLE.md rule 8). Every test starts the real `ringlb` binary on
+//! loopback, puts thread-based test backends behind it, and plays clients
+//! from distinct loopback sources (127.0.0.2 …) with real sockets.
+//!
+//! Runs on the test harness's threads; each test spawns its own ringlb
+//! processes and backends and stops them on drop. Every wait has a
+//! deadline; nothing sleeps to synchronise.
+//!
+//! `harness` holds the shared machinery; every other module is one area of
+//! the contract in DESIGN.md.
+
+// Tests opt out of the workspace's `unwrap_used` warning: a failed unwrap
+// here is a failed test, which is what we want.
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+mod config;
+mod failover;
+mod half_close;
+mod idle;
+mod integrity;
+mod ipv6;
+mod lifecycle;
+mod limits;
+mod policies;
+mod reload;
+mod reset;
+mod stickiness;
+mod systemd;
+mod time_wait;
+mod upgrade;
