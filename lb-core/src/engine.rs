@@ -3,7 +3,8 @@
 //! caller's thread.
 //!
 //! - [`uring`]: one io_uring per worker: multishot poll readiness, multishot
-//!   accept, inline `splice(2)`; one `io_uring_enter` per busy turn.
+//!   accept, inline `splice(2)` (or copy); one `io_uring_enter` per turn,
+//!   more only while the kernel holds ready completions back.
 //! - [`epoll`]: mio (epoll), edge-triggered readiness + inline `splice(2)`.
 //!   Works everywhere, including where io_uring is blocked (Docker's default
 //!   seccomp profile, gVisor, `kernel.io_uring_disabled`).

@@ -541,8 +541,9 @@ impl<R: Reactor> Worker<R> {
                     socket: Some(l.socket),
                     stats: l.stats,
                     paused: false,
-                    // Clients may be queued already; edge-triggered.
-                    more: true,
+                    // Clients may be queued already; edge-triggered (an
+                    // engine that accepts by itself finds them on arming).
+                    more: !R::DELIVERS_ACCEPTS,
                     held: Default::default(),
                 });
                 if let Err(e) = self.reactor.add(fd, LISTENER_FLAG | i as u64) {
@@ -553,6 +554,11 @@ impl<R: Reactor> Worker<R> {
             WorkerMessage::CloseListener { service, addr } => {
                 for (i, l) in self.listeners.iter_mut().enumerate() {
                     if l.service == service && l.addr == addr {
+                        // Held ones go as the kernel resets a closed
+                        // listener's backlog.
+                        for (fd, _) in l.held.drain(..) {
+                            conn::prepare_reset(fd.as_raw_fd());
+                        }
                         if let Some(s) = l.socket.take() {
                             if !l.paused {
                                 self.reactor

@@ -3,15 +3,18 @@
 //! per socket, edge-triggered: each wake-up of the socket posts one
 //! completion with its current poll mask), connections from a multishot
 //! `ACCEPT` per listener, and the bytes are moved by the same inline
-//! non-blocking `splice(2)` state machine as on epoll (see `conn`): the
-//! kernel hands `IORING_OP_SPLICE` to io-wq threads, which costs a context
-//! switch per operation (DESIGN.md, "Data plane").
+//! non-blocking `splice(2)` (or, with `forwarding = "copy"`, recv/send)
+//! state machine as on epoll (see `conn`): the kernel hands
+//! `IORING_OP_SPLICE` to io-wq threads, which costs a context switch per
+//! operation (DESIGN.md, "Data plane").
 //!
 //! A turn: submit everything queued during the previous turn and wait for
 //! completions in one `io_uring_enter` (bounded by the worker's sleep
 //! budget), copy the completions out, hand them to the worker, and let it
 //! finish the turn. SQEs queued by the worker go to the kernel with the next
-//! turn's enter; only a full submission queue forces an earlier submit.
+//! turn's enter; only a full submission queue forces an earlier submit, and
+//! only a kernel holding ready completions back (`UringReactor::enter`)
+//! makes a turn enter again.
 //!
 //! Request lifetimes, the part that differs from epoll:
 //! - No request references user memory: polls and accepts carry an fd and
