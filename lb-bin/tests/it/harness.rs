@@ -72,7 +72,22 @@ fn engine_unavailable(engine: &str) -> Option<String> {
 
 /// Tries `io_uring_setup(2)` the way the engine would: seccomp profiles,
 /// gVisor and `kernel.io_uring_disabled` all make it fail.
+///
+/// Probed once, on a short-lived thread of its own: tearing a ring down
+/// sends task work to the thread that created it, whose next blocking
+/// socket call with a timeout then fails with EINTR.
 fn uring_unavailable() -> Option<String> {
+    static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ANSWER
+        .get_or_init(|| {
+            thread::spawn(probe_uring)
+                .join()
+                .unwrap_or_else(|_| Some("the io_uring probe panicked".into()))
+        })
+        .clone()
+}
+
+fn probe_uring() -> Option<String> {
     // struct io_uring_params is 120 bytes; zeroed means "no flags".
     let mut params = [0u8; 120];
     // SAFETY: io_uring_setup reads and writes exactly one
