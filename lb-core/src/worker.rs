@@ -128,7 +128,7 @@ pub struct WorkerControl {
     pub turns: AtomicU64,
     /// Pipes currently lent to connections (leak checks, metrics).
     pub pipes_lent: AtomicUsize,
-    /// Copy buffers currently lent to connections (`forwarding = "copy"`).
+    /// Copy buffers currently lent to connections (`forwarding = "copy"`/`"auto"`).
     pub buffers_lent: AtomicUsize,
     /// The engine that runs this worker, once started.
     pub engine: OnceLock<&'static str>,
@@ -281,10 +281,11 @@ pub struct Worker<R: Reactor> {
     failures: FailureSender,
     control: Arc<WorkerControl>,
     pool: PipePool,
-    /// Copy buffers (`forwarding = "copy"`; none made otherwise).
+    /// Copy buffers (`forwarding = "copy"` or `"auto"`; none made otherwise).
     buffers: BufferPool,
-    /// Move bytes by recv/send through `buffers` instead of splice.
-    copy: bool,
+    /// How bytes move: splice through `pool`, recv/send through `buffers`,
+    /// or per flow (auto).
+    forwarding: Forwarding,
     slots: Vec<Option<Conn>>,
     generations: Vec<u32>,
     free: Vec<usize>,
@@ -337,7 +338,7 @@ impl<R: Reactor> Worker<R> {
             control: setup.control,
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
             buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
-            copy: setup.forwarding == Forwarding::Copy,
+            forwarding: setup.forwarding,
             slots: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
@@ -956,24 +957,25 @@ impl<R: Reactor> Worker<R> {
             return;
         };
         let Some(backend) = &conn.backend else { return };
-        let outcome = if self.copy {
-            pair.drive_copy(
-                conn.client.as_raw_fd(),
-                backend.as_raw_fd(),
-                &mut conn.client_ready,
-                &mut conn.backend_ready,
+        let (client, backend) = (conn.client.as_raw_fd(), backend.as_raw_fd());
+        let (cr, br) = (&mut conn.client_ready, &mut conn.backend_ready);
+        let outcome = match self.forwarding {
+            Forwarding::Copy => {
+                pair.drive_copy(client, backend, cr, br, &mut self.buffers, DRIVE_BUDGET)
+            }
+            Forwarding::Auto => pair.drive_auto(
+                client,
+                backend,
+                cr,
+                br,
+                &mut self.pool,
                 &mut self.buffers,
                 DRIVE_BUDGET,
-            )
-        } else {
-            pair.drive(
-                conn.client.as_raw_fd(),
-                backend.as_raw_fd(),
-                &mut conn.client_ready,
-                &mut conn.backend_ready,
-                &mut self.pool,
-                DRIVE_BUDGET,
-            )
+            ),
+            // uring-splice is not built: the server warns and splices inline.
+            Forwarding::Splice | Forwarding::UringSplice => {
+                pair.drive(client, backend, cr, br, &mut self.pool, DRIVE_BUDGET)
+            }
         };
         match outcome {
             Outcome::Open {
