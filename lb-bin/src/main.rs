@@ -97,7 +97,10 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "ringlb starting");
-    let (inherited, takeover) = match &upgrade_socket {
+    // Socket activation: systemd's sockets serve the listen addresses they
+    // are bound to (matched by address), so they survive restarts.
+    let activated = socket_activation()?;
+    let (mut inherited, takeover) = match &upgrade_socket {
         Some(sock) => match handover::take_over(sock, HANDOVER_TIMEOUT) {
             Ok((sockets, takeover)) => {
                 tracing::info!(
@@ -125,6 +128,7 @@ fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Resul
         },
         None => (Vec::new(), None),
     };
+    inherited.extend(activated);
     let options = StartOptions {
         handle_signals: true,
         config_path: Some(path.to_path_buf()),
@@ -136,9 +140,39 @@ fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Resul
         // We accept on the sockets now: the old process may drain.
         t.release().context("telling the old ringlb to drain")?;
     }
+    // Under systemd (Type=notify): serving now. A no-op otherwise.
+    if let Err(e) = lb_core::notify::ready() {
+        tracing::warn!(error = %e, "cannot tell systemd we are ready");
+    }
     server.wait();
     tracing::info!("ringlb stopped");
     Ok(())
+}
+
+/// The listening sockets systemd passed (`LISTEN_FDS`), if any.
+fn socket_activation() -> anyhow::Result<Vec<handover::Inherited>> {
+    let fds =
+        lb_core::notify::listen_fds().context("reading the sockets systemd passed (LISTEN_FDS)")?;
+    let mut out = Vec::new();
+    for fd in fds {
+        match fd.local {
+            Some(addr) => out.push(handover::Inherited {
+                service: None,
+                addr,
+                socket: fd.fd.into(),
+            }),
+            None => {
+                tracing::warn!(name = ?fd.name, "systemd passed a socket that is not TCP/IP: ignored")
+            }
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(
+            sockets = out.len(),
+            "socket activation: using the sockets systemd passed"
+        );
+    }
+    Ok(out)
 }
 
 fn demo(listen: SocketAddr) -> anyhow::Result<()> {

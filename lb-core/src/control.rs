@@ -1,8 +1,11 @@
 //! The control plane's state: the registry of services and backends (config,
 //! admin state, health state, counters) and the building of snapshots from
 //! it. Owned by the control-plane thread; workers only ever see the
-//! snapshots it publishes.
+//! snapshots it publishes. Nodes that join at run time: `control/join.rs`.
 
+mod join;
+
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,6 +16,8 @@ use crate::health::BackendKey;
 use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
 use crate::stats::{BackendStats, ServiceStats};
+
+pub use join::{JoinError, JoinOutcome};
 
 /// A backend's health as the control plane knows it (the prober's state:
 /// `Unknown` until its first probe result, and then `Up` or `Down`).
@@ -28,6 +33,10 @@ pub struct BackendRecord {
     pub reason: String,
     pub last_change: SystemTime,
     pub stats: Arc<BackendStats>,
+    /// Added by a node's join request, not by the config file: only these
+    /// may leave through the API, and a reload keeps them (unless the file
+    /// now configures their name). Lost at restart.
+    pub joined: bool,
 }
 
 impl BackendRecord {
@@ -60,7 +69,7 @@ pub enum RegistryError {
 }
 
 /// What a reload changed, for the log and the admin API.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadSummary {
     pub services_added: Vec<String>,
     pub services_removed: Vec<String>,
@@ -73,6 +82,10 @@ pub struct ReloadSummary {
 pub struct Registry {
     services: Vec<ServiceRecord>,
     generation: u64,
+    /// Configurations loaded: 1 at start; a successful reload adds one
+    /// (and must carry it over if it builds a new registry). Shown by the
+    /// admin API and metrics so an operator sees a reload took.
+    config_generation: u64,
 }
 
 impl Registry {
@@ -96,7 +109,18 @@ impl Registry {
         Registry {
             services,
             generation: 0,
+            config_generation: 1,
         }
+    }
+
+    /// Generation of the last snapshot built (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Configurations loaded so far (see the field).
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation
     }
 
     pub fn services(&self) -> &[ServiceRecord] {
@@ -152,11 +176,29 @@ impl Registry {
                 continue;
             };
             let mut prev = old.swap_remove(pos);
+            // The Maglev table depends on names, weights (as running: an
+            // operator may have changed one), size and policy.
+            let running: Vec<(&str, u32)> = prev
+                .backends
+                .iter()
+                .map(|b| (b.config.name.as_str(), b.config.weight.get()))
+                .collect();
+            let wanted: Vec<(&str, u32)> = s
+                .backends
+                .iter()
+                .map(|b| (b.name.as_str(), b.weight.get()))
+                .collect();
+            let same_table = prev.config.balance == s.balance
+                && prev.config.maglev_table_size == s.maglev_table_size
+                && running == wanted;
             let mut backends = Vec::with_capacity(s.backends.len());
             for b in &s.backends {
                 match prev.backends.iter().position(|p| p.config.name == b.name) {
                     Some(i) => {
-                        let mut rec = prev.backends.swap_remove(i);
+                        // `remove`: the joined nodes left over keep their order.
+                        let mut rec = prev.backends.remove(i);
+                        // A joined name now in the file: the file wins.
+                        rec.joined = false;
                         if rec.config.address != b.address
                             || prev.config.health.kind != s.health.kind
                         {
@@ -176,21 +218,15 @@ impl Registry {
                     }
                 }
             }
+            // Left over: backends the file dropped, and joined nodes, which
+            // stay while they still fit the service (control/join.rs).
+            let kind_changed = prev.config.health.kind != s.health.kind;
+            let dropped = join::keep_joined(s, &mut backends, prev.backends, kind_changed);
             summary.backends_removed.extend(
-                prev.backends
+                dropped
                     .iter()
                     .map(|b| format!("{}/{}", s.name, b.config.name)),
             );
-            // The Maglev table depends on names, weights, size and policy.
-            let same_table = prev.config.balance == s.balance
-                && prev.config.maglev_table_size == s.maglev_table_size
-                && prev.config.backends.len() == s.backends.len()
-                && prev
-                    .config
-                    .backends
-                    .iter()
-                    .zip(&s.backends)
-                    .all(|(a, b)| a.name == b.name && a.weight == b.weight);
             self.services.push(ServiceRecord {
                 config: s.clone(),
                 backends,
@@ -199,39 +235,8 @@ impl Registry {
             });
         }
         summary.services_removed = old.into_iter().map(|o| o.config.name).collect();
+        self.config_generation += 1;
         summary
-    }
-
-    /// Changes a backend's weight (rebuilds the service's Maglev table at
-    /// the next snapshot); true if it changed.
-    pub fn set_weight(
-        &mut self,
-        service: &str,
-        backend: &str,
-        weight: std::num::NonZeroU32,
-    ) -> Result<bool, RegistryError> {
-        let svc = self
-            .services
-            .iter_mut()
-            .find(|s| s.config.name == service)
-            .ok_or_else(|| RegistryError::NoService(service.into()))?;
-        let i = svc
-            .backends
-            .iter()
-            .position(|b| b.config.name == backend)
-            .ok_or_else(|| RegistryError::NoBackend {
-                service: service.into(),
-                backend: backend.into(),
-            })?;
-        if svc.backends[i].config.weight == weight {
-            return Ok(false);
-        }
-        svc.backends[i].config.weight = weight;
-        if let Some(c) = svc.config.backends.iter_mut().find(|b| b.name == backend) {
-            c.weight = weight;
-        }
-        svc.maglev = None;
-        Ok(true)
     }
 
     /// Records a health result; true if the state changed.
@@ -266,6 +271,36 @@ impl Registry {
         b.admin = state;
         b.last_change = SystemTime::now();
         Ok(true)
+    }
+
+    /// Sets a backend's weight; returns the previous one. A change drops
+    /// the service's cached Maglev table, so the next snapshot rebuilds it
+    /// with the new weight.
+    pub fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: NonZeroU32,
+    ) -> Result<NonZeroU32, RegistryError> {
+        let svc = self
+            .services
+            .iter_mut()
+            .find(|s| s.config.name == service)
+            .ok_or_else(|| RegistryError::NoService(service.into()))?;
+        let b = svc
+            .backends
+            .iter_mut()
+            .find(|b| b.config.name == backend)
+            .ok_or_else(|| RegistryError::NoBackend {
+                service: service.into(),
+                backend: backend.into(),
+            })?;
+        let old = b.config.weight;
+        if old != weight {
+            b.config.weight = weight;
+            svc.maglev = None;
+        }
+        Ok(old)
     }
 
     /// The stats of a service (shared with workers' listeners).
@@ -355,6 +390,7 @@ fn new_backend(kind: HealthKind, b: &crate::config::Backend) -> BackendRecord {
         reason,
         last_change: SystemTime::now(),
         stats: Arc::new(BackendStats::default()),
+        joined: false,
     }
 }
 
@@ -441,8 +477,9 @@ mod tests {
         ));
         let before = r.snapshot().unwrap();
         let w = std::num::NonZeroU32::new(300).unwrap();
-        assert_eq!(r.set_weight("s", "a", w), Ok(true));
-        assert_eq!(r.set_weight("s", "a", w), Ok(false));
+        let default = std::num::NonZeroU32::new(100).unwrap();
+        assert_eq!(r.set_weight("s", "a", w), Ok(default));
+        assert_eq!(r.set_weight("s", "a", w), Ok(w));
         let after = r.snapshot().unwrap();
         assert_eq!(after.services[0].backends[0].weight, 300);
         assert_ne!(

@@ -5,6 +5,8 @@
 //! listeners, its event loop (io_uring or epoll), its connections and pipes.
 //! The only thing they share on the hot path is the published [`snapshot`].
 
+pub mod admin;
+pub mod buffer;
 pub mod config;
 pub mod conn;
 pub mod control;
@@ -15,6 +17,8 @@ pub mod handover;
 pub mod hash;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
+pub mod notify;
 pub mod pipe;
 pub mod policy;
 pub mod server;

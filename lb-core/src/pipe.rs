@@ -96,6 +96,9 @@ impl PipePool {
 
 #[cfg(test)]
 mod tests {
+    // A failed unwrap in a test is a failed test.
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

@@ -9,7 +9,10 @@
 //! the first snapshot; then start the workers and log `listening` per
 //! address.
 
+mod join;
+
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{AdminState, Config, Workers};
+use crate::admin::{self, AdminContext, StatusView};
+use crate::config::{AdminState, Config, Forwarding, Workers};
 use crate::control::{Health, Registry, RegistryError, ReloadSummary};
 use crate::engine::{self, EngineChoice};
 use crate::handover::{self, Inherited};
@@ -50,6 +54,32 @@ pub enum Command {
     /// Read the config file again and apply it (as SIGHUP does).
     Reload {
         reply: oneshot::Sender<Result<ReloadSummary, String>>,
+    },
+    /// Set a backend's weight (rebuilds its service's Maglev table).
+    Weight {
+        service: String,
+        backend: String,
+        weight: NonZeroU32,
+        reply: oneshot::Sender<Result<(), RegistryError>>,
+    },
+    /// The registry's state now, for the admin API's reads.
+    Status { reply: oneshot::Sender<StatusView> },
+    /// The join key in force (it follows reloads); None: joining is off.
+    JoinKey {
+        reply: oneshot::Sender<Option<String>>,
+    },
+    /// Add a node that announced itself with the join key (see
+    /// `server/join.rs`).
+    Join {
+        service: String,
+        backend: crate::config::Backend,
+        reply: oneshot::Sender<Result<crate::control::JoinOutcome, crate::control::JoinError>>,
+    },
+    /// Remove a joined node; the reply is its settings.
+    Leave {
+        service: String,
+        backend: String,
+        reply: oneshot::Sender<Result<crate::config::Backend, crate::control::JoinError>>,
     },
     /// Stop accepting, wait for connections up to the shutdown timeout, stop.
     Shutdown,
@@ -128,6 +158,8 @@ pub struct ControlCounters {
 pub struct Server {
     handle: ServerHandle,
     listening: Vec<(String, SocketAddr)>,
+    /// The admin API's actual address (None: `admin = "off"`).
+    admin_addr: Option<SocketAddr>,
     engine: EngineChoice,
     control_thread: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -206,6 +238,23 @@ impl Server {
         let worker_controls: Vec<Arc<WorkerControl>> = (0..worker_count)
             .map(|_| Arc::new(WorkerControl::default()))
             .collect();
+        let admin = match config.global.admin {
+            Some(addr) => {
+                let listener =
+                    admin::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+                let ctx =
+                    AdminContext::new(&config.global, commands_tx.clone(), worker_controls.clone());
+                Some((listener, ctx))
+            }
+            None => None,
+        };
+        let admin_addr = match &admin {
+            Some((l, _)) => Some(
+                l.local_addr()
+                    .map_err(|e| Error::io("reading the admin address", e))?,
+            ),
+            None => None,
+        };
 
         let counters = Arc::new(ControlCounters::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
@@ -223,6 +272,7 @@ impl Server {
             commands: commands_rx,
             shutdown_timeout: config.global.shutdown_timeout,
             handle_signals: options.handle_signals,
+            admin,
         };
         let control_thread = std::thread::Builder::new()
             .name("ringlb-control".into())
@@ -231,7 +281,10 @@ impl Server {
         // The control plane says when its first table is published.
         let _ = ready_rx.recv();
 
-        tracing::info!(engine = engine.name, reason = %engine.reason, workers = worker_count, "starting workers");
+        tracing::info!(engine = engine.name, reason = %engine.reason, forwarding = ?config.global.forwarding, workers = worker_count, "starting workers");
+        if config.global.forwarding == Forwarding::UringSplice {
+            tracing::warn!("forwarding = \"uring-splice\" is not implemented yet: splicing inline (as \"splice\")");
+        }
         let mut workers = Vec::with_capacity(worker_count);
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let setup = WorkerSetup {
@@ -242,6 +295,7 @@ impl Server {
                 control: worker_controls[id].clone(),
                 pipe_size: config.global.pipe_size.get(),
                 pipe_pool: config.global.pipe_pool,
+                forwarding: config.global.forwarding,
             };
             let core = (config.global.workers == Workers::Auto)
                 .then(|| cores.get(id).copied())
@@ -275,6 +329,7 @@ impl Server {
                 commands: commands_tx,
             },
             listening,
+            admin_addr,
             engine,
             control_thread: Some(control_thread),
             workers,
@@ -285,6 +340,11 @@ impl Server {
     /// (service, actual address) of every listener.
     pub fn listening(&self) -> &[(String, SocketAddr)] {
         &self.listening
+    }
+
+    /// Where the admin API listens (None when `admin = "off"`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -345,6 +405,8 @@ struct ControlPlane {
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    /// The admin listener, bound at start, served from `serve`.
+    admin: Option<(std::net::TcpListener, AdminContext)>,
 }
 
 impl ControlPlane {
@@ -414,6 +476,10 @@ impl ControlPlane {
                     }
                 });
         let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<()>>();
+        if let Some((listener, ctx)) = self.admin.take() {
+            tokio::spawn(admin::run(listener, ctx));
+        }
+        tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
         loop {
             tokio::select! {
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
@@ -439,6 +505,21 @@ impl ControlPlane {
                     Some(Command::Reload { reply }) => {
                         let r = self.reload(&mut prober);
                         let _ = reply.send(r);
+                    }
+                    Some(Command::Weight { service, backend, weight, reply }) => {
+                        let _ = reply.send(self.set_weight(&service, &backend, weight));
+                    }
+                    Some(Command::Status { reply }) => {
+                        let _ = reply.send(StatusView::new(&self.registry));
+                    }
+                    Some(Command::JoinKey { reply }) => {
+                        let _ = reply.send(self.config.global.join_key.clone());
+                    }
+                    Some(Command::Join { service, backend, reply }) => {
+                        let _ = reply.send(self.join(&mut prober, &service, backend));
+                    }
+                    Some(Command::Leave { service, backend, reply }) => {
+                        let _ = reply.send(self.leave(&mut prober, &service, &backend));
                     }
                     Some(Command::Shutdown) | None => break,
                 },
@@ -493,7 +574,10 @@ impl ControlPlane {
     /// refused with the reason and changes nothing; established connections
     /// are never touched either way.
     fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, String> {
+        // Under systemd: RELOADING=1 (with MONOTONIC_USEC) … READY=1.
+        let _ = crate::notify::reloading();
         let result = self.try_reload(prober);
+        let _ = crate::notify::ready();
         match &result {
             Ok(summary) => {
                 self.counters.reloads_ok.fetch_add(1, Relaxed);
@@ -636,6 +720,30 @@ impl ControlPlane {
         }
     }
 
+    /// Sets a weight and publishes; if the table cannot be built, puts the
+    /// old weight back so a refused change changes nothing.
+    fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: NonZeroU32,
+    ) -> Result<(), RegistryError> {
+        let old = self.registry.set_weight(service, backend, weight)?;
+        if old == weight {
+            return Ok(());
+        }
+        match self.publish() {
+            Ok(()) => {
+                tracing::info!(service = %service, backend = %backend, from = old, to = weight, "weight changed");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.registry.set_weight(service, backend, old);
+                Err(e)
+            }
+        }
+    }
+
     fn publish(&mut self) -> Result<(), RegistryError> {
         let snap = self.registry.snapshot()?;
         self.cell.publish(snap);
@@ -650,6 +758,9 @@ impl ControlPlane {
         // Our copies of the listening sockets would keep them open (and the
         // kernel queueing to them) after the workers close theirs.
         self.handover.clear();
+        if let Err(e) = crate::notify::stopping() {
+            tracing::warn!(error = %e, "cannot tell systemd we are stopping");
+        }
         for w in &self.workers {
             w.draining.store(true, Relaxed);
             w.wake();

@@ -79,3 +79,51 @@ mod tests {
         assert_eq!(s.active.load(Relaxed), 3);
     }
 }
+
+/// A worker's latency distributions. Recorded by the worker only; a copy is
+/// published for scrapes at most once a second (see
+/// `WorkerControl::histograms`), so readers never touch the live one.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Time from starting a connect to the backend to its completion, µs.
+    pub connect_us: hdrhistogram::Histogram<u64>,
+    /// Lifetime of forwarded connections (backend established → closed), ms.
+    pub duration_ms: hdrhistogram::Histogram<u64>,
+}
+
+impl Latencies {
+    /// Up to 1 minute of connect time and ~11.5 days of connection life, at
+    /// 2 significant digits (a few KiB each).
+    pub fn new() -> Latencies {
+        // Constant, valid bounds: creation cannot fail.
+        let h = |max| {
+            hdrhistogram::Histogram::new_with_bounds(1, max, 2).expect("valid histogram bounds")
+        };
+        Latencies {
+            connect_us: h(60_000_000),
+            duration_ms: h(1_000_000_000),
+        }
+    }
+
+    pub fn record_connect(&mut self, d: std::time::Duration) {
+        self.connect_us
+            .saturating_record(d.as_micros().try_into().unwrap_or(u64::MAX).max(1));
+    }
+
+    pub fn record_duration(&mut self, d: std::time::Duration) {
+        self.duration_ms
+            .saturating_record(d.as_millis().try_into().unwrap_or(u64::MAX).max(1));
+    }
+
+    /// Adds another worker's figures (scrape-time merge).
+    pub fn add(&mut self, other: &Latencies) {
+        let _ = self.connect_us.add(&other.connect_us);
+        let _ = self.duration_ms.add(&other.duration_ms);
+    }
+}
+
+impl Default for Latencies {
+    fn default() -> Latencies {
+        Latencies::new()
+    }
+}

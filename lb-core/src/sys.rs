@@ -36,6 +36,13 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((old, lim.rlim_cur))
 }
 
+/// TCP_NODELAY and SO_KEEPALIVE on a listener: Linux copies both to every
+/// socket it accepts, which saves two setsockopt calls per connection.
+pub fn set_accepted_defaults(listener: &Socket) -> io::Result<()> {
+    listener.set_tcp_nodelay(true)?;
+    listener.set_keepalive(true)
+}
+
 /// A non-blocking listening socket with SO_REUSEPORT, so each worker can own
 /// one for the same address and the kernel spreads connections over them.
 pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
@@ -46,6 +53,7 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> 
     }
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
+    set_accepted_defaults(&sock)?;
     sock.set_nonblocking(true)?;
     sock.set_cloexec(true)?;
     sock.bind(&SockAddr::from(addr))?;
@@ -112,25 +120,21 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
     Ok((owned, peer))
 }
 
-/// Options for an accepted client socket.
-pub fn tune_accepted(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    for (level, name) in [
-        (libc::IPPROTO_TCP, libc::TCP_NODELAY),
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-    ] {
-        // SAFETY: valid fd, option value points at a live c_int of the given size.
-        check(unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
-    }
-    Ok(())
+/// The peer address of a connected socket (for connections the io_uring
+/// engine accepted: multishot accept returns no address).
+pub fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(fd)
+        .peer_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP socket"))
+}
+
+/// A non-blocking, close-on-exec eventfd (an engine's wake-up source).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with no pointers.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: eventfd succeeded: `fd` is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// SO_LINGER {on, 0}: the next close() sends RST instead of FIN (or, in
@@ -273,6 +277,9 @@ pub fn would_block(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    // A failed unwrap in a test is a failed test.
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
@@ -303,6 +310,26 @@ mod tests {
         let mut buf = [0u8; 12];
         d.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hello splice");
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_keepalive_from_the_listener() {
+        let l = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let _c = TcpStream::connect(addr).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (fd, _) = loop {
+            match accept(l.as_raw_fd()) {
+                Ok(a) => break a,
+                Err(e) if would_block(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let s = Socket::from(fd);
+        assert!(s.tcp_nodelay().unwrap(), "TCP_NODELAY not inherited");
+        assert!(s.keepalive().unwrap(), "SO_KEEPALIVE not inherited");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! per-service/backend atomic counters.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use crate::buffer::BufferPool;
+use crate::config::Forwarding;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
-use crate::stats::{BackendStats, ServiceStats};
+use crate::stats::{BackendStats, Latencies, ServiceStats};
 use crate::sys;
 
 /// Most backends one client connection tries.
@@ -40,15 +42,25 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// listener may resume.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// Most often a worker publishes its latency histograms for scrapes.
+const LATENCY_PUBLISH: Duration = Duration::from_secs(1);
+
 /// Token of a listener (high bit set) or a connection socket.
 /// Connection tokens: generation << 32 | slot << 1 | side.
 pub const LISTENER_FLAG: u64 = 1 << 63;
 /// Token of the engine's wake-up source.
 pub const WAKE_TOKEN: u64 = u64::MAX;
+/// Slot generations wrap within 31 bits (see `open`).
+const GENERATION_MASK: u32 = 0x7fff_ffff;
 
 /// How an engine watches sockets for the worker. Registrations are
 /// edge-triggered for read and write readiness.
 pub trait Reactor {
+    /// The engine accepts connections itself (io_uring's multishot accept)
+    /// and hands each to [`Worker::on_accepted`]; the worker then never
+    /// calls accept(2) and listener tokens never reach `on_event`.
+    const DELIVERS_ACCEPTS: bool = false;
+
     fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()>;
     /// Stops watching `fd`. `closing`: the fd is about to be closed (epoll
     /// forgets closed fds by itself; io_uring needs a cancel).
@@ -116,9 +128,14 @@ pub struct WorkerControl {
     pub turns: AtomicU64,
     /// Pipes currently lent to connections (leak checks, metrics).
     pub pipes_lent: AtomicUsize,
+    /// Copy buffers currently lent to connections (`forwarding = "copy"`/`"auto"`).
+    pub buffers_lent: AtomicUsize,
     /// The engine that runs this worker, once started.
     pub engine: OnceLock<&'static str>,
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The worker's latency histograms as of its last publication (at most
+    /// once a second); scrapes merge these copies.
+    pub latencies: arc_swap::ArcSwapOption<Latencies>,
     /// Requests from the control plane (reload). The worker looks at
     /// `has_mail` once per turn and takes the lock only when it is set.
     mail: Mutex<Vec<WorkerMessage>>,
@@ -191,6 +208,9 @@ pub struct WorkerSetup {
     pub control: Arc<WorkerControl>,
     pub pipe_size: usize,
     pub pipe_pool: usize,
+    /// How bytes are moved; `Copy` uses buffers of `pipe_size` bytes, at
+    /// most `pipe_pool` of them kept idle. Anything else splices.
+    pub forwarding: Forwarding,
 }
 
 struct ListenerState {
@@ -206,6 +226,11 @@ struct ListenerState {
     paused: bool,
     /// Accept batch ran out with connections left: accept again next turn.
     more: bool,
+    /// Connections the engine accepted while this listener could not take
+    /// them (multishot accept cannot be told to wait: it accepts until its
+    /// cancel lands). They wait here as they would in the backlog, in
+    /// order, and are served first on resume. Always empty on epoll.
+    held: VecDeque<(OwnedFd, SocketAddr)>,
 }
 
 enum Phase {
@@ -221,10 +246,13 @@ enum Phase {
         tried: u8,
         generation: u64,
         deadline: Instant,
+        /// When the current attempt started (connect-time histogram).
+        started: Instant,
     },
     Established {
         pair: Pair,
         stats: Arc<BackendStats>,
+        since: Instant,
     },
 }
 
@@ -253,6 +281,11 @@ pub struct Worker<R: Reactor> {
     failures: FailureSender,
     control: Arc<WorkerControl>,
     pool: PipePool,
+    /// Copy buffers (`forwarding = "copy"` or `"auto"`; none made otherwise).
+    buffers: BufferPool,
+    /// How bytes move: splice through `pool`, recv/send through `buffers`,
+    /// or per flow (auto).
+    forwarding: Forwarding,
     slots: Vec<Option<Conn>>,
     generations: Vec<u32>,
     free: Vec<usize>,
@@ -267,6 +300,11 @@ pub struct Worker<R: Reactor> {
     accept_backoff: Option<Instant>,
     listeners_closed: bool,
     conn_count: usize,
+    /// Live histograms; a copy goes to `WorkerControl::latencies` at most
+    /// once per `LATENCY_PUBLISH` when something was recorded.
+    latencies: Latencies,
+    latencies_dirty: bool,
+    latencies_published: Instant,
 }
 
 impl<R: Reactor> Worker<R> {
@@ -283,6 +321,7 @@ impl<R: Reactor> Worker<R> {
                 stats: l.stats,
                 paused: false,
                 more: false,
+                held: VecDeque::new(),
             })
             .collect();
         let picks = (0..snapshot.services.len())
@@ -298,6 +337,8 @@ impl<R: Reactor> Worker<R> {
             failures: setup.failures,
             control: setup.control,
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
+            buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
+            forwarding: setup.forwarding,
             slots: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
@@ -308,6 +349,9 @@ impl<R: Reactor> Worker<R> {
             accept_backoff: None,
             listeners_closed: false,
             conn_count: 0,
+            latencies: Latencies::new(),
+            latencies_dirty: false,
+            latencies_published: Instant::now(),
         }
     }
 
@@ -412,6 +456,18 @@ impl<R: Reactor> Worker<R> {
         self.free.append(&mut self.freed);
         self.control.connections.store(self.conn_count, Relaxed);
         self.control.pipes_lent.store(self.pool.lent(), Relaxed);
+        if self.latencies_dirty
+            && self.now.duration_since(self.latencies_published) >= LATENCY_PUBLISH
+        {
+            self.control
+                .latencies
+                .store(Some(Arc::new(self.latencies.clone())));
+            self.latencies_dirty = false;
+            self.latencies_published = self.now;
+        }
+        self.control
+            .buffers_lent
+            .store(self.buffers.lent(), Relaxed);
     }
 
     /// True once the worker should leave its loop.
@@ -421,6 +477,7 @@ impl<R: Reactor> Worker<R> {
 
     /// Closes every connection (on stop), with RST: they outlived the drain.
     pub fn close_all(&mut self) {
+        self.reset_held();
         for slot in 0..self.slots.len() {
             if self.slots[slot].is_some() {
                 self.abort(slot, true, true);
@@ -429,6 +486,9 @@ impl<R: Reactor> Worker<R> {
         self.free.append(&mut self.freed);
         self.control.connections.store(self.conn_count, Relaxed);
         self.control.pipes_lent.store(self.pool.lent(), Relaxed);
+        self.control
+            .buffers_lent
+            .store(self.buffers.lent(), Relaxed);
     }
 
     fn slot_of(&self, token: u64) -> Option<usize> {
@@ -450,32 +510,16 @@ impl<R: Reactor> Worker<R> {
             let l = &self.listeners[li];
             let Some(socket) = &l.socket else { return };
             let Some(si) = l.service_index else { return };
-            let max = self.snapshot.services[si].settings.max_connections;
-            if !l.stats.try_reserve(max) {
+            if !self.reserve(li, si) {
                 self.pause_listener(li);
                 return;
             }
             match sys::accept(socket.as_raw_fd()) {
-                Ok((fd, peer)) => {
-                    l.stats.accepted.fetch_add(1, Relaxed);
-                    self.control.accepted.fetch_add(1, Relaxed);
-                    self.open(li, si, fd, peer);
-                }
+                Ok((fd, peer)) => self.admit(li, si, fd, peer),
                 Err(e) => {
-                    l.stats.release();
-                    match e.raw_os_error() {
-                        Some(libc::EAGAIN) => return,
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                            tracing::warn!(worker = self.id, error = %e, "accept failed: out of resources; pausing accepts for 100ms");
-                            self.accept_backoff = Some(self.now + ACCEPT_BACKOFF);
-                            for i in 0..self.listeners.len() {
-                                self.pause_listener(i);
-                            }
-                            return;
-                        }
-                        // The client went away before we accepted, or a
-                        // signal: try the next one.
-                        _ => continue,
+                    self.listeners[li].stats.release();
+                    if !self.accept_failed(&e) {
+                        return;
                     }
                 }
             }
@@ -498,8 +542,10 @@ impl<R: Reactor> Worker<R> {
                     socket: Some(l.socket),
                     stats: l.stats,
                     paused: false,
-                    // Clients may be queued already; edge-triggered.
-                    more: true,
+                    // Clients may be queued already; edge-triggered (an
+                    // engine that accepts by itself finds them on arming).
+                    more: !R::DELIVERS_ACCEPTS,
+                    held: Default::default(),
                 });
                 if let Err(e) = self.reactor.add(fd, LISTENER_FLAG | i as u64) {
                     tracing::error!(worker = self.id, error = %e, "cannot watch a new listener");
@@ -509,6 +555,11 @@ impl<R: Reactor> Worker<R> {
             WorkerMessage::CloseListener { service, addr } => {
                 for (i, l) in self.listeners.iter_mut().enumerate() {
                     if l.service == service && l.addr == addr {
+                        // Held ones go as the kernel resets a closed
+                        // listener's backlog.
+                        for (fd, _) in l.held.drain(..) {
+                            conn::prepare_reset(fd.as_raw_fd());
+                        }
                         if let Some(s) = l.socket.take() {
                             if !l.paused {
                                 self.reactor
@@ -518,6 +569,93 @@ impl<R: Reactor> Worker<R> {
                         l.more = false;
                     }
                 }
+            }
+        }
+    }
+
+    /// A connection the engine accepted on listener `li` (multishot
+    /// accept). Runs the same admission as the epoll path's accept: when the
+    /// service is full or accepting is backed off, the connection waits in
+    /// the listener's `held` queue and the listener pauses.
+    pub fn on_accepted(&mut self, li: usize, fd: OwnedFd, peer: SocketAddr) {
+        let Some(l) = self.listeners.get_mut(li) else {
+            return;
+        };
+        if l.socket.is_none() || l.service_index.is_none() {
+            // Draining (or the service left the table): the kernel would
+            // have reset it in the closed listener's backlog; do the same.
+            conn::prepare_reset(fd.as_raw_fd());
+            return;
+        }
+        l.held.push_back((fd, peer));
+        if !l.paused && self.accept_backoff.is_none() {
+            self.serve_held(li);
+        }
+    }
+
+    /// The engine's accept on listener `li` failed (the worker decides
+    /// whether to back off; the engine re-arms while the listener is
+    /// watched).
+    pub fn on_accept_error(&mut self, _li: usize, e: &io::Error) {
+        self.accept_failed(e);
+    }
+
+    /// Admits held connections of listener `li` while the service has
+    /// room; pauses the listener when it has none. True when none is left.
+    fn serve_held(&mut self, li: usize) -> bool {
+        while !self.listeners[li].held.is_empty() {
+            let Some(si) = self.listeners[li].service_index else {
+                return false;
+            };
+            if !self.reserve(li, si) {
+                self.pause_listener(li);
+                return false;
+            }
+            let Some((fd, peer)) = self.listeners[li].held.pop_front() else {
+                break;
+            };
+            self.admit(li, si, fd, peer);
+        }
+        true
+    }
+
+    /// Takes one of the service's `max_connections` places, if free.
+    fn reserve(&self, li: usize, si: usize) -> bool {
+        let max = self.snapshot.services[si].settings.max_connections;
+        self.listeners[li].stats.try_reserve(max)
+    }
+
+    /// After accept, with a place reserved: count it and open it. The one
+    /// path both engines take.
+    fn admit(&mut self, li: usize, si: usize, fd: OwnedFd, peer: SocketAddr) {
+        self.listeners[li].stats.accepted.fetch_add(1, Relaxed);
+        self.control.accepted.fetch_add(1, Relaxed);
+        self.open(li, si, fd, peer);
+    }
+
+    /// Handles an accept error; true when accepting may go on at once.
+    fn accept_failed(&mut self, e: &io::Error) -> bool {
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => false,
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                tracing::warn!(worker = self.id, error = %e, "accept failed: out of resources; pausing accepts for 100ms");
+                self.accept_backoff = Some(self.now + ACCEPT_BACKOFF);
+                for i in 0..self.listeners.len() {
+                    self.pause_listener(i);
+                }
+                false
+            }
+            // The client went away before we accepted, or a signal: try
+            // the next one.
+            _ => true,
+        }
+    }
+
+    /// Resets and drops every held connection (drain, stop).
+    fn reset_held(&mut self) {
+        for l in &mut self.listeners {
+            for (fd, _) in l.held.drain(..) {
+                conn::prepare_reset(fd.as_raw_fd());
             }
         }
     }
@@ -541,6 +679,7 @@ impl<R: Reactor> Worker<R> {
         if self.control.draining.load(Relaxed) {
             if !self.listeners_closed {
                 self.listeners_closed = true;
+                self.reset_held();
                 for (i, l) in self.listeners.iter_mut().enumerate() {
                     if let Some(s) = l.socket.take() {
                         if !l.paused {
@@ -567,9 +706,10 @@ impl<R: Reactor> Worker<R> {
                 .service_index
                 .and_then(|si| self.snapshot.services[si].settings.max_connections);
             let full = max.is_some_and(|m| l.stats.active.load(Relaxed) >= m);
-            if full {
+            if full || !self.serve_held(i) {
                 continue;
             }
+            let l = &self.listeners[i];
             if let Some(s) = &l.socket {
                 if self
                     .reactor
@@ -578,15 +718,15 @@ impl<R: Reactor> Worker<R> {
                 {
                     self.listeners[i].paused = false;
                     // Edge-triggered: connections queued while paused raise
-                    // no new edge, so look now.
-                    self.listeners[i].more = true;
+                    // no new edge, so look now (an engine that accepts by
+                    // itself finds them when its accept is re-armed).
+                    self.listeners[i].more = !R::DELIVERS_ACCEPTS;
                 }
             }
         }
     }
 
     fn open(&mut self, li: usize, si: usize, client: OwnedFd, peer: SocketAddr) {
-        let _ = sys::tune_accepted(client.as_raw_fd());
         let service = &self.snapshot.services[si];
         let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
         let mut candidates = [0u32; MAX_ATTEMPTS];
@@ -600,7 +740,9 @@ impl<R: Reactor> Worker<R> {
                 self.slots.len() - 1
             }
         };
-        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        // 31 bits: a connection token never sets LISTENER_FLAG (bit 63) nor
+        // equals WAKE_TOKEN, however often a slot is reused.
+        self.generations[slot] = self.generations[slot].wrapping_add(1) & GENERATION_MASK;
         self.conn_count += 1;
         let client_fd = client.as_raw_fd();
         self.slots[slot] = Some(Conn {
@@ -618,6 +760,7 @@ impl<R: Reactor> Worker<R> {
                 tried: 0,
                 generation: self.snapshot.generation,
                 deadline,
+                started: self.now,
             },
             last_active: self.now,
             timer_at: deadline,
@@ -650,6 +793,7 @@ impl<R: Reactor> Worker<R> {
                 deadline,
                 backend_index,
                 target,
+                started,
             } = &mut conn.phase
             else {
                 return;
@@ -687,6 +831,7 @@ impl<R: Reactor> Worker<R> {
                 svc.stats.retries.fetch_add(1, Relaxed);
             }
             *backend_index = b;
+            *started = self.now;
             *deadline = self.now + svc.settings.connect_timeout;
             let deadline = *deadline;
             let entry = &svc.backends[b as usize];
@@ -751,6 +896,7 @@ impl<R: Reactor> Worker<R> {
             backend_index,
             target,
             generation,
+            started,
             ..
         } = conn.phase
         else {
@@ -785,9 +931,13 @@ impl<R: Reactor> Worker<R> {
         let stats = entry.stats.clone();
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
+        self.latencies
+            .record_connect(self.now.saturating_duration_since(started));
+        self.latencies_dirty = true;
         conn.phase = Phase::Established {
             pair: Pair::default(),
             stats,
+            since: self.now,
         };
         conn.backend_ready = Readiness {
             readable: true,
@@ -807,14 +957,26 @@ impl<R: Reactor> Worker<R> {
             return;
         };
         let Some(backend) = &conn.backend else { return };
-        let outcome = pair.drive(
-            conn.client.as_raw_fd(),
-            backend.as_raw_fd(),
-            &mut conn.client_ready,
-            &mut conn.backend_ready,
-            &mut self.pool,
-            DRIVE_BUDGET,
-        );
+        let (client, backend) = (conn.client.as_raw_fd(), backend.as_raw_fd());
+        let (cr, br) = (&mut conn.client_ready, &mut conn.backend_ready);
+        let outcome = match self.forwarding {
+            Forwarding::Copy => {
+                pair.drive_copy(client, backend, cr, br, &mut self.buffers, DRIVE_BUDGET)
+            }
+            Forwarding::Auto => pair.drive_auto(
+                client,
+                backend,
+                cr,
+                br,
+                &mut self.pool,
+                &mut self.buffers,
+                DRIVE_BUDGET,
+            ),
+            // uring-splice is not built: the server warns and splices inline.
+            Forwarding::Splice | Forwarding::UringSplice => {
+                pair.drive(client, backend, cr, br, &mut self.pool, DRIVE_BUDGET)
+            }
+        };
         match outcome {
             Outcome::Open {
                 progressed,
@@ -915,8 +1077,12 @@ impl<R: Reactor> Worker<R> {
         if let Some(b) = &conn.backend {
             self.reactor.remove(b.as_raw_fd(), backend_token, true);
         }
-        if let Phase::Established { pair, stats } = &mut conn.phase {
+        if let Phase::Established { pair, stats, since } = &mut conn.phase {
+            self.latencies
+                .record_duration(self.now.saturating_duration_since(*since));
+            self.latencies_dirty = true;
             pair.release(&mut self.pool);
+            pair.release_buffers(&mut self.buffers);
             stats.active.fetch_sub(1, Relaxed);
             stats.bytes_to_backend.fetch_add(pair.up.bytes, Relaxed);
             stats.bytes_to_client.fetch_add(pair.down.bytes, Relaxed);

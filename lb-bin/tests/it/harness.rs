@@ -46,7 +46,7 @@ pub const SMALL_STACK: usize = 256 * 1024;
 /// skips it, with a printed reason, on kernels or sandboxes that block
 /// io_uring.
 pub fn engines() -> Vec<&'static str> {
-    vec!["epoll"]
+    vec!["epoll", "uring"]
 }
 
 /// Runs `test` once per engine in [`engines`], skipping (with a printed
@@ -72,7 +72,22 @@ fn engine_unavailable(engine: &str) -> Option<String> {
 
 /// Tries `io_uring_setup(2)` the way the engine would: seccomp profiles,
 /// gVisor and `kernel.io_uring_disabled` all make it fail.
+///
+/// Probed once, on a short-lived thread of its own: tearing a ring down
+/// sends task work to the thread that created it, whose next blocking
+/// socket call with a timeout then fails with EINTR.
 fn uring_unavailable() -> Option<String> {
+    static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ANSWER
+        .get_or_init(|| {
+            thread::spawn(probe_uring)
+                .join()
+                .unwrap_or_else(|_| Some("the io_uring probe panicked".into()))
+        })
+        .clone()
+}
+
+fn probe_uring() -> Option<String> {
     // struct io_uring_params is 120 bytes; zeroed means "no flags".
     let mut params = [0u8; 120];
     // SAFETY: io_uring_setup reads and writes exactly one
@@ -342,19 +357,25 @@ impl Ringlb {
     /// Starts ringlb with `config` and waits (up to [`READY_TIMEOUT`]) for a
     /// `listening` line per configured listen address.
     pub fn start(config: &LbConfig) -> Ringlb {
+        Ringlb::start_with_env(config, &[])
+    }
+
+    /// [`Ringlb::start`] with extra environment variables.
+    pub fn start_with_env(config: &LbConfig, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {
         let mut expected: BTreeMap<String, usize> = BTreeMap::new();
         for s in &config.services {
             *expected.entry(s.name.clone()).or_default() += s.listen.len();
         }
-        let mut lb = Ringlb::spawn(&config.to_toml());
+        let mut lb = Ringlb::spawn(&config.to_toml(), env);
         lb.wait_ready(&expected);
         lb
     }
 
-    fn spawn(config: &str) -> Ringlb {
+    fn spawn(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {
         let dir = TempDir::new("lb");
         let path = dir.write("ringlb.toml", config);
         let mut child = ringlb_command()
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&path)
             .stdin(Stdio::null())

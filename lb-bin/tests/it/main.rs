@@ -28,5 +28,6 @@ mod policies;
 mod reload;
 mod reset;
 mod stickiness;
+mod systemd;
 mod time_wait;
 mod upgrade;

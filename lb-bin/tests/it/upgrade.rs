@@ -200,3 +200,80 @@ fn a_new_process_takes_over_the_sockets_while_the_old_one_drains() {
     let mut again = connect_from(src, addr).unwrap();
     assert_eq!(read_line(&mut again).unwrap(), name);
 }
+
+#[test]
+fn socket_activation_serves_the_passed_socket_and_its_queued_clients() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let _shared = harness::shared();
+    let b1 = Backend::named("b1");
+    // "systemd": the listening socket exists before ringlb does.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let src = client_sources()[1];
+    // A client that connects before ringlb runs waits in the socket's queue.
+    let mut early = connect_from(src, addr).unwrap();
+    let dir = TempDir::new("activation");
+    let mut config = LbConfig::over("epoll", &[&b1]);
+    config.service().listen = vec![addr.to_string()];
+    let path = dir.write("ringlb.toml", &config.to_toml());
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    // LISTEN_PID must be ringlb's own pid: the shell exports its pid and
+    // execs ringlb in its place.
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec \"$0\" --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_ringlb"))
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only async-signal-safe dup2 runs; it
+    // puts the listener at fd 3 (clearing close-on-exec), as systemd does.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    thread::spawn(move || {
+        let mut r = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut r, &mut line).is_ok_and(|n| n > 0) {
+            let _ = tx.send(std::mem::take(&mut line));
+        }
+    });
+    let d = Deadline::after(READY);
+    let mut log = String::new();
+    while !log.contains("listening service=web") {
+        match lines.recv_timeout(d.remaining()) {
+            Ok(l) => log.push_str(&l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ringlb did not start on the passed socket:\n{log}");
+            }
+        }
+    }
+    assert!(log.contains("socket activation"), "{log}");
+    // Our copy is not needed any more, as systemd would keep its own.
+    drop(listener);
+    assert_eq!(
+        read_line(&mut early).unwrap(),
+        "b1",
+        "the client queued before start is served"
+    );
+    let mut later = connect_from(src, addr).unwrap();
+    assert_eq!(read_line(&mut later).unwrap(), "b1");
+    // Closed first: with open connections SIGTERM would (rightly) drain.
+    drop((early, later));
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+}

@@ -1,0 +1,508 @@
+//! The join endpoints: `POST /api/v1/services/{service}/join` and
+//! `…/leave`, by which a node adds itself to a service (or takes itself
+//! out) with the shared join key. Part of the admin server, on the
+//! control-plane thread.
+//!
+//! Checked in this order, and nothing changes unless all pass: the peer is
+//! in `admin_allow` (at accept, as for every admin request); the request is
+//! not cross-origin; joining is on (a `join_key` is configured, else 403);
+//! the peer has failures left ([`FailureLimiter`](super::limit::FailureLimiter), else 429 with
+//! `Retry-After`); the key, from `X-Join-Key` or `Authorization: Bearer`,
+//! equals the join key (constant-time, else 401 and one failure counted);
+//! the body parses ([`parse_join`], else 400). The admin token is not asked
+//! for: nodes hold the join key, not the operator's token. The registry's
+//! own refusals (unknown service, name or address taken) come back from
+//! the control plane as [`JoinError`]s.
+//!
+//! The key in force is asked from the control plane on each request, so a
+//! reload that changes or removes it applies to the next request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{constant_time_eq, Credentials};
+use super::view::BackendDoc;
+use super::{error, json, read_body, unavailable, AdminContext, Unavailable, MAX_WEIGHT};
+use crate::config::Backend;
+use crate::control::{JoinError, JoinOutcome};
+use crate::server::Command;
+
+/// Failed key attempts a peer may make at once…
+pub const FAILURE_BURST: NonZeroU32 = match NonZeroU32::new(5) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+/// …and then one per this period.
+pub const FAILURE_REFILL: Duration = Duration::from_secs(10);
+/// Peers whose failures are remembered at once (an entry is a few dozen
+/// bytes: the table stays under a megabyte).
+pub const FAILURE_PEERS: usize = 4096;
+/// Longest backend name a node may join under.
+pub const MAX_NAME: usize = 64;
+/// The header a node sends its key in (`Authorization: Bearer` works too).
+const JOIN_KEY_HEADER: &str = "x-join-key";
+
+/// Which of the two endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Join,
+    Leave,
+}
+
+/// The body of `POST …/join`, as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    name: String,
+    address: String,
+    /// Default 100, as in the config file.
+    weight: Option<i64>,
+}
+
+/// The body of `POST …/leave`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaveBody {
+    name: String,
+}
+
+/// The answer to a leave.
+#[derive(Debug, Serialize)]
+struct LeftDoc<'a> {
+    service: &'a str,
+    name: &'a str,
+    address: SocketAddr,
+    left: bool,
+}
+
+/// The key a request presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PresentedKey<'a> {
+    Missing,
+    /// From `X-Join-Key` (preferred) or `Authorization: Bearer`.
+    Given(&'a [u8]),
+    /// An `Authorization` header of another scheme.
+    Malformed,
+}
+
+impl<'a> PresentedKey<'a> {
+    fn from_headers(headers: &'a HeaderMap) -> PresentedKey<'a> {
+        if let Some(value) = headers.get(JOIN_KEY_HEADER) {
+            return PresentedKey::Given(value.as_bytes());
+        }
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match Credentials::from_header(auth) {
+            Credentials::Missing => PresentedKey::Missing,
+            Credentials::Bearer(key) => PresentedKey::Given(key.as_bytes()),
+            Credentials::Malformed => PresentedKey::Malformed,
+        }
+    }
+}
+
+impl AdminContext {
+    /// Answers `POST /api/v1/services/{service}/join` or `…/leave`.
+    pub(super) async fn membership(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        service: &str,
+        op: Membership,
+    ) -> Response<Full<Bytes>> {
+        if let Some(refusal) = super::check_origin(&req) {
+            return refusal;
+        }
+        let key =
+            match self.ask(|reply| Command::JoinKey { reply }).await {
+                Ok(Some(key)) => key,
+                Ok(None) => return error(
+                    StatusCode::FORBIDDEN,
+                    "joining is off: this ringlb has no join key (set join_key or join_key_file \
+                     in [global] and reload)",
+                ),
+                Err(Unavailable) => return unavailable(),
+            };
+        if let Some(refusal) = self.check_join_key(req.headers(), peer.ip(), &key) {
+            return refusal;
+        }
+        let body = match read_body(req.into_body()).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
+        };
+        match op {
+            Membership::Join => self.join(peer, service, &body).await,
+            Membership::Leave => self.leave(peer, service, &body).await,
+        }
+    }
+
+    /// Refuses a peer out of failures (429) or a wrong key (401, counted);
+    /// None lets the request through. The limiter is checked and charged
+    /// with no await in between, so concurrent attempts of one peer cannot
+    /// overdraw it.
+    fn check_join_key(
+        &self,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        key: &str,
+    ) -> Option<Response<Full<Bytes>>> {
+        let now = Instant::now();
+        // A poisoned lock only means a panic elsewhere mid-update; the
+        // table is still a valid map.
+        let mut failures = self
+            .join_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(wait) = failures.check(peer, now) {
+            drop(failures);
+            let secs = wait
+                .as_secs()
+                .saturating_add(u64::from(wait.subsec_nanos() > 0))
+                .max(1);
+            tracing::debug!(peer = %peer, retry_after = secs, "join refused: too many failed attempts");
+            let mut resp = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed join-key attempts from your address; retry in {secs} s"),
+            );
+            if let Ok(value) = HeaderValue::try_from(secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Some(resp);
+        }
+        let presented = PresentedKey::from_headers(headers);
+        if let PresentedKey::Given(given) = presented {
+            if constant_time_eq(given, key.as_bytes()) {
+                return None;
+            }
+        }
+        failures.fail(peer, now);
+        drop(failures);
+        let message = match presented {
+            PresentedKey::Missing => {
+                "this endpoint needs the join key: send X-Join-Key: <join_key> \
+                 (or Authorization: Bearer <join_key>)"
+            }
+            PresentedKey::Malformed => "the Authorization header must be: Bearer <join_key>",
+            PresentedKey::Given(_) => "wrong join key",
+        };
+        tracing::warn!(peer = %peer, reason = message, "join request refused");
+        let mut resp = error(StatusCode::UNAUTHORIZED, message);
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ringlb join\""),
+        );
+        Some(resp)
+    }
+
+    /// Adds the node; 201 with the new backend, 200 if it had joined
+    /// already.
+    async fn join(&self, peer: SocketAddr, service: &str, body: &[u8]) -> Response<Full<Bytes>> {
+        let backend = match parse_join(body) {
+            Ok(backend) => backend,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        let (name, address) = (backend.name.clone(), backend.address);
+        let outcome = self
+            .ask(|reply| Command::Join {
+                service: service.into(),
+                backend,
+                reply,
+            })
+            .await;
+        let status = match outcome {
+            Err(Unavailable) => return unavailable(),
+            Ok(Err(e)) => return refused(e),
+            Ok(Ok(JoinOutcome::Added)) => StatusCode::CREATED,
+            Ok(Ok(JoinOutcome::AlreadyJoined)) => StatusCode::OK,
+        };
+        tracing::info!(peer = %peer, service = %service, backend = %name, address = %address, status = status.as_u16(), "join request accepted");
+        let Ok(view) = self.status().await else {
+            return unavailable();
+        };
+        match view.backend(service, &name) {
+            Some((s, b)) => json(status, &BackendDoc::new(s, b)),
+            // Taken out by a leave or reload in between.
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("service {service:?} has no backend named {name:?}"),
+            ),
+        }
+    }
+
+    /// Removes the joined node; 200 with what it was.
+    async fn leave(&self, peer: SocketAddr, service: &str, body: &[u8]) -> Response<Full<Bytes>> {
+        let name = match parse_leave(body) {
+            Ok(name) => name,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        let outcome = self
+            .ask(|reply| Command::Leave {
+                service: service.into(),
+                backend: name.clone(),
+                reply,
+            })
+            .await;
+        match outcome {
+            Err(Unavailable) => unavailable(),
+            Ok(Err(e)) => refused(e),
+            Ok(Ok(left)) => {
+                tracing::info!(peer = %peer, service = %service, backend = %name, address = %left.address, "leave request accepted");
+                json(
+                    StatusCode::OK,
+                    &LeftDoc {
+                        service,
+                        name: &name,
+                        address: left.address,
+                        left: true,
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// The answer to a registry refusal.
+fn refused(e: JoinError) -> Response<Full<Bytes>> {
+    let status = match &e {
+        JoinError::NoService(_) | JoinError::NoBackend { .. } => StatusCode::NOT_FOUND,
+        JoinError::Configured { .. }
+        | JoinError::OtherAddress { .. }
+        | JoinError::AddressTaken { .. }
+        | JoinError::Full { .. }
+        | JoinError::NotJoined { .. } => StatusCode::CONFLICT,
+        JoinError::Family { .. } => StatusCode::BAD_REQUEST,
+        JoinError::Registry(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+/// Parses a join body into the backend to add (enabled; weight 100 unless
+/// given). The error says what was wrong.
+pub fn parse_join(body: &[u8]) -> Result<Backend, String> {
+    let body: JoinBody = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the body must be JSON {{\"name\": \"…\", \"address\": \"IP:port\", \"weight\": N}} \
+             (weight optional, 1 to {MAX_WEIGHT}): {e}"
+        )
+    })?;
+    check_name(&body.name)?;
+    let address = parse_address(&body.address)?;
+    let mut backend = Backend::new(body.name, address);
+    if let Some(weight) = body.weight {
+        backend.weight = u32::try_from(weight)
+            .ok()
+            .filter(|w| *w <= MAX_WEIGHT)
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| format!("weight must be from 1 to {MAX_WEIGHT}, not {weight}"))?;
+    }
+    Ok(backend)
+}
+
+/// Parses a leave body into the backend's name.
+pub fn parse_leave(body: &[u8]) -> Result<String, String> {
+    let body: LeaveBody = serde_json::from_slice(body)
+        .map_err(|e| format!("the body must be JSON {{\"name\": \"…\"}}: {e}"))?;
+    check_name(&body.name)?;
+    Ok(body.name)
+}
+
+/// 1 to [`MAX_NAME`] of `A-Z a-z 0-9 _ . -` (the config file's characters).
+fn check_name(name: &str) -> Result<(), String> {
+    let charset = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if name.is_empty() || name.len() > MAX_NAME || !charset {
+        return Err(format!(
+            "{:?} is not a valid name (expected 1 to {MAX_NAME} letters, digits, '_', '.' or '-')",
+            truncated(name)
+        ));
+    }
+    Ok(())
+}
+
+/// An address a backend can be connected to: `IP:port` or `[IPv6]:port`,
+/// no host name, no port 0, not unspecified, multicast or broadcast.
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    let address: SocketAddr = text.parse().map_err(|_| {
+        let hint = if text.parse::<IpAddr>().is_ok() {
+            "the port is missing"
+        } else {
+            "expected \"IP:port\" or \"[IPv6]:port\"; host names are not accepted"
+        };
+        format!("{:?} is not a socket address: {hint}", truncated(text))
+    })?;
+    let ip = address.ip().to_canonical();
+    let unusable = if address.port() == 0 {
+        Some("port 0 cannot be connected to")
+    } else if ip.is_unspecified() {
+        Some("an unspecified address (0.0.0.0 or ::) cannot be connected to")
+    } else if ip.is_multicast() {
+        Some("a multicast address cannot be connected to")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address cannot be connected to")
+    } else {
+        None
+    };
+    match unusable {
+        Some(why) => Err(format!(
+            "{address}: {why} (expected the node's own IP and port)"
+        )),
+        None => Ok(address),
+    }
+}
+
+/// At most 80 characters of untrusted text, for an error message.
+fn truncated(text: &str) -> String {
+    let mut out: String = text.chars().take(80).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_body_becomes_an_enabled_backend() {
+        let b =
+            parse_join(br#"{"name": "art3", "address": "10.0.0.13:8081", "weight": 250}"#).unwrap();
+        assert_eq!(b.name, "art3");
+        assert_eq!(b.address, "10.0.0.13:8081".parse().unwrap());
+        assert_eq!(b.weight.get(), 250);
+        assert_eq!(b.state, crate::config::AdminState::Enabled);
+        let b = parse_join(br#"{"name": "a_b.c-9", "address": "[fd00::13]:8081"}"#).unwrap();
+        assert_eq!(b.weight.get(), 100);
+        let longest = format!(
+            r#"{{"name": "{}", "address": "10.0.0.1:1"}}"#,
+            "n".repeat(64)
+        );
+        assert!(parse_join(longest.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn bad_join_bodies_say_what_is_wrong() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "the body must be JSON"),
+            (b"not json", "the body must be JSON"),
+            (b"[]", "the body must be JSON"),
+            (br#"{"address": "10.0.0.1:1"}"#, "missing field `name`"),
+            (br#"{"name": "a"}"#, "missing field `address`"),
+            (
+                br#"{"name": "a", "address": "10.0.0.1:1", "x": 1}"#,
+                "unknown field `x`",
+            ),
+            (
+                br#"{"name": "", "address": "10.0.0.1:1"}"#,
+                "not a valid name",
+            ),
+            (
+                br#"{"name": "a b", "address": "10.0.0.1:1"}"#,
+                "not a valid name",
+            ),
+            (
+                br#"{"name": "a/b", "address": "10.0.0.1:1"}"#,
+                "not a valid name",
+            ),
+            (
+                br#"{"name": "\u00e9", "address": "10.0.0.1:1"}"#,
+                "not a valid name",
+            ),
+            (br#"{"name": 7, "address": "10.0.0.1:1"}"#, "invalid type"),
+            (
+                br#"{"name": "a", "address": "art.example.com:80"}"#,
+                "host names are not accepted",
+            ),
+            (
+                br#"{"name": "a", "address": "10.0.0.1"}"#,
+                "the port is missing",
+            ),
+            (br#"{"name": "a", "address": "10.0.0.1:0"}"#, "port 0"),
+            (
+                br#"{"name": "a", "address": "10.0.0.1:70000"}"#,
+                "not a socket address",
+            ),
+            (br#"{"name": "a", "address": "0.0.0.0:80"}"#, "unspecified"),
+            (br#"{"name": "a", "address": "[::]:80"}"#, "unspecified"),
+            (
+                br#"{"name": "a", "address": "[::ffff:0.0.0.0]:80"}"#,
+                "unspecified",
+            ),
+            (br#"{"name": "a", "address": "224.0.0.1:80"}"#, "multicast"),
+            (br#"{"name": "a", "address": "[ff02::1]:80"}"#, "multicast"),
+            (
+                br#"{"name": "a", "address": "255.255.255.255:80"}"#,
+                "broadcast",
+            ),
+            (
+                br#"{"name": "a", "address": "10.0.0.1:1", "weight": 0}"#,
+                "from 1 to 10000, not 0",
+            ),
+            (
+                br#"{"name": "a", "address": "10.0.0.1:1", "weight": 10001}"#,
+                "not 10001",
+            ),
+            (
+                br#"{"name": "a", "address": "10.0.0.1:1", "weight": -1}"#,
+                "not -1",
+            ),
+            (
+                br#"{"name": "a", "address": "10.0.0.1:1", "weight": 1.5}"#,
+                "invalid type",
+            ),
+            (
+                br#"{"name": "a", "address": "10.0.0.1:1", "weight": "5"}"#,
+                "invalid type",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = parse_join(body).unwrap_err();
+            assert!(
+                err.contains(want),
+                "{:?}: {err:?} lacks {want:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let long = format!(
+            r#"{{"name": "{}", "address": "10.0.0.1:1"}}"#,
+            "n".repeat(65)
+        );
+        let err = parse_join(long.as_bytes()).unwrap_err();
+        assert!(err.contains("1 to 64") && err.len() < 200, "{err}");
+    }
+
+    #[test]
+    fn leave_bodies_name_a_backend() {
+        assert_eq!(parse_leave(br#"{"name": "art3"}"#).unwrap(), "art3");
+        assert!(parse_leave(br#"{"name": "art3", "address": "10.0.0.1:1"}"#).is_err());
+        assert!(parse_leave(br#"{"name": "../x"}"#).is_err());
+        assert!(parse_leave(b"{}").is_err());
+    }
+
+    #[test]
+    fn the_key_comes_from_x_join_key_or_bearer() {
+        let mut h = HeaderMap::new();
+        assert_eq!(PresentedKey::from_headers(&h), PresentedKey::Missing);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eA=="),
+        );
+        assert_eq!(PresentedKey::from_headers(&h), PresentedKey::Malformed);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
+        assert_eq!(PresentedKey::from_headers(&h), PresentedKey::Given(b"k1"));
+        h.insert(JOIN_KEY_HEADER, HeaderValue::from_static("k2"));
+        assert_eq!(PresentedKey::from_headers(&h), PresentedKey::Given(b"k2"));
+    }
+}

@@ -1,0 +1,487 @@
+//! What the admin API shows: a [`StatusView`] of the registry, built by the
+//! control plane on request (so no admin handler ever holds the registry),
+//! and the JSON documents made from it. Counters are not copied: the view
+//! holds the same `Arc`s the workers count into, read when a document is
+//! rendered. Pure apart from those relaxed loads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::{AdminState, Balance};
+use crate::control::{BackendRecord, Health, Registry};
+use crate::stats::{BackendStats, ServiceStats};
+
+/// The registry at one instant, for the admin API and metrics.
+#[derive(Debug)]
+pub struct StatusView {
+    /// Generation of the last published snapshot (bumps on every change).
+    pub generation: u64,
+    /// Configurations loaded so far (1 at start, +1 per successful reload).
+    pub config_generation: u64,
+    /// In configuration order.
+    pub services: Vec<ServiceView>,
+}
+
+/// One service of a [`StatusView`].
+#[derive(Debug)]
+pub struct ServiceView {
+    pub name: String,
+    pub listen: Vec<SocketAddr>,
+    pub balance: Balance,
+    /// Live: shared with the workers' listeners.
+    pub stats: Arc<ServiceStats>,
+    /// In configuration order.
+    pub backends: Vec<BackendView>,
+}
+
+/// One backend of a [`ServiceView`].
+#[derive(Debug)]
+pub struct BackendView {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub admin: AdminState,
+    pub health: Health,
+    /// Why the health is what it is.
+    pub reason: String,
+    /// Last change of health or admin state.
+    pub last_change: SystemTime,
+    /// Live: shared with every snapshot listing the backend.
+    pub stats: Arc<BackendStats>,
+    /// Added by a node's join request, not by the config file.
+    pub joined: bool,
+}
+
+/// A backend's state in the router's health vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterState {
+    /// Enabled and healthy: takes new connections.
+    Healthy,
+    /// Enabled but down or not probed yet.
+    Unhealthy,
+    /// Drained by the operator.
+    Draining,
+    /// Disabled by the operator.
+    Disabled,
+}
+
+impl RouterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterState::Healthy => "HEALTHY",
+            RouterState::Unhealthy => "UNHEALTHY",
+            RouterState::Draining => "DRAINING",
+            RouterState::Disabled => "DISABLED",
+        }
+    }
+}
+
+impl StatusView {
+    /// Copies the registry's state (names, states, reasons; the counters by
+    /// `Arc`). Called on the control-plane thread.
+    pub fn new(registry: &Registry) -> StatusView {
+        let services = registry
+            .services()
+            .iter()
+            .map(|s| ServiceView {
+                name: s.config.name.clone(),
+                listen: s.config.listen.clone(),
+                balance: s.config.balance,
+                stats: s.stats.clone(),
+                backends: s.backends.iter().map(BackendView::new).collect(),
+            })
+            .collect();
+        StatusView {
+            generation: registry.generation(),
+            config_generation: registry.config_generation(),
+            services,
+        }
+    }
+
+    /// The backend `service`/`backend`, if both exist.
+    pub fn backend(&self, service: &str, backend: &str) -> Option<(&ServiceView, &BackendView)> {
+        let svc = self.services.iter().find(|s| s.name == service)?;
+        let b = svc.backends.iter().find(|b| b.name == backend)?;
+        Some((svc, b))
+    }
+}
+
+impl ServiceView {
+    /// Backends that may receive new connections now.
+    pub fn usable_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.usable()).count()
+    }
+}
+
+impl BackendView {
+    fn new(b: &BackendRecord) -> BackendView {
+        BackendView {
+            name: b.config.name.clone(),
+            address: b.config.address,
+            weight: b.config.weight.get(),
+            admin: b.admin,
+            health: b.health,
+            reason: b.reason.clone(),
+            last_change: b.last_change,
+            stats: b.stats.clone(),
+            joined: b.joined,
+        }
+    }
+
+    /// May receive new connections (the registry's rule).
+    pub fn usable(&self) -> bool {
+        self.admin == AdminState::Enabled && self.health == Health::Up
+    }
+
+    /// The operator's state wins over health: a drained backend that is
+    /// also down shows as draining (that is what the operator asked for).
+    pub fn router_state(&self) -> RouterState {
+        match (self.admin, self.health) {
+            (AdminState::Disabled, _) => RouterState::Disabled,
+            (AdminState::Drain, _) => RouterState::Draining,
+            (AdminState::Enabled, Health::Up) => RouterState::Healthy,
+            (AdminState::Enabled, Health::Down | Health::Unknown) => RouterState::Unhealthy,
+        }
+    }
+}
+
+/// The config file's word for an admin state.
+pub fn admin_str(state: AdminState) -> &'static str {
+    match state {
+        AdminState::Enabled => "enabled",
+        AdminState::Drain => "drain",
+        AdminState::Disabled => "disabled",
+    }
+}
+
+/// The config file's word for a balance policy.
+pub fn balance_str(balance: Balance) -> &'static str {
+    match balance {
+        Balance::Maglev => "maglev",
+        Balance::RoundRobin => "round-robin",
+        Balance::LeastConn => "least-conn",
+        Balance::P2c => "p2c",
+    }
+}
+
+/// `GET /router/api/v1/system/health`: ringlb's own health in the cluster
+/// router's shape. `serving` is false while ringlb shuts down.
+#[derive(Debug, Serialize)]
+pub struct HealthDoc<'a> {
+    pub router: RouterDoc<'a>,
+    pub services: Vec<HealthServiceDoc<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouterDoc<'a> {
+    pub node_id: &'a str,
+    pub state: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthServiceDoc<'a> {
+    /// `service/backend`.
+    pub service_id: String,
+    pub node_id: &'a str,
+    pub state: &'static str,
+    pub message: &'a str,
+}
+
+impl<'a> HealthDoc<'a> {
+    /// Healthy when serving and every service has a usable backend.
+    pub fn new(view: Option<&'a StatusView>, node_id: &'a str, serving: bool) -> HealthDoc<'a> {
+        let mut services = Vec::new();
+        let mut empty = Vec::new();
+        for svc in view.map(|v| v.services.as_slice()).unwrap_or_default() {
+            if svc.usable_count() == 0 {
+                empty.push(svc.name.as_str());
+            }
+            for b in &svc.backends {
+                services.push(HealthServiceDoc {
+                    service_id: format!("{}/{}", svc.name, b.name),
+                    node_id,
+                    state: b.router_state().as_str(),
+                    message: &b.reason,
+                });
+            }
+        }
+        let message = if !serving {
+            "shutting down: not accepting new connections".to_string()
+        } else if view.is_none() {
+            "the control plane did not answer".to_string()
+        } else if !empty.is_empty() {
+            format!("no usable backend in service {}", empty.join(", "))
+        } else {
+            "OK".to_string()
+        };
+        let healthy = serving && view.is_some() && empty.is_empty();
+        HealthDoc {
+            router: RouterDoc {
+                node_id,
+                state: if healthy { "HEALTHY" } else { "UNHEALTHY" },
+                message,
+            },
+            services,
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.router.state == "HEALTHY"
+    }
+}
+
+/// `GET /api/v1/services`.
+#[derive(Debug, Serialize)]
+pub struct ServicesDoc<'a> {
+    pub node_id: &'a str,
+    pub version: &'static str,
+    /// Server time (unix seconds), so a page can age `last_change` without
+    /// trusting the browser's clock.
+    pub now_unix: u64,
+    pub generation: u64,
+    pub config_generation: u64,
+    pub services: Vec<ServiceDoc<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceDoc<'a> {
+    pub name: &'a str,
+    pub listen: &'a [SocketAddr],
+    pub balance: &'static str,
+    pub usable_backends: usize,
+    pub accepted: u64,
+    pub active: u64,
+    pub retries: u64,
+    pub no_backend: u64,
+    pub backends: Vec<BackendDoc<'a>>,
+}
+
+/// A backend with its live figures; also the answer to every action.
+#[derive(Debug, Serialize)]
+pub struct BackendDoc<'a> {
+    pub service: &'a str,
+    pub name: &'a str,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// `enabled` | `drain` | `disabled`.
+    pub admin: &'static str,
+    /// `up` | `down` | `unknown`.
+    pub health: &'static str,
+    /// `HEALTHY` | `UNHEALTHY` | `DRAINING` | `DISABLED`.
+    pub state: &'static str,
+    pub usable: bool,
+    /// Added by a node's join request (it may leave through the API; a
+    /// restart forgets it), not by the config file.
+    pub joined: bool,
+    pub reason: &'a str,
+    /// RFC 3339, UTC.
+    pub last_change: String,
+    pub last_change_unix: u64,
+    pub active: u64,
+    pub total: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+    pub connect_refused: u64,
+    pub connect_timeout: u64,
+    pub connect_other: u64,
+}
+
+impl<'a> ServicesDoc<'a> {
+    pub fn new(view: &'a StatusView, node_id: &'a str, now: SystemTime) -> ServicesDoc<'a> {
+        ServicesDoc {
+            node_id,
+            version: env!("CARGO_PKG_VERSION"),
+            now_unix: unix_seconds(now),
+            generation: view.generation,
+            config_generation: view.config_generation,
+            services: view
+                .services
+                .iter()
+                .map(|s| ServiceDoc {
+                    name: &s.name,
+                    listen: &s.listen,
+                    balance: balance_str(s.balance),
+                    usable_backends: s.usable_count(),
+                    accepted: s.stats.accepted.load(Relaxed),
+                    active: s.stats.active.load(Relaxed) as u64,
+                    retries: s.stats.retries.load(Relaxed),
+                    no_backend: s.stats.no_backend.load(Relaxed),
+                    backends: s.backends.iter().map(|b| BackendDoc::new(s, b)).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<'a> BackendDoc<'a> {
+    pub fn new(service: &'a ServiceView, b: &'a BackendView) -> BackendDoc<'a> {
+        let st = &b.stats;
+        BackendDoc {
+            service: &service.name,
+            name: &b.name,
+            address: b.address,
+            weight: b.weight,
+            admin: admin_str(b.admin),
+            health: b.health.as_str(),
+            state: b.router_state().as_str(),
+            usable: b.usable(),
+            joined: b.joined,
+            reason: &b.reason,
+            last_change: rfc3339(b.last_change),
+            last_change_unix: unix_seconds(b.last_change),
+            active: st.active.load(Relaxed),
+            total: st.total.load(Relaxed),
+            bytes_to_backend: st.bytes_to_backend.load(Relaxed),
+            bytes_to_client: st.bytes_to_client.load(Relaxed),
+            connect_refused: st.connect_refused.load(Relaxed),
+            connect_timeout: st.connect_timeout.load(Relaxed),
+            connect_other: st.connect_other.load(Relaxed),
+        }
+    }
+}
+
+/// Whole seconds since the Unix epoch (0 for earlier times).
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` (RFC 3339, UTC, whole seconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = unix_seconds(t);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, exact for every i64 day we can meet).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11]
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(at(1_700_000_000)), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(at(4_102_444_799)), "2099-12-31T23:59:59Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn civil_dates_round_the_leap_rules() {
+        // 1900 is not a leap year, 2000 is.
+        assert_eq!(civil_from_days(-25_508), (1900, 3, 1));
+        assert_eq!(civil_from_days(-25_509), (1900, 2, 28));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
+    }
+
+    fn backend(admin: AdminState, health: Health) -> BackendView {
+        BackendView {
+            name: "b".into(),
+            address: "127.0.0.1:1".parse().expect("addr"),
+            weight: 100,
+            admin,
+            health,
+            reason: "r".into(),
+            last_change: UNIX_EPOCH,
+            stats: Arc::default(),
+            joined: false,
+        }
+    }
+
+    #[test]
+    fn operator_state_wins_over_health() {
+        use AdminState::*;
+        assert_eq!(
+            backend(Enabled, Health::Up).router_state(),
+            RouterState::Healthy
+        );
+        assert_eq!(
+            backend(Enabled, Health::Down).router_state(),
+            RouterState::Unhealthy
+        );
+        assert_eq!(
+            backend(Enabled, Health::Unknown).router_state(),
+            RouterState::Unhealthy
+        );
+        assert_eq!(
+            backend(Drain, Health::Down).router_state(),
+            RouterState::Draining
+        );
+        assert_eq!(
+            backend(Disabled, Health::Up).router_state(),
+            RouterState::Disabled
+        );
+        assert!(!backend(Drain, Health::Up).usable());
+    }
+
+    fn view(backends: Vec<BackendView>) -> StatusView {
+        StatusView {
+            generation: 1,
+            config_generation: 1,
+            services: vec![ServiceView {
+                name: "web".into(),
+                listen: vec![],
+                balance: Balance::Maglev,
+                stats: Arc::default(),
+                backends,
+            }],
+        }
+    }
+
+    #[test]
+    fn health_needs_a_usable_backend_per_service() {
+        let v = view(vec![
+            backend(AdminState::Enabled, Health::Up),
+            backend(AdminState::Drain, Health::Up),
+        ]);
+        let doc = HealthDoc::new(Some(&v), "lb1", true);
+        assert!(doc.healthy());
+        assert_eq!(doc.services.len(), 2);
+        assert_eq!(doc.services[0].service_id, "web/b");
+        assert_eq!(doc.services[1].state, "DRAINING");
+
+        let v = view(vec![backend(AdminState::Disabled, Health::Up)]);
+        let doc = HealthDoc::new(Some(&v), "lb1", true);
+        assert!(!doc.healthy());
+        assert_eq!(doc.router.message, "no usable backend in service web");
+
+        let v = view(vec![backend(AdminState::Enabled, Health::Up)]);
+        assert!(!HealthDoc::new(Some(&v), "lb1", false).healthy());
+        assert!(!HealthDoc::new(None, "lb1", true).healthy());
+    }
+}

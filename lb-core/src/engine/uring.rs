@@ -1,0 +1,776 @@
+//! The io_uring engine: one ring per worker, created and driven by the
+//! worker's thread. Readiness comes from multishot `POLL_ADD` requests (one
+//! per socket, edge-triggered: each wake-up of the socket posts one
+//! completion with its current poll mask), connections from a multishot
+//! `ACCEPT` per listener, and the bytes are moved by the same inline
+//! non-blocking `splice(2)` (or, with `forwarding = "copy"`, recv/send)
+//! state machine as on epoll (see `conn`): the kernel hands
+//! `IORING_OP_SPLICE` to io-wq threads, which costs a context switch per
+//! operation (DESIGN.md, "Data plane").
+//!
+//! A turn: submit everything queued during the previous turn and wait for
+//! completions in one `io_uring_enter` (bounded by the worker's sleep
+//! budget), copy the completions out, hand them to the worker, and let it
+//! finish the turn. SQEs queued by the worker go to the kernel with the next
+//! turn's enter; only a full submission queue forces an earlier submit, and
+//! only a kernel holding ready completions back (`UringReactor::enter`)
+//! makes a turn enter again.
+//!
+//! Request lifetimes, the part that differs from epoll:
+//! - No request references user memory: polls and accepts carry an fd and
+//!   flags (accept asks for no address), cancels carry a user_data, and the
+//!   wait's timespec is read during the `io_uring_enter` call itself. So no
+//!   buffer has to outlive a request.
+//! - A request holds its own reference to its file: closing the fd does not
+//!   end it, and the socket would stay open (no FIN, no RST) as long as the
+//!   request lives. So the worker removes every watch before it closes the
+//!   fd (`Reactor::remove`), and removal queues a `POLL_REMOVE` /
+//!   `ASYNC_CANCEL` by user_data; it reaches the kernel, ahead of anything
+//!   queued after it, with the next enter, and the socket's last reference
+//!   goes with the request.
+//! - Completions of removed requests still arrive (the final `-ECANCELED`,
+//!   or events posted before the cancel landed). Each user_data carries a
+//!   sequence number bumped by every `add` on the same fd (or listener):
+//!   completions of a removed or replaced registration are dropped and
+//!   never re-armed. Connection tokens also carry the worker's slot
+//!   generation, so the worker ignores what might still slip through.
+//! - Accepted fds are owned from the moment their completion is read: a
+//!   connection accepted by a cancelled or stale accept is still handed to
+//!   the worker (which serves it, holds it, or resets it), never leaked.
+
+mod setup;
+
+pub use setup::{build, self_test, Ring, Unusable};
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring};
+
+use crate::sys;
+use crate::worker::{Reactor, Worker, WorkerSetup, LISTENER_FLAG, WAKE_TOKEN};
+
+/// user_data layout: kind (4 bits) | sequence (28 bits) | id (32 bits: the
+/// fd of a poll, the listener index of an accept).
+const KIND_SHIFT: u32 = 60;
+const SEQ_SHIFT: u32 = 32;
+const SEQ_MASK: u32 = (1 << 28) - 1;
+const KIND_POLL: u64 = 1;
+const KIND_ACCEPT: u64 = 2;
+const KIND_WAKE: u64 = 3;
+/// Completions of cancels (only failed ones, where SKIP_SUCCESS works):
+/// nothing to do, the cancelled request's own completion says it ended.
+const KIND_CANCEL: u64 = 4;
+
+/// What a socket is watched for. ERR and HUP are always reported; asking
+/// for them says so.
+const POLL_MASK: u32 =
+    (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+const READ_BITS: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
+const WRITE_BITS: u32 = (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) as u32;
+
+/// Most completions one turn collects before handing them to the worker:
+/// half the completion queue, so collecting never overflows it.
+const TURN_COMPLETIONS: usize = setup::CQ_ENTRIES as usize / 2;
+
+/// Longest a stopping worker waits for its accepts to end.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Failed completions in a row after which a request is no longer re-armed
+/// (a persistent kernel refusal would otherwise spin the worker). The
+/// connection then ends by its timers.
+const MAX_REARM_ERRORS: u8 = 8;
+
+fn user_data(kind: u64, seq: u32, id: u32) -> u64 {
+    (kind << KIND_SHIFT) | (u64::from(seq & SEQ_MASK) << SEQ_SHIFT) | u64::from(id)
+}
+
+fn kind_of(user_data: u64) -> u64 {
+    user_data >> KIND_SHIFT
+}
+
+fn seq_of(user_data: u64) -> u32 {
+    (user_data >> SEQ_SHIFT) as u32 & SEQ_MASK
+}
+
+fn id_of(user_data: u64) -> u32 {
+    user_data as u32
+}
+
+/// One registration: a multishot request the worker asked for.
+#[derive(Debug, Default, Clone, Copy)]
+struct Watch {
+    /// The worker's token, given back with every event.
+    token: u64,
+    /// The fd the request names (accepts are indexed by listener).
+    fd: RawFd,
+    /// Bumped by every `add` at this index: tells this registration's
+    /// completions from those of an earlier one on the same fd number.
+    seq: u32,
+    /// The worker wants events: from `add` to `remove`.
+    live: bool,
+    /// A request is queued or in the kernel, until its final completion
+    /// (one without `IORING_CQE_F_MORE`).
+    armed: bool,
+    /// Failed completions in a row.
+    errors: u8,
+}
+
+impl Watch {
+    /// Counts a completion without `F_MORE`; true when it should be
+    /// re-armed (still wanted, and not failing over and over).
+    fn ended(&mut self, failed: bool) -> bool {
+        self.armed = false;
+        if failed {
+            self.errors = self.errors.saturating_add(1);
+        }
+        self.live && self.errors < MAX_REARM_ERRORS
+    }
+}
+
+/// Grows `v` so that index `i` exists; returns it.
+fn watch_at(v: &mut Vec<Watch>, i: usize) -> &mut Watch {
+    if v.len() <= i {
+        v.resize(i + 1, Watch::default());
+    }
+    &mut v[i]
+}
+
+/// The ring as the worker's [`Reactor`].
+pub struct UringReactor {
+    ring: IoUring,
+    /// Socket watches, indexed by fd (small integers, each open fd watched
+    /// at most once per worker).
+    polls: Vec<Watch>,
+    /// Listener watches (multishot accepts), indexed by listener.
+    accepts: Vec<Watch>,
+    /// The wake-up eventfd's poll.
+    wake: Watch,
+    /// Entries that found the submission queue full even after a submit:
+    /// queued first, in order, before the next enter.
+    backlog: VecDeque<squeue::Entry>,
+    /// Flags of cancel requests: SKIP_SUCCESS when the kernel has it.
+    cancel_flags: squeue::Flags,
+}
+
+impl Reactor for UringReactor {
+    const DELIVERS_ACCEPTS: bool = true;
+
+    fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        let id = u32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        if token & LISTENER_FLAG != 0 {
+            let li = (token & !LISTENER_FLAG) as u32;
+            self.cancel_accept(li as usize);
+            let w = watch_at(&mut self.accepts, li as usize);
+            *w = Watch {
+                token,
+                fd,
+                seq: w.seq.wrapping_add(1) & SEQ_MASK,
+                live: true,
+                armed: true,
+                errors: 0,
+            };
+            let entry = accept_entry(fd, user_data(KIND_ACCEPT, w.seq, li));
+            self.queue(entry);
+        } else {
+            self.cancel_poll(fd);
+            let w = watch_at(&mut self.polls, id as usize);
+            *w = Watch {
+                token,
+                fd,
+                seq: w.seq.wrapping_add(1) & SEQ_MASK,
+                live: true,
+                armed: true,
+                errors: 0,
+            };
+            let entry = poll_entry(fd, user_data(KIND_POLL, w.seq, id));
+            self.queue(entry);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, fd: RawFd, token: u64, _closing: bool) {
+        // Closing or not, the request must go: it holds the file open.
+        if token & LISTENER_FLAG != 0 {
+            let li = (token & !LISTENER_FLAG) as usize;
+            if self.accepts.get(li).is_some_and(|w| w.fd == fd) {
+                self.cancel_accept(li);
+            }
+        } else if self
+            .polls
+            .get(fd as usize)
+            .is_some_and(|w| w.token == token)
+        {
+            self.cancel_poll(fd);
+        }
+    }
+}
+
+impl UringReactor {
+    fn new(ring: Ring) -> UringReactor {
+        let cancel_flags = if ring.skip_success {
+            squeue::Flags::SKIP_SUCCESS
+        } else {
+            squeue::Flags::empty()
+        };
+        UringReactor {
+            ring: ring.ring,
+            polls: Vec::new(),
+            accepts: Vec::new(),
+            wake: Watch::default(),
+            backlog: VecDeque::new(),
+            cancel_flags,
+        }
+    }
+
+    /// Ends the poll on `fd` if one is live (its later completions are
+    /// dropped by sequence).
+    fn cancel_poll(&mut self, fd: RawFd) {
+        let Some(w) = self.polls.get_mut(fd as usize) else {
+            return;
+        };
+        if !w.live {
+            return;
+        }
+        w.live = false;
+        if w.armed {
+            let target = user_data(KIND_POLL, w.seq, fd as u32);
+            let entry = opcode::PollRemove::new(target)
+                .build()
+                .flags(self.cancel_flags)
+                .user_data(user_data(KIND_CANCEL, 0, 0));
+            self.queue(entry);
+        }
+    }
+
+    /// Ends the multishot accept of listener `li` if one is live.
+    fn cancel_accept(&mut self, li: usize) {
+        let Some(w) = self.accepts.get_mut(li) else {
+            return;
+        };
+        if !w.live {
+            return;
+        }
+        w.live = false;
+        if w.armed {
+            let target = user_data(KIND_ACCEPT, w.seq, li as u32);
+            let entry = opcode::AsyncCancel::new(target)
+                .build()
+                .flags(self.cancel_flags)
+                .user_data(user_data(KIND_CANCEL, 0, 0));
+            self.queue(entry);
+        }
+    }
+
+    /// Watches the wake-up eventfd (again, after its poll ended).
+    fn arm_wake(&mut self, fd: RawFd) {
+        self.wake.fd = fd;
+        self.wake.live = true;
+        self.wake.armed = true;
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(KIND_WAKE, 0, 0));
+        self.queue(entry);
+    }
+
+    /// Queues an SQE for the next enter. A full queue is submitted at once
+    /// to make room; what still finds no room waits in `backlog`.
+    fn queue(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            if self.push(&entry) {
+                return;
+            }
+            let _ = self.ring.submit();
+            if self.push(&entry) {
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: no request this engine builds references user memory
+        // (polls, accepts without an address, cancels by user_data); the
+        // fds they name are removed (cancelled) by the worker before it
+        // closes them, and a request holds its own file reference anyway.
+        // See the module docs.
+        unsafe { self.ring.submission().push(entry) }.is_ok()
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.pop_front() {
+            if self.push(&entry) {
+                continue;
+            }
+            let _ = self.ring.submit();
+            if !self.push(&entry) {
+                self.backlog.push_front(entry);
+                return;
+            }
+        }
+    }
+
+    /// Submits what the turn queued, waits up to `budget` for at least one
+    /// completion, and collects every completion the kernel has ready: the
+    /// turn's `io_uring_enter`, plus more only when the kernel holds back.
+    ///
+    /// Since Linux 6.13 a `DEFER_TASKRUN` ring turns at most about 20
+    /// queued task-work items (each a poll wake-up or an accepted
+    /// connection becoming a completion) into completions per enter and
+    /// keeps the rest queued. A turn that only saw those would serve ~20
+    /// sockets per turn, however many are ready; under load, with turns
+    /// made long by busy connections, readiness waited in the kernel for
+    /// seconds (connects timed out while connected). epoll_wait hands over
+    /// every ready socket at once; to do the same, the ring is set up with
+    /// `IORING_SETUP_TASKRUN_FLAG`, the kernel raises `IORING_SQ_TASKRUN`
+    /// while such work is queued, and this enters again (without waiting)
+    /// until the flag drops or a turn's worth of completions is ready. With
+    /// the flag up the turn does not sleep either.
+    fn enter(&mut self, budget: Duration) -> io::Result<()> {
+        self.flush_backlog();
+        let result = if budget.is_zero() || self.ring.submission().taskrun() {
+            self.enter_nowait()
+        } else {
+            let ts = Timespec::from(budget);
+            let args = SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(1, &args)
+        };
+        tolerate(result)?;
+        // Bounded: work that yields no completion could keep arriving.
+        for _ in 0..TURN_COMPLETIONS / 20 {
+            if !self.ring.submission().taskrun() || self.ring.completion().len() >= TURN_COMPLETIONS
+            {
+                break;
+            }
+            tolerate(self.enter_nowait())?;
+        }
+        Ok(())
+    }
+
+    /// Submits what is queued and runs queued task work, without waiting.
+    fn enter_nowait(&mut self) -> io::Result<usize> {
+        let queued = self.ring.submission().len() as u32;
+        // SAFETY: no extended argument is passed (a null pointer, with the
+        // size of a sigset_t that is never read); the kernel reads only the
+        // rings it mapped.
+        unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                queued,
+                0,
+                EnterFlags::GETEVENTS.bits(),
+                None,
+            )
+        }
+    }
+
+    /// Moves every available completion into `out` (the worker then runs
+    /// with the ring free for new requests).
+    fn reap(&mut self, out: &mut Vec<cqueue::Entry>) {
+        out.extend(self.ring.completion());
+    }
+
+    /// After `close_all`: hands the kernel the last cancels, and ends every
+    /// multishot accept before the ring goes. The kernel cancels whatever
+    /// is left when the ring is dropped, polls included, but an accept
+    /// could meanwhile install a connection's fd that nobody would ever
+    /// read from the completion queue, let alone close. Connections that
+    /// arrive until the accepts end are reset. Bounded by `deadline`.
+    fn finish(&mut self, deadline: Instant) {
+        for li in 0..self.accepts.len() {
+            self.cancel_accept(li);
+        }
+        let mut completions = Vec::new();
+        loop {
+            if self.enter(Duration::ZERO).is_err() {
+                return;
+            }
+            self.reap(&mut completions);
+            for cqe in completions.drain(..) {
+                let ud = cqe.user_data();
+                if kind_of(ud) != KIND_ACCEPT {
+                    continue;
+                }
+                if cqe.result() >= 0 {
+                    // SAFETY: as in `on_accept`: a fresh descriptor of ours.
+                    let fd = unsafe { OwnedFd::from_raw_fd(cqe.result()) };
+                    crate::conn::prepare_reset(fd.as_raw_fd());
+                }
+                let w = self.accepts.get_mut(id_of(ud) as usize);
+                if let Some(w) = w.filter(|w| w.seq == seq_of(ud)) {
+                    if !cqueue::more(cqe.flags()) {
+                        w.armed = false;
+                    }
+                }
+            }
+            if !self.accepts.iter().any(|w| w.armed) || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Timed out, interrupted, or the kernel wants the completion queue drained
+/// first (EBUSY): the turn goes on. Anything else is the ring failing.
+fn tolerate(result: io::Result<usize>) -> io::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn poll_entry(fd: RawFd, user_data: u64) -> squeue::Entry {
+    opcode::PollAdd::new(types::Fd(fd), POLL_MASK)
+        .multi(true)
+        .build()
+        .user_data(user_data)
+}
+
+fn accept_entry(fd: RawFd, user_data: u64) -> squeue::Entry {
+    opcode::AcceptMulti::new(types::Fd(fd))
+        .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(user_data)
+}
+
+/// Runs a worker on its own ring until it is told to stop.
+pub fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
+    let wake = Arc::new(File::from(
+        sys::eventfd().map_err(|e| crate::Error::io("creating worker waker", e))?,
+    ));
+    let waker = wake.clone();
+    setup.control.set_waker(Box::new(move || {
+        let _ = (&*waker).write(&1u64.to_ne_bytes());
+    }));
+    let _ = setup.control.engine.set("uring");
+    let mut reactor = UringReactor::new(ring);
+    reactor.arm_wake(wake.as_raw_fd());
+    let mut worker = Worker::new(setup, reactor);
+    worker
+        .start()
+        .map_err(|e| crate::Error::io("arming listeners", e))?;
+    let mut completions = Vec::with_capacity(setup::CQ_ENTRIES as usize);
+    let mut result = Ok(());
+    while !worker.should_exit() {
+        let budget = worker.sleep_budget();
+        if let Err(e) = worker.reactor.enter(budget) {
+            result = Err(crate::Error::io("waiting for completions", e));
+            break;
+        }
+        worker.reactor.reap(&mut completions);
+        worker.begin_turn();
+        for cqe in completions.drain(..) {
+            dispatch(&mut worker, &cqe, &wake);
+        }
+        worker.end_turn();
+    }
+    worker.close_all();
+    worker.reactor.finish(Instant::now() + FINISH_TIMEOUT);
+    result
+}
+
+/// Hands one completion to the worker.
+fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File) {
+    let ud = cqe.user_data();
+    let more = cqueue::more(cqe.flags());
+    match kind_of(ud) {
+        KIND_POLL => on_poll(worker, ud, cqe.result(), more),
+        KIND_ACCEPT => on_accept(worker, ud, cqe.result(), more),
+        KIND_WAKE => {
+            let mut counter = [0u8; 8];
+            let _ = (&*wake).read(&mut counter);
+            worker.on_event(WAKE_TOKEN, true, false);
+            if !more {
+                let r = &mut worker.reactor;
+                if r.wake.ended(cqe.result() < 0) {
+                    let fd = r.wake.fd;
+                    r.arm_wake(fd);
+                } else {
+                    tracing::error!(
+                        worker = worker.id(),
+                        "the wake-up poll keeps failing; the worker now notices changes only by its timers"
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
+    let fd = id_of(ud) as usize;
+    let Some(w) = worker.reactor.polls.get_mut(fd) else {
+        return;
+    };
+    if w.seq != seq_of(ud) {
+        // An earlier registration of this fd number.
+        return;
+    }
+    if !w.live {
+        if !more {
+            w.armed = false;
+        }
+        return;
+    }
+    let token = w.token;
+    if res > 0 {
+        w.errors = 0;
+        let mask = res as u32;
+        let readable = mask & READ_BITS != 0;
+        let writable = mask & WRITE_BITS != 0;
+        if readable || writable {
+            worker.on_event(token, readable, writable);
+        }
+    }
+    // The worker may have removed (or replaced) the watch meanwhile.
+    if more {
+        return;
+    }
+    let r = &mut worker.reactor;
+    let Some(w) = r.polls.get_mut(fd) else {
+        return;
+    };
+    if w.seq != seq_of(ud) {
+        return;
+    }
+    // Ended while wanted (an error, or the kernel cancelled it): re-arming
+    // reports the socket's current state at once, so nothing is missed.
+    if w.ended(res < 0) {
+        w.armed = true;
+        let entry = poll_entry(w.fd, ud);
+        r.queue(entry);
+    } else if w.live {
+        tracing::warn!(
+            worker = worker.id(),
+            error = %io::Error::from_raw_os_error(-res),
+            "socket poll keeps failing; leaving the connection to its timers"
+        );
+    }
+}
+
+fn on_accept(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
+    let li = id_of(ud) as usize;
+    if res >= 0 {
+        // SAFETY: a successful accept completion's result is a descriptor
+        // the kernel just installed in our table for this connection; no
+        // one else knows it, so it is ours to own (and close).
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        // Whatever the state of the watch: the connection exists and is
+        // served, held or reset by the worker, never leaked. No address:
+        // the client reset it already; dropping it closes it.
+        if let Ok(peer) = sys::peer_addr(&fd) {
+            worker.on_accepted(li, fd, peer);
+        }
+    }
+    let Some(w) = worker.reactor.accepts.get(li) else {
+        return;
+    };
+    if w.seq != seq_of(ud) || !w.live {
+        if !more {
+            if let Some(w) = worker.reactor.accepts.get_mut(li) {
+                if w.seq == seq_of(ud) {
+                    w.armed = false;
+                }
+            }
+        }
+        return;
+    }
+    if res < 0 && res != -libc::ECANCELED {
+        // The worker decides (EMFILE & co. back off and pause, removing
+        // this watch).
+        worker.on_accept_error(li, &io::Error::from_raw_os_error(-res));
+    }
+    if more {
+        return;
+    }
+    let r = &mut worker.reactor;
+    let Some(w) = r.accepts.get_mut(li) else {
+        return;
+    };
+    if w.seq != seq_of(ud) {
+        return;
+    }
+    if w.ended(res < 0) {
+        w.armed = true;
+        let entry = accept_entry(w.fd, ud);
+        r.queue(entry);
+    } else if w.live {
+        tracing::error!(
+            worker = worker.id(),
+            error = %io::Error::from_raw_os_error(-res),
+            "accept keeps failing on this worker's listener; it stops accepting"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::config::{Config, EngineKind};
+    use crate::server::{Server, StartOptions};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+
+    /// A backend that echoes every connection until EOF, then closes.
+    fn echo_backend() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let _ = io::copy(&mut r, &mut s);
+                    let _ = s.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        addr
+    }
+
+    fn config(engine: &str, backend: SocketAddr) -> Config {
+        config_with(engine, backend, "")
+    }
+
+    fn config_with(engine: &str, backend: SocketAddr, service_extra: &str) -> Config {
+        let text = format!(
+            "[global]\nworkers = 1\nengine = \"{engine}\"\nadmin = \"off\"\n\n\
+             [[service]]\nname = \"t\"\nlisten = [\"127.0.0.1:0\"]\n{service_extra}\n\
+             [service.health]\nkind = \"none\"\n\n\
+             [[service.backend]]\nname = \"b1\"\naddress = \"{backend}\"\n"
+        );
+        Config::parse(&text, None).unwrap()
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_ring_is_built_and_passes_the_self_test_here() {
+        let mode = self_test().expect("io_uring should be usable on this machine");
+        assert!(!mode.is_empty());
+        // And both ways of asking for it pick it.
+        let auto = crate::engine::choose(EngineKind::Auto).unwrap();
+        assert_eq!(auto.name, "uring", "{}", auto.reason);
+        assert_eq!(
+            crate::engine::choose(EngineKind::Uring).unwrap().name,
+            "uring"
+        );
+    }
+
+    #[test]
+    fn user_data_round_trips() {
+        let ud = user_data(KIND_ACCEPT, SEQ_MASK, u32::MAX);
+        assert_eq!(
+            (kind_of(ud), seq_of(ud), id_of(ud)),
+            (KIND_ACCEPT, SEQ_MASK, u32::MAX)
+        );
+        let ud = user_data(KIND_POLL, SEQ_MASK + 2, 7);
+        assert_eq!((kind_of(ud), seq_of(ud), id_of(ud)), (KIND_POLL, 1, 7));
+    }
+
+    #[test]
+    fn a_uring_worker_forwards_bytes_both_ways_with_half_close() {
+        let backend = echo_backend();
+        let server = Server::start(config("uring", backend), StartOptions::default()).unwrap();
+        assert_eq!(server.engine().name, "uring");
+        assert_eq!(server.worker_controls()[0].engine.get(), Some(&"uring"));
+        let addr = server.listening()[0].1;
+
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut client = TcpStream::connect(addr).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut writer = client.try_clone().unwrap();
+        let sent = payload.clone();
+        let w = std::thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            // Half-close: the echo only ends after our FIN got through.
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::with_capacity(payload.len());
+        client.read_to_end(&mut got).unwrap();
+        w.join().unwrap();
+        assert!(got == payload, "echo differs ({} bytes back)", got.len());
+        drop(client);
+
+        let control = server.worker_controls()[0].clone();
+        wait_until("the connection to close", || {
+            control.connections.load(Relaxed) == 0 && control.pipes_lent.load(Relaxed) == 0
+        });
+        assert_eq!(control.accepted.load(Relaxed), 1);
+    }
+
+    /// One echo round trip on `c`, or the read error.
+    fn echo_once(c: &mut TcpStream, msg: &[u8]) -> io::Result<Vec<u8>> {
+        c.write_all(msg)?;
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got)?;
+        Ok(got)
+    }
+
+    #[test]
+    fn at_max_connections_accepted_clients_wait_until_a_place_frees() {
+        let backend = echo_backend();
+        let server = Server::start(
+            config_with("uring", backend, "max_connections = 2\n"),
+            StartOptions::default(),
+        )
+        .unwrap();
+        let addr = server.listening()[0].1;
+        let control = server.worker_controls()[0].clone();
+        let mut first = TcpStream::connect(addr).unwrap();
+        let mut second = TcpStream::connect(addr).unwrap();
+        for c in [&mut first, &mut second] {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert_eq!(echo_once(c, b"hello").unwrap(), b"hello");
+        }
+        // The third: the multishot accept takes it from the kernel, but
+        // the worker must hold it, unserved, while the service is full.
+        let mut third = TcpStream::connect(addr).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let early = echo_once(&mut third, b"wait");
+        assert!(
+            matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "the third client was answered while the service was full: {early:?}"
+        );
+        assert_eq!(control.accepted.load(Relaxed), 2);
+        assert_eq!(control.connections.load(Relaxed), 2);
+
+        // A place frees: the held client is served, its early bytes kept.
+        drop(first);
+        third
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = [0u8; 4];
+        third.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"wait");
+        assert_eq!(echo_once(&mut third, b"more").unwrap(), b"more");
+        assert_eq!(control.accepted.load(Relaxed), 3);
+    }
+}

@@ -1,0 +1,472 @@
+//! `GET /metrics`: the Prometheus text exposition format 0.0.4, rendered
+//! at scrape time from a [`StatusView`] and the workers' counters. Runs in
+//! the admin server on the control-plane thread.
+//!
+//! Written by hand rather than with `prometheus-client`: every counter here
+//! is an atomic owned by a worker or the registry, so a registry of metric
+//! objects would only mirror them; and that crate writes OpenMetrics (its
+//! counter families drop the `_total` the samples carry, and it ends with
+//! `# EOF`), which is not the 0.0.4 text a `text/plain; version=0.0.4`
+//! scrape expects. The format rules kept here: one `# HELP` and one
+//! `# TYPE` per family, before its samples; a family's samples contiguous;
+//! label values escaped (`\\`, `\"`, `\n`); one series per label set.
+
+use std::fmt::{Display, Write};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::admin::view::{admin_str, StatusView};
+use crate::config::AdminState;
+use crate::control::Health;
+use crate::worker::WorkerControl;
+
+/// `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A metric family's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The text being written.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// Starts a family: its HELP and TYPE lines.
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample of the family just started.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                escape_label_into(&mut self.out, v);
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Renders every metric. Counters are read with relaxed loads: each value
+/// is exact, the set is not one instant (as with any scrape).
+pub fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> String {
+    let mut e = Exposition {
+        out: String::with_capacity(4096),
+    };
+
+    e.family(
+        "ringlb_build_info",
+        Kind::Gauge,
+        "Always 1; the version label says which ringlb runs.",
+    );
+    e.sample(
+        "ringlb_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    e.family(
+        "ringlb_config_generation",
+        Kind::Gauge,
+        "Configurations loaded: 1 at start, +1 per successful reload.",
+    );
+    e.sample("ringlb_config_generation", &[], view.config_generation);
+    e.family(
+        "ringlb_snapshot_generation",
+        Kind::Gauge,
+        "Generation of the published backend table; increases on every reload, admin action and health change.",
+    );
+    e.sample("ringlb_snapshot_generation", &[], view.generation);
+
+    render_services(&mut e, view);
+    render_backends(&mut e, view);
+    render_workers(&mut e, workers);
+    render_latencies(&mut e, workers);
+    e.out
+}
+
+fn render_services(e: &mut Exposition, view: &StatusView) {
+    type Read = fn(&crate::admin::view::ServiceView) -> u64;
+    let families: [(&str, Kind, &str, Read); 5] = [
+        (
+            "ringlb_service_accepted_total",
+            Kind::Counter,
+            "Client connections accepted.",
+            |s| s.stats.accepted.load(Relaxed),
+        ),
+        (
+            "ringlb_service_connections_active",
+            Kind::Gauge,
+            "Client connections held now (accepted, not yet closed).",
+            |s| s.stats.active.load(Relaxed) as u64,
+        ),
+        (
+            "ringlb_service_retries_total",
+            Kind::Counter,
+            "Connects retried on another backend after a failure.",
+            |s| s.stats.retries.load(Relaxed),
+        ),
+        (
+            "ringlb_service_no_backend_total",
+            Kind::Counter,
+            "Client connections closed because no backend was usable or every attempt failed.",
+            |s| s.stats.no_backend.load(Relaxed),
+        ),
+        (
+            "ringlb_service_backends_usable",
+            Kind::Gauge,
+            "Backends that take new connections now (enabled and healthy).",
+            |s| s.usable_count() as u64,
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        e.family(name, kind, help);
+        for s in &view.services {
+            e.sample(name, &[("service", &s.name)], read(s));
+        }
+    }
+}
+
+fn render_backends(e: &mut Exposition, view: &StatusView) {
+    let each = || {
+        view.services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s.name.as_str(), b)))
+    };
+
+    e.family(
+        "ringlb_backend_info",
+        Kind::Gauge,
+        "Always 1; labels give the backend's address and whether it joined through the API.",
+    );
+    for (svc, b) in each() {
+        let address = b.address.to_string();
+        let joined = if b.joined { "true" } else { "false" };
+        e.sample(
+            "ringlb_backend_info",
+            &[
+                ("service", svc),
+                ("backend", &b.name),
+                ("address", &address),
+                ("joined", joined),
+            ],
+            1,
+        );
+    }
+
+    type Read = fn(&crate::admin::view::BackendView) -> u64;
+    let families: [(&str, Kind, &str, Read); 5] = [
+        (
+            "ringlb_backend_connections_active",
+            Kind::Gauge,
+            "Established connections forwarded to the backend now.",
+            |b| b.stats.active.load(Relaxed),
+        ),
+        (
+            "ringlb_backend_connections_total",
+            Kind::Counter,
+            "Connections established to the backend.",
+            |b| b.stats.total.load(Relaxed),
+        ),
+        (
+            "ringlb_backend_weight",
+            Kind::Gauge,
+            "Configured weight (1..10000).",
+            |b| u64::from(b.weight),
+        ),
+        (
+            "ringlb_backend_healthy",
+            Kind::Gauge,
+            "1 if the health check passes, else 0 (down or not probed yet).",
+            |b| u64::from(b.health == Health::Up),
+        ),
+        (
+            "ringlb_backend_usable",
+            Kind::Gauge,
+            "1 if the backend takes new connections (enabled and healthy), else 0.",
+            |b| u64::from(b.usable()),
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        e.family(name, kind, help);
+        for (svc, b) in each() {
+            e.sample(name, &[("service", svc), ("backend", &b.name)], read(b));
+        }
+    }
+
+    e.family(
+        "ringlb_backend_bytes_total",
+        Kind::Counter,
+        "Bytes forwarded, by direction; added when a connection closes.",
+    );
+    for (svc, b) in each() {
+        for (direction, v) in [
+            ("to_backend", &b.stats.bytes_to_backend),
+            ("to_client", &b.stats.bytes_to_client),
+        ] {
+            e.sample(
+                "ringlb_backend_bytes_total",
+                &[
+                    ("service", svc),
+                    ("backend", &b.name),
+                    ("direction", direction),
+                ],
+                v.load(Relaxed),
+            );
+        }
+    }
+
+    e.family(
+        "ringlb_backend_connect_failures_total",
+        Kind::Counter,
+        "Failed connects to the backend, by reason.",
+    );
+    for (svc, b) in each() {
+        for (reason, v) in [
+            ("refused", &b.stats.connect_refused),
+            ("timeout", &b.stats.connect_timeout),
+            ("other", &b.stats.connect_other),
+        ] {
+            e.sample(
+                "ringlb_backend_connect_failures_total",
+                &[("service", svc), ("backend", &b.name), ("reason", reason)],
+                v.load(Relaxed),
+            );
+        }
+    }
+
+    e.family(
+        "ringlb_backend_admin_state",
+        Kind::Gauge,
+        "The operator's state: 1 on the current one of enabled, drain, disabled.",
+    );
+    for (svc, b) in each() {
+        for state in [AdminState::Enabled, AdminState::Drain, AdminState::Disabled] {
+            e.sample(
+                "ringlb_backend_admin_state",
+                &[
+                    ("service", svc),
+                    ("backend", &b.name),
+                    ("state", admin_str(state)),
+                ],
+                u64::from(b.admin == state),
+            );
+        }
+    }
+}
+
+fn render_workers(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
+    let ids: Vec<String> = (0..workers.len()).map(|i| i.to_string()).collect();
+
+    e.family(
+        "ringlb_worker_info",
+        Kind::Gauge,
+        "Always 1; the engine label says which event engine runs the worker.",
+    );
+    for (id, w) in ids.iter().zip(workers) {
+        let engine = w.engine.get().copied().unwrap_or("starting");
+        e.sample(
+            "ringlb_worker_info",
+            &[("worker", id), ("engine", engine)],
+            1,
+        );
+    }
+
+    type Read = fn(&WorkerControl) -> u64;
+    let families: [(&str, Kind, &str, Read); 3] = [
+        (
+            "ringlb_worker_accepted_total",
+            Kind::Counter,
+            "Client connections the worker accepted.",
+            |w| w.accepted.load(Relaxed),
+        ),
+        (
+            "ringlb_worker_connections",
+            Kind::Gauge,
+            "Client connections the worker holds now.",
+            |w| w.connections.load(Relaxed) as u64,
+        ),
+        (
+            "ringlb_worker_pipes_lent",
+            Kind::Gauge,
+            "Splice pipes lent to connections now.",
+            |w| w.pipes_lent.load(Relaxed) as u64,
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        e.family(name, kind, help);
+        for (id, w) in ids.iter().zip(workers) {
+            e.sample(name, &[("worker", id)], read(w));
+        }
+    }
+}
+
+/// HELP text escaping: backslash and newline.
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Label value escaping: backslash, double quote and newline.
+fn escape_label_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the histogram buckets.
+const CONNECT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const DURATION_BUCKETS: [f64; 11] = [
+    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0, 604800.0,
+];
+
+/// Connect time and connection duration over all workers: each worker's
+/// last published copy (at most a second old), merged here.
+fn render_latencies(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
+    let mut all = crate::stats::Latencies::new();
+    for w in workers {
+        if let Some(l) = w.latencies.load_full() {
+            all.add(&l);
+        }
+    }
+    histogram(
+        e,
+        "ringlb_backend_connect_seconds",
+        "Time to establish the backend connection (successful attempts).",
+        &all.connect_us,
+        1e-6,
+        &CONNECT_BUCKETS,
+    );
+    histogram(
+        e,
+        "ringlb_connection_duration_seconds",
+        "Lifetime of forwarded connections, from backend connect to close.",
+        &all.duration_ms,
+        1e-3,
+        &DURATION_BUCKETS,
+    );
+}
+
+/// One histogram family from an hdrhistogram whose values are in `unit`
+/// seconds; `_sum` is the histogram's mean × count (exact to its precision).
+fn histogram(
+    e: &mut Exposition,
+    name: &str,
+    help: &str,
+    h: &hdrhistogram::Histogram<u64>,
+    unit: f64,
+    bounds: &[f64],
+) {
+    e.family(name, Kind::Histogram, help);
+    let bucket = format!("{name}_bucket");
+    for &le in bounds {
+        let upto = (le / unit).round() as u64;
+        let n = if h.is_empty() {
+            0
+        } else {
+            h.count_between(0, upto)
+        };
+        e.sample(&bucket, &[("le", &le.to_string())], n);
+    }
+    e.sample(&bucket, &[("le", "+Inf")], h.len());
+    e.sample(
+        &format!("{name}_sum"),
+        &[],
+        h.mean() * h.len() as f64 * unit,
+    );
+    e.sample(&format!("{name}_count"), &[], h.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::view::{BackendView, ServiceView};
+    use crate::config::Balance;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = String::new();
+        escape_label_into(&mut s, "a\\b\"c\nd");
+        assert_eq!(s, "a\\\\b\\\"c\\nd");
+        assert_eq!(escape_help("x\\y\nz"), "x\\\\y\\nz");
+    }
+
+    #[test]
+    fn families_are_contiguous_with_one_help_and_type() {
+        let backend = |name: &str| BackendView {
+            name: name.into(),
+            address: "127.0.0.1:1".parse().expect("addr"),
+            weight: 100,
+            admin: AdminState::Drain,
+            health: Health::Up,
+            reason: String::new(),
+            last_change: UNIX_EPOCH,
+            stats: Arc::default(),
+            joined: false,
+        };
+        let view = StatusView {
+            generation: 7,
+            config_generation: 1,
+            services: vec![ServiceView {
+                name: "we\"b".into(),
+                listen: vec![],
+                balance: Balance::Maglev,
+                stats: Arc::default(),
+                backends: vec![backend("a"), backend("b")],
+            }],
+        };
+        let workers = vec![Arc::new(WorkerControl::default())];
+        let text = render(&view, &workers);
+        assert!(text.ends_with('\n'));
+        assert!(text.contains("ringlb_snapshot_generation 7\n"));
+        assert!(text.contains(
+            "ringlb_backend_admin_state{service=\"we\\\"b\",backend=\"a\",state=\"drain\"} 1\n"
+        ));
+        assert!(text.contains("ringlb_worker_info{worker=\"0\",engine=\"starting\"} 1\n"));
+        // Every family's samples come right after its TYPE line.
+        let mut seen = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().expect("name").to_string();
+                assert!(seen.insert(name.clone()), "family {name} twice");
+                current = name;
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().expect("name");
+                // A histogram's samples: name_bucket, name_sum, name_count.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|base| *base == current))
+                    .unwrap_or(name);
+                assert_eq!(family, current, "sample out of its family: {line}");
+            }
+        }
+    }
+}
