@@ -212,6 +212,12 @@ done
 	echo "- parameters: ${ROUNDS} round(s) × ${DURATION} s per run, interleaved; proxy pinned to CPU $CPU_PROXY with one worker/thread; wrk/iperf3/openloop and the nginx backend (one worker) pinned to CPU $CPU_LOAD; rate=${RATE}/s; conc=${CONC} idle connections; ulimit -n $NOFILE; nice $NICE"
 	echo "- command: scripts/bench.sh $ORIG_ARGS"
 	echo "- load average at start (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg)"
+	for p in "${RUN_PROXIES[@]}"; do
+		if [[ $(proxy_kind "$p") == ringlb ]]; then
+			# ringlb says which engine and forwarding it really runs.
+			echo "- $p runs: $(grep -m1 -o 'starting workers.*' "$LOG_DIR/preflight-${p//:/_}.log" || echo '(no "starting workers" line in its log)')"
+		fi
+	done
 	for p in "${!SKIPPED[@]}"; do echo "- **$p skipped**: ${SKIPPED[$p]}"; done
 } >"$OUT_DIR/meta.md"
 
