@@ -176,22 +176,9 @@ impl Flow {
                 }
             }
             // The pipe is empty here.
-            if self.eof {
-                if !self.shut {
-                    sys::shutdown_write(dst).map_err(FlowError::Destination)?;
-                    self.shut = true;
-                    out.progressed = true;
-                }
+            if !self.may_read(dst, src_ready, budget, out)? {
                 return Ok(());
             }
-            if !*src_ready {
-                return Ok(());
-            }
-            if *budget == 0 {
-                out.starved = true;
-                return Ok(());
-            }
-            *budget -= 1;
             let pipe = match &mut self.pipe {
                 Some(p) => p,
                 None => self.pipe.insert(pool.take().map_err(FlowError::Pipe)?),
@@ -286,22 +273,9 @@ impl Flow {
                 }
             }
             // The buffer is empty here.
-            if self.eof {
-                if !self.shut {
-                    sys::shutdown_write(dst).map_err(FlowError::Destination)?;
-                    self.shut = true;
-                    out.progressed = true;
-                }
+            if !self.may_read(dst, src_ready, budget, out)? {
                 return Ok(());
             }
-            if !*src_ready {
-                return Ok(());
-            }
-            if *budget == 0 {
-                out.starved = true;
-                return Ok(());
-            }
-            *budget -= 1;
             let buf = self.buf.get_or_insert_with(|| pool.take());
             match sys::recv(src, buf) {
                 Ok(0) => {
@@ -342,6 +316,35 @@ impl Flow {
         } else {
             self.pump_copy(src, dst, src_ready, dst_ready, buffers, budget)
         }
+    }
+
+    /// With nothing in flight: forwards a pending EOF as a FIN, then says
+    /// whether to read from the source now (it is readable and the budget
+    /// allows one more read, which this takes).
+    fn may_read(
+        &mut self,
+        dst: RawFd,
+        src_ready: &bool,
+        budget: &mut u32,
+        out: &mut Pumped,
+    ) -> Result<bool, FlowError> {
+        if self.eof {
+            if !self.shut {
+                sys::shutdown_write(dst).map_err(FlowError::Destination)?;
+                self.shut = true;
+                out.progressed = true;
+            }
+            return Ok(false);
+        }
+        if !*src_ready {
+            return Ok(false);
+        }
+        if *budget == 0 {
+            out.starved = true;
+            return Ok(false);
+        }
+        *budget -= 1;
+        Ok(true)
     }
 
     /// Releases the buffer of a dying connection (its bytes are dropped).
