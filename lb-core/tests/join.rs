@@ -5,7 +5,7 @@
 //! rate limiter and a distinct client for Maglev). Waits are conditions with
 //! deadlines, never fixed sleeps.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -200,17 +200,7 @@ impl Lb {
     /// Connects as a client from `source`; returns the stream and the name
     /// of the backend that answered.
     fn client(&self, source: &str) -> (TcpStream, String) {
-        let mut s = connect_from(ip(source), self.listen);
-        let mut name = Vec::new();
-        let mut byte = [0u8; 1];
-        while name.last() != Some(&b'\n') {
-            match s.read(&mut byte) {
-                Ok(1) => name.push(byte[0]),
-                other => panic!("no backend greeting: {other:?}"),
-            }
-        }
-        name.pop();
-        (s, String::from_utf8(name).expect("name"))
+        greeted_client(ip(source), self.listen)
     }
 
     /// Waits until a client reaches `backend`, trying source addresses

@@ -150,3 +150,19 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Connects from `source` to a backend that greets with its name and a
+/// newline (as [`echo_backend`] does); returns the stream and the name.
+pub fn greeted_client(source: IpAddr, to: SocketAddr) -> (TcpStream, String) {
+    let mut s = connect_from(source, to);
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    while name.last() != Some(&b'\n') {
+        match s.read(&mut byte) {
+            Ok(1) => name.push(byte[0]),
+            other => panic!("no backend greeting: {other:?}"),
+        }
+    }
+    name.pop();
+    (s, String::from_utf8(name).expect("name"))
+}
