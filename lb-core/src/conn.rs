@@ -36,6 +36,28 @@ pub enum Side {
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The peer's FIN, a hang-up or an error was reported (POLLRDHUP,
+    /// POLLHUP, POLLERR). Sticky. Until then a short read proves the socket
+    /// drained: whatever arrives later raises a new event. A FIN that was
+    /// already reported raises none, so from then on reads go on until EOF.
+    pub read_closed: bool,
+}
+
+impl Readiness {
+    /// Everything possible: what a socket is assumed to be when nothing is
+    /// known (the next syscall tells).
+    pub const ANY: Readiness = Readiness {
+        readable: true,
+        writable: true,
+        read_closed: true,
+    };
+
+    /// Adds an event's report to what is known.
+    pub fn merge(&mut self, event: Readiness) {
+        self.readable |= event.readable;
+        self.writable |= event.writable;
+        self.read_closed |= event.read_closed;
+    }
 }
 
 /// Why a flow stopped with an error.
@@ -125,13 +147,14 @@ impl Flow {
         &mut self,
         src: RawFd,
         dst: RawFd,
-        src_ready: &mut bool,
-        dst_ready: &mut bool,
+        src_ready: &mut Readiness,
+        dst_ready: &mut Readiness,
         pool: &mut PipePool,
         budget: &mut u32,
     ) -> Result<Pumped, FlowError> {
         let mut out = Pumped::default();
-        let result = self.pump_inner(src, dst, src_ready, dst_ready, pool, budget, &mut out);
+        let (sr, dr) = (&mut src_ready.readable, &mut dst_ready.writable);
+        let result = self.pump_inner(src, dst, sr, dr, pool, budget, &mut out);
         // An empty pipe goes straight back: idle connections hold none.
         if self.in_pipe == 0 {
             if let Some(p) = self.pipe.take() {
@@ -219,13 +242,23 @@ impl Flow {
         &mut self,
         src: RawFd,
         dst: RawFd,
-        src_ready: &mut bool,
-        dst_ready: &mut bool,
+        src_ready: &mut Readiness,
+        dst_ready: &mut Readiness,
         pool: &mut BufferPool,
         budget: &mut u32,
     ) -> Result<Pumped, FlowError> {
         let mut out = Pumped::default();
-        let result = self.pump_copy_inner(src, dst, src_ready, dst_ready, pool, budget, &mut out);
+        let drained_on_short_read = !src_ready.read_closed;
+        let (sr, dr) = (&mut src_ready.readable, &mut dst_ready.writable);
+        let result = self.pump_copy_inner(
+            src,
+            dst,
+            (sr, drained_on_short_read),
+            dr,
+            pool,
+            budget,
+            &mut out,
+        );
         // An empty buffer goes straight back: idle connections hold none.
         if self.buf_start == self.buf_end {
             if let Some(b) = self.buf.take() {
@@ -240,7 +273,7 @@ impl Flow {
         &mut self,
         src: RawFd,
         dst: RawFd,
-        src_ready: &mut bool,
+        (src_ready, drained_on_short_read): (&mut bool, bool),
         dst_ready: &mut bool,
         pool: &mut BufferPool,
         budget: &mut u32,
@@ -283,6 +316,11 @@ impl Flow {
                     out.progressed = true;
                 }
                 Ok(n) => {
+                    // A read that did not fill the buffer took everything
+                    // queued: the recv after it would only say EAGAIN.
+                    if n < buf.len() && drained_on_short_read {
+                        *src_ready = false;
+                    }
                     (self.buf_start, self.buf_end) = (0, n);
                     self.bulk |= n >= BULK_READ;
                     out.progressed = true;
@@ -305,8 +343,8 @@ impl Flow {
         &mut self,
         src: RawFd,
         dst: RawFd,
-        src_ready: &mut bool,
-        dst_ready: &mut bool,
+        src_ready: &mut Readiness,
+        dst_ready: &mut Readiness,
         pipes: &mut PipePool,
         buffers: &mut BufferPool,
         budget: &mut u32,
@@ -472,8 +510,8 @@ impl Pair {
             &mut Flow,
             RawFd,
             RawFd,
-            &mut bool,
-            &mut bool,
+            &mut Readiness,
+            &mut Readiness,
             &mut u32,
         ) -> Result<Pumped, FlowError>,
     ) -> Outcome {
@@ -482,8 +520,8 @@ impl Pair {
             &mut self.up,
             client,
             backend,
-            &mut client_ready.readable,
-            &mut backend_ready.writable,
+            client_ready,
+            backend_ready,
             &mut up_budget,
         ) {
             Ok(p) => p,
@@ -494,8 +532,8 @@ impl Pair {
             &mut self.down,
             backend,
             client,
-            &mut backend_ready.readable,
-            &mut client_ready.writable,
+            backend_ready,
+            client_ready,
             &mut down_budget,
         ) {
             Ok(p) => p,
@@ -568,14 +606,8 @@ mod tests {
     ) -> Outcome {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut cr = Readiness {
-                readable: true,
-                writable: true,
-            };
-            let mut br = Readiness {
-                readable: true,
-                writable: true,
-            };
+            let mut cr = Readiness::ANY;
+            let mut br = Readiness::ANY;
             let o = pair.drive(c.as_raw_fd(), b.as_raw_fd(), &mut cr, &mut br, pool, 4);
             if done(pair, o) {
                 return o;
@@ -666,10 +698,7 @@ mod tests {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut cr = Readiness {
-                readable: true,
-                writable: true,
-            };
+            let mut cr = Readiness::ANY;
             let mut br = cr;
             let o = pair.drive_copy(
                 c_in.as_raw_fd(),
@@ -699,6 +728,69 @@ mod tests {
     }
 
     #[test]
+    fn a_short_read_ends_reading_until_the_next_event_unless_a_fin_was_reported() {
+        let (mut client, c_in) = tcp_pair();
+        let (mut backend, b_in) = tcp_pair();
+        let mut bufs = BufferPool::new(4096, 4);
+        let mut pair = Pair::default();
+        let (c, b) = (c_in.as_raw_fd(), b_in.as_raw_fd());
+        let mut br = Readiness::ANY;
+        // Bytes, then a FIN the event did not report: the short read takes
+        // the bytes and stops (the FIN's own wake-up brings a new event).
+        client.write_all(b"hello").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        wait_readable(&c_in);
+        let mut cr = Readiness {
+            readable: true,
+            writable: true,
+            read_closed: false,
+        };
+        pair.drive_copy(c, b, &mut cr, &mut br, &mut bufs, 4);
+        assert!(!cr.readable, "a short read drained the socket");
+        assert!(!pair.up.is_shut(), "no read after the short one");
+        let mut got = [0u8; 5];
+        backend.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        // The event that reports the FIN: read on to EOF, forward it.
+        cr.merge(Readiness {
+            readable: true,
+            writable: false,
+            read_closed: true,
+        });
+        pair.drive_copy(c, b, &mut cr, &mut br, &mut bufs, 4);
+        assert!(pair.up.is_shut(), "the reported FIN was not forwarded");
+        // Data and FIN reported together: one drive delivers both.
+        let (mut client, c_in) = tcp_pair();
+        let (mut backend, b_in) = tcp_pair();
+        let mut pair = Pair::default();
+        client.write_all(b"last words").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        wait_readable(&c_in);
+        let mut cr = Readiness::ANY;
+        pair.drive_copy(
+            c_in.as_raw_fd(),
+            b_in.as_raw_fd(),
+            &mut cr,
+            &mut br,
+            &mut bufs,
+            4,
+        );
+        assert!(pair.up.is_shut(), "bytes and FIN should go in one drive");
+        let mut all = Vec::new();
+        backend.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"last words");
+    }
+
+    /// Waits until `s` (non-blocking) has something to read: bytes or FIN.
+    fn wait_readable(s: &TcpStream) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            assert!(Instant::now() < deadline, "nothing arrived within 10 s");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
     fn auto_copies_small_exchanges_and_splices_bulk_in_order() {
         let (mut client, c_in) = tcp_pair();
         let (mut backend, b_in) = tcp_pair();
@@ -706,10 +798,7 @@ mod tests {
         let mut bufs = BufferPool::new(1 << 16, 4);
         let mut pair = Pair::default();
         let mut drive = |pair: &mut Pair| {
-            let mut cr = Readiness {
-                readable: true,
-                writable: true,
-            };
+            let mut cr = Readiness::ANY;
             let mut br = cr;
             pair.drive_auto(
                 c_in.as_raw_fd(),

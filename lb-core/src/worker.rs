@@ -402,7 +402,7 @@ impl<R: Reactor> Worker<R> {
     }
 
     /// Handles one readiness report.
-    pub fn on_event(&mut self, token: u64, readable: bool, writable: bool) {
+    pub fn on_event(&mut self, token: u64, event: Readiness) {
         if token == WAKE_TOKEN {
             return;
         }
@@ -417,16 +417,16 @@ impl<R: Reactor> Worker<R> {
             return;
         };
         let connecting = matches!(conn.phase, Phase::Connecting { .. });
+        // Recorded in every phase: an edge is reported once (a request sent
+        // while the backend connects, a server greeting with the connect).
         if token & 1 == 1 {
+            conn.backend_ready.merge(event);
             if connecting {
                 self.connect_done(slot);
                 return;
             }
-            conn.backend_ready.readable |= readable;
-            conn.backend_ready.writable |= writable;
         } else {
-            conn.client_ready.readable |= readable;
-            conn.client_ready.writable |= writable;
+            conn.client_ready.merge(event);
             if connecting {
                 return;
             }
@@ -939,12 +939,10 @@ impl<R: Reactor> Worker<R> {
             stats,
             since: self.now,
         };
-        conn.backend_ready = Readiness {
-            readable: true,
-            writable: true,
-        };
-        // The client may have sent its request already.
-        conn.client_ready.readable = true;
+        // Connected: writable. Readable only if the event said so (the
+        // backend's poll reported every edge since the connect started,
+        // and the client's since its accept).
+        conn.backend_ready.writable = true;
         conn.last_active = self.now;
         self.drive(slot);
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::conn::Readiness;
 use crate::worker::{Reactor, Worker, WorkerSetup, WAKE_TOKEN};
 
 /// mio's registry as the worker's [`Reactor`].
@@ -61,9 +62,13 @@ pub fn run(setup: WorkerSetup) -> Result<(), crate::Error> {
         }
         worker.begin_turn();
         for ev in events.iter() {
-            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-            let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-            worker.on_event(ev.token().0 as u64, readable, writable);
+            let read_closed = ev.is_read_closed() || ev.is_error();
+            let event = Readiness {
+                readable: ev.is_readable() || read_closed,
+                writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+                read_closed,
+            };
+            worker.on_event(ev.token().0 as u64, event);
         }
         worker.end_turn();
     }

@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring};
 
+use crate::conn::Readiness;
 use crate::sys;
 use crate::worker::{Reactor, Worker, WorkerSetup, LISTENER_FLAG, WAKE_TOKEN};
 
@@ -73,6 +74,8 @@ const POLL_MASK: u32 =
     (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
 const READ_BITS: u32 = (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
 const WRITE_BITS: u32 = (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) as u32;
+/// The peer's FIN, a hang-up or an error: no further edge will say so.
+const CLOSED_BITS: u32 = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
 
 /// Most completions one turn collects before handing them to the worker:
 /// half the completion queue, so collecting never overflows it.
@@ -493,7 +496,7 @@ fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File)
         KIND_WAKE => {
             let mut counter = [0u8; 8];
             let _ = (&*wake).read(&mut counter);
-            worker.on_event(WAKE_TOKEN, true, false);
+            worker.on_event(WAKE_TOKEN, Readiness::default());
             if !more {
                 let r = &mut worker.reactor;
                 if r.wake.ended(cqe.result() < 0) {
@@ -530,10 +533,13 @@ fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
     if res > 0 {
         w.errors = 0;
         let mask = res as u32;
-        let readable = mask & READ_BITS != 0;
-        let writable = mask & WRITE_BITS != 0;
-        if readable || writable {
-            worker.on_event(token, readable, writable);
+        let event = Readiness {
+            readable: mask & READ_BITS != 0,
+            writable: mask & WRITE_BITS != 0,
+            read_closed: mask & CLOSED_BITS != 0,
+        };
+        if event.readable || event.writable {
+            worker.on_event(token, event);
         }
     }
     // The worker may have removed (or replaced) the watch meanwhile.
