@@ -110,6 +110,11 @@ pub struct Flow {
     /// `forwarding = "auto"`: a read brought [`BULK_READ`] bytes or more;
     /// this flow splices from now on (once its buffer is empty).
     bulk: bool,
+    /// The other direction is finished, so this flow's FIN is the last
+    /// thing the connection sends: `close(2)`, which follows at once, sends
+    /// it (the destination's receive queue is empty: its EOF was read), and
+    /// `shutdown(2)` is saved.
+    fin_on_close: bool,
 }
 
 /// One read this large marks a flow as bulk for `forwarding = "auto"`:
@@ -368,7 +373,9 @@ impl Flow {
     ) -> Result<bool, FlowError> {
         if self.eof {
             if !self.shut {
-                sys::shutdown_write(dst).map_err(FlowError::Destination)?;
+                if !self.fin_on_close {
+                    sys::shutdown_write(dst).map_err(FlowError::Destination)?;
+                }
                 self.shut = true;
                 out.progressed = true;
             }
@@ -420,8 +427,8 @@ pub struct Pair {
 pub enum Outcome {
     /// Still open; `starved`: a budget ran out, drive again next turn.
     Open { progressed: bool, starved: bool },
-    /// Both directions finished cleanly: close both sockets with
-    /// [`close_finished`].
+    /// Both directions finished cleanly: close both sockets now (the last
+    /// FIN goes out with the close).
     Finished,
     /// One side failed: the other gets an RST (`reset` names which sockets
     /// to close with SO_LINGER 0; the failed one is closed either way).
@@ -516,6 +523,7 @@ impl Pair {
         ) -> Result<Pumped, FlowError>,
     ) -> Outcome {
         let mut up_budget = budget;
+        self.up.fin_on_close = self.down.shut;
         let up = match pump(
             &mut self.up,
             client,
@@ -528,6 +536,7 @@ impl Pair {
             Err(e) => return e.abort(Side::Client),
         };
         let mut down_budget = budget;
+        self.down.fin_on_close = self.up.shut;
         let down = match pump(
             &mut self.down,
             backend,
@@ -638,6 +647,9 @@ mod tests {
             o == Outcome::Finished
         });
         assert_eq!(o, Outcome::Finished);
+        // Finished: the worker closes both sockets (the last FIN goes with
+        // the close).
+        drop((c_in, b_in));
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).unwrap();
         assert_eq!(reply, b"reply after half-close");
@@ -716,6 +728,7 @@ mod tests {
         }
         writer.join().unwrap();
         assert!(reader.join().unwrap() == request, "bytes differ");
+        drop((c_in, b_in));
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).unwrap();
         assert_eq!(reply, b"reply after half-close");

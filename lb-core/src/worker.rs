@@ -905,7 +905,15 @@ impl<R: Reactor> Worker<R> {
         let Some(fd) = conn.backend.as_ref().map(|b| b.as_raw_fd()) else {
             return;
         };
-        let error = sys::take_socket_error(fd).unwrap_or_else(Some);
+        // A connect that completed cleanly was reported writable and nothing
+        // else (a failed one: POLLERR|POLLHUP): only otherwise is SO_ERROR
+        // asked for.
+        let ready = conn.backend_ready;
+        let error = if ready.writable && !ready.read_closed {
+            None
+        } else {
+            sys::take_socket_error(fd).unwrap_or_else(Some)
+        };
         let Some(si) = self.listeners[conn.listener].service_index else {
             self.abort(slot, true, true);
             return;
