@@ -293,7 +293,7 @@ fn render_workers(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
     }
 
     type Read = fn(&WorkerControl) -> u64;
-    let families: [(&str, Kind, &str, Read); 3] = [
+    let families: [(&str, Kind, &str, Read); 4] = [
         (
             "ringlb_worker_accepted_total",
             Kind::Counter,
@@ -311,6 +311,12 @@ fn render_workers(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
             Kind::Gauge,
             "Splice pipes lent to connections now.",
             |w| w.pipes_lent.load(Relaxed) as u64,
+        ),
+        (
+            "ringlb_worker_buffers_lent",
+            Kind::Gauge,
+            "Copy buffers lent to connections now.",
+            |w| w.buffers_lent.load(Relaxed) as u64,
         ),
     ];
     for (name, kind, help, read) in families {

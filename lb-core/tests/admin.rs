@@ -671,6 +671,7 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
         "ringlb_worker_accepted_total{worker=\"0\"}",
         "ringlb_worker_connections{worker=\"0\"}",
         "ringlb_worker_pipes_lent{worker=\"0\"}",
+        "ringlb_worker_buffers_lent{worker=\"0\"}",
         "ringlb_worker_info{worker=\"0\",engine=\"epoll\"}",
     ] {
         metric(&before, key);

@@ -1,8 +1,9 @@
 //! Shared machinery of the integration suite: the `ringlb` process under
 //! test ([`Ringlb`]), its config ([`LbConfig`]), test backends
 //! ([`Backend`], [`Blackhole`]), clients bound to distinct loopback sources
-//! ([`connect_from`]), the engine matrix ([`for_each_engine`]) and
-//! deadline-bounded waiting ([`Deadline`], [`Counter`]).
+//! ([`connect_from`]), the engine matrix ([`for_each_engine`]),
+//! deadline-bounded waiting ([`Deadline`], [`Counter`]) and scrapes of
+//! ringlb's admin `/metrics` ([`Metrics`]).
 //!
 //! Everything here runs on the test's own thread plus helper threads it
 //! spawns (stderr reader, exit waiter, backend acceptors and per-connection
@@ -228,6 +229,11 @@ impl Drop for TempDir {
 pub struct LbConfig {
     pub workers: u32,
     pub engine: String,
+    /// `forwarding`; None leaves ringlb's default (`"auto"`).
+    pub forwarding: Option<String>,
+    /// The admin API on 127.0.0.1:0 (its port is read from the log), for
+    /// tests that scrape `/metrics`; off otherwise.
+    pub admin: bool,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -270,12 +276,15 @@ impl From<&Backend> for BackendConfig {
 }
 
 impl LbConfig {
-    /// Two workers, one service `web` on 127.0.0.1:0, Maglev, no active
-    /// health checks, the given backends in the given order.
+    /// Two workers, default forwarding, admin off, one service `web` on
+    /// 127.0.0.1:0, Maglev, no active health checks, the given backends in
+    /// the given order.
     pub fn single(engine: &str, backends: Vec<BackendConfig>) -> LbConfig {
         LbConfig {
             workers: 2,
             engine: engine.to_owned(),
+            forwarding: None,
+            admin: false,
             services: vec![ServiceConfig {
                 name: "web".to_owned(),
                 listen: vec!["127.0.0.1:0".to_owned()],
@@ -304,7 +313,11 @@ impl LbConfig {
         let _ = writeln!(t, "[global]");
         let _ = writeln!(t, "workers = {}", self.workers);
         let _ = writeln!(t, "engine = {:?}", self.engine);
-        let _ = writeln!(t, "admin = \"off\"");
+        if let Some(forwarding) = &self.forwarding {
+            let _ = writeln!(t, "forwarding = {forwarding:?}");
+        }
+        let admin = if self.admin { "127.0.0.1:0" } else { "off" };
+        let _ = writeln!(t, "admin = {admin:?}");
         for s in &self.services {
             let _ = writeln!(t, "\n[[service]]");
             let _ = writeln!(t, "name = {:?}", s.name);
@@ -347,6 +360,8 @@ pub struct Ringlb {
     lines: Receiver<String>,
     /// (service, actual bound address) from the `listening` lines.
     listening: Vec<(String, SocketAddr)>,
+    /// The admin API's bound address, if the config turned it on.
+    admin: Option<SocketAddr>,
     /// The config file's directory; removed on drop.
     _dir: TempDir,
     /// The config text, for failure messages.
@@ -367,7 +382,7 @@ impl Ringlb {
             *expected.entry(s.name.clone()).or_default() += s.listen.len();
         }
         let mut lb = Ringlb::spawn(&config.to_toml(), env);
-        lb.wait_ready(&expected);
+        lb.wait_ready(&expected, config.admin);
         lb
     }
 
@@ -396,22 +411,31 @@ impl Ringlb {
             stderr,
             lines,
             listening: Vec::new(),
+            admin: None,
             _dir: dir,
             config: config.to_owned(),
         }
     }
 
-    fn wait_ready(&mut self, expected: &BTreeMap<String, usize>) {
+    /// Waits for the `listening` lines of `expected` and, with `admin`, for
+    /// the admin API's.
+    fn wait_ready(&mut self, expected: &BTreeMap<String, usize>, admin: bool) {
         let deadline = Deadline::after(READY_TIMEOUT);
         let mut seen: BTreeMap<String, BTreeSet<SocketAddr>> = BTreeMap::new();
-        let ready = |seen: &BTreeMap<String, BTreeSet<SocketAddr>>| {
+        let ready = |seen: &BTreeMap<String, BTreeSet<SocketAddr>>, admin_seen: bool| {
             expected
                 .iter()
                 .all(|(svc, n)| seen.get(svc).map_or(0, BTreeSet::len) >= *n)
+                && (admin_seen || !admin)
         };
-        while !ready(&seen) {
+        while !ready(&seen, self.admin.is_some()) {
             match self.lines.recv_timeout(deadline.remaining()) {
                 Ok(line) => {
+                    if let Some(addr) = parse_admin_listening(&line) {
+                        self.admin = Some(addr.parse().unwrap_or_else(|e| {
+                            panic!("bad admin address in `{line}`: {e}\n{}", self.report())
+                        }));
+                    }
                     if let Some((service, addr)) = parse_listening(&line) {
                         let addr: SocketAddr = addr.parse().unwrap_or_else(|e| {
                             panic!("bad address in `{line}`: {e}\n{}", self.report())
@@ -426,9 +450,11 @@ impl Ringlb {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => panic!(
-                    "ringlb did not log `listening` for every listen address within {:?} \
-                     (expected {expected:?}, saw {seen:?})\n{}",
+                    "ringlb did not log `listening` for every listen address{} within {:?} \
+                     (expected {expected:?}, saw {seen:?}, admin {:?})\n{}",
+                    if admin { " and the admin API" } else { "" },
                     READY_TIMEOUT,
+                    self.admin,
                     self.report()
                 ),
                 Err(RecvTimeoutError::Disconnected) => {
@@ -470,6 +496,45 @@ impl Ringlb {
             .filter(|(s, _)| s == service)
             .map(|(_, a)| *a)
             .collect()
+    }
+
+    /// The process id, for reading /proc/PID.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The admin API's address; the config must have turned it on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .expect("admin_addr() needs LbConfig::admin = true")
+    }
+
+    /// Scrapes `/metrics` from the admin API (which the config must have
+    /// turned on).
+    pub fn metrics(&self) -> Metrics {
+        let mut s = TcpStream::connect_timeout(&self.admin_addr(), CLIENT_CONNECT_TIMEOUT)
+            .expect("connect to the admin API");
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ringlb\r\nConnection: close\r\n\r\n")
+            .expect("send the metrics request");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("reading /metrics: {e}\n{}", self.report()));
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("/metrics answer without a head: {answer:?}"));
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "/metrics answered {head:?}\n{}",
+            self.report()
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "/metrics answer is chunked; this reader expects a plain body: {head:?}"
+        );
+        Metrics {
+            text: body.to_owned(),
+        }
     }
 
     /// Everything ringlb wrote to stderr so far.
@@ -544,6 +609,41 @@ impl Drop for Ringlb {
         if thread::panicking() {
             eprintln!("{}", self.report());
         }
+    }
+}
+
+/// One scrape of ringlb's `/metrics` (Prometheus text format).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    text: String,
+}
+
+impl Metrics {
+    /// The sum of every sample of `family` over all its label sets (e.g.
+    /// the connections of all workers); panics if there is none.
+    pub fn total(&self, family: &str) -> u64 {
+        let samples: Vec<u64> =
+            self.text
+                .lines()
+                .filter_map(|line| {
+                    let rest = line.strip_prefix(family)?;
+                    let labels_and_value = rest.strip_prefix(' ').or_else(|| {
+                        rest.starts_with('{')
+                            .then(|| rest.rsplit_once("} ").map(|(_, v)| v))
+                            .flatten()
+                    })?;
+                    let value = labels_and_value.split_whitespace().next()?;
+                    Some(value.parse().unwrap_or_else(|e| {
+                        panic!("{family}: sample `{line}` is not an integer: {e}")
+                    }))
+                })
+                .collect();
+        assert!(
+            !samples.is_empty(),
+            "no sample of {family} in /metrics:\n{}",
+            self.text
+        );
+        samples.iter().sum()
     }
 }
 
@@ -667,6 +767,14 @@ pub fn parse_listening(line: &str) -> Option<(String, String)> {
     let (service, rest) = rest.split_once(' ')?;
     let addr = rest.strip_prefix("listen=")?.split_whitespace().next()?;
     Some((unquote(service), unquote(addr)))
+}
+
+/// Finds `admin API listening admin=ADDR` in a log line.
+pub fn parse_admin_listening(line: &str) -> Option<String> {
+    const KEY: &str = "admin API listening admin=";
+    let clean = strip_ansi(line);
+    let rest = &clean[clean.find(KEY)? + KEY.len()..];
+    Some(unquote(rest.split_whitespace().next()?))
 }
 
 fn unquote(s: &str) -> String {
@@ -844,7 +952,7 @@ pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const BACKEND_BACKLOG: i32 = 1024;
 
 /// A listener on `addr` with a [`BACKEND_BACKLOG`] accept queue.
-fn listen(addr: SocketAddr) -> TcpListener {
+pub fn listen(addr: SocketAddr) -> TcpListener {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .expect("backend socket");
     socket.set_reuse_address(true).expect("SO_REUSEADDR");
@@ -1052,5 +1160,10 @@ mod tests {
             Some(("api".into(), "[::1]:9".into()))
         );
         assert_eq!(parse_listening("INFO starting workers=2"), None);
+        assert_eq!(
+            parse_admin_listening("INFO admin API listening admin=127.0.0.1:41017 token=false"),
+            Some("127.0.0.1:41017".into())
+        );
+        assert_eq!(parse_admin_listening("INFO listening service=web"), None);
     }
 }
