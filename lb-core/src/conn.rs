@@ -7,9 +7,10 @@
 //! through a pipe borrowed from the worker's [`PipePool`] only while bytes
 //! are in flight, or (`forwarding = "copy"`, [`Pair::drive_copy`]) with
 //! non-blocking `recv(2)`/`send(2)` through a buffer borrowed the same way
-//! from the worker's [`BufferPool`]. The engines feed readiness in (edge-triggered: a flag is
-//! set by an event and cleared only when the kernel says EAGAIN) and act on
-//! the [`Outcome`].
+//! from the worker's [`BufferPool`]. The engines feed readiness in
+//! (edge-triggered: a flag is set by an event and cleared when the kernel
+//! says EAGAIN, or, for copies, by a read that did not fill the buffer: see
+//! [`Readiness::read_closed`]) and act on the [`Outcome`].
 //!
 //! TCP semantics kept: EOF on one side becomes `shutdown(SHUT_WR)` on the
 //! other once every byte before it is delivered (half-close); a reset or
