@@ -34,14 +34,15 @@ usage: scripts/bench.sh [options]
   --duration S          seconds per measured run (default 6)
   --proxies LIST        comma-separated, from: $ALL_PROXIES
                         and ringlb:ENGINE:FORWARDING variants, e.g.
-                        ringlb:epoll:splice, ringlb:uring:uring-splice, ringlb:auto:copy
+                        ringlb:epoll:splice, ringlb:uring:uring-splice,
+                        ringlb:uring:uring-copy, ringlb:auto:copy
                         (default: all five)
   --workloads LIST      comma-separated, from: $ALL_WORKLOADS (default: all)
   --rate R              request rate of the 'rate' workload (default 5000/s)
   --conc N              idle connections of the 'conc' workload (default 8000)
   --ringlb-engine E     engine for the plain 'ringlb' proxy: auto|uring|epoll
                         (default: left out of the config, i.e. ringlb's default)
-  --ringlb-forwarding F forwarding for it: auto|splice|uring-splice|copy
+  --ringlb-forwarding F forwarding for it: auto|splice|copy|uring-splice|uring-copy
   --nice N              run servers and load generators at nice N (e.g. -10 on a
                         machine shared with builds; needs root for N < 0)
   --port-base P         ports P..P+12 on 127.0.0.1 are used (default 28080)
@@ -94,8 +95,8 @@ in_range "$CONC" 1 50000 || die "--conc: 1..50000"
 in_range "$PORT_BASE" 1024 65000 || die "--port-base: 1024..65000"
 if ! [[ $NICE =~ ^-?[0-9]{1,2}$ ]] || ((NICE < -20 || NICE > 19)); then die "--nice: -20..19"; fi
 [[ -z $RINGLB_ENGINE || $RINGLB_ENGINE =~ ^(auto|uring|epoll)$ ]] || die "--ringlb-engine: auto|uring|epoll"
-[[ -z $RINGLB_FORWARDING || $RINGLB_FORWARDING =~ ^(auto|splice|uring-splice|copy)$ ]] ||
-	die "--ringlb-forwarding: auto|splice|uring-splice|copy"
+[[ -z $RINGLB_FORWARDING || $RINGLB_FORWARDING =~ ^(auto|splice|uring-splice|copy|uring-copy)$ ]] ||
+	die "--ringlb-forwarding: auto|splice|copy|uring-splice|uring-copy"
 
 IFS=, read -ra PROXIES <<<"$PROXIES_ARG"
 IFS=, read -ra WORKLOADS <<<"$WORKLOADS_ARG"

@@ -214,7 +214,7 @@ valid_proxy() {
 	ringlb:*:*)
 		local e f
 		IFS=: read -r _ e f <<<"$1"
-		[[ $e =~ ^(auto|uring|epoll)$ && $f =~ ^(auto|splice|uring-splice|copy)$ ]]
+		[[ $e =~ ^(auto|uring|epoll)$ && $f =~ ^(auto|splice|uring-splice|copy|uring-copy)$ ]]
 		;;
 	*) return 1 ;;
 	esac

@@ -46,7 +46,8 @@ pub struct Global {
     pub workers: Workers,
     /// `engine = "auto" | "uring" | "epoll"`; default auto.
     pub engine: EngineKind,
-    /// `forwarding = "auto" | "splice" | "uring-splice" | "copy"`; default auto.
+    /// `forwarding = "auto" | "splice" | "copy" | "uring-splice" |
+    /// "uring-copy"`; default auto.
     pub forwarding: Forwarding,
     /// `admin = "127.0.0.1:9090"` (default) or `admin = "off"` → None.
     pub admin: Option<SocketAddr>,
@@ -85,16 +86,60 @@ pub enum EngineKind {
 }
 
 /// How bytes are moved between the two sockets of a connection.
+///
+/// The first three are readiness-driven: the engine (epoll or io_uring)
+/// says a socket is ready and the worker moves the bytes inline with
+/// non-blocking syscalls. The `Uring*` two are completion-driven: the
+/// io_uring engine submits the reads and writes as ring operations
+/// (`engine::uring::ops`); they need the io_uring engine, and where it is
+/// not in use (`engine = "auto"` falling back to epoll) the worker runs
+/// their [`inline`](Forwarding::inline) equivalent instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarding {
-    /// The measured default.
+    /// The measured default: per flow, copy while reads are small, splice
+    /// once one read brings 16 KiB or more.
     Auto,
     /// Readiness + non-blocking `splice(2)` inline through a pipe.
     Splice,
-    /// `IORING_OP_SPLICE` (io_uring engine only).
-    UringSplice,
-    /// recv/send through a buffer (copies).
+    /// Readiness + non-blocking recv/send inline through a buffer (copies).
     Copy,
+    /// `IORING_OP_SPLICE` socket → pipe → socket, after a ring poll says
+    /// the source is readable; runs on io-wq threads, capped per worker
+    /// (io_uring engine only).
+    UringSplice,
+    /// `IORING_OP_RECV` into a buffer the kernel picks from a per-worker
+    /// provided buffer ring, then `IORING_OP_SEND` of those bytes (copies;
+    /// io_uring engine only).
+    UringCopy,
+}
+
+impl Forwarding {
+    /// Needs the io_uring engine.
+    pub fn needs_uring(self) -> bool {
+        matches!(self, Forwarding::UringSplice | Forwarding::UringCopy)
+    }
+
+    /// What a worker without io_uring runs instead: the inline strategy
+    /// that moves bytes the same way (`uring-splice` → `splice`,
+    /// `uring-copy` → `copy`); the others are themselves.
+    pub fn inline(self) -> Forwarding {
+        match self {
+            Forwarding::UringSplice => Forwarding::Splice,
+            Forwarding::UringCopy => Forwarding::Copy,
+            other => other,
+        }
+    }
+
+    /// The config file's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::Auto => "auto",
+            Forwarding::Splice => "splice",
+            Forwarding::Copy => "copy",
+            Forwarding::UringSplice => "uring-splice",
+            Forwarding::UringCopy => "uring-copy",
+        }
+    }
 }
 
 /// `[[service]]`: one listening front with its backend pool.
@@ -924,7 +969,7 @@ state = "disabled"
     fn enum_keys_list_their_allowed_values() {
         let cases = [
             (global_with("engine = \"io_uring\""), (2, 10), "global.engine: \"io_uring\" is not valid (expected one of \"auto\", \"uring\", \"epoll\")"),
-            (global_with("forwarding = \"zero-copy\""), (2, 14), "global.forwarding: \"zero-copy\" is not valid (expected one of \"auto\", \"splice\", \"uring-splice\", \"copy\")"),
+            (global_with("forwarding = \"zero-copy\""), (2, 14), "global.forwarding: \"zero-copy\" is not valid (expected one of \"auto\", \"splice\", \"uring-splice\", \"copy\", \"uring-copy\")"),
             (service_with("balance = \"rr\""), (4, 11), "services[0].balance: \"rr\" is not valid (expected one of \"maglev\", \"round-robin\", \"least-conn\", \"p2c\")"),
             (health_with("kind = \"grpc\""), (5, 8), "services[0].health.kind: \"grpc\" is not valid (expected one of \"http\", \"https\", \"tcp\", \"none\")"),
             (health_with("degraded = \"ok\""), (5, 12), "services[0].health.degraded: \"ok\" is not valid (expected one of \"unhealthy\", \"healthy\")"),
@@ -940,12 +985,39 @@ state = "disabled"
         assert_refused(
             &global_with("engine = \"epoll\"\nforwarding = \"uring-splice\""),
             (3, 14),
-            &["global.forwarding: \"uring-splice\" needs the io_uring engine"],
+            &[
+                "global.forwarding: \"uring-splice\" needs the io_uring engine",
+                "(use \"splice\", or engine = \"uring\" or \"auto\")",
+            ],
         );
         assert!(parse(&global_with(
             "engine = \"uring\"\nforwarding = \"uring-splice\""
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn uring_copy_is_a_forwarding_that_needs_the_uring_engine() {
+        for (engine, expected) in [("uring", EngineKind::Uring), ("auto", EngineKind::Auto)] {
+            let g = parse(&global_with(&format!(
+                "engine = \"{engine}\"\nforwarding = \"uring-copy\""
+            )))
+            .unwrap()
+            .global;
+            assert_eq!((g.engine, g.forwarding), (expected, Forwarding::UringCopy));
+        }
+        assert_refused(
+            &global_with("engine = \"epoll\"\nforwarding = \"uring-copy\""),
+            (3, 14),
+            &[
+                "global.forwarding: \"uring-copy\" needs the io_uring engine",
+                "(use \"copy\", or engine = \"uring\" or \"auto\")",
+            ],
+        );
+        // Without io_uring each runs its inline equivalent.
+        assert_eq!(Forwarding::UringCopy.inline(), Forwarding::Copy);
+        assert_eq!(Forwarding::UringSplice.inline(), Forwarding::Splice);
+        assert_eq!(Forwarding::Auto.inline(), Forwarding::Auto);
     }
 
     #[test]

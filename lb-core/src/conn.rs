@@ -76,7 +76,7 @@ impl FlowError {
     /// What to do when a flow reading from `source` failed: the side that
     /// failed is closed, the other one gets an RST (it must learn the
     /// stream broke); without a pipe, both get one.
-    fn abort(&self, source: Side) -> Outcome {
+    pub(crate) fn abort(&self, source: Side) -> Outcome {
         let failed = match (self, source) {
             (FlowError::Pipe(_), _) => None,
             (FlowError::Source(_), s) => Some(s),

@@ -3,8 +3,10 @@
 //! caller's thread.
 //!
 //! - [`uring`]: one io_uring per worker: multishot poll readiness, multishot
-//!   accept, inline `splice(2)` (or copy); one `io_uring_enter` per turn,
-//!   more only while the kernel holds ready completions back.
+//!   accept, inline `splice(2)` (or copy), or with `forwarding =
+//!   "uring-copy"`/`"uring-splice"` ring requests that move the bytes
+//!   themselves; one `io_uring_enter` per turn, more only while the kernel
+//!   holds ready completions back.
 //! - [`epoll`]: mio (epoll), edge-triggered readiness + inline `splice(2)`.
 //!   Works everywhere, including where io_uring is blocked (Docker's default
 //!   seccomp profile, gVisor, `kernel.io_uring_disabled`).
@@ -74,8 +76,10 @@ fn decide(
 }
 
 /// Runs one worker to completion on the current thread.
-pub fn run(choice: &EngineChoice, setup: WorkerSetup) -> Result<(), crate::Error> {
+pub fn run(choice: &EngineChoice, mut setup: WorkerSetup) -> Result<(), crate::Error> {
     if choice.name != "uring" {
+        // The uring-* forwardings need the ring (the server said so).
+        setup.forwarding = setup.forwarding.inline();
         return epoll::run(setup);
     }
     // The ring is made here, on the thread that will submit to it
@@ -87,6 +91,7 @@ pub fn run(choice: &EngineChoice, setup: WorkerSetup) -> Result<(), crate::Error
             // (memory), not a kernel without io_uring: a worker on epoll
             // beats a worker whose listener nobody serves.
             tracing::warn!(worker = setup.id, reason = %why, "cannot set up this worker's io_uring; it runs on epoll");
+            setup.forwarding = setup.forwarding.inline();
             epoll::run(setup)
         }
         Err(why) => Err(crate::Error::Engine {

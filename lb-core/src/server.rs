@@ -281,9 +281,15 @@ impl Server {
         // The control plane says when its first table is published.
         let _ = ready_rx.recv();
 
-        tracing::info!(engine = engine.name, reason = %engine.reason, forwarding = ?config.global.forwarding, workers = worker_count, "starting workers");
-        if config.global.forwarding == Forwarding::UringSplice {
-            tracing::warn!("forwarding = \"uring-splice\" is not implemented yet: splicing inline (as \"splice\")");
+        let forwarding = worker_forwarding(config.global.forwarding, engine.name);
+        tracing::info!(engine = engine.name, reason = %engine.reason, forwarding = ?forwarding, workers = worker_count, "starting workers");
+        if forwarding != config.global.forwarding {
+            tracing::warn!(
+                "forwarding = {:?} needs io_uring, which this server does not run on ({}); forwarding inline as {:?}",
+                config.global.forwarding.name(),
+                engine.reason,
+                forwarding.name()
+            );
         }
         let mut workers = Vec::with_capacity(worker_count);
         for (id, listeners) in per_worker.into_iter().enumerate() {
@@ -295,7 +301,7 @@ impl Server {
                 control: worker_controls[id].clone(),
                 pipe_size: config.global.pipe_size.get(),
                 pipe_pool: config.global.pipe_pool,
-                forwarding: config.global.forwarding,
+                forwarding,
             };
             let core = (config.global.workers == Workers::Auto)
                 .then(|| cores.get(id).copied())
@@ -889,5 +895,17 @@ async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()
     match sig {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The forwarding workers run on `engine`: the configured one, or its
+/// inline equivalent when it needs io_uring and the engine is not it
+/// (`engine = "auto"` fell back to epoll; the config check refuses an
+/// explicit `engine = "epoll"`).
+fn worker_forwarding(configured: Forwarding, engine: &str) -> Forwarding {
+    if engine == "uring" {
+        configured
+    } else {
+        configured.inline()
     }
 }

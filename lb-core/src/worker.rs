@@ -65,6 +65,32 @@ pub trait Reactor {
     /// Stops watching `fd`. `closing`: the fd is about to be closed (epoll
     /// forgets closed fds by itself; io_uring needs a cancel).
     fn remove(&mut self, fd: RawFd, token: u64, closing: bool);
+
+    /// The engine moves the bytes of established connections itself
+    /// (io_uring with `forwarding = "uring-copy"` or `"uring-splice"`):
+    /// the worker hands each over with [`start_flows`](Reactor::start_flows)
+    /// and never pumps it; completions come back through
+    /// [`Worker::on_forwarded`].
+    fn forwards(&self) -> bool {
+        false
+    }
+    /// Starts forwarding between the two sockets of the connection with
+    /// `token`; returns a handle for [`stop_flows`](Reactor::stop_flows).
+    fn start_flows(&mut self, _token: u64, _client: RawFd, _backend: RawFd) -> io::Result<u64> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Ends the forwarding of `handle` and takes the connection's sockets
+    /// ([client, backend], SO_LINGER already set for a reset): the engine
+    /// cancels what is in flight on them and closes them when no request
+    /// names them any more (a request queued but not yet submitted names
+    /// an fd *number*, which a socket accepted meanwhile could reuse).
+    fn stop_flows(&mut self, _handle: u64, fds: [OwnedFd; 2]) {
+        drop(fds);
+    }
+    /// (pipes, buffers) the engine's forwarding holds (metrics, leak checks).
+    fn lent(&self) -> (usize, usize) {
+        (0, 0)
+    }
 }
 
 /// A connect failure, sent to the control plane (passive health).
@@ -250,9 +276,14 @@ enum Phase {
         started: Instant,
     },
     Established {
+        /// The inline pumps' state; with the engine forwarding (`flows`)
+        /// only its byte counts are used.
         pair: Pair,
         stats: Arc<BackendStats>,
         since: Instant,
+        /// The engine forwards this connection (`Reactor::forwards`): its
+        /// handle. Readiness then never drives the inline pumps.
+        flows: Option<u64>,
     },
 }
 
@@ -454,8 +485,7 @@ impl<R: Reactor> Worker<R> {
         }
         self.manage_listeners();
         self.free.append(&mut self.freed);
-        self.control.connections.store(self.conn_count, Relaxed);
-        self.control.pipes_lent.store(self.pool.lent(), Relaxed);
+        self.publish_counters();
         if self.latencies_dirty
             && self.now.duration_since(self.latencies_published) >= LATENCY_PUBLISH
         {
@@ -465,9 +495,19 @@ impl<R: Reactor> Worker<R> {
             self.latencies_dirty = false;
             self.latencies_published = self.now;
         }
+    }
+
+    /// Connections, pipes and buffers held, for the control plane (once a
+    /// turn, and by the engine after its last completions on stop).
+    pub fn publish_counters(&self) {
+        let (pipes, buffers) = self.reactor.lent();
+        self.control.connections.store(self.conn_count, Relaxed);
+        self.control
+            .pipes_lent
+            .store(self.pool.lent() + pipes, Relaxed);
         self.control
             .buffers_lent
-            .store(self.buffers.lent(), Relaxed);
+            .store(self.buffers.lent() + buffers, Relaxed);
     }
 
     /// True once the worker should leave its loop.
@@ -484,11 +524,7 @@ impl<R: Reactor> Worker<R> {
             }
         }
         self.free.append(&mut self.freed);
-        self.control.connections.store(self.conn_count, Relaxed);
-        self.control.pipes_lent.store(self.pool.lent(), Relaxed);
-        self.control
-            .buffers_lent
-            .store(self.buffers.lent(), Relaxed);
+        self.publish_counters();
     }
 
     fn slot_of(&self, token: u64) -> Option<usize> {
@@ -946,27 +982,91 @@ impl<R: Reactor> Worker<R> {
             pair: Pair::default(),
             stats,
             since: self.now,
+            flows: None,
         };
+        conn.last_active = self.now;
+        if self.reactor.forwards() {
+            self.hand_over(slot);
+            return;
+        }
         // Connected: writable. Readable only if the event said so (the
         // backend's poll reported every edge since the connect started,
         // and the client's since its accept).
         conn.backend_ready.writable = true;
-        conn.last_active = self.now;
         self.drive(slot);
     }
 
-    fn drive(&mut self, slot: usize) {
+    /// Gives an established connection's forwarding to the engine. Its
+    /// socket watches go: readiness means nothing to it any more.
+    fn hand_over(&mut self, slot: usize) {
+        let client_token = self.token(slot, false);
+        let backend_token = self.token(slot, true);
+        let Some(conn) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let Some(backend) = conn.backend.as_ref().map(|b| b.as_raw_fd()) else {
+            return;
+        };
+        let client = conn.client.as_raw_fd();
+        self.reactor.remove(client, client_token, false);
+        self.reactor.remove(backend, backend_token, false);
+        match self.reactor.start_flows(client_token, client, backend) {
+            Ok(handle) => {
+                if let Phase::Established { flows, .. } = &mut conn.phase {
+                    *flows = Some(handle);
+                }
+            }
+            Err(_) => self.abort(slot, true, true),
+        }
+    }
+
+    /// A completion of the engine's forwarding of the connection with
+    /// `token`: `up`/`down` bytes written to the backend / client, and
+    /// what became of it (as from the inline pumps).
+    pub fn on_forwarded(&mut self, token: u64, up: u64, down: u64, outcome: Outcome) {
+        let Some(slot) = self.slot_of(token) else {
+            return;
+        };
         let Some(conn) = self.slots[slot].as_mut() else {
             return;
         };
         let Phase::Established { pair, .. } = &mut conn.phase else {
             return;
         };
+        pair.up.bytes += up;
+        pair.down.bytes += down;
+        match outcome {
+            Outcome::Open { progressed, .. } => {
+                if progressed {
+                    conn.last_active = self.now;
+                }
+            }
+            Outcome::Finished => self.finish(slot),
+            Outcome::Aborted {
+                reset_client,
+                reset_backend,
+            } => self.abort(slot, reset_client, reset_backend),
+        }
+    }
+
+    fn drive(&mut self, slot: usize) {
+        let Some(conn) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let Phase::Established {
+            pair, flows: None, ..
+        } = &mut conn.phase
+        else {
+            // Connecting, or forwarded by the engine.
+            return;
+        };
         let Some(backend) = &conn.backend else { return };
         let (client, backend) = (conn.client.as_raw_fd(), backend.as_raw_fd());
         let (cr, br) = (&mut conn.client_ready, &mut conn.backend_ready);
         let outcome = match self.forwarding {
-            Forwarding::Copy => {
+            // The uring-* modes reach here only when the engine could not
+            // set them up: they run their inline equivalent.
+            Forwarding::Copy | Forwarding::UringCopy => {
                 pair.drive_copy(client, backend, cr, br, &mut self.buffers, DRIVE_BUDGET)
             }
             Forwarding::Auto => pair.drive_auto(
@@ -978,7 +1078,6 @@ impl<R: Reactor> Worker<R> {
                 &mut self.buffers,
                 DRIVE_BUDGET,
             ),
-            // uring-splice is not built: the server warns and splices inline.
             Forwarding::Splice | Forwarding::UringSplice => {
                 pair.drive(client, backend, cr, br, &mut self.pool, DRIVE_BUDGET)
             }
@@ -1083,7 +1182,10 @@ impl<R: Reactor> Worker<R> {
         if let Some(b) = &conn.backend {
             self.reactor.remove(b.as_raw_fd(), backend_token, true);
         }
-        if let Phase::Established { pair, stats, since } = &mut conn.phase {
+        if let Phase::Established {
+            pair, stats, since, ..
+        } = &mut conn.phase
+        {
             self.latencies
                 .record_duration(self.now.saturating_duration_since(*since));
             self.latencies_dirty = true;
@@ -1096,6 +1198,25 @@ impl<R: Reactor> Worker<R> {
         self.listeners[conn.listener].stats.release();
         self.conn_count -= 1;
         self.freed.push(slot);
+        let Conn {
+            client,
+            backend,
+            phase,
+            ..
+        } = conn;
+        if let (
+            Phase::Established {
+                flows: Some(handle),
+                ..
+            },
+            Some(backend),
+        ) = (phase, backend)
+        {
+            // The engine cancels what it has in flight on the sockets and
+            // closes them once nothing names them any more.
+            self.reactor.stop_flows(handle, [client, backend.into()]);
+        }
+        // Otherwise both close here.
     }
 }
 

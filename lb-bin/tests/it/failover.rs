@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    self, client_sources, connect_from, for_each_engine, read_line, read_outcome, Backend,
-    BackendConfig, Blackhole, DeadPort, LbConfig, ReadOutcome, Ringlb,
+    self, client_sources, connect_from, for_each_variant, read_line, read_outcome, Backend,
+    BackendConfig, Blackhole, DeadPort, LbConfig, ReadOutcome, Ringlb, Variant,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -19,7 +19,7 @@ const GIVE_UP_BOUND: Duration = CONNECT_TIMEOUT
     .saturating_mul(CONNECT_ATTEMPTS)
     .saturating_add(Duration::from_millis(1500));
 
-fn config(engine: &str, backends: Vec<BackendConfig>) -> LbConfig {
+fn config(engine: Variant, backends: Vec<BackendConfig>) -> LbConfig {
     let mut config = LbConfig::single(engine, backends);
     config.service().connect_timeout = format!("{}ms", CONNECT_TIMEOUT.as_millis());
     config.service().connect_attempts = CONNECT_ATTEMPTS;
@@ -29,7 +29,7 @@ fn config(engine: &str, backends: Vec<BackendConfig>) -> LbConfig {
 #[test]
 fn clients_of_a_dead_backend_fail_over_to_the_live_one() {
     let _shared = harness::shared();
-    for_each_engine("failover::one_dead", |engine| {
+    for_each_variant("failover::one_dead", |engine| {
         let live = Backend::named("live");
         let dead = DeadPort::new();
         let lb = Ringlb::start(&config(
@@ -65,7 +65,7 @@ fn clients_of_a_dead_backend_fail_over_to_the_live_one() {
 #[test]
 fn all_backends_refusing_closes_the_client_promptly() {
     let _shared = harness::shared();
-    for_each_engine("failover::all_refusing", |engine| {
+    for_each_variant("failover::all_refusing", |engine| {
         let (dead1, dead2) = (DeadPort::new(), DeadPort::new());
         let lb = Ringlb::start(&config(
             engine,
@@ -84,7 +84,7 @@ fn all_backends_refusing_closes_the_client_promptly() {
 #[test]
 fn all_backends_unreachable_closes_the_client_within_the_connect_timeouts() {
     let _shared = harness::shared();
-    for_each_engine("failover::all_blackholed", |engine| {
+    for_each_variant("failover::all_blackholed", |engine| {
         let (h1, h2) = (Blackhole::new(), Blackhole::new());
         let lb = Ringlb::start(&config(
             engine,
@@ -99,7 +99,7 @@ fn all_backends_unreachable_closes_the_client_within_the_connect_timeouts() {
 
 /// A few clients (different hash homes) each see their connection closed
 /// within [`GIVE_UP_BOUND`].
-fn assert_closed_promptly(engine: &str, lb: SocketAddr) {
+fn assert_closed_promptly(engine: Variant, lb: SocketAddr) {
     for src in client_sources().into_iter().take(4) {
         let started = Instant::now();
         let outcome = match connect_from(src, lb) {

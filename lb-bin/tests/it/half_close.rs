@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::harness::{
-    self, client_sources, connect_from, for_each_engine, read_outcome, seeded_bytes, Backend,
+    self, client_sources, connect_from, for_each_variant, read_outcome, seeded_bytes, Backend,
     LbConfig, ReadOutcome, Ringlb, LOCALHOST,
 };
 
@@ -21,7 +21,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 #[test]
 fn backend_replies_after_client_half_closes() {
     let _shared = harness::shared();
-    for_each_engine("half_close::client_first", |engine| {
+    for_each_variant("half_close::client_first", |engine| {
         let request = seeded_bytes(1, 100 * 1024);
         let reply = Arc::new(seeded_bytes(2, 1024 * 1024));
         let (requests_tx, requests) = mpsc::channel();
@@ -74,7 +74,7 @@ fn backend_replies_after_client_half_closes() {
 #[test]
 fn client_keeps_sending_after_backend_half_closes() {
     let _shared = harness::shared();
-    for_each_engine("half_close::backend_first", |engine| {
+    for_each_variant("half_close::backend_first", |engine| {
         let (got_tx, got) = mpsc::channel();
         let backend = Backend::spawn("early", LOCALHOST, move |mut s| {
             if s.write_all(b"hello\n").is_err() || s.shutdown(Shutdown::Write).is_err() {

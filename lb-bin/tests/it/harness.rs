@@ -1,9 +1,10 @@
 //! Shared machinery of the integration suite: the `ringlb` process under
 //! test ([`Ringlb`]), its config ([`LbConfig`]), test backends
 //! ([`Backend`], [`Blackhole`]), clients bound to distinct loopback sources
-//! ([`connect_from`]), the engine matrix ([`for_each_engine`]),
-//! deadline-bounded waiting ([`Deadline`], [`Counter`]) and scrapes of
-//! ringlb's admin `/metrics` ([`Metrics`]).
+//! ([`connect_from`]), the engine and data-plane matrices
+//! ([`for_each_engine`], [`for_each_variant`]), deadline-bounded waiting
+//! ([`Deadline`], [`Counter`]) and scrapes of ringlb's admin `/metrics`
+//! ([`Metrics`]).
 //!
 //! Everything here runs on the test's own thread plus helper threads it
 //! spawns (stderr reader, exit waiter, backend acceptors and per-connection
@@ -43,23 +44,81 @@ pub const SMALL_STACK: usize = 256 * 1024;
 
 /// The engines every forwarding test runs against.
 ///
-/// Add `"uring"` when the io_uring engine lands; [`for_each_engine`] then
-/// skips it, with a printed reason, on kernels or sandboxes that block
-/// io_uring.
+/// [`for_each_engine`] skips `"uring"`, with a printed reason, on kernels
+/// or sandboxes that block io_uring.
 pub fn engines() -> Vec<&'static str> {
     vec!["epoll", "uring"]
+}
+
+/// One cell of the data-plane matrix: an engine and a forwarding strategy
+/// (`"auto"`, the default, is left out of the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    pub engine: &'static str,
+    pub forwarding: &'static str,
+}
+
+impl From<&'static str> for Variant {
+    /// An engine with the default forwarding.
+    fn from(engine: &'static str) -> Variant {
+        Variant {
+            engine,
+            forwarding: "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.forwarding {
+            "auto" => f.write_str(self.engine),
+            forwarding => write!(f, "{}/{forwarding}", self.engine),
+        }
+    }
+}
+
+/// The data-plane matrix: every engine with its default forwarding, plus
+/// io_uring's completion-driven strategies (the ring's own RECV/SEND
+/// through a provided buffer ring, and IORING_OP_SPLICE), which share no
+/// code with the inline pumps and so need the same proofs.
+pub fn variants() -> Vec<Variant> {
+    let mut all: Vec<Variant> = engines().into_iter().map(Variant::from).collect();
+    for forwarding in ["uring-copy", "uring-splice"] {
+        all.push(Variant {
+            engine: "uring",
+            forwarding,
+        });
+    }
+    all
 }
 
 /// Runs `test` once per engine in [`engines`], skipping (with a printed
 /// reason) engines this machine cannot run.
 pub fn for_each_engine(test: &str, mut body: impl FnMut(&'static str)) {
-    for engine in engines() {
-        if let Some(reason) = engine_unavailable(engine) {
-            println!("{test}: SKIPPED for engine {engine}: {reason}");
+    for_each_of(test, engines().into_iter().map(Variant::from), |v| {
+        body(v.engine)
+    });
+}
+
+/// Runs `test` once per [`variants`] cell, skipping (with a printed
+/// reason) engines this machine cannot run: for the tests of the data
+/// plane itself (bytes, FINs, resets, timeouts, limits, failover).
+pub fn for_each_variant(test: &str, body: impl FnMut(Variant)) {
+    for_each_of(test, variants(), body);
+}
+
+fn for_each_of(
+    test: &str,
+    cells: impl IntoIterator<Item = Variant>,
+    mut body: impl FnMut(Variant),
+) {
+    for variant in cells {
+        if let Some(reason) = engine_unavailable(variant.engine) {
+            println!("{test}: SKIPPED for {variant}: {reason}");
             continue;
         }
-        println!("{test}: engine {engine}");
-        body(engine);
+        println!("{test}: {variant}");
+        body(variant);
     }
 }
 
@@ -229,8 +288,8 @@ impl Drop for TempDir {
 pub struct LbConfig {
     pub workers: u32,
     pub engine: String,
-    /// `forwarding`; None leaves ringlb's default (`"auto"`).
-    pub forwarding: Option<String>,
+    /// `forwarding` in `[global]`; "auto" (the default) is not written.
+    pub forwarding: String,
     /// The admin API on 127.0.0.1:0 (its port is read from the log), for
     /// tests that scrape `/metrics`; off otherwise.
     pub admin: bool,
@@ -276,14 +335,14 @@ impl From<&Backend> for BackendConfig {
 }
 
 impl LbConfig {
-    /// Two workers, default forwarding, admin off, one service `web` on
-    /// 127.0.0.1:0, Maglev, no active health checks, the given backends in
-    /// the given order.
-    pub fn single(engine: &str, backends: Vec<BackendConfig>) -> LbConfig {
+    /// Two workers, admin off, one service `web` on 127.0.0.1:0, Maglev,
+    /// no active health checks, the given backends in the given order.
+    pub fn single(variant: impl Into<Variant>, backends: Vec<BackendConfig>) -> LbConfig {
+        let variant = variant.into();
         LbConfig {
             workers: 2,
-            engine: engine.to_owned(),
-            forwarding: None,
+            engine: variant.engine.to_owned(),
+            forwarding: variant.forwarding.to_owned(),
             admin: false,
             services: vec![ServiceConfig {
                 name: "web".to_owned(),
@@ -299,8 +358,8 @@ impl LbConfig {
     }
 
     /// [`LbConfig::single`] over running test backends.
-    pub fn over(engine: &str, backends: &[&Backend]) -> LbConfig {
-        LbConfig::single(engine, backends.iter().map(|b| (*b).into()).collect())
+    pub fn over(variant: impl Into<Variant>, backends: &[&Backend]) -> LbConfig {
+        LbConfig::single(variant, backends.iter().map(|b| (*b).into()).collect())
     }
 
     /// The first (usually only) service.
@@ -313,8 +372,8 @@ impl LbConfig {
         let _ = writeln!(t, "[global]");
         let _ = writeln!(t, "workers = {}", self.workers);
         let _ = writeln!(t, "engine = {:?}", self.engine);
-        if let Some(forwarding) = &self.forwarding {
-            let _ = writeln!(t, "forwarding = {forwarding:?}");
+        if self.forwarding != "auto" {
+            let _ = writeln!(t, "forwarding = {:?}", self.forwarding);
         }
         let admin = if self.admin { "127.0.0.1:0" } else { "off" };
         let _ = writeln!(t, "admin = {admin:?}");
@@ -383,7 +442,25 @@ impl Ringlb {
         }
         let mut lb = Ringlb::spawn(&config.to_toml(), env);
         lb.wait_ready(&expected, config.admin);
+        if config.forwarding != "auto" {
+            lb.expect_forwarding(&config.forwarding);
+        }
         lb
+    }
+
+    /// The workers forward as configured, not a fallback: the start line
+    /// names the strategy (`uring-copy` logs as `UringCopy`) and no worker
+    /// said it forwards inline instead.
+    fn expect_forwarding(&self, forwarding: &str) {
+        let logged: String = forwarding
+            .split('-')
+            .map(|w| w[..1].to_uppercase() + &w[1..])
+            .collect();
+        let stderr = self.stderr();
+        assert!(
+            stderr.contains(&format!("forwarding={logged}")) && !stderr.contains("forwards inline"),
+            "ringlb does not forward with {forwarding:?}:\n{stderr}"
+        );
     }
 
     fn spawn(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {

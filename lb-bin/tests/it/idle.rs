@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    self, client_sources, connect_from, for_each_engine, read_line, read_outcome, Backend,
-    LbConfig, ReadOutcome, Ringlb, LOCALHOST,
+    self, client_sources, connect_from, for_each_variant, read_line, read_outcome, Backend,
+    LbConfig, ReadOutcome, Ringlb, Variant, LOCALHOST,
 };
 
 const IDLE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -21,7 +21,7 @@ const EARLIEST_CLOSE: Duration = Duration::from_millis(250);
 const TICK: Duration = Duration::from_millis(100);
 const TICKS: u32 = 10;
 
-fn config(engine: &str, backend: &Backend) -> LbConfig {
+fn config(engine: Variant, backend: &Backend) -> LbConfig {
     let mut config = LbConfig::over(engine, &[backend]);
     config.service().idle_timeout = "300ms".to_owned();
     config
@@ -30,7 +30,7 @@ fn config(engine: &str, backend: &Backend) -> LbConfig {
 #[test]
 fn idle_connection_is_closed_on_both_sides() {
     let _shared = harness::shared();
-    for_each_engine("idle::closed", |engine| {
+    for_each_variant("idle::closed", |engine| {
         let (ends_tx, ends) = mpsc::channel();
         let backend = Backend::echo_reporting("b1", ends_tx);
         let lb = Ringlb::start(&config(engine, &backend));
@@ -69,7 +69,7 @@ fn idle_connection_is_closed_on_both_sides() {
 #[test]
 fn connection_with_steady_traffic_survives() {
     let _shared = harness::shared();
-    for_each_engine("idle::busy_survives", |engine| {
+    for_each_variant("idle::busy_survives", |engine| {
         let backend = Backend::echo("b1");
         let lb = Ringlb::start(&config(engine, &backend));
         let mut client = connect_from(client_sources()[5], lb.addr()).expect("connect");
@@ -94,7 +94,7 @@ fn connection_with_steady_traffic_survives() {
 #[test]
 fn one_way_traffic_keeps_the_connection_open() {
     let _shared = harness::shared();
-    for_each_engine("idle::one_way_survives", |engine| {
+    for_each_variant("idle::one_way_survives", |engine| {
         let backend = Backend::spawn("sink", LOCALHOST, |mut s| {
             let mut got = [0u8; TICKS as usize];
             if s.read_exact(&mut got).is_ok() {

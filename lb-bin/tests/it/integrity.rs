@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::harness::{
-    self, client_sources, connect_from, for_each_engine, seeded_bytes, Backend, LbConfig, Ringlb,
+    self, client_sources, connect_from, for_each_variant, seeded_bytes, Backend, LbConfig, Ringlb,
 };
 
 const CONNECTIONS: usize = 200;
@@ -32,7 +32,7 @@ fn every_byte_comes_back_intact_over_200_concurrent_connections() {
     // 400 MiB each way through four loopback hops saturates two cores:
     // nothing else may run beside it.
     let _alone = harness::exclusive();
-    for_each_engine("integrity", |engine| {
+    for_each_variant("integrity", |engine| {
         let b1 = Backend::echo("b1");
         let b2 = Backend::echo("b2");
         let lb = Ringlb::start(&LbConfig::over(engine, &[&b1, &b2]));

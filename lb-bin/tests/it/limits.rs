@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::harness::{
-    self, client_sources, connect_from, for_each_engine, read_line, read_outcome, Backend,
+    self, client_sources, connect_from, for_each_variant, read_line, read_outcome, Backend,
     LbConfig, ReadOutcome, Ringlb,
 };
 
@@ -19,7 +19,7 @@ const SERVE_DEADLINE: Duration = Duration::from_secs(5);
 #[test]
 fn over_the_limit_clients_wait_in_the_backlog_until_a_slot_frees() {
     let _shared = harness::shared();
-    for_each_engine("limits::max_connections", |engine| {
+    for_each_variant("limits::max_connections", |engine| {
         let backend = Backend::named("b1");
         let mut config = LbConfig::over(engine, &[&backend]);
         config.service().max_connections = Some(MAX as u32);

@@ -34,7 +34,7 @@ fn spread(lb: &Ringlb) -> Result<BTreeMap<String, usize>, Vec<String>> {
     }
 }
 
-fn config(engine: &str, policy: &str, backends: Vec<BackendConfig>) -> LbConfig {
+fn config(engine: &'static str, policy: &str, backends: Vec<BackendConfig>) -> LbConfig {
     let mut config = LbConfig::single(engine, backends);
     config.service().balance = policy.to_owned();
     config

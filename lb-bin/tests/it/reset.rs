@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::harness::{
-    self, client_sources, connect_from, for_each_engine, read_outcome, reset, Backend, LbConfig,
+    self, client_sources, connect_from, for_each_variant, read_outcome, reset, Backend, LbConfig,
     ReadOutcome, Ringlb,
 };
 
@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(5);
 #[test]
 fn backend_reset_reaches_client_as_reset() {
     let _shared = harness::shared();
-    for_each_engine("reset::from_backend", |engine| {
+    for_each_variant("reset::from_backend", |engine| {
         let (got_tx, got) = mpsc::channel();
         let backend = Backend::resetting("rst", got_tx);
         let lb = Ringlb::start(&LbConfig::over(engine, &[&backend]));
@@ -42,7 +42,7 @@ fn backend_reset_reaches_client_as_reset() {
 #[test]
 fn client_reset_reaches_backend_as_reset() {
     let _shared = harness::shared();
-    for_each_engine("reset::from_client", |engine| {
+    for_each_variant("reset::from_client", |engine| {
         let (ends_tx, ends) = mpsc::channel();
         let backend = Backend::echo_reporting("observer", ends_tx);
         let lb = Ringlb::start(&LbConfig::over(engine, &[&backend]));

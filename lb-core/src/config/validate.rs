@@ -110,18 +110,23 @@ fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, Invalid> {
                 ("splice", Forwarding::Splice),
                 ("uring-splice", Forwarding::UringSplice),
                 ("copy", Forwarding::Copy),
+                ("uring-copy", Forwarding::UringCopy),
             ],
         )?,
     };
-    if let (Some(raw_forwarding), Forwarding::UringSplice, EngineKind::Epoll) =
-        (&raw.forwarding, forwarding, engine)
-    {
-        return Err(Invalid::at(
-            raw_forwarding.span(),
-            "global.forwarding",
-            "\"uring-splice\" needs the io_uring engine, but engine = \"epoll\" \
-             (use \"splice\" or \"copy\", or engine = \"uring\" or \"auto\")",
-        ));
+    if let (Some(raw_forwarding), EngineKind::Epoll) = (&raw.forwarding, engine) {
+        if forwarding.needs_uring() {
+            return Err(Invalid::at(
+                raw_forwarding.span(),
+                "global.forwarding",
+                format!(
+                    "{:?} needs the io_uring engine, but engine = \"epoll\" \
+                     (use {:?}, or engine = \"uring\" or \"auto\")",
+                    forwarding.name(),
+                    forwarding.inline().name()
+                ),
+            ));
+        }
     }
     let admin = match &raw.admin {
         None => default.admin,

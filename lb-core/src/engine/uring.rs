@@ -6,7 +6,11 @@
 //! non-blocking `splice(2)` (or, with `forwarding = "copy"`, recv/send)
 //! state machine as on epoll (see `conn`): the kernel hands
 //! `IORING_OP_SPLICE` to io-wq threads, which costs a context switch per
-//! operation (DESIGN.md, "Data plane").
+//! operation (DESIGN.md, "Data plane"). With `forwarding = "uring-copy"` or
+//! `"uring-splice"` the ring moves the bytes instead: established
+//! connections are handed to `ops`, which chains `RECV`/`SEND` (through
+//! a provided buffer ring, `bufring`) or `POLL_ADD`/`SPLICE` requests,
+//! and their sockets' polls are removed.
 //!
 //! A turn: submit everything queued during the previous turn and wait for
 //! completions in one `io_uring_enter` (bounded by the worker's sleep
@@ -17,10 +21,14 @@
 //! makes a turn enter again.
 //!
 //! Request lifetimes, the part that differs from epoll:
-//! - No request references user memory: polls and accepts carry an fd and
-//!   flags (accept asks for no address), cancels carry a user_data, and the
-//!   wait's timespec is read during the `io_uring_enter` call itself. So no
-//!   buffer has to outlive a request.
+//! - No request of this module references user memory: polls and accepts
+//!   carry an fd and flags (accept asks for no address), cancels carry a
+//!   user_data, and the wait's timespec is read during the `io_uring_enter`
+//!   call itself. So no buffer has to outlive a request. The forwarding
+//!   requests of `ops` do (a send's bytes, a receive's buffer ring): that
+//!   module says how their memory outlives them, and they go through
+//!   `Sq::queue_unchecked`; this module waits for their last completions
+//!   before the ring and its buffers go (`UringReactor::finish`).
 //! - A request holds its own reference to its file: closing the fd does not
 //!   end it, and the socket would stay open (no FIN, no RST) as long as the
 //!   request lives. So the worker removes every watch before it closes the
@@ -38,9 +46,13 @@
 //!   connection accepted by a cancelled or stale accept is still handed to
 //!   the worker (which serves it, holds it, or resets it), never leaked.
 
+mod bufring;
+mod ops;
 mod setup;
 
 pub use setup::{build, self_test, Ring, Unusable};
+
+use ops::Ops;
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -67,6 +79,9 @@ const KIND_WAKE: u64 = 3;
 /// Completions of cancels (only failed ones, where SKIP_SUCCESS works):
 /// nothing to do, the cancelled request's own completion says it ended.
 const KIND_CANCEL: u64 = 4;
+/// Reads and writes of completion-driven forwarding (`ops`, which lays
+/// out the rest of the user_data).
+const KIND_OP: u64 = 5;
 
 /// What a socket is watched for. ERR and HUP are always reported; asking
 /// for them says so.
@@ -144,9 +159,21 @@ fn watch_at(v: &mut Vec<Watch>, i: usize) -> &mut Watch {
     &mut v[i]
 }
 
+/// The ring's submission side: what the reactor and the ops module queue.
+pub(crate) struct Sq {
+    ring: IoUring,
+    /// Entries that found the submission queue full even after a submit:
+    /// queued first, in order, before the next enter.
+    backlog: VecDeque<squeue::Entry>,
+    /// Flags of cancel requests: SKIP_SUCCESS when the kernel has it.
+    cancel_flags: squeue::Flags,
+}
+
 /// The ring as the worker's [`Reactor`].
 pub struct UringReactor {
-    ring: IoUring,
+    /// First field: dropped (the ring closed) before `ops` frees the
+    /// memory its requests may have referenced (see `ops`).
+    sq: Sq,
     /// Socket watches, indexed by fd (small integers, each open fd watched
     /// at most once per worker).
     polls: Vec<Watch>,
@@ -154,11 +181,9 @@ pub struct UringReactor {
     accepts: Vec<Watch>,
     /// The wake-up eventfd's poll.
     wake: Watch,
-    /// Entries that found the submission queue full even after a submit:
-    /// queued first, in order, before the next enter.
-    backlog: VecDeque<squeue::Entry>,
-    /// Flags of cancel requests: SKIP_SUCCESS when the kernel has it.
-    cancel_flags: squeue::Flags,
+    /// Completion-driven forwarding (`forwarding = "uring-copy"` or
+    /// `"uring-splice"`); None: the worker forwards inline.
+    ops: Option<Ops>,
 }
 
 impl Reactor for UringReactor {
@@ -179,7 +204,7 @@ impl Reactor for UringReactor {
                 errors: 0,
             };
             let entry = accept_entry(fd, user_data(KIND_ACCEPT, w.seq, li));
-            self.queue(entry);
+            self.sq.queue(entry);
         } else {
             self.cancel_poll(fd);
             let w = watch_at(&mut self.polls, id as usize);
@@ -192,7 +217,7 @@ impl Reactor for UringReactor {
                 errors: 0,
             };
             let entry = poll_entry(fd, user_data(KIND_POLL, w.seq, id));
-            self.queue(entry);
+            self.sq.queue(entry);
         }
         Ok(())
     }
@@ -212,22 +237,46 @@ impl Reactor for UringReactor {
             self.cancel_poll(fd);
         }
     }
+
+    fn forwards(&self) -> bool {
+        self.ops.is_some()
+    }
+
+    fn start_flows(&mut self, token: u64, client: RawFd, backend: RawFd) -> io::Result<u64> {
+        match &mut self.ops {
+            Some(ops) => Ok(ops.start(&mut self.sq, token, client, backend)),
+            None => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    fn stop_flows(&mut self, handle: u64, fds: [OwnedFd; 2]) {
+        if let Some(ops) = &mut self.ops {
+            ops.stop(&mut self.sq, handle, fds);
+        }
+    }
+
+    fn lent(&self) -> (usize, usize) {
+        self.ops.as_ref().map_or((0, 0), Ops::lent)
+    }
 }
 
 impl UringReactor {
-    fn new(ring: Ring) -> UringReactor {
+    fn new(ring: Ring, ops: Option<Ops>) -> UringReactor {
         let cancel_flags = if ring.skip_success {
             squeue::Flags::SKIP_SUCCESS
         } else {
             squeue::Flags::empty()
         };
         UringReactor {
-            ring: ring.ring,
+            sq: Sq {
+                ring: ring.ring,
+                backlog: VecDeque::new(),
+                cancel_flags,
+            },
             polls: Vec::new(),
             accepts: Vec::new(),
             wake: Watch::default(),
-            backlog: VecDeque::new(),
-            cancel_flags,
+            ops,
         }
     }
 
@@ -245,9 +294,9 @@ impl UringReactor {
             let target = user_data(KIND_POLL, w.seq, fd as u32);
             let entry = opcode::PollRemove::new(target)
                 .build()
-                .flags(self.cancel_flags)
+                .flags(self.sq.cancel_flags)
                 .user_data(user_data(KIND_CANCEL, 0, 0));
-            self.queue(entry);
+            self.sq.queue(entry);
         }
     }
 
@@ -261,12 +310,7 @@ impl UringReactor {
         }
         w.live = false;
         if w.armed {
-            let target = user_data(KIND_ACCEPT, w.seq, li as u32);
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .flags(self.cancel_flags)
-                .user_data(user_data(KIND_CANCEL, 0, 0));
-            self.queue(entry);
+            self.sq.cancel(user_data(KIND_ACCEPT, w.seq, li as u32));
         }
     }
 
@@ -279,44 +323,7 @@ impl UringReactor {
             .multi(true)
             .build()
             .user_data(user_data(KIND_WAKE, 0, 0));
-        self.queue(entry);
-    }
-
-    /// Queues an SQE for the next enter. A full queue is submitted at once
-    /// to make room; what still finds no room waits in `backlog`.
-    fn queue(&mut self, entry: squeue::Entry) {
-        if self.backlog.is_empty() {
-            if self.push(&entry) {
-                return;
-            }
-            let _ = self.ring.submit();
-            if self.push(&entry) {
-                return;
-            }
-        }
-        self.backlog.push_back(entry);
-    }
-
-    fn push(&mut self, entry: &squeue::Entry) -> bool {
-        // SAFETY: no request this engine builds references user memory
-        // (polls, accepts without an address, cancels by user_data); the
-        // fds they name are removed (cancelled) by the worker before it
-        // closes them, and a request holds its own file reference anyway.
-        // See the module docs.
-        unsafe { self.ring.submission().push(entry) }.is_ok()
-    }
-
-    fn flush_backlog(&mut self) {
-        while let Some(entry) = self.backlog.pop_front() {
-            if self.push(&entry) {
-                continue;
-            }
-            let _ = self.ring.submit();
-            if !self.push(&entry) {
-                self.backlog.push_front(entry);
-                return;
-            }
-        }
+        self.sq.queue(entry);
     }
 
     /// Submits what the turn queued, waits up to `budget` for at least one
@@ -336,18 +343,19 @@ impl UringReactor {
     /// until the flag drops or a turn's worth of completions is ready. With
     /// the flag up the turn does not sleep either.
     fn enter(&mut self, budget: Duration) -> io::Result<()> {
-        self.flush_backlog();
-        let result = if budget.is_zero() || self.ring.submission().taskrun() {
+        self.sq.flush_backlog();
+        let result = if budget.is_zero() || self.sq.ring.submission().taskrun() {
             self.enter_nowait()
         } else {
             let ts = Timespec::from(budget);
             let args = SubmitArgs::new().timespec(&ts);
-            self.ring.submitter().submit_with_args(1, &args)
+            self.sq.ring.submitter().submit_with_args(1, &args)
         };
         tolerate(result)?;
         // Bounded: work that yields no completion could keep arriving.
         for _ in 0..TURN_COMPLETIONS / 20 {
-            if !self.ring.submission().taskrun() || self.ring.completion().len() >= TURN_COMPLETIONS
+            if !self.sq.ring.submission().taskrun()
+                || self.sq.ring.completion().len() >= TURN_COMPLETIONS
             {
                 break;
             }
@@ -358,12 +366,12 @@ impl UringReactor {
 
     /// Submits what is queued and runs queued task work, without waiting.
     fn enter_nowait(&mut self) -> io::Result<usize> {
-        let queued = self.ring.submission().len() as u32;
+        let queued = self.sq.ring.submission().len() as u32;
         // SAFETY: no extended argument is passed (a null pointer, with the
         // size of a sigset_t that is never read); the kernel reads only the
         // rings it mapped.
         unsafe {
-            self.ring.submitter().enter::<libc::sigset_t>(
+            self.sq.ring.submitter().enter::<libc::sigset_t>(
                 queued,
                 0,
                 EnterFlags::GETEVENTS.bits(),
@@ -375,7 +383,7 @@ impl UringReactor {
     /// Moves every available completion into `out` (the worker then runs
     /// with the ring free for new requests).
     fn reap(&mut self, out: &mut Vec<cqueue::Entry>) {
-        out.extend(self.ring.completion());
+        out.extend(self.sq.ring.completion());
     }
 
     /// After `close_all`: hands the kernel the last cancels, and ends every
@@ -383,7 +391,9 @@ impl UringReactor {
     /// is left when the ring is dropped, polls included, but an accept
     /// could meanwhile install a connection's fd that nobody would ever
     /// read from the completion queue, let alone close. Connections that
-    /// arrive until the accepts end are reset. Bounded by `deadline`.
+    /// arrive until the accepts end are reset. Also waits for the final
+    /// completions of forwarding requests (cancelled by `close_all`): their
+    /// buffers may be freed only then (`ops`). Bounded by `deadline`.
     fn finish(&mut self, deadline: Instant) {
         for li in 0..self.accepts.len() {
             self.cancel_accept(li);
@@ -396,6 +406,13 @@ impl UringReactor {
             self.reap(&mut completions);
             for cqe in completions.drain(..) {
                 let ud = cqe.user_data();
+                if kind_of(ud) == KIND_OP {
+                    if let Some(ops) = &mut self.ops {
+                        // Every connection is stopped: nothing to report.
+                        let _ = ops.complete(&mut self.sq, ud, cqe.result(), cqe.flags());
+                    }
+                    continue;
+                }
                 if kind_of(ud) != KIND_ACCEPT {
                     continue;
                 }
@@ -411,10 +428,87 @@ impl UringReactor {
                     }
                 }
             }
-            if !self.accepts.iter().any(|w| w.armed) || Instant::now() >= deadline {
+            let ops_done = self.ops.as_ref().is_none_or(|o| o.in_flight() == 0);
+            if ops_done {
+                if let Some(ops) = &mut self.ops {
+                    ops.close(&self.sq.ring.submitter());
+                }
+            }
+            if (ops_done && !self.accepts.iter().any(|w| w.armed)) || Instant::now() >= deadline {
                 return;
             }
             std::thread::yield_now();
+        }
+    }
+}
+
+impl Sq {
+    /// Queues an SQE that references no user memory (a poll, an accept
+    /// without an address, a cancel, a splice between fds) for the next
+    /// enter. A full queue is submitted at once to make room; what still
+    /// finds no room waits in `backlog`.
+    pub(crate) fn queue(&mut self, entry: squeue::Entry) {
+        // SAFETY: the entries queued here reference no user memory (see
+        // above); the fds they name are removed (cancelled) by the worker
+        // before it closes them, and a request holds its own file
+        // reference anyway. See the module docs.
+        unsafe { self.queue_unchecked(entry) }
+    }
+
+    /// [`queue`](Sq::queue) for an entry that may reference user memory.
+    ///
+    /// # Safety
+    ///
+    /// Memory the entry references must stay valid (and, for a buffer the
+    /// kernel writes, unused by anyone else) until the request's final
+    /// completion has been reaped.
+    pub(crate) unsafe fn queue_unchecked(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            // SAFETY: the caller's promise covers the entry.
+            if unsafe { self.push(&entry) } {
+                return;
+            }
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if unsafe { self.push(&entry) } {
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    /// Queues a cancel of the request with `target` user_data; its own
+    /// completion says when it ended.
+    pub(crate) fn cancel(&mut self, target: u64) {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .flags(self.cancel_flags)
+            .user_data(user_data(KIND_CANCEL, 0, 0));
+        self.queue(entry);
+    }
+
+    /// # Safety
+    ///
+    /// As for [`queue_unchecked`](Sq::queue_unchecked).
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: the caller vouches for the memory the entry references.
+        unsafe { self.ring.submission().push(entry) }.is_ok()
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.pop_front() {
+            // SAFETY: every backlog entry came through `queue_unchecked`,
+            // whose callers vouched for it until its completion, which
+            // cannot come before it is submitted.
+            if unsafe { self.push(&entry) } {
+                continue;
+            }
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if !unsafe { self.push(&entry) } {
+                self.backlog.push_front(entry);
+                return;
+            }
         }
     }
 }
@@ -460,7 +554,28 @@ pub fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
         let _ = (&*waker).write(&1u64.to_ne_bytes());
     }));
     let _ = setup.control.engine.set("uring");
-    let mut reactor = UringReactor::new(ring);
+    let mut setup = setup;
+    let ops = match Ops::new(
+        setup.forwarding,
+        &ring.ring.submitter(),
+        setup.pipe_size,
+        setup.pipe_pool,
+    ) {
+        Ok(ops) => ops,
+        Err(e) => {
+            let inline = setup.forwarding.inline();
+            tracing::warn!(
+                worker = setup.id,
+                error = %e,
+                "forwarding = {:?} cannot run on this ring; this worker forwards inline as {:?}",
+                setup.forwarding.name(),
+                inline.name()
+            );
+            setup.forwarding = inline;
+            None
+        }
+    };
+    let mut reactor = UringReactor::new(ring, ops);
     reactor.arm_wake(wake.as_raw_fd());
     let mut worker = Worker::new(setup, reactor);
     worker
@@ -483,6 +598,7 @@ pub fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
     }
     worker.close_all();
     worker.reactor.finish(Instant::now() + FINISH_TIMEOUT);
+    worker.publish_counters();
     result
 }
 
@@ -493,6 +609,13 @@ fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File)
     match kind_of(ud) {
         KIND_POLL => on_poll(worker, ud, cqe.result(), more),
         KIND_ACCEPT => on_accept(worker, ud, cqe.result(), more),
+        KIND_OP => {
+            let r = &mut worker.reactor;
+            let Some(ops) = &mut r.ops else { return };
+            if let Some(report) = ops.complete(&mut r.sq, ud, cqe.result(), cqe.flags()) {
+                worker.on_forwarded(report.token, report.up, report.down, report.outcome);
+            }
+        }
         KIND_WAKE => {
             let mut counter = [0u8; 8];
             let _ = (&*wake).read(&mut counter);
@@ -558,7 +681,7 @@ fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
     if w.ended(res < 0) {
         w.armed = true;
         let entry = poll_entry(w.fd, ud);
-        r.queue(entry);
+        r.sq.queue(entry);
     } else if w.live {
         tracing::warn!(
             worker = worker.id(),
@@ -613,7 +736,7 @@ fn on_accept(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
     if w.ended(res < 0) {
         w.armed = true;
         let entry = accept_entry(w.fd, ud);
-        r.queue(entry);
+        r.sq.queue(entry);
     } else if w.live {
         tracing::error!(
             worker = worker.id(),
@@ -651,13 +774,14 @@ mod tests {
         addr
     }
 
-    fn config(engine: &str, backend: SocketAddr) -> Config {
-        config_with(engine, backend, "")
+    fn config_with(engine: &str, backend: SocketAddr, service_extra: &str) -> Config {
+        config_full(engine, "auto", backend, service_extra)
     }
 
-    fn config_with(engine: &str, backend: SocketAddr, service_extra: &str) -> Config {
+    fn config_full(engine: &str, forwarding: &str, backend: SocketAddr, extra: &str) -> Config {
+        let (global_extra, service_extra) = extra.split_once('|').unwrap_or(("", extra));
         let text = format!(
-            "[global]\nworkers = 1\nengine = \"{engine}\"\nadmin = \"off\"\n\n\
+            "[global]\nworkers = 1\nengine = \"{engine}\"\nforwarding = \"{forwarding}\"\nadmin = \"off\"\n{global_extra}\n\
              [[service]]\nname = \"t\"\nlisten = [\"127.0.0.1:0\"]\n{service_extra}\n\
              [service.health]\nkind = \"none\"\n\n\
              [[service.backend]]\nname = \"b1\"\naddress = \"{backend}\"\n"
@@ -700,34 +824,90 @@ mod tests {
     #[test]
     fn a_uring_worker_forwards_bytes_both_ways_with_half_close() {
         let backend = echo_backend();
-        let server = Server::start(config("uring", backend), StartOptions::default()).unwrap();
-        assert_eq!(server.engine().name, "uring");
-        assert_eq!(server.worker_controls()[0].engine.get(), Some(&"uring"));
-        let addr = server.listening()[0].1;
+        // Inline (readiness) forwarding, then the two completion-driven
+        // modes, where the ring's requests move the bytes.
+        for forwarding in ["auto", "uring-copy", "uring-splice"] {
+            let config = config_full("uring", forwarding, backend, "");
+            let server = Server::start(config, StartOptions::default()).unwrap();
+            assert_eq!(server.engine().name, "uring");
+            assert_eq!(server.worker_controls()[0].engine.get(), Some(&"uring"));
+            let addr = server.listening()[0].1;
 
-        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        let mut client = TcpStream::connect(addr).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut writer = client.try_clone().unwrap();
-        let sent = payload.clone();
-        let w = std::thread::spawn(move || {
-            writer.write_all(&sent).unwrap();
-            // Half-close: the echo only ends after our FIN got through.
-            writer.shutdown(Shutdown::Write).unwrap();
-        });
-        let mut got = Vec::with_capacity(payload.len());
-        client.read_to_end(&mut got).unwrap();
-        w.join().unwrap();
-        assert!(got == payload, "echo differs ({} bytes back)", got.len());
-        drop(client);
+            let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            let mut client = TcpStream::connect(addr).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut writer = client.try_clone().unwrap();
+            let sent = payload.clone();
+            let w = std::thread::spawn(move || {
+                writer.write_all(&sent).unwrap();
+                // Half-close: the echo only ends after our FIN got through.
+                writer.shutdown(Shutdown::Write).unwrap();
+            });
+            let mut got = Vec::with_capacity(payload.len());
+            client.read_to_end(&mut got).unwrap();
+            w.join().unwrap();
+            assert!(
+                got == payload,
+                "{forwarding}: echo differs ({} bytes back)",
+                got.len()
+            );
+            drop(client);
 
-        let control = server.worker_controls()[0].clone();
-        wait_until("the connection to close", || {
-            control.connections.load(Relaxed) == 0 && control.pipes_lent.load(Relaxed) == 0
-        });
-        assert_eq!(control.accepted.load(Relaxed), 1);
+            let control = server.worker_controls()[0].clone();
+            wait_until("the connection to close", || {
+                control.connections.load(Relaxed) == 0
+                    && control.pipes_lent.load(Relaxed) == 0
+                    && control.buffers_lent.load(Relaxed) == 0
+            });
+            assert_eq!(control.accepted.load(Relaxed), 1, "{forwarding}");
+        }
+    }
+
+    /// A worker with completion-driven forwarding stopped while its
+    /// connections are busy cancels their requests and waits for them
+    /// before the ring goes: nothing stays lent.
+    #[test]
+    fn a_uring_worker_stopped_with_busy_flows_gives_everything_back() {
+        let backend = echo_backend();
+        for forwarding in ["uring-copy", "uring-splice"] {
+            // No drain: stop with the connections busy.
+            let config = config_full("uring", forwarding, backend, "shutdown_timeout = \"0s\"|");
+            let server = Server::start(config, StartOptions::default()).unwrap();
+            let addr = server.listening()[0].1;
+            let control = server.worker_controls()[0].clone();
+            // Clients that send and never read: the echo backs up, and
+            // every flow has a request in flight holding memory.
+            let clients: Vec<TcpStream> = (0..8)
+                .map(|_| {
+                    let mut c = TcpStream::connect(addr).unwrap();
+                    c.set_write_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
+                    let chunk = vec![5u8; 1 << 16];
+                    for _ in 0..64 {
+                        if c.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                    c
+                })
+                .collect();
+            wait_until("bytes held in flight", || {
+                control.pipes_lent.load(Relaxed) + control.buffers_lent.load(Relaxed) > 0
+            });
+            drop(server);
+            assert_eq!(control.connections.load(Relaxed), 0, "{forwarding}");
+            assert_eq!(
+                (
+                    control.pipes_lent.load(Relaxed),
+                    control.buffers_lent.load(Relaxed)
+                ),
+                (0, 0),
+                "{forwarding}: pipes, buffers lent after stop"
+            );
+            drop(clients);
+        }
     }
 
     /// One echo round trip on `c`, or the read error.
