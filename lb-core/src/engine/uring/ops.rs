@@ -89,12 +89,18 @@ use crate::conn::{FlowError, Outcome, Side};
 use crate::pipe::{Pipe, PipePool};
 use crate::sys;
 
-/// io-wq threads per worker for `uring-splice`: [bounded, unbounded]. Every
-/// splice here is non-blocking (it never waits in io-wq), so more threads
-/// than the worker's one core only add context switches; splices between
-/// sockets and pipes run on the unbounded list. Measured on 2 vCPUs (see
-/// the commit that set it): 1 is no slower than 2 or 4 per worker.
-pub(crate) const IOWQ_MAX_WORKERS: [u32; 2] = [1, 1];
+/// io-wq threads per worker for `uring-splice`: [bounded, unbounded]
+/// (splices between sockets and pipes run on the unbounded list). Every
+/// splice here is non-blocking, so none waits in io-wq for data, and the
+/// threads inherit the worker's CPU affinity: more threads cannot add
+/// throughput, only kernel threads (uncapped, the kernel made 16 for 8
+/// busy connections). Measured on 2 vCPUs, proxy pinned to one, wrk
+/// keep-alive with 64 connections, 6 alternating runs of each: 1 thread
+/// cost 28.1 (25.5..30.8) µs/request, 2 threads 25.4 (23.8..25.7), the
+/// same as uncapped within noise (presumably because a lone thread
+/// serialises every splice, and none can take over while it sleeps, e.g.
+/// on a socket lock); bulk transfers showed no difference.
+pub(crate) const IOWQ_MAX_WORKERS: [u32; 2] = [2, 2];
 
 /// Memory of one worker's provided buffer ring (uring-copy): buffers of
 /// `pipe_size` bytes (as the inline copy's), as many as fit, within
