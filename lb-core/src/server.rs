@@ -909,3 +909,20 @@ fn worker_forwarding(configured: Forwarding, engine: &str) -> Forwarding {
         configured.inline()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_off_io_uring_forward_inline_as_the_uring_modes_equivalent() {
+        use Forwarding::*;
+        // engine = "auto" fell back to epoll: the inline equivalent.
+        assert_eq!(worker_forwarding(UringCopy, "epoll"), Copy);
+        assert_eq!(worker_forwarding(UringSplice, "epoll"), Splice);
+        assert_eq!(worker_forwarding(Auto, "epoll"), Auto);
+        // On io_uring, as configured.
+        assert_eq!(worker_forwarding(UringCopy, "uring"), UringCopy);
+        assert_eq!(worker_forwarding(UringSplice, "uring"), UringSplice);
+    }
+}

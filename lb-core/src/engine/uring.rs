@@ -584,7 +584,12 @@ pub fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
     let mut completions = Vec::with_capacity(setup::CQ_ENTRIES as usize);
     let mut result = Ok(());
     while !worker.should_exit() {
-        let budget = worker.sleep_budget();
+        let budget = if worker.reactor.ops.as_ref().is_some_and(Ops::has_parked) {
+            // Flows wait for buffers the ring has now (`Ops::turn`).
+            Duration::ZERO
+        } else {
+            worker.sleep_budget()
+        };
         if let Err(e) = worker.reactor.enter(budget) {
             result = Err(crate::Error::io("waiting for completions", e));
             break;
@@ -593,6 +598,10 @@ pub fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
         worker.begin_turn();
         for cqe in completions.drain(..) {
             dispatch(&mut worker, &cqe, &wake);
+        }
+        let r = &mut worker.reactor;
+        if let Some(ops) = &mut r.ops {
+            ops.turn(&mut r.sq);
         }
         worker.end_turn();
     }

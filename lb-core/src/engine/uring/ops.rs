@@ -30,9 +30,9 @@
 //! memory in flight is one buffer or pipe per busy flow (backpressure).
 //! When the buffer ring is empty a receive fails with `ENOBUFS`: the flow
 //! waits in a queue and its receive is submitted again once the ring has a
-//! buffer (checked after every completion; a flow waits again only after
-//! the ring ran empty again, so nothing spins), and its bytes wait in the
-//! socket.
+//! buffer (checked after every completion and once per turn; a flow waits
+//! again only after the ring ran empty again, so nothing spins), and its
+//! bytes wait in the socket.
 //!
 //! TCP semantics are the inline state machine's: a read of 0 (EOF), which
 //! comes only after every earlier byte was written, becomes
@@ -89,12 +89,18 @@ use crate::conn::{FlowError, Outcome, Side};
 use crate::pipe::{Pipe, PipePool};
 use crate::sys;
 
-/// io-wq threads per worker for `uring-splice`: [bounded, unbounded]. Every
-/// splice here is non-blocking (it never waits in io-wq), so more threads
-/// than the worker's one core only add context switches; splices between
-/// sockets and pipes run on the unbounded list. Measured on 2 vCPUs (see
-/// the commit that set it): 1 is no slower than 2 or 4 per worker.
-pub(crate) const IOWQ_MAX_WORKERS: [u32; 2] = [1, 1];
+/// io-wq threads per worker for `uring-splice`: [bounded, unbounded]
+/// (splices between sockets and pipes run on the unbounded list). Every
+/// splice here is non-blocking, so none waits in io-wq for data, and the
+/// threads inherit the worker's CPU affinity: more threads cannot add
+/// throughput, only kernel threads (uncapped, the kernel made 16 for 8
+/// busy connections). Measured on 2 vCPUs, proxy pinned to one, wrk
+/// keep-alive with 64 connections, 6 alternating runs of each: 1 thread
+/// cost 28.1 (25.5..30.8) µs/request, 2 threads 25.4 (23.8..25.7), the
+/// same as uncapped within noise (presumably because a lone thread
+/// serialises every splice, and none can take over while it sleeps, e.g.
+/// on a socket lock); bulk transfers showed no difference.
+pub(crate) const IOWQ_MAX_WORKERS: [u32; 2] = [2, 2];
 
 /// Memory of one worker's provided buffer ring (uring-copy): buffers of
 /// `pipe_size` bytes (as the inline copy's), as many as fit, within
@@ -742,8 +748,26 @@ impl Ops {
         self.in_flight += 1;
     }
 
+    /// Once per turn, after the completions: wakes flows parked for a
+    /// buffer (see [`wake_starved`](Ops::wake_starved)).
+    pub(crate) fn turn(&mut self, sq: &mut Sq) {
+        self.wake_starved(sq);
+    }
+
+    /// Flows are parked while the ring has buffers: the engine should turn
+    /// again at once rather than sleep. Each such turn wakes at least one
+    /// of them, so this ends.
+    pub(crate) fn has_parked(&self) -> bool {
+        !self.starved.is_empty() && self.pools.available() > 0
+    }
+
     /// Resubmits the receives of flows that found the ring empty, one per
-    /// buffer now in it.
+    /// buffer now in it. Called after every completion and once per turn:
+    /// a receive submitted while the ring is empty fails at once even on
+    /// an idle socket, and such a flow, woken, takes no buffer, so waking
+    /// only as buffers come back could leave flows parked for good once
+    /// completions stop; the per-turn call (with `has_parked` keeping the
+    /// engine awake) drains them, one ring's worth per turn.
     fn wake_starved(&mut self, sq: &mut Sq) {
         let mut available = self.pools.available();
         while available > 0 {
@@ -843,6 +867,7 @@ mod tests {
                     ));
                 }
             }
+            self.ops.turn(&mut self.sq);
             reports
         }
     }
@@ -1142,6 +1167,76 @@ mod tests {
             }
             assert_eq!(rig.ops.lent(), (0, 0));
         }
+    }
+
+    /// Receives submitted while the ring is empty fail with ENOBUFS even
+    /// on idle sockets, and a woken idle flow takes no buffer: waking one
+    /// flow per buffer as completions come is not enough when they stop
+    /// coming. Once the ring has buffers again and the worker turns, no
+    /// flow may stay parked, and each still forwards.
+    #[test]
+    fn idle_flows_that_found_the_ring_empty_are_not_forgotten() {
+        let mut rig = Rig::new(Forwarding::UringCopy, 1 << 20);
+        // 16 busy links whose sends stick hold every buffer.
+        let mut links: Vec<Link> = (0..MIN_BUFFERS)
+            .map(|i| Link::new(&mut rig, i as u64))
+            .collect();
+        for l in &links {
+            let (_, b_in) = l.inside.as_ref().unwrap();
+            socket2::SockRef::from(b_in)
+                .set_send_buffer_size(16 << 10)
+                .unwrap();
+            socket2::SockRef::from(&l.backend)
+                .set_recv_buffer_size(16 << 10)
+                .unwrap();
+            let mut c = l.client.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = c.write_all(&vec![9u8; 4 << 20]);
+            });
+        }
+        drive(&mut rig, &mut links, |rig, _| {
+            rig.ops.pools.available() == 0
+        });
+        // 200 idle links arrive now: all their receives find the ring
+        // empty; more than the busy links' ends can wake one by one.
+        let _ = sys::raise_nofile_limit();
+        let idle = 200;
+        for i in 0..idle {
+            links.push(Link::new(&mut rig, (MIN_BUFFERS + i) as u64));
+        }
+        drive(&mut rig, &mut links, |rig, _| {
+            rig.ops.starved.len() >= 2 * idle && rig.ops.in_flight() == 2 * MIN_BUFFERS
+        });
+        // The busy links end: their backends reset.
+        for l in &mut links[..MIN_BUFFERS] {
+            prepare_reset(l.backend.as_raw_fd());
+            let (_, spare) = tcp_pair();
+            drop(std::mem::replace(&mut l.backend, spare));
+        }
+        drive(&mut rig, &mut links, |_, l| {
+            l[..MIN_BUFFERS].iter().all(|l| l.outcome.is_some())
+        });
+        // Quiet now. The engine turns without sleeping while flows are
+        // parked and the ring has buffers; after that none may be left.
+        drive(&mut rig, &mut links, |rig, _| !rig.ops.has_parked());
+        assert_eq!(rig.ops.pools.available(), MIN_BUFFERS);
+        let parked = rig
+            .ops
+            .conns
+            .iter()
+            .filter(|c| c.live && c.flows.iter().any(|f| f.starved));
+        assert_eq!(
+            parked.count(),
+            0,
+            "flows left waiting with buffers in the ring"
+        );
+        // And every idle link forwards.
+        for l in &mut links[MIN_BUFFERS..] {
+            l.client.write_all(b"ping").unwrap();
+        }
+        drive(&mut rig, &mut links, |_, l| {
+            l[MIN_BUFFERS..].iter().all(|l| l.up == 4)
+        });
     }
 
     /// More busy flows than buffers: receives that find the ring empty
