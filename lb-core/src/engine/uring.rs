@@ -646,6 +646,29 @@ fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File)
     }
 }
 
+/// After the final completion (no `F_MORE`) of the request `ud` of watch
+/// `w`: re-arms it with `entry` if it is still wanted (ended by an error,
+/// or cancelled by the kernel). False only when it is wanted but keeps
+/// failing, for the caller to log; a replaced or removed watch is left
+/// alone.
+fn rearm(
+    w: Option<&mut Watch>,
+    ud: u64,
+    res: i32,
+    sq: &mut Sq,
+    entry: fn(RawFd, u64) -> squeue::Entry,
+) -> bool {
+    let Some(w) = w.filter(|w| w.seq == seq_of(ud)) else {
+        return true;
+    };
+    if w.ended(res < 0) {
+        w.armed = true;
+        sq.queue(entry(w.fd, ud));
+        return true;
+    }
+    !w.live
+}
+
 fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
     let fd = id_of(ud) as usize;
     let Some(w) = worker.reactor.polls.get_mut(fd) else {
@@ -678,20 +701,10 @@ fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
     if more {
         return;
     }
+    // Re-arming reports the socket's current state at once, so nothing is
+    // missed.
     let r = &mut worker.reactor;
-    let Some(w) = r.polls.get_mut(fd) else {
-        return;
-    };
-    if w.seq != seq_of(ud) {
-        return;
-    }
-    // Ended while wanted (an error, or the kernel cancelled it): re-arming
-    // reports the socket's current state at once, so nothing is missed.
-    if w.ended(res < 0) {
-        w.armed = true;
-        let entry = poll_entry(w.fd, ud);
-        r.sq.queue(entry);
-    } else if w.live {
+    if !rearm(r.polls.get_mut(fd), ud, res, &mut r.sq, poll_entry) {
         tracing::warn!(
             worker = worker.id(),
             error = %io::Error::from_raw_os_error(-res),
@@ -736,17 +749,7 @@ fn on_accept(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
         return;
     }
     let r = &mut worker.reactor;
-    let Some(w) = r.accepts.get_mut(li) else {
-        return;
-    };
-    if w.seq != seq_of(ud) {
-        return;
-    }
-    if w.ended(res < 0) {
-        w.armed = true;
-        let entry = accept_entry(w.fd, ud);
-        r.sq.queue(entry);
-    } else if w.live {
+    if !rearm(r.accepts.get_mut(li), ud, res, &mut r.sq, accept_entry) {
         tracing::error!(
             worker = worker.id(),
             error = %io::Error::from_raw_os_error(-res),
