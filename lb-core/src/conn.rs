@@ -189,20 +189,12 @@ impl Flow {
                 let Some(pipe) = &self.pipe else {
                     return Ok(());
                 };
-                match sys::splice(pipe.read_fd(), dst, self.in_pipe) {
-                    Ok(n) => {
-                        self.in_pipe -= n;
-                        self.bytes += n as u64;
-                        out.progressed = true;
-                        continue;
-                    }
-                    Err(e) if sys::would_block(&e) => {
-                        *dst_ready = false;
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(FlowError::Destination(e)),
-                }
+                let written = sys::splice(pipe.read_fd(), dst, self.in_pipe);
+                let Some(n) = self.delivered(written, dst_ready, out)? else {
+                    return Ok(());
+                };
+                self.in_pipe -= n;
+                continue;
             }
             // The pipe is empty here.
             if !self.may_read(dst, src_ready, budget, out)? {
@@ -293,23 +285,15 @@ impl Flow {
                 let Some(buf) = &self.buf else {
                     return Ok(());
                 };
-                match sys::send(dst, &buf[self.buf_start..self.buf_end]) {
-                    Ok(n) => {
-                        self.buf_start += n;
-                        self.bytes += n as u64;
-                        out.progressed = true;
-                        if self.buf_start == self.buf_end {
-                            (self.buf_start, self.buf_end) = (0, 0);
-                        }
-                        continue;
-                    }
-                    Err(e) if sys::would_block(&e) => {
-                        *dst_ready = false;
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(FlowError::Destination(e)),
+                let written = sys::send(dst, &buf[self.buf_start..self.buf_end]);
+                let Some(n) = self.delivered(written, dst_ready, out)? else {
+                    return Ok(());
+                };
+                self.buf_start += n;
+                if self.buf_start == self.buf_end {
+                    (self.buf_start, self.buf_end) = (0, 0);
                 }
+                continue;
             }
             // The buffer is empty here.
             if !self.may_read(dst, src_ready, budget, out)? {
@@ -359,6 +343,31 @@ impl Flow {
             self.pump(src, dst, src_ready, dst_ready, pipes, budget)
         } else {
             self.pump_copy(src, dst, src_ready, dst_ready, buffers, budget)
+        }
+    }
+
+    /// Accounts for one write of the bytes in flight (a splice from the
+    /// pipe or a send from the buffer), the same for both: `Some(n)` bytes
+    /// delivered (0 after EINTR: write again), `None` when the destination
+    /// is full (it is no longer ready).
+    fn delivered(
+        &mut self,
+        written: io::Result<usize>,
+        dst_ready: &mut bool,
+        out: &mut Pumped,
+    ) -> Result<Option<usize>, FlowError> {
+        match written {
+            Ok(n) => {
+                self.bytes += n as u64;
+                out.progressed = true;
+                Ok(Some(n))
+            }
+            Err(e) if sys::would_block(&e) => {
+                *dst_ready = false;
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(0)),
+            Err(e) => Err(FlowError::Destination(e)),
         }
     }
 

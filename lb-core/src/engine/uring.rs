@@ -140,6 +140,20 @@ struct Watch {
 }
 
 impl Watch {
+    /// A new registration at this index, armed: its sequence number (a new
+    /// one, so the completions of the one before are told apart).
+    fn renew(&mut self, token: u64, fd: RawFd) -> u32 {
+        *self = Watch {
+            token,
+            fd,
+            seq: self.seq.wrapping_add(1) & SEQ_MASK,
+            live: true,
+            armed: true,
+            errors: 0,
+        };
+        self.seq
+    }
+
     /// Counts a completion without `F_MORE`; true when it should be
     /// re-armed (still wanted, and not failing over and over).
     fn ended(&mut self, failed: bool) -> bool {
@@ -194,30 +208,13 @@ impl Reactor for UringReactor {
         if token & LISTENER_FLAG != 0 {
             let li = (token & !LISTENER_FLAG) as u32;
             self.cancel_accept(li as usize);
-            let w = watch_at(&mut self.accepts, li as usize);
-            *w = Watch {
-                token,
-                fd,
-                seq: w.seq.wrapping_add(1) & SEQ_MASK,
-                live: true,
-                armed: true,
-                errors: 0,
-            };
-            let entry = accept_entry(fd, user_data(KIND_ACCEPT, w.seq, li));
-            self.sq.queue(entry);
+            let seq = watch_at(&mut self.accepts, li as usize).renew(token, fd);
+            self.sq
+                .queue(accept_entry(fd, user_data(KIND_ACCEPT, seq, li)));
         } else {
             self.cancel_poll(fd);
-            let w = watch_at(&mut self.polls, id as usize);
-            *w = Watch {
-                token,
-                fd,
-                seq: w.seq.wrapping_add(1) & SEQ_MASK,
-                live: true,
-                armed: true,
-                errors: 0,
-            };
-            let entry = poll_entry(fd, user_data(KIND_POLL, w.seq, id));
-            self.sq.queue(entry);
+            let seq = watch_at(&mut self.polls, id as usize).renew(token, fd);
+            self.sq.queue(poll_entry(fd, user_data(KIND_POLL, seq, id)));
         }
         Ok(())
     }
