@@ -32,8 +32,8 @@
 //! - A request holds its own reference to its file: closing the fd does not
 //!   end it, and the socket would stay open (no FIN, no RST) as long as the
 //!   request lives. So the worker removes every watch before it closes the
-//!   fd (`Reactor::remove`), and removal queues a `POLL_REMOVE` /
-//!   `ASYNC_CANCEL` by user_data; it reaches the kernel, ahead of anything
+//!   fd (`Reactor::remove`), and removal queues an `ASYNC_CANCEL` by
+//!   user_data (never `POLL_REMOVE`: see `cancel_poll`); it reaches the kernel, ahead of anything
 //!   queued after it, with the next enter, and the socket's last reference
 //!   goes with the request.
 //! - Completions of removed requests still arrive (the final `-ECANCELED`,
@@ -288,12 +288,13 @@ impl UringReactor {
         }
         w.live = false;
         if w.armed {
-            let target = user_data(KIND_POLL, w.seq, fd as u32);
-            let entry = opcode::PollRemove::new(target)
-                .build()
-                .flags(self.sq.cancel_flags)
-                .user_data(user_data(KIND_CANCEL, 0, 0));
-            self.sq.queue(entry);
+            // ASYNC_CANCEL, not POLL_REMOVE: POLL_REMOVE gives up (ENOENT)
+            // when a wake-up of the poll is being handled at that moment
+            // (its task work owns the request, as under load with
+            // DEFER_TASKRUN until the next enter), leaving the poll armed
+            // and the closed socket open without its FIN, for good.
+            // ASYNC_CANCEL marks the request cancelled whoever owns it.
+            self.sq.cancel(user_data(KIND_POLL, w.seq, fd as u32));
         }
     }
 
@@ -817,6 +818,56 @@ mod tests {
             crate::engine::choose(EngineKind::Uring).unwrap().name,
             "uring"
         );
+    }
+
+    /// Removing a socket's watch and closing it sends its FIN even when a
+    /// wake-up of its poll is queued as task work at that moment, as it is
+    /// under load: with DEFER_TASKRUN the wake-up waits for the next enter,
+    /// which submits the removal before running it. (A `POLL_REMOVE` gives
+    /// up on a poll whose wake-up is pending: the poll, and with it the
+    /// closed socket, stayed open for good and the peer never saw EOF.)
+    #[test]
+    fn a_socket_removed_while_its_poll_wake_up_is_pending_gets_closed() {
+        let ring = setup::build().expect("io_uring should be usable here");
+        let deferred = ring.mode.contains("defer-taskrun");
+        let mut reactor = UringReactor::new(ring, None);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let fd = ours.as_raw_fd();
+        const TOKEN: u64 = 2;
+        reactor.add(fd, TOKEN).unwrap();
+        // Armed; its first report (writable) is posted.
+        let mut cqes = Vec::new();
+        wait_until("the poll's first report", || {
+            reactor.enter(Duration::from_millis(10)).unwrap();
+            reactor.reap(&mut cqes);
+            !cqes.is_empty()
+        });
+        // The peer's FIN wakes the poll; the wake-up's task work waits.
+        peer.shutdown(Shutdown::Write).unwrap();
+        wait_until("the FIN to arrive", || {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no timeout.
+            let ready = unsafe { libc::poll(&mut p, 1, 0) };
+            ready == 1
+        });
+        reactor.remove(fd, TOKEN, true);
+        drop(ours);
+        reactor.enter(Duration::ZERO).unwrap();
+        reactor.reap(&mut cqes);
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        match peer.read(&mut byte) {
+            Ok(0) => {}
+            other => panic!(
+                "the closed socket is still open (deferred task work: {deferred}): {other:?}"
+            ),
+        }
     }
 
     #[test]

@@ -52,9 +52,8 @@ impl std::fmt::Display for Unusable {
 }
 
 /// Opcodes the engine submits.
-const OPCODES: [(u8, &str); 4] = [
+const OPCODES: [(u8, &str); 3] = [
     (opcode::PollAdd::CODE, "POLL_ADD"),
-    (opcode::PollRemove::CODE, "POLL_REMOVE"),
     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     (opcode::AcceptMulti::CODE, "ACCEPT"),
 ];
@@ -224,7 +223,7 @@ fn run_self_test(ring: &mut IoUring) -> io::Result<()> {
     // Cancel both by user_data; their final completions must say so.
     push(
         ring,
-        &opcode::PollRemove::new(TEST_POLL)
+        &opcode::AsyncCancel::new(TEST_POLL)
             .build()
             .user_data(TEST_CANCEL),
     )?;
