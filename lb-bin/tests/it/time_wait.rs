@@ -114,6 +114,31 @@ fn holders(before: &BTreeSet<Row>, lb: SocketAddr, backend: SocketAddr) -> Holde
     h
 }
 
+/// Starts a backend and a ringlb (with `start`) on ports that no TIME_WAIT
+/// names yet, and returns them with the TIME_WAITs that existed then.
+///
+/// A listening port picked by the kernel may be one that an earlier test's
+/// listener had, with TIME_WAITs of its connections still in the table; a
+/// connect may then reuse such a 4-tuple (`tcp_tw_reuse` = 2 allows it on
+/// loopback), and the new connection's TIME_WAIT would be the same row as
+/// one in the `before` set: not counted, a false failure.
+fn fresh_ports<T>(
+    mut start: impl FnMut() -> (Backend, Ringlb, T),
+) -> (Backend, Ringlb, T, BTreeSet<Row>) {
+    let names = |row: &Row, a: SocketAddr| [row.0, row.1].map(SocketAddr::V4).contains(&a);
+    for _ in 0..10 {
+        let (backend, lb, extra) = start();
+        let before = time_waits();
+        if !before
+            .iter()
+            .any(|row| names(row, backend.addr()) || names(row, lb.addr()))
+        {
+            return (backend, lb, extra, before);
+        }
+    }
+    panic!("no listening ports free of TIME_WAITs in 10 tries");
+}
+
 /// Waits (up to [`SETTLE`]) until `done` holds, then returns the counts.
 fn settled(
     before: &BTreeSet<Row>,
@@ -136,10 +161,12 @@ fn settled(
 fn client_closes_first_ringlb_holds_no_time_wait_toward_the_client() {
     let _shared = harness::shared();
     for_each_engine("time_wait::client_first", |engine| {
-        let (ends_tx, ends) = mpsc::channel();
-        let backend = Backend::echo_reporting("b1", ends_tx);
-        let lb = Ringlb::start(&LbConfig::over(engine, &[&backend]));
-        let before = time_waits();
+        let (backend, lb, ends, before) = fresh_ports(|| {
+            let (ends_tx, ends) = mpsc::channel();
+            let backend = Backend::echo_reporting("b1", ends_tx);
+            let lb = Ringlb::start(&LbConfig::over(engine, &[&backend]));
+            (backend, lb, ends)
+        });
 
         for src in client_sources().into_iter().take(CONNECTIONS) {
             let mut client = connect_from(src, lb.addr()).expect("connect");
@@ -192,12 +219,14 @@ fn client_closes_first_ringlb_holds_no_time_wait_toward_the_client() {
 fn backend_closes_first_ringlb_holds_no_time_wait_toward_the_backend() {
     let _shared = harness::shared();
     for_each_engine("time_wait::backend_first", |engine| {
-        let backend = Backend::spawn("b1", LOCALHOST, |mut s| {
-            // Answer and close first; drop sends the FIN.
-            let _ = s.write_all(b"bye\n");
+        let (backend, lb, (), before) = fresh_ports(|| {
+            let backend = Backend::spawn("b1", LOCALHOST, |mut s| {
+                // Answer and close first; drop sends the FIN.
+                let _ = s.write_all(b"bye\n");
+            });
+            let lb = Ringlb::start(&LbConfig::over(engine, &[&backend]));
+            (backend, lb, ())
         });
-        let lb = Ringlb::start(&LbConfig::over(engine, &[&backend]));
-        let before = time_waits();
 
         for src in client_sources().into_iter().take(CONNECTIONS) {
             let mut client = connect_from(src, lb.addr()).expect("connect");
