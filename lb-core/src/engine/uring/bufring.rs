@@ -166,6 +166,21 @@ impl BufRing {
         }
     }
 
+    /// Bytes `start..end` of buffer `bid`, clamped to the buffer. Only for
+    /// a buffer the caller took (a receive's completion named it) and that
+    /// no request in flight uses: the kernel writes only into buffers in
+    /// the ring.
+    pub(crate) fn bytes(&self, bid: u16, start: usize, end: usize) -> &[u8] {
+        let size = self.size as usize;
+        let end = end.min(size);
+        let start = start.min(end);
+        // SAFETY: `addr` is the start of a buffer of `size` bytes inside
+        // the mapping, which lives as long as `self`; start <= end <= size
+        // keeps the slice inside it; the caller owns the buffer (out of the
+        // ring), so nothing writes to it while the slice is borrowed.
+        unsafe { std::slice::from_raw_parts(self.addr(bid).add(start), end - start) }
+    }
+
     /// Puts buffer `bid` back in the ring for the kernel to pick again.
     /// The caller gives back only buffers it took, once each, after the
     /// last request that used it ended.

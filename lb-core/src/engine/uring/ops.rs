@@ -84,6 +84,7 @@ use io_uring::{cqueue, opcode, squeue, types, Probe, Submitter};
 
 use super::bufring::BufRing;
 use super::{Sq, KIND_OP, KIND_SHIFT};
+use crate::buffer::BufferPool;
 use crate::config::Forwarding;
 use crate::conn::{FlowError, Outcome, Side};
 use crate::pipe::{Pipe, PipePool};
@@ -108,6 +109,9 @@ pub(crate) const IOWQ_MAX_WORKERS: [u32; 2] = [2, 2];
 const BUFFER_MEMORY: usize = 16 << 20;
 const MIN_BUFFERS: usize = 16;
 const MAX_BUFFERS: usize = 1024;
+/// Spill buffers a worker keeps for reuse (more are allocated while more
+/// flows are stalled, and freed when they drain).
+const SPILLS_IDLE: usize = 16;
 /// The buffer group of the worker's ring (one per ring).
 const BUFFER_GROUP: u16 = 0;
 
@@ -181,12 +185,23 @@ pub(crate) struct Report {
     pub outcome: Outcome,
 }
 
-/// Bytes read and not yet all sent (uring-copy).
-#[derive(Debug, Clone, Copy)]
+/// Bytes read and not yet all sent (uring-copy): `len` bytes, `sent` of
+/// them written.
+#[derive(Debug)]
 struct Held {
-    bid: u16,
+    store: Store,
     len: u32,
     sent: u32,
+}
+
+/// Where held bytes are.
+#[derive(Debug)]
+enum Store {
+    /// In the ring buffer the receive filled.
+    Ring(u16),
+    /// Copied out of it when the destination was full (see
+    /// [`Ops::spill`]): the ring buffer went back at once.
+    Spilled(Box<[u8]>),
 }
 
 /// One direction of a connection.
@@ -194,8 +209,8 @@ struct Held {
 struct FlowOps {
     /// user_data of the one request in flight.
     pending: Option<u64>,
-    /// uring-copy: the buffer taken by the last receive, until all its
-    /// bytes are sent (and the send's completion is in).
+    /// uring-copy: the bytes of the last receive, until they are all sent
+    /// (and the send's completion is in).
     held: Option<Held>,
     /// uring-splice: the pipe, from a readable source until it is empty
     /// again (and no splice on it is in flight).
@@ -230,6 +245,10 @@ struct OpsConn {
 struct Pools {
     /// uring-copy's provided buffer ring (None with uring-splice).
     bufs: Option<BufRing>,
+    /// uring-copy: buffers that hold the bytes of a flow whose destination
+    /// is full, so that flows stalled by slow readers never keep the
+    /// ring's buffers (one per stalled flow, as the inline copy's).
+    spills: BufferPool,
     /// uring-splice's pipes (never used with uring-copy).
     pipes: PipePool,
 }
@@ -240,7 +259,10 @@ impl Pools {
     fn release(&mut self, f: &mut FlowOps) {
         debug_assert!(f.pending.is_none());
         if let Some(h) = f.held.take() {
-            self.give_back(h.bid);
+            match h.store {
+                Store::Ring(bid) => self.give_back(bid),
+                Store::Spilled(b) => self.spills.give_back(b),
+            }
         }
         if let Some(p) = f.pipe.take() {
             if f.in_pipe == 0 {
@@ -276,6 +298,10 @@ pub(crate) struct Ops {
     starved: VecDeque<(u32, u32, usize)>,
     /// Requests submitted and not yet finally completed.
     in_flight: usize,
+    /// Tests of the empty-ring path: stalled flows keep their ring
+    /// buffers (no spill), which is how a test empties the ring.
+    #[cfg(test)]
+    keep_ring_when_stalled: bool,
 }
 
 impl Ops {
@@ -303,9 +329,9 @@ impl Ops {
                 "the kernel's io_uring lacks {name}"
             )));
         }
+        let size = pipe_size.clamp(4096, 1 << 20);
         let bufs = match forwarding {
             Forwarding::UringCopy => {
-                let size = pipe_size.clamp(4096, 1 << 20);
                 let entries = (BUFFER_MEMORY / size)
                     .clamp(MIN_BUFFERS, MAX_BUFFERS)
                     .next_power_of_two() as u16;
@@ -330,12 +356,15 @@ impl Ops {
         Ok(Some(Ops {
             pools: Pools {
                 bufs,
+                spills: BufferPool::new(size, SPILLS_IDLE),
                 pipes: PipePool::new(pipe_size, pipe_pool),
             },
             conns: Vec::new(),
             free: Vec::new(),
             starved: VecDeque::new(),
             in_flight: 0,
+            #[cfg(test)]
+            keep_ring_when_stalled: false,
         }))
     }
 
@@ -396,7 +425,7 @@ impl Ops {
     pub(crate) fn lent(&self) -> (usize, usize) {
         (
             self.pools.pipes.lent(),
-            self.pools.bufs.as_ref().map_or(0, BufRing::lent),
+            self.pools.bufs.as_ref().map_or(0, BufRing::lent) + self.pools.spills.lent(),
         )
     }
 
@@ -518,7 +547,7 @@ impl Ops {
                     )));
                 };
                 f.held = Some(Held {
-                    bid,
+                    store: Store::Ring(bid),
                     len: res as u32,
                     sent: 0,
                 });
@@ -558,9 +587,7 @@ impl Ops {
                         if h.sent < h.len {
                             self.write(sq, index, dir);
                         } else {
-                            let bid = h.bid;
-                            f.held = None;
-                            self.pools.give_back(bid);
+                            self.pools.release(f);
                             self.read(sq, index, dir);
                         }
                         Ok(true)
@@ -568,6 +595,13 @@ impl Ops {
                     0 => Err(FlowError::Destination(io::ErrorKind::WriteZero.into())),
                     _ if -res == libc::EINTR => {
                         self.write(sq, index, dir);
+                        Ok(false)
+                    }
+                    _ if -res == libc::EAGAIN => {
+                        // The destination is full (sends do not wait): the
+                        // bytes leave the ring, then wait for room.
+                        self.spill(index, dir);
+                        self.poll(sq, index, dir, Op::PollOut);
                         Ok(false)
                     }
                     _ => Err(FlowError::Destination(error())),
@@ -670,17 +704,27 @@ impl Ops {
         let dst = types::Fd(c.fds[1 - dir]);
         if let (Some(h), Some(bufs)) = (&f.held, &self.pools.bufs) {
             let ud = user_data(Op::Send, dir, c.seq, index as u32);
-            // The unsent rest of the buffer, within it (sent < len <= size).
-            let start = bufs.addr(h.bid).wrapping_add(h.sent as usize);
+            let base = match &h.store {
+                Store::Ring(bid) => bufs.addr(*bid),
+                Store::Spilled(b) => b.as_ptr(),
+            };
+            // The unsent rest of the bytes, within their buffer
+            // (sent < len <= its size).
+            let start = base.wrapping_add(h.sent as usize);
+            // MSG_DONTWAIT: a full destination fails the send at once
+            // (EAGAIN) instead of keeping it, and the ring buffer, waiting
+            // for as long as the reader stalls.
             let entry = opcode::Send::new(dst, start, h.len - h.sent)
-                .flags(libc::MSG_NOSIGNAL)
+                .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
                 .build()
                 .user_data(ud);
-            // SAFETY: the bytes are in buffer `h.bid`, taken out of the
-            // ring by the receive that filled them; the flow holds it
-            // (`held`) until this send's final completion, and gives it
-            // back only then, live or stopped (`complete`), so nobody
-            // writes into it meanwhile. The mapping outlives every request.
+            // SAFETY: the bytes are in ring buffer `bid`, taken out of the
+            // ring by the receive that filled them, or in the flow's own
+            // spill buffer (a heap allocation, not moved by moving the
+            // Box). The flow holds either (`held`) until this send's final
+            // completion, and gives it back only then, live or stopped
+            // (`complete`), so nobody writes into it meanwhile. The ring's
+            // mapping outlives every request.
             unsafe { sq.queue_unchecked(entry) };
             self.submitted(index, dir, ud);
         } else if let Some(pipe) = &f.pipe {
@@ -695,6 +739,32 @@ impl Ops {
             sq.queue(entry);
             self.submitted(index, dir, ud);
         }
+    }
+
+    /// Moves the unsent bytes of the flow's ring buffer into a spill buffer
+    /// of its own and gives the ring buffer back. For a flow whose
+    /// destination is full: the ring is shared by every flow of the worker
+    /// and a few readers that stop reading must not hold all of it (every
+    /// other flow would wait for a buffer for as long as they stall).
+    fn spill(&mut self, index: usize, dir: usize) {
+        #[cfg(test)]
+        if self.keep_ring_when_stalled {
+            return;
+        }
+        let f = &mut self.conns[index].flows[dir];
+        let (Some(h), Some(bufs)) = (&mut f.held, &self.pools.bufs) else {
+            return;
+        };
+        let Store::Ring(bid) = h.store else {
+            return;
+        };
+        let rest = bufs.bytes(bid, h.sent as usize, h.len as usize);
+        let mut spilled = self.pools.spills.take();
+        spilled[..rest.len()].copy_from_slice(rest);
+        h.len = rest.len() as u32;
+        h.sent = 0;
+        h.store = Store::Spilled(spilled);
+        self.pools.give_back(bid);
     }
 
     /// A source that polled readable: a pipe, and a splice into it.
@@ -1177,6 +1247,7 @@ mod tests {
     #[test]
     fn idle_flows_that_found_the_ring_empty_are_not_forgotten() {
         let mut rig = Rig::new(Forwarding::UringCopy, 1 << 20);
+        rig.ops.keep_ring_when_stalled = true;
         // 16 busy links whose sends stick hold every buffer.
         let mut links: Vec<Link> = (0..MIN_BUFFERS)
             .map(|i| Link::new(&mut rig, i as u64))
@@ -1242,9 +1313,97 @@ mod tests {
     /// More busy flows than buffers: receives that find the ring empty
     /// wait (ENOBUFS) and go on when a buffer comes back; no byte lost.
     #[test]
+    fn readers_that_stop_reading_do_not_hold_the_buffer_ring() {
+        // 1 MiB buffers: the ring has the minimum, 16, fewer than the
+        // stalled readers.
+        let mut rig = Rig::new(Forwarding::UringCopy, 1 << 20);
+        assert_eq!(rig.ops.pools.bufs.as_ref().unwrap().entries(), MIN_BUFFERS);
+        let n = MIN_BUFFERS + 8;
+        let mut links: Vec<Link> = (0..n).map(|i| Link::new(&mut rig, i as u64)).collect();
+        for l in &links {
+            let (_, b_in) = l.inside.as_ref().unwrap();
+            socket2::SockRef::from(b_in)
+                .set_send_buffer_size(16 << 10)
+                .unwrap();
+            socket2::SockRef::from(&l.backend)
+                .set_recv_buffer_size(16 << 10)
+                .unwrap();
+        }
+        // Every client sends 3 MiB that no backend reads yet.
+        let writers: Vec<_> = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut c = l.client.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    c.write_all(&payload(i as u32 + 5, 3 << 20)).unwrap();
+                    c.shutdown(Shutdown::Write).unwrap();
+                })
+            })
+            .collect();
+        // Each stalled flow holds its bytes in a spill buffer of its own;
+        // the ring is all there for other flows.
+        drive(&mut rig, &mut links, |rig, _| {
+            let waiting = rig.ops.conns.iter().filter(|c| {
+                matches!(
+                    &c.flows[UP].held,
+                    Some(Held {
+                        store: Store::Spilled(_),
+                        ..
+                    })
+                )
+            });
+            waiting.count() == n && rig.ops.pools.available() == MIN_BUFFERS
+        });
+        assert_eq!(rig.ops.lent(), (0, n), "one spill buffer per stalled flow");
+        assert!(rig.ops.starved.is_empty());
+        // A fresh link is served meanwhile, both ways.
+        let mut fresh = Link::new(&mut rig, n as u64);
+        fresh.client.write_all(b"ping").unwrap();
+        fresh.backend.write_all(b"pong").unwrap();
+        links.push(fresh);
+        drive(&mut rig, &mut links, |_, l| l[n].up == 4 && l[n].down == 4);
+        let mut got = [0u8; 4];
+        links[n].backend.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        links[n].client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong");
+        links[n].client.shutdown(Shutdown::Write).unwrap();
+        links[n].backend.shutdown(Shutdown::Write).unwrap();
+        // The backends read, then close: every stream arrives whole.
+        let readers: Vec<_> = links[..n]
+            .iter()
+            .map(|l| {
+                let mut b = l.backend.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    b.read_to_end(&mut got).unwrap();
+                    b.shutdown(Shutdown::Write).unwrap();
+                    got
+                })
+            })
+            .collect();
+        drive(&mut rig, &mut links, |_, l| {
+            l.iter().all(|l| l.outcome.is_some())
+        });
+        for (i, r) in readers.into_iter().enumerate() {
+            assert!(
+                r.join().unwrap() == payload(i as u32 + 5, 3 << 20),
+                "stream {i}"
+            );
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(links.iter().all(|l| l.outcome == Some(Outcome::Finished)));
+        assert_eq!((rig.ops.lent(), rig.ops.in_flight()), ((0, 0), 0));
+    }
+
+    #[test]
     fn flows_that_find_the_buffer_ring_empty_wait_for_a_buffer() {
         // 1 MiB buffers: the ring has the minimum, 16.
         let mut rig = Rig::new(Forwarding::UringCopy, 1 << 20);
+        rig.ops.keep_ring_when_stalled = true;
         assert_eq!(rig.ops.pools.bufs.as_ref().unwrap().entries(), MIN_BUFFERS);
         let n = 24;
         let mut links: Vec<Link> = (0..n).map(|i| Link::new(&mut rig, i as u64)).collect();
