@@ -14,7 +14,12 @@
 //!   the worker's provided buffer ring when bytes arrive, so a pending
 //!   receive on an idle connection holds no memory) → `SEND` of exactly
 //!   those bytes, again for the rest after a short send, in order → the
-//!   buffer goes back to the ring → `RECV` …
+//!   buffer goes back to the ring → `RECV` … Sends do not wait
+//!   (`MSG_DONTWAIT`): when the destination is full the unsent bytes move
+//!   to a spill buffer of the flow's own, the ring buffer goes back at
+//!   once, and a `POLL_ADD` writable comes before the next `SEND`. The ring
+//!   is shared by the worker's flows; readers that stop reading must not
+//!   hold it.
 //! - uring-splice: `POLL_ADD` (one-shot, readable) → a pipe from the
 //!   worker's pool → `SPLICE` socket → pipe → `SPLICE` pipe → socket until
 //!   the pipe is empty (`POLL_ADD` writable first when the socket is full)
