@@ -1025,8 +1025,9 @@ pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Accept queue of test backends. std's listeners queue 128; a burst of
 /// ringlb connects beyond that drops SYNs, ringlb's connect times out and
-/// (rightly) fails over, which would blur what a test asserts.
-const BACKEND_BACKLOG: i32 = 1024;
+/// (rightly) fails over, which would blur what a test asserts. 4096 is
+/// Linux's default `somaxconn` (the kernel caps the queue at it).
+const BACKEND_BACKLOG: i32 = 4096;
 
 /// A listener on `addr` with a [`BACKEND_BACKLOG`] accept queue.
 pub fn listen(addr: SocketAddr) -> TcpListener {
