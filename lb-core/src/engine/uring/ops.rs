@@ -1258,13 +1258,7 @@ mod tests {
             .map(|i| Link::new(&mut rig, i as u64))
             .collect();
         for l in &links {
-            let (_, b_in) = l.inside.as_ref().unwrap();
-            socket2::SockRef::from(b_in)
-                .set_send_buffer_size(16 << 10)
-                .unwrap();
-            socket2::SockRef::from(&l.backend)
-                .set_recv_buffer_size(16 << 10)
-                .unwrap();
+            small_buffers(l);
             let mut c = l.client.try_clone().unwrap();
             std::thread::spawn(move || {
                 let _ = c.write_all(&vec![9u8; 4 << 20]);
@@ -1317,6 +1311,77 @@ mod tests {
 
     /// More busy flows than buffers: receives that find the ring empty
     /// wait (ENOBUFS) and go on when a buffer comes back; no byte lost.
+    /// Small socket buffers between ringlb's backend side and the backend,
+    /// so that a send nobody reads sticks soon.
+    fn small_buffers(l: &Link) {
+        let (_, b_in) = l.inside.as_ref().unwrap();
+        socket2::SockRef::from(b_in)
+            .set_send_buffer_size(16 << 10)
+            .unwrap();
+        socket2::SockRef::from(&l.backend)
+            .set_recv_buffer_size(16 << 10)
+            .unwrap();
+    }
+
+    /// `n` links with small buffers whose clients each send a 3 MiB
+    /// stream (seeded `seed + i`), then a FIN, that no backend reads yet.
+    fn unread_streams(
+        rig: &mut Rig,
+        n: usize,
+        seed: u32,
+    ) -> (Vec<Link>, Vec<std::thread::JoinHandle<()>>) {
+        let links: Vec<Link> = (0..n).map(|i| Link::new(rig, i as u64)).collect();
+        links.iter().for_each(small_buffers);
+        let writers = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut c = l.client.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    c.write_all(&payload(seed + i as u32, 3 << 20)).unwrap();
+                    c.shutdown(Shutdown::Write).unwrap();
+                })
+            })
+            .collect();
+        (links, writers)
+    }
+
+    /// The backends of the first `writers.len()` links read their streams
+    /// to the end, then close: every link (whatever else `links` holds,
+    /// already shut both ways) finishes, each stream arrives whole, and
+    /// nothing stays lent or in flight.
+    fn read_unread_streams(
+        rig: &mut Rig,
+        links: &mut [Link],
+        seed: u32,
+        writers: Vec<std::thread::JoinHandle<()>>,
+    ) {
+        let readers: Vec<_> = links[..writers.len()]
+            .iter()
+            .map(|l| {
+                let mut b = l.backend.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    b.read_to_end(&mut got).unwrap();
+                    b.shutdown(Shutdown::Write).unwrap();
+                    got
+                })
+            })
+            .collect();
+        drive(rig, links, |_, l| l.iter().all(|l| l.outcome.is_some()));
+        for (i, r) in readers.into_iter().enumerate() {
+            assert!(
+                r.join().unwrap() == payload(seed + i as u32, 3 << 20),
+                "stream {i}"
+            );
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(links.iter().all(|l| l.outcome == Some(Outcome::Finished)));
+        assert_eq!((rig.ops.lent(), rig.ops.in_flight()), ((0, 0), 0));
+    }
+
     #[test]
     fn readers_that_stop_reading_do_not_hold_the_buffer_ring() {
         // 1 MiB buffers: the ring has the minimum, 16, fewer than the
@@ -1324,28 +1389,7 @@ mod tests {
         let mut rig = Rig::new(Forwarding::UringCopy, 1 << 20);
         assert_eq!(rig.ops.pools.bufs.as_ref().unwrap().entries(), MIN_BUFFERS);
         let n = MIN_BUFFERS + 8;
-        let mut links: Vec<Link> = (0..n).map(|i| Link::new(&mut rig, i as u64)).collect();
-        for l in &links {
-            let (_, b_in) = l.inside.as_ref().unwrap();
-            socket2::SockRef::from(b_in)
-                .set_send_buffer_size(16 << 10)
-                .unwrap();
-            socket2::SockRef::from(&l.backend)
-                .set_recv_buffer_size(16 << 10)
-                .unwrap();
-        }
-        // Every client sends 3 MiB that no backend reads yet.
-        let writers: Vec<_> = links
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let mut c = l.client.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    c.write_all(&payload(i as u32 + 5, 3 << 20)).unwrap();
-                    c.shutdown(Shutdown::Write).unwrap();
-                })
-            })
-            .collect();
+        let (mut links, writers) = unread_streams(&mut rig, n, 5);
         // Each stalled flow holds its bytes in a spill buffer of its own;
         // the ring is all there for other flows.
         drive(&mut rig, &mut links, |rig, _| {
@@ -1375,33 +1419,7 @@ mod tests {
         assert_eq!(&got, b"pong");
         links[n].client.shutdown(Shutdown::Write).unwrap();
         links[n].backend.shutdown(Shutdown::Write).unwrap();
-        // The backends read, then close: every stream arrives whole.
-        let readers: Vec<_> = links[..n]
-            .iter()
-            .map(|l| {
-                let mut b = l.backend.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    let mut got = Vec::new();
-                    b.read_to_end(&mut got).unwrap();
-                    b.shutdown(Shutdown::Write).unwrap();
-                    got
-                })
-            })
-            .collect();
-        drive(&mut rig, &mut links, |_, l| {
-            l.iter().all(|l| l.outcome.is_some())
-        });
-        for (i, r) in readers.into_iter().enumerate() {
-            assert!(
-                r.join().unwrap() == payload(i as u32 + 5, 3 << 20),
-                "stream {i}"
-            );
-        }
-        for w in writers {
-            w.join().unwrap();
-        }
-        assert!(links.iter().all(|l| l.outcome == Some(Outcome::Finished)));
-        assert_eq!((rig.ops.lent(), rig.ops.in_flight()), ((0, 0), 0));
+        read_unread_streams(&mut rig, &mut links, 5, writers);
     }
 
     #[test]
@@ -1411,60 +1429,13 @@ mod tests {
         rig.ops.keep_ring_when_stalled = true;
         assert_eq!(rig.ops.pools.bufs.as_ref().unwrap().entries(), MIN_BUFFERS);
         let n = 24;
-        let mut links: Vec<Link> = (0..n).map(|i| Link::new(&mut rig, i as u64)).collect();
-        // Small socket buffers, so that a send nobody reads sticks soon.
-        for l in &links {
-            let (_, b_in) = l.inside.as_ref().unwrap();
-            socket2::SockRef::from(b_in)
-                .set_send_buffer_size(16 << 10)
-                .unwrap();
-            socket2::SockRef::from(&l.backend)
-                .set_recv_buffer_size(16 << 10)
-                .unwrap();
-        }
-        // Every client sends 3 MiB nobody reads yet: each flow's send
-        // sticks holding a buffer, until the ring is empty.
-        let writers: Vec<_> = links
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let mut c = l.client.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    c.write_all(&payload(i as u32 + 3, 3 << 20)).unwrap();
-                    c.shutdown(Shutdown::Write).unwrap();
-                })
-            })
-            .collect();
+        // Each flow's send sticks holding a buffer, until the ring is
+        // empty.
+        let (mut links, writers) = unread_streams(&mut rig, n, 3);
         drive(&mut rig, &mut links, |rig, _| {
             let starved = rig.ops.conns.iter().filter(|c| c.flows[UP].starved);
             rig.ops.pools.available() == 0 && starved.count() == n - MIN_BUFFERS
         });
-        // Now the backends read, then close: every stream arrives whole.
-        let readers: Vec<_> = links
-            .iter()
-            .map(|l| {
-                let mut b = l.backend.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    let mut got = Vec::new();
-                    b.read_to_end(&mut got).unwrap();
-                    b.shutdown(Shutdown::Write).unwrap();
-                    got
-                })
-            })
-            .collect();
-        drive(&mut rig, &mut links, |_, l| {
-            l.iter().all(|l| l.outcome.is_some())
-        });
-        for (i, r) in readers.into_iter().enumerate() {
-            assert!(
-                r.join().unwrap() == payload(i as u32 + 3, 3 << 20),
-                "stream {i}"
-            );
-        }
-        for w in writers {
-            w.join().unwrap();
-        }
-        assert!(links.iter().all(|l| l.outcome == Some(Outcome::Finished)));
-        assert_eq!((rig.ops.lent(), rig.ops.in_flight()), ((0, 0), 0));
+        read_unread_streams(&mut rig, &mut links, 3, writers);
     }
 }
