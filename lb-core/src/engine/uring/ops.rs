@@ -880,6 +880,18 @@ impl Drop for Ops {
             if let Some(b) = self.pools.bufs.take() {
                 b.leak();
             }
+            // Nor a spill buffer a send in flight may still read.
+            for f in self.conns.iter_mut().flat_map(|c| c.flows.iter_mut()) {
+                if f.pending.is_some() {
+                    if let Some(Held {
+                        store: Store::Spilled(b),
+                        ..
+                    }) = f.held.take()
+                    {
+                        std::mem::forget(b);
+                    }
+                }
+            }
         }
     }
 }
