@@ -579,39 +579,10 @@ impl Ops {
                     _ => Err(FlowError::Source(error())),
                 }
             }
-            Op::Send => {
-                let Some(h) = &mut f.held else {
-                    return Err(FlowError::Destination(io::Error::other(
-                        "a send completed with no buffer held",
-                    )));
-                };
-                match res {
-                    1.. => {
-                        h.sent = h.sent.saturating_add(res as u32);
-                        *moved = res as u64;
-                        if h.sent < h.len {
-                            self.write(sq, index, dir);
-                        } else {
-                            self.pools.release(f);
-                            self.read(sq, index, dir);
-                        }
-                        Ok(true)
-                    }
-                    0 => Err(FlowError::Destination(io::ErrorKind::WriteZero.into())),
-                    _ if -res == libc::EINTR => {
-                        self.write(sq, index, dir);
-                        Ok(false)
-                    }
-                    _ if -res == libc::EAGAIN => {
-                        // The destination is full (sends do not wait): the
-                        // bytes leave the ring, then wait for room.
-                        self.spill(index, dir);
-                        self.poll(sq, index, dir, Op::PollOut);
-                        Ok(false)
-                    }
-                    _ => Err(FlowError::Destination(error())),
-                }
-            }
+            Op::Send if f.held.is_none() => Err(FlowError::Destination(io::Error::other(
+                "a send completed with no buffer held",
+            ))),
+            Op::Send | Op::SpliceOut => self.wrote(sq, index, dir, res, moved),
             Op::PollIn if res < 0 => Err(FlowError::Source(error())),
             Op::PollIn => {
                 self.splice_in(sq, index, dir)?;
@@ -636,35 +607,60 @@ impl Ops {
                 }
                 _ => Err(FlowError::Source(error())),
             },
-            Op::SpliceOut => match res {
-                1.. => {
-                    f.in_pipe = f.in_pipe.saturating_sub(res as usize);
-                    *moved = res as u64;
-                    if f.in_pipe > 0 {
-                        self.write(sq, index, dir);
-                    } else {
-                        self.pools.release(f);
-                        self.read(sq, index, dir);
-                    }
-                    Ok(true)
-                }
-                0 => Err(FlowError::Destination(io::ErrorKind::WriteZero.into())),
-                _ if -res == libc::EAGAIN => {
-                    // The destination is full: wait until it takes more.
-                    self.poll(sq, index, dir, Op::PollOut);
-                    Ok(false)
-                }
-                _ if -res == libc::EINTR => {
-                    self.write(sq, index, dir);
-                    Ok(false)
-                }
-                _ => Err(FlowError::Destination(error())),
-            },
             Op::PollOut if res < 0 => Err(FlowError::Destination(error())),
             Op::PollOut => {
                 self.write(sq, index, dir);
                 Ok(false)
             }
+        }
+    }
+
+    /// A write of the flow's bytes in flight (a send from its buffer or a
+    /// splice from its pipe) completed with `res`: the rest is written,
+    /// or, all written, the flow reads again; a full destination is waited
+    /// for (the bytes out of the shared ring first, see `spill`).
+    fn wrote(
+        &mut self,
+        sq: &mut Sq,
+        index: usize,
+        dir: usize,
+        res: i32,
+        moved: &mut u64,
+    ) -> Result<bool, FlowError> {
+        match res {
+            1.. => {
+                *moved = res as u64;
+                let f = &mut self.conns[index].flows[dir];
+                let more = match &mut f.held {
+                    Some(h) => {
+                        h.sent = h.sent.saturating_add(res as u32);
+                        h.sent < h.len
+                    }
+                    None => {
+                        f.in_pipe = f.in_pipe.saturating_sub(res as usize);
+                        f.in_pipe > 0
+                    }
+                };
+                if more {
+                    self.write(sq, index, dir);
+                } else {
+                    self.pools.release(f);
+                    self.read(sq, index, dir);
+                }
+                Ok(true)
+            }
+            0 => Err(FlowError::Destination(io::ErrorKind::WriteZero.into())),
+            _ if -res == libc::EINTR => {
+                self.write(sq, index, dir);
+                Ok(false)
+            }
+            _ if -res == libc::EAGAIN => {
+                // The destination is full (writes do not wait).
+                self.spill(index, dir);
+                self.poll(sq, index, dir, Op::PollOut);
+                Ok(false)
+            }
+            _ => Err(FlowError::Destination(io::Error::from_raw_os_error(-res))),
         }
     }
 
