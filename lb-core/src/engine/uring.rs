@@ -259,17 +259,8 @@ impl Reactor for UringReactor {
 
 impl UringReactor {
     fn new(ring: Ring, ops: Option<Ops>) -> UringReactor {
-        let cancel_flags = if ring.skip_success {
-            squeue::Flags::SKIP_SUCCESS
-        } else {
-            squeue::Flags::empty()
-        };
         UringReactor {
-            sq: Sq {
-                ring: ring.ring,
-                backlog: VecDeque::new(),
-                cancel_flags,
-            },
+            sq: Sq::new(ring),
             polls: Vec::new(),
             accepts: Vec::new(),
             wake: Watch::default(),
@@ -441,6 +432,20 @@ impl UringReactor {
 }
 
 impl Sq {
+    /// The submission side of `ring`.
+    pub(crate) fn new(ring: Ring) -> Sq {
+        let cancel_flags = if ring.skip_success {
+            squeue::Flags::SKIP_SUCCESS
+        } else {
+            squeue::Flags::empty()
+        };
+        Sq {
+            ring: ring.ring,
+            backlog: VecDeque::new(),
+            cancel_flags,
+        }
+    }
+
     /// Queues an SQE that references no user memory (a poll, an accept
     /// without an address, a cancel, a splice between fds) for the next
     /// enter. A full queue is submitted at once to make room; what still

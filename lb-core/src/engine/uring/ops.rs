@@ -917,17 +917,8 @@ mod tests {
             let ops = Ops::new(forwarding, &ring.ring.submitter(), pipe_size, 4)
                 .unwrap()
                 .unwrap();
-            let cancel_flags = if ring.skip_success {
-                squeue::Flags::SKIP_SUCCESS
-            } else {
-                squeue::Flags::empty()
-            };
             Rig {
-                sq: Sq {
-                    ring: ring.ring,
-                    backlog: VecDeque::new(),
-                    cancel_flags,
-                },
+                sq: Sq::new(ring),
                 ops,
             }
         }
