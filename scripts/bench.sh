@@ -40,6 +40,9 @@ usage: scripts/bench.sh [options]
   --workloads LIST      comma-separated, from: $ALL_WORKLOADS (default: all)
   --rate R              request rate of the 'rate' workload (default 5000/s)
   --conc N              idle connections of the 'conc' workload (default 8000)
+  --ringlb-base PATH    enables proxy 'ringlb-base' (list it in --proxies): ringlb from the binary
+                        PATH (e.g. a build of main before a change), with the
+                        same config as 'ringlb', for an interleaved A/B
   --ringlb-engine E     engine for the plain 'ringlb' proxy: auto|uring|epoll
                         (default: left out of the config, i.e. ringlb's default)
   --ringlb-forwarding F forwarding for it: auto|splice|copy|uring-splice|uring-copy
@@ -63,7 +66,7 @@ EOF
 ORIG_ARGS="$*"
 ROUNDS=5 DURATION=6 RATE=5000 CONC=8000 PORT_BASE=28080 NICE=0
 PROXIES_ARG=$ALL_PROXIES WORKLOADS_ARG=$ALL_WORKLOADS
-RINGLB_ENGINE="" RINGLB_FORWARDING="" OUT_DIR="" NO_INSTALL=0 NO_BUILD=0 QUICK=0
+RINGLB_ENGINE="" RINGLB_FORWARDING="" RINGLB_BASE_BIN="" OUT_DIR="" NO_INSTALL=0 NO_BUILD=0 QUICK=0
 while (($#)); do
 	case $1 in
 	--quick) QUICK=1 ROUNDS=1 DURATION=3 ;;
@@ -73,6 +76,7 @@ while (($#)); do
 	--workloads) WORKLOADS_ARG=${2:?--workloads needs a value} && shift ;;
 	--rate) RATE=${2:?--rate needs a value} && shift ;;
 	--conc) CONC=${2:?--conc needs a value} && shift ;;
+	--ringlb-base) RINGLB_BASE_BIN=${2:?--ringlb-base needs a path} && shift ;;
 	--ringlb-engine) RINGLB_ENGINE=${2:?} && shift ;;
 	--ringlb-forwarding) RINGLB_FORWARDING=${2:?} && shift ;;
 	--nice) NICE=${2:?--nice needs a value} && shift ;;

@@ -200,9 +200,10 @@ EOF
 }
 
 # proxy_kind NAME: direct | ringlb | haproxy | haproxy-splice | nginx
+# (ringlb-base is ringlb run from another binary, for A/B of two builds)
 proxy_kind() {
 	case $1 in
-	ringlb | ringlb:*) echo ringlb ;;
+	ringlb | ringlb:* | ringlb-base) echo ringlb ;;
 	*) echo "$1" ;;
 	esac
 }
@@ -211,6 +212,7 @@ proxy_kind() {
 valid_proxy() {
 	case $1 in
 	direct | ringlb | haproxy | haproxy-splice | nginx) return 0 ;;
+	ringlb-base) [[ -n $RINGLB_BASE_BIN ]] ;;
 	ringlb:*:*)
 		local e f
 		IFS=: read -r _ e f <<<"$1"
@@ -265,7 +267,9 @@ start_proxy() {
 			PROXY_ERR=$RINGLB_BROKEN
 			return 1
 		fi
-		start_bg "$logfile" "$CPU_PROXY" "$RINGLB_BIN" --config "$dir/ringlb.toml"
+		local bin=$RINGLB_BIN
+		[[ $name == ringlb-base ]] && bin=$RINGLB_BASE_BIN
+		start_bg "$logfile" "$CPU_PROXY" "$bin" --config "$dir/ringlb.toml"
 		;;
 	esac
 	PROXY_PID=$BG_PID
