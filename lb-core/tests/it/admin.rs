@@ -14,9 +14,9 @@ use serde_json::Value;
 
 const TOKEN: &str = "s3cret-token";
 
-#[path = "support/http.rs"]
-mod http;
-use http::*;
+use crate::support::loopback::*;
+use crate::support::response::*;
+use crate::support::wait::*;
 
 // ---------------------------------------------------------------- harness
 
@@ -36,7 +36,7 @@ fn start(global_extra: &str, backends: &[&'static str]) -> Lb {
          [service.health]\nkind = \"none\"\n"
     );
     for name in backends {
-        let addr = echo_backend(name);
+        let addr = named_echo_backend(name);
         toml.push_str(&format!(
             "\n[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
         ));
