@@ -18,3 +18,4 @@ mod admin;
 mod cluster;
 mod health;
 mod join;
+mod uring;

@@ -9,8 +9,14 @@ use std::time::Duration;
 
 use super::wait::DEADLINE;
 
+/// A backend that echoes every connection until the client's FIN, then
+/// sends its own.
+pub fn echo_backend() -> SocketAddr {
+    backend(echo)
+}
+
 /// A backend that says its name and a newline on connect, then echoes
-/// until the client's FIN, then sends its own. A TCP health probe connects and closes: it
+/// (as [`echo_backend`]). A TCP health probe connects and closes: it
 /// passes while the listener is up.
 pub fn named_echo_backend(name: &'static str) -> SocketAddr {
     backend(move |mut stream| {
