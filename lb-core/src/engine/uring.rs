@@ -767,7 +767,8 @@ mod tests {
 
     use super::*;
     use crate::config::EngineKind;
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use crate::test_sockets::tcp_pair;
+    use std::net::Shutdown;
     use std::time::Instant;
 
     fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -802,9 +803,7 @@ mod tests {
         let ring = setup::build().expect("io_uring should be usable here");
         let deferred = ring.mode.contains("defer-taskrun");
         let mut reactor = UringReactor::new(ring, None);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (ours, _) = listener.accept().unwrap();
+        let (mut peer, ours) = tcp_pair();
         let fd = ours.as_raw_fd();
         const TOKEN: u64 = 2;
         reactor.add(fd, TOKEN).unwrap();
