@@ -4,8 +4,7 @@
 //! addresses. Waits are conditions with deadlines, never fixed sleeps.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use lb_core::config::Config;
@@ -52,15 +51,7 @@ fn start(global_extra: &str, backends: &[&'static str]) -> Lb {
     }
 }
 
-/// Sends raw bytes, reads the whole answer (the request says close).
-fn raw_from(source: IpAddr, to: SocketAddr, request: &[u8]) -> Resp {
-    let mut s = connect_from(source, to);
-    s.write_all(request).expect("send request");
-    parse_response(&read_all(&mut s))
-}
-
-/// Reads until EOF. A reset after the answer (the server closed with part
-/// of an oversized request unread) ends the read too.
+/// An admin API request, for [`Lb::send`].
 struct Req<'a> {
     method: &'a str,
     path: &'a str,

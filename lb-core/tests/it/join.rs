@@ -5,7 +5,6 @@
 //! rate limiter and a distinct client for Maglev). Waits are conditions with
 //! deadlines, never fixed sleeps.
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -132,9 +131,7 @@ impl Lb {
         text.push_str("\r\n");
         let mut bytes = text.into_bytes();
         bytes.extend_from_slice(body);
-        let mut s = connect_from(ip(source), self.admin);
-        s.write_all(&bytes).expect("send request");
-        parse_response(&read_all(&mut s))
+        raw_from(ip(source), self.admin, &bytes)
     }
 
     /// `POST /api/v1/services/web/join` from 127.0.0.1 with the right key.

@@ -1,10 +1,21 @@
-//! A small HTTP/1.1 response reader for the admin API tests (the requests
-//! say `Connection: close`, so an answer ends at EOF).
+//! Raw HTTP/1.1 exchanges with the admin API: a request sent as bytes,
+//! and a small reader of the answer (the requests say `Connection: close`,
+//! so an answer ends at EOF).
 
-use std::io::Read;
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 
 use serde_json::Value;
+
+use super::loopback::connect_from;
+
+/// Sends raw bytes from `source` to `to`, reads the whole answer (the
+/// request says close).
+pub fn raw_from(source: IpAddr, to: SocketAddr, request: &[u8]) -> Resp {
+    let mut s = connect_from(source, to);
+    s.write_all(request).expect("send request");
+    parse_response(&read_all(&mut s))
+}
 
 #[derive(Debug)]
 pub struct Resp {
