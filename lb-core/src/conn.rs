@@ -601,19 +601,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::test_sockets::tcp_pair;
     use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::net::{Shutdown, TcpStream};
     use std::os::fd::AsRawFd;
     use std::time::{Duration, Instant};
-
-    /// (outside end, inside end) of a loopback TCP connection.
-    fn tcp_pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
-    }
 
     /// Drives a pair with all readiness flags forced on until `done`.
     fn drive_until(

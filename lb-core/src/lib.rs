@@ -28,3 +28,6 @@ pub mod sys;
 pub mod worker;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod test_sockets;

@@ -285,18 +285,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::test_sockets::tcp_pair;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
     #[test]
     fn splice_moves_bytes_socket_to_pipe_to_socket() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l2.local_addr().unwrap()).unwrap();
-        let (mut d, _) = l2.accept().unwrap();
-        b.set_nonblocking(true).unwrap();
+        // Bytes go in at a, out of b (ringlb's side) into the pipe, into c
+        // (ringlb's side again) and out at d.
+        let (mut a, b) = tcp_pair();
+        let (mut d, c) = tcp_pair();
         a.write_all(b"hello splice").unwrap();
         let (r, w) = pipe().unwrap();
         let cap = set_pipe_size(w.as_raw_fd(), 1 << 16).unwrap();

@@ -7,8 +7,11 @@
 //! outlives its fd keeps the socket alive without a descriptor, so counting
 //! fds alone would miss it).
 //!
-//! A test binary of its own with a single test: fd counts are
-//! process-wide, so nothing may run beside it.
+//! A test binary of its own with a single test: fd counts and the
+//! kernel's socket table are process-wide, so nothing may run beside it
+//! (a test of the `it` suite on another thread would open and close fds
+//! and sockets under the counts). It shares only the wait helper with
+//! `it`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,10 +19,15 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lb_core::config::Config;
 use lb_core::server::{Server, StartOptions};
+
+#[path = "it/support/wait.rs"]
+#[allow(dead_code)] // the suite's other waits
+mod wait;
+use wait::wait_for_state;
 
 const CONNECTIONS: usize = 1_000;
 const CLIENT_THREADS: usize = 8;
@@ -152,18 +160,6 @@ fn ringlb_sockets(listen: u16, backend: u16) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<String>) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let Some(state) = cond() else { return };
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {state}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn check_engine(engine: &str, forwarding: &str, backend_addr: SocketAddr) {
     let before_start = open_fds();
     let config = config(engine, forwarding, backend_addr);
@@ -195,7 +191,7 @@ fn check_engine(engine: &str, forwarding: &str, backend_addr: SocketAddr) {
         accepted, CONNECTIONS as u64,
         "{engine}/{forwarding}: connections accepted"
     );
-    wait_until(
+    wait_for_state(
         &format!("{engine}/{forwarding}: every connection, pipe and fd to be released"),
         Duration::from_secs(20),
         || {
@@ -218,7 +214,7 @@ fn check_engine(engine: &str, forwarding: &str, backend_addr: SocketAddr) {
     // The controls hold the workers' wake-up eventfds.
     drop(controls);
     drop(server);
-    wait_until(
+    wait_for_state(
         &format!("{engine}/{forwarding}: the stopped server to close everything"),
         Duration::from_secs(10),
         || {

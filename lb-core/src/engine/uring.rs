@@ -766,43 +766,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::config::{Config, EngineKind};
-    use crate::server::{Server, StartOptions};
-    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-    use std::sync::atomic::Ordering::Relaxed;
+    use crate::config::EngineKind;
+    use crate::test_sockets::tcp_pair;
+    use std::net::Shutdown;
     use std::time::Instant;
-
-    /// A backend that echoes every connection until EOF, then closes.
-    fn echo_backend() -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                std::thread::spawn(move || {
-                    let mut r = s.try_clone().unwrap();
-                    let _ = io::copy(&mut r, &mut s);
-                    let _ = s.shutdown(Shutdown::Write);
-                });
-            }
-        });
-        addr
-    }
-
-    fn config_with(engine: &str, backend: SocketAddr, service_extra: &str) -> Config {
-        config_full(engine, "auto", backend, service_extra)
-    }
-
-    fn config_full(engine: &str, forwarding: &str, backend: SocketAddr, extra: &str) -> Config {
-        let (global_extra, service_extra) = extra.split_once('|').unwrap_or(("", extra));
-        let text = format!(
-            "[global]\nworkers = 1\nengine = \"{engine}\"\nforwarding = \"{forwarding}\"\nadmin = \"off\"\n{global_extra}\n\
-             [[service]]\nname = \"t\"\nlisten = [\"127.0.0.1:0\"]\n{service_extra}\n\
-             [service.health]\nkind = \"none\"\n\n\
-             [[service.backend]]\nname = \"b1\"\naddress = \"{backend}\"\n"
-        );
-        Config::parse(&text, None).unwrap()
-    }
 
     fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -836,9 +803,7 @@ mod tests {
         let ring = setup::build().expect("io_uring should be usable here");
         let deferred = ring.mode.contains("defer-taskrun");
         let mut reactor = UringReactor::new(ring, None);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (ours, _) = listener.accept().unwrap();
+        let (mut peer, ours) = tcp_pair();
         let fd = ours.as_raw_fd();
         const TOKEN: u64 = 2;
         reactor.add(fd, TOKEN).unwrap();
@@ -884,144 +849,5 @@ mod tests {
         );
         let ud = user_data(KIND_POLL, SEQ_MASK + 2, 7);
         assert_eq!((kind_of(ud), seq_of(ud), id_of(ud)), (KIND_POLL, 1, 7));
-    }
-
-    #[test]
-    fn a_uring_worker_forwards_bytes_both_ways_with_half_close() {
-        let backend = echo_backend();
-        // Inline (readiness) forwarding, then the two completion-driven
-        // modes, where the ring's requests move the bytes.
-        for forwarding in ["auto", "uring-copy", "uring-splice"] {
-            let config = config_full("uring", forwarding, backend, "");
-            let server = Server::start(config, StartOptions::default()).unwrap();
-            assert_eq!(server.engine().name, "uring");
-            assert_eq!(server.worker_controls()[0].engine.get(), Some(&"uring"));
-            let addr = server.listening()[0].1;
-
-            let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-            let mut client = TcpStream::connect(addr).unwrap();
-            client
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut writer = client.try_clone().unwrap();
-            let sent = payload.clone();
-            let w = std::thread::spawn(move || {
-                writer.write_all(&sent).unwrap();
-                // Half-close: the echo only ends after our FIN got through.
-                writer.shutdown(Shutdown::Write).unwrap();
-            });
-            let mut got = Vec::with_capacity(payload.len());
-            client.read_to_end(&mut got).unwrap();
-            w.join().unwrap();
-            assert!(
-                got == payload,
-                "{forwarding}: echo differs ({} bytes back)",
-                got.len()
-            );
-            drop(client);
-
-            let control = server.worker_controls()[0].clone();
-            wait_until("the connection to close", || {
-                control.connections.load(Relaxed) == 0
-                    && control.pipes_lent.load(Relaxed) == 0
-                    && control.buffers_lent.load(Relaxed) == 0
-            });
-            assert_eq!(control.accepted.load(Relaxed), 1, "{forwarding}");
-        }
-    }
-
-    /// A worker with completion-driven forwarding stopped while its
-    /// connections are busy cancels their requests and waits for them
-    /// before the ring goes: nothing stays lent.
-    #[test]
-    fn a_uring_worker_stopped_with_busy_flows_gives_everything_back() {
-        let backend = echo_backend();
-        for forwarding in ["uring-copy", "uring-splice"] {
-            // No drain: stop with the connections busy.
-            let config = config_full("uring", forwarding, backend, "shutdown_timeout = \"0s\"|");
-            let server = Server::start(config, StartOptions::default()).unwrap();
-            let addr = server.listening()[0].1;
-            let control = server.worker_controls()[0].clone();
-            // Clients that send and never read: the echo backs up, and
-            // every flow has a request in flight holding memory.
-            let clients: Vec<TcpStream> = (0..8)
-                .map(|_| {
-                    let mut c = TcpStream::connect(addr).unwrap();
-                    c.set_write_timeout(Some(Duration::from_millis(500)))
-                        .unwrap();
-                    let chunk = vec![5u8; 1 << 16];
-                    for _ in 0..64 {
-                        if c.write_all(&chunk).is_err() {
-                            break;
-                        }
-                    }
-                    c
-                })
-                .collect();
-            wait_until("bytes held in flight", || {
-                control.pipes_lent.load(Relaxed) + control.buffers_lent.load(Relaxed) > 0
-            });
-            drop(server);
-            assert_eq!(control.connections.load(Relaxed), 0, "{forwarding}");
-            assert_eq!(
-                (
-                    control.pipes_lent.load(Relaxed),
-                    control.buffers_lent.load(Relaxed)
-                ),
-                (0, 0),
-                "{forwarding}: pipes, buffers lent after stop"
-            );
-            drop(clients);
-        }
-    }
-
-    /// One echo round trip on `c`, or the read error.
-    fn echo_once(c: &mut TcpStream, msg: &[u8]) -> io::Result<Vec<u8>> {
-        c.write_all(msg)?;
-        let mut got = vec![0u8; msg.len()];
-        c.read_exact(&mut got)?;
-        Ok(got)
-    }
-
-    #[test]
-    fn at_max_connections_accepted_clients_wait_until_a_place_frees() {
-        let backend = echo_backend();
-        let server = Server::start(
-            config_with("uring", backend, "max_connections = 2\n"),
-            StartOptions::default(),
-        )
-        .unwrap();
-        let addr = server.listening()[0].1;
-        let control = server.worker_controls()[0].clone();
-        let mut first = TcpStream::connect(addr).unwrap();
-        let mut second = TcpStream::connect(addr).unwrap();
-        for c in [&mut first, &mut second] {
-            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            assert_eq!(echo_once(c, b"hello").unwrap(), b"hello");
-        }
-        // The third: the multishot accept takes it from the kernel, but
-        // the worker must hold it, unserved, while the service is full.
-        let mut third = TcpStream::connect(addr).unwrap();
-        third
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let early = echo_once(&mut third, b"wait");
-        assert!(
-            matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
-            "the third client was answered while the service was full: {early:?}"
-        );
-        assert_eq!(control.accepted.load(Relaxed), 2);
-        assert_eq!(control.connections.load(Relaxed), 2);
-
-        // A place frees: the held client is served, its early bytes kept.
-        drop(first);
-        third
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut got = [0u8; 4];
-        third.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"wait");
-        assert_eq!(echo_once(&mut third, b"more").unwrap(), b"more");
-        assert_eq!(control.accepted.load(Relaxed), 3);
     }
 }

@@ -898,9 +898,10 @@ mod tests {
 
     use super::*;
     use crate::conn::prepare_reset;
+    use crate::test_sockets::tcp_pair;
     use io_uring::types::{SubmitArgs, Timespec};
     use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::net::{Shutdown, TcpStream};
     use std::os::fd::AsRawFd;
     use std::time::{Duration, Instant};
 
@@ -944,17 +945,6 @@ mod tests {
             self.ops.turn(&mut self.sq);
             reports
         }
-    }
-
-    /// (outside end, inside end) of a loopback TCP connection; the
-    /// inside end non-blocking, as ringlb's sockets are.
-    fn tcp_pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        b.set_nonblocking(true).unwrap();
-        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        (a, b)
     }
 
     /// A connection through the rig: the worker's part, played by the

@@ -5,7 +5,6 @@
 //! rate limiter and a distinct client for Maglev). Waits are conditions with
 //! deadlines, never fixed sleeps.
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,9 +17,9 @@ use serde_json::{json, Value};
 const KEY: &str = "j0in-k3y-for-tests";
 const TOKEN: &str = "admin-t0ken";
 
-#[path = "support/http.rs"]
-mod http;
-use http::*;
+use crate::support::loopback::*;
+use crate::support::response::*;
+use crate::support::wait::*;
 
 // ---------------------------------------------------------------- harness
 
@@ -96,7 +95,7 @@ fn start(global_extra: &str, backends: &[(&str, SocketAddr)]) -> Lb {
 
 /// A ringlb with `join_key = KEY` and one configured backend, `b1`.
 fn start_with_key(global_extra: &str) -> Lb {
-    let b1 = echo_backend("b1");
+    let b1 = named_echo_backend("b1");
     start(
         &format!("join_key = \"{KEY}\"\n{global_extra}"),
         &[("b1", b1)],
@@ -132,9 +131,7 @@ impl Lb {
         text.push_str("\r\n");
         let mut bytes = text.into_bytes();
         bytes.extend_from_slice(body);
-        let mut s = connect_from(ip(source), self.admin);
-        s.write_all(&bytes).expect("send request");
-        parse_response(&read_all(&mut s))
+        raw_from(ip(source), self.admin, &bytes)
     }
 
     /// `POST /api/v1/services/web/join` from 127.0.0.1 with the right key.
@@ -234,7 +231,7 @@ fn node(name: &str, addr: SocketAddr) -> Value {
 fn a_node_with_the_key_joins_and_gets_traffic_once_its_probe_passes() {
     // The admin token guards operator actions, not joins.
     let lb = start_with_key(&format!("admin_token = \"{TOKEN}\""));
-    let n1 = echo_backend("n1");
+    let n1 = named_echo_backend("n1");
 
     let r = lb.join(&json!({ "name": "n1", "address": n1.to_string(), "weight": 100 }));
     assert_eq!(r.status, 201, "{}", r.text());
@@ -262,7 +259,7 @@ fn a_node_with_the_key_joins_and_gets_traffic_once_its_probe_passes() {
     assert!(metrics.text().contains(&line), "{}", metrics.text());
 
     // Bearer works as well as X-Join-Key; the admin token is not the key.
-    let n2 = echo_backend("n2");
+    let n2 = named_echo_backend("n2");
     let r = lb.join_as("127.0.0.2", "web", Key::Bearer(KEY), &node("n2", n2));
     assert_eq!(r.status, 201, "{}", r.text());
     let r = lb.join_as("127.0.0.3", "web", Key::Bearer(TOKEN), &node("n3", n2));
@@ -287,8 +284,8 @@ fn joining_again_is_idempotent_and_conflicts_are_refused() {
         .as_str()
         .expect("address")
         .to_string();
-    let n1 = echo_backend("n1");
-    let other = echo_backend("other");
+    let n1 = named_echo_backend("n1");
+    let other = named_echo_backend("other");
     assert_eq!(lb.join(&node("n1", n1)).status, 201);
     wait_until("n1 usable", || {
         lb.backend("n1").is_some_and(|b| b["usable"] == true)
@@ -331,7 +328,7 @@ fn joining_again_is_idempotent_and_conflicts_are_refused() {
 #[test]
 fn a_node_that_leaves_gets_no_new_connections_and_established_ones_flow() {
     let lb = start_with_key("");
-    let n1 = echo_backend("n1");
+    let n1 = named_echo_backend("n1");
     assert_eq!(lb.join(&node("n1", n1)).status, 201);
     let (mut established, source) = lb.reach("n1");
     echo_round_trip(&mut established, b"before leaving");
@@ -360,10 +357,10 @@ fn a_node_that_leaves_gets_no_new_connections_and_established_ones_flow() {
 
 #[test]
 fn a_reload_keeps_joined_nodes_and_applies_a_new_key() {
-    let b1 = echo_backend("b1");
+    let b1 = named_echo_backend("b1");
     let lb = start(&format!("join_key = \"{KEY}\""), &[("b1", b1)]);
-    let n1 = echo_backend("n1");
-    let n2 = echo_backend("n2");
+    let n1 = named_echo_backend("n1");
+    let n2 = named_echo_backend("n2");
     assert_eq!(lb.join(&node("n1", n1)).status, 201);
     assert_eq!(lb.join(&node("n2", n2)).status, 201);
     wait_until("n1 usable", || {
@@ -393,7 +390,7 @@ fn a_reload_keeps_joined_nodes_and_applies_a_new_key() {
     echo_round_trip(&mut stream, b"after the reload");
 
     // The key follows the file.
-    let n3 = echo_backend("n3");
+    let n3 = named_echo_backend("n3");
     let r = lb.join_as("127.0.0.1", "web", Key::Header(KEY), &node("n3", n3));
     assert_eq!(r.status, 401, "{}", r.text());
     let r = lb.join_as("127.0.0.1", "web", Key::Header("new-key"), &node("n3", n3));
@@ -424,7 +421,7 @@ fn a_reload_keeps_joined_nodes_and_applies_a_new_key() {
 #[test]
 fn a_wrong_or_missing_key_is_refused_and_changes_nothing() {
     let lb = start_with_key(&format!("admin_token = \"{TOKEN}\""));
-    let n1 = echo_backend("n1");
+    let n1 = named_echo_backend("n1");
     let before = lb.fingerprint();
     let attempts = [
         ("127.0.0.2", Key::Header("wrong")),
@@ -461,9 +458,9 @@ fn a_wrong_or_missing_key_is_refused_and_changes_nothing() {
 
 #[test]
 fn without_a_join_key_joining_is_off() {
-    let b1 = echo_backend("b1");
+    let b1 = named_echo_backend("b1");
     let lb = start(&format!("admin_token = \"{TOKEN}\""), &[("b1", b1)]);
-    let n1 = echo_backend("n1");
+    let n1 = named_echo_backend("n1");
     let before = lb.fingerprint();
     for key in [Key::None, Key::Header(KEY), Key::Bearer(TOKEN)] {
         let r = lb.join_as("127.0.0.1", "web", key, &node("n1", n1));
@@ -478,7 +475,7 @@ fn without_a_join_key_joining_is_off() {
 #[test]
 fn failed_attempts_are_rate_limited_per_peer() {
     let lb = start_with_key("");
-    let n1 = echo_backend("n1");
+    let n1 = named_echo_backend("n1");
     for i in 0..5 {
         let r = lb.join_as("127.0.0.7", "web", Key::Header("guess"), &node("n1", n1));
         assert_eq!(r.status, 401, "attempt {i}: {}", r.text());
@@ -507,7 +504,7 @@ fn failed_attempts_are_rate_limited_per_peer() {
 #[test]
 fn the_allow_list_comes_before_the_key() {
     let lb = start_with_key("admin_allow = [\"127.0.0.2/32\"]");
-    let n1 = echo_backend("n1");
+    let n1 = named_echo_backend("n1");
     let r = lb.join_as("127.0.0.1", "web", Key::Header(KEY), &node("n1", n1));
     assert_eq!(r.status, 403);
     assert!(r.error().contains("admin_allow"), "{}", r.error());
@@ -594,6 +591,6 @@ fn bad_bodies_are_answered_400_and_change_nothing() {
     assert_eq!(r.header("allow"), Some("POST"));
     assert_eq!(lb.fingerprint(), before);
     // None of these was a failed key: the peer is not limited.
-    let n1 = echo_backend("n1");
+    let n1 = named_echo_backend("n1");
     assert_eq!(lb.join(&node("n1", n1)).status, 201);
 }

@@ -4,8 +4,7 @@
 //! addresses. Waits are conditions with deadlines, never fixed sleeps.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use lb_core::config::Config;
@@ -14,9 +13,9 @@ use serde_json::Value;
 
 const TOKEN: &str = "s3cret-token";
 
-#[path = "support/http.rs"]
-mod http;
-use http::*;
+use crate::support::loopback::*;
+use crate::support::response::*;
+use crate::support::wait::*;
 
 // ---------------------------------------------------------------- harness
 
@@ -36,7 +35,7 @@ fn start(global_extra: &str, backends: &[&'static str]) -> Lb {
          [service.health]\nkind = \"none\"\n"
     );
     for name in backends {
-        let addr = echo_backend(name);
+        let addr = named_echo_backend(name);
         toml.push_str(&format!(
             "\n[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
         ));
@@ -52,15 +51,7 @@ fn start(global_extra: &str, backends: &[&'static str]) -> Lb {
     }
 }
 
-/// Sends raw bytes, reads the whole answer (the request says close).
-fn raw_from(source: IpAddr, to: SocketAddr, request: &[u8]) -> Resp {
-    let mut s = connect_from(source, to);
-    s.write_all(request).expect("send request");
-    parse_response(&read_all(&mut s))
-}
-
-/// Reads until EOF. A reset after the answer (the server closed with part
-/// of an oversized request unread) ends the read too.
+/// An admin API request, for [`Lb::send`].
 struct Req<'a> {
     method: &'a str,
     path: &'a str,

@@ -4,9 +4,6 @@
 //! connections. Real sockets on loopback; clients are distinct source
 //! addresses 127.0.0.2 … 127.0.0.61.
 
-// A failed step should fail the test loudly, helpers included.
-#![allow(clippy::unwrap_used)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -17,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use lb_core::config::{AdminState, Config};
 use lb_core::server::{Server, StartOptions};
+
+use crate::support::loopback::try_connect_from;
+use crate::support::wait::wait_within;
 
 /// A cluster node: answers the health path with its current status, and any
 /// other request with its name followed by an echo of each line it gets.
@@ -124,11 +124,7 @@ fn client_ip(i: u8) -> IpAddr {
 
 /// Connects from `src` and returns the stream and the node's name.
 fn open(src: IpAddr, to: SocketAddr) -> std::io::Result<(BufReader<TcpStream>, String)> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    sock.bind(&SocketAddr::new(src, 0).into())?;
-    sock.connect_timeout(&to.into(), Duration::from_secs(5))?;
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let stream = try_connect_from(src, to, Duration::from_secs(5))?;
     let mut reader = BufReader::new(stream);
     reader.get_mut().write_all(b"GET / HTTP/1.0\r\n")?;
     let mut name = String::new();
@@ -193,15 +189,6 @@ jitter = 0.0
     Cluster { nodes, server, lb }
 }
 
-/// Waits for `cond`, polling; fails the test with `what` at the deadline.
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_failed_node_loses_only_its_clients_and_gets_them_back() {
     let c = cluster(100);
@@ -250,7 +237,7 @@ fn a_failed_node_loses_only_its_clients_and_gets_them_back() {
         .filter(|(_, n)| *n == "n2")
         .map(|(c, _)| *c)
         .collect();
-    wait_for("n2's clients to move", Duration::from_secs(5), || {
+    wait_within("n2's clients to move", Duration::from_secs(5), || {
         n2_clients
             .iter()
             .all(|&ip| open(ip, c.lb).map(|(_, n)| n != "n2").unwrap_or(false))
@@ -281,7 +268,7 @@ fn a_failed_node_loses_only_its_clients_and_gets_them_back() {
 
     // n2 recovers: its clients come home.
     c.nodes[1].set_status(200);
-    wait_for("n2's clients to come back", Duration::from_secs(5), || {
+    wait_within("n2's clients to come back", Duration::from_secs(5), || {
         n2_clients
             .iter()
             .all(|&ip| open(ip, c.lb).map(|(_, n)| n == "n2").unwrap_or(false))
@@ -329,7 +316,7 @@ fn drain_keeps_established_connections_and_sends_no_new_ones() {
         .unwrap();
     // New connections of its clients go elsewhere at once (the admin call
     // returns after publishing; workers pick it up within one turn).
-    wait_for(
+    wait_within(
         "drained node to get no new connection",
         Duration::from_secs(2),
         || open(ip, c.lb).map(|(_, n)| n != node).unwrap_or(false),
@@ -356,7 +343,7 @@ fn drain_keeps_established_connections_and_sends_no_new_ones() {
         .handle()
         .set_admin("svc", &node, AdminState::Enabled)
         .unwrap();
-    wait_for(
+    wait_within(
         "enabled node to get its clients back",
         Duration::from_secs(2),
         || open(ip, c.lb).map(|(_, n)| n == node).unwrap_or(false),
@@ -394,7 +381,7 @@ fn time_from_failure_to_last_new_connection() {
         }
         samples.push(last_on_n1 - t0);
         c.nodes[0].set_status(200);
-        wait_for("n1 back", Duration::from_secs(5), || {
+        wait_within("n1 back", Duration::from_secs(5), || {
             open(n1_clients[0], c.lb)
                 .map(|(_, n)| n == "n1")
                 .unwrap_or(false)

@@ -3,9 +3,6 @@
 //! passive failures and reloads. Everything runs on the current-thread
 //! runtime, as on the control plane; waits are bounded by deadlines.
 
-#[path = "support/health.rs"]
-mod servers;
-
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,6 +11,7 @@ use std::time::Duration;
 use lb_core::config::{DegradedIs, HealthCheck, HealthKind, DEFAULT_HEALTH_PATH};
 use lb_core::health::{probe, ProxySettings, Reason, TlsProbeConfig};
 
+use crate::support::health_servers as servers;
 use servers::{Answer, Backend};
 
 /// Probe timeout of the tests that expect a timeout: short, but far above

@@ -1,0 +1,8 @@
+//! What the tests of several areas share: waits with deadlines, loopback
+//! backends and clients, an HTTP/1.1 response reader, and the servers the
+//! health checks probe. One definition of each helper.
+
+pub mod health_servers;
+pub mod loopback;
+pub mod response;
+pub mod wait;
