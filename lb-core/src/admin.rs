@@ -44,8 +44,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::config::{AdminState, Global, IpNet};
+use crate::control::command::{self, Command};
 use crate::control::RegistryError;
-use crate::server::Command;
 use crate::worker::WorkerControl;
 use auth::Credentials;
 use join::Membership;
@@ -519,14 +519,9 @@ impl AdminContext {
         if !self.serving() {
             return Err(Unavailable);
         }
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .map_err(|_| Unavailable)?;
-        match tokio::time::timeout(CONTROL_TIMEOUT, answer).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) | Err(_) => Err(Unavailable),
-        }
+        command::ask(&self.commands, command, CONTROL_TIMEOUT)
+            .await
+            .ok_or(Unavailable)
     }
 }
 

@@ -3,6 +3,7 @@
 //! it. Owned by the control-plane thread; workers only ever see the
 //! snapshots it publishes. Nodes that join at run time: `control/join.rs`.
 
+pub(crate) mod command;
 mod join;
 
 use std::num::NonZeroU32;
@@ -17,6 +18,7 @@ use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
 use crate::stats::{BackendStats, ServiceStats};
 
+pub use command::Command;
 pub use join::{JoinError, JoinOutcome};
 
 /// A backend's health as the control plane knows it (the prober's state:

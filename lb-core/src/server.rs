@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminContext, StatusView};
 use crate::config::{AdminState, Config, Forwarding, Workers};
+use crate::control::command::{self, Command};
 use crate::control::{Health, Registry, RegistryError, ReloadSummary};
 use crate::engine::{self, EngineChoice};
 use crate::handover::{self, Inherited};
@@ -41,50 +42,6 @@ const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 /// Passive-failure reports that may wait for the control plane.
 const FAILURE_QUEUE: usize = 4096;
 
-/// Requests to the control plane.
-#[derive(Debug)]
-pub enum Command {
-    /// Set a backend's admin state.
-    Admin {
-        service: String,
-        backend: String,
-        state: AdminState,
-        reply: oneshot::Sender<Result<(), RegistryError>>,
-    },
-    /// Read the config file again and apply it (as SIGHUP does).
-    Reload {
-        reply: oneshot::Sender<Result<ReloadSummary, String>>,
-    },
-    /// Set a backend's weight (rebuilds its service's Maglev table).
-    Weight {
-        service: String,
-        backend: String,
-        weight: NonZeroU32,
-        reply: oneshot::Sender<Result<(), RegistryError>>,
-    },
-    /// The registry's state now, for the admin API's reads.
-    Status { reply: oneshot::Sender<StatusView> },
-    /// The join key in force (it follows reloads); None: joining is off.
-    JoinKey {
-        reply: oneshot::Sender<Option<String>>,
-    },
-    /// Add a node that announced itself with the join key (see
-    /// `server/join.rs`).
-    Join {
-        service: String,
-        backend: crate::config::Backend,
-        reply: oneshot::Sender<Result<crate::control::JoinOutcome, crate::control::JoinError>>,
-    },
-    /// Remove a joined node; the reply is its settings.
-    Leave {
-        service: String,
-        backend: String,
-        reply: oneshot::Sender<Result<crate::config::Backend, crate::control::JoinError>>,
-    },
-    /// Stop accepting, wait for connections up to the shutdown timeout, stop.
-    Shutdown,
-}
-
 /// A way to talk to a running server from any thread.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
@@ -95,12 +52,8 @@ impl ServerHandle {
     /// Reloads the config file (as SIGHUP does) and waits for the outcome:
     /// what changed, or why the new file was refused (then nothing changed).
     pub fn reload(&self) -> Result<ReloadSummary, String> {
-        let (reply, rx) = oneshot::channel();
-        if self.commands.send(Command::Reload { reply }).is_err() {
-            return Err("ringlb is shutting down".into());
-        }
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err("ringlb is shutting down".into()))
+        command::ask_blocking(&self.commands, |reply| Command::Reload { reply })
+            .unwrap_or_else(|| Err("ringlb is shutting down".into()))
     }
 
     /// Starts a graceful shutdown (as SIGTERM does).
@@ -116,18 +69,14 @@ impl ServerHandle {
         backend: &str,
         state: AdminState,
     ) -> Result<(), RegistryError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::Admin {
+        let cmd = |reply| Command::Admin {
             service: service.into(),
             backend: backend.into(),
             state,
             reply,
         };
-        if self.commands.send(cmd).is_err() {
-            return Err(RegistryError::NoService(service.into()));
-        }
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err(RegistryError::NoService(service.into())))
+        command::ask_blocking(&self.commands, cmd)
+            .unwrap_or_else(|| Err(RegistryError::NoService(service.into())))
     }
 }
 
