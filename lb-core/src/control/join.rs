@@ -13,7 +13,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{new_backend, BackendRecord, Registry, RegistryError};
+use super::registry::{new_backend, BackendRecord, Registry, RegistryError};
 use crate::config::{AdminState, Backend, Service};
 
 /// Most joined nodes one service takes. The cluster is 2 to ~100 nodes;
