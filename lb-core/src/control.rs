@@ -4,14 +4,19 @@
 //! publishes; everyone else talks to it with [`Command`]s.
 //!
 //! - `command.rs`: the messages, and sending one to await its reply.
+//! - `plane.rs`: the thread's event loop, reload and drain.
 //! - `registry.rs`: services, backends and their live state; building a
 //!   snapshot from them.
-//! - `join.rs`: nodes that join and leave at run time.
+//! - `join.rs`: nodes that join and leave at run time (the registry's and
+//!   the event loop's side; the HTTP side is `admin/join.rs`).
 
 pub(crate) mod command;
 mod join;
+mod plane;
 mod registry;
 
 pub use command::Command;
 pub use join::{JoinError, JoinOutcome};
+pub use plane::ControlCounters;
+pub(crate) use plane::{ControlPlane, ControlSetup};
 pub use registry::{BackendRecord, Health, Registry, RegistryError, ReloadSummary, ServiceRecord};
