@@ -389,7 +389,7 @@ impl AdminContext {
                 match self.ask(|reply| Command::Reload { reply }).await {
                     Ok(Ok(summary)) => json(StatusCode::OK, &summary),
                     // The file is refused: nothing changed.
-                    Ok(Err(reason)) => error(StatusCode::UNPROCESSABLE_ENTITY, reason),
+                    Ok(Err(reason)) => error(StatusCode::UNPROCESSABLE_ENTITY, reason.to_string()),
                     Err(Unavailable) => unavailable(),
                 }
             }

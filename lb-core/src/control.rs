@@ -17,6 +17,6 @@ mod registry;
 
 pub use command::Command;
 pub use join::{JoinError, JoinOutcome};
-pub use plane::ControlCounters;
+pub use plane::{ControlCounters, ReloadError};
 pub(crate) use plane::{ControlPlane, ControlSetup};
 pub use registry::{BackendRecord, Health, Registry, RegistryError, ReloadSummary, ServiceRecord};

@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 use crate::admin::{self, AdminContext};
 use crate::config::{AdminState, Config, Forwarding, Workers};
 use crate::control::command::{self, Command};
-use crate::control::{ControlPlane, ControlSetup, Registry, RegistryError, ReloadSummary};
+use crate::control::{
+    ControlPlane, ControlSetup, Registry, RegistryError, ReloadError, ReloadSummary,
+};
 use crate::engine::{self, EngineChoice};
 use crate::handover::Inherited;
 use crate::snapshot::SnapshotCell;
@@ -39,9 +41,9 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Reloads the config file (as SIGHUP does) and waits for the outcome:
     /// what changed, or why the new file was refused (then nothing changed).
-    pub fn reload(&self) -> Result<ReloadSummary, String> {
+    pub fn reload(&self) -> Result<ReloadSummary, ReloadError> {
         command::ask_blocking(&self.commands, |reply| Command::Reload { reply })
-            .unwrap_or_else(|| Err("ringlb is shutting down".into()))
+            .unwrap_or(Err(ReloadError::ShuttingDown))
     }
 
     /// Starts a graceful shutdown (as SIGTERM does).

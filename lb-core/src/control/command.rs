@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{JoinError, JoinOutcome, RegistryError, ReloadSummary};
+use super::{JoinError, JoinOutcome, RegistryError, ReloadError, ReloadSummary};
 use crate::admin::StatusView;
 use crate::config::{AdminState, Backend};
 
@@ -26,7 +26,7 @@ pub enum Command {
     },
     /// Read the config file again and apply it (as SIGHUP does).
     Reload {
-        reply: oneshot::Sender<Result<ReloadSummary, String>>,
+        reply: oneshot::Sender<Result<ReloadSummary, ReloadError>>,
     },
     /// Set a backend's weight (rebuilds its service's Maglev table).
     Weight {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::{Command, Health, Registry, RegistryError, ReloadSummary};
 use crate::admin::{self, AdminContext, StatusView};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::handover;
 use crate::health::{BackendKey, ProbeReport, Prober};
 use crate::snapshot::SnapshotCell;
@@ -55,6 +55,33 @@ pub(crate) struct ControlSetup {
     pub(crate) handle_signals: bool,
     /// The admin listener, bound at start, served from `serve`.
     pub(crate) admin: Option<(std::net::TcpListener, AdminContext)>,
+}
+
+/// Why a reload was refused (and the running config keeps serving), or
+/// could not be asked for. The text is what the log and the admin API say.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Started from a config given in memory (the demo, tests): there is no
+    /// file to read again.
+    #[error("this ringlb was started without a config file: nothing to reload")]
+    NoConfigFile,
+    /// The file cannot be read, or is not a valid config
+    /// (`file:line:col: reason`).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listen address new in the file cannot be bound.
+    #[error("cannot listen on {addr} for service {service}: {source}")]
+    Listen {
+        service: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The new backend tables cannot be built.
+    #[error(transparent)]
+    Publish(#[from] RegistryError),
+    /// The control plane is shutting down: the request was not taken.
+    #[error("ringlb is shutting down")]
+    ShuttingDown,
 }
 
 /// Control-plane figures for metrics and tests.
@@ -276,7 +303,7 @@ impl ControlPlane {
     /// parse or validate, or a new listen address that cannot be bound, is
     /// refused with the reason and changes nothing; established connections
     /// are never touched either way.
-    fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, String> {
+    fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {
         // Under systemd: RELOADING=1 (with MONOTONIC_USEC) … READY=1.
         let _ = crate::notify::reloading();
         let result = self.try_reload(prober);
@@ -300,12 +327,9 @@ impl ControlPlane {
         result
     }
 
-    fn try_reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, String> {
-        let path = self
-            .config_path
-            .clone()
-            .ok_or("this ringlb was started without a config file: nothing to reload")?;
-        let new = Config::from_file(&path).map_err(|e| e.to_string())?;
+    fn try_reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {
+        let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
+        let new = Config::from_file(&path)?;
         let restart_only = restart_only_changes(&self.config.global, &new.global);
         if !restart_only.is_empty() {
             tracing::warn!(settings = ?restart_only, "these [global] settings change only at restart");
@@ -328,8 +352,13 @@ impl ControlPlane {
             let mut bound = *addr;
             let mut sockets = Vec::with_capacity(self.workers.len());
             for _ in &self.workers {
-                let socket = sys::reuseport_listener(bound, sys::BACKLOG)
-                    .map_err(|e| format!("cannot listen on {addr} for service {service}: {e}"))?;
+                let socket = sys::reuseport_listener(bound, sys::BACKLOG).map_err(|source| {
+                    ReloadError::Listen {
+                        service: service.clone(),
+                        addr: *addr,
+                        source,
+                    }
+                })?;
                 if bound.port() == 0 {
                     bound = socket
                         .local_addr()
@@ -343,7 +372,7 @@ impl ControlPlane {
         }
         // Commit.
         let summary = self.registry.apply(&new);
-        self.publish().map_err(|e| e.to_string())?;
+        self.publish()?;
         let removed: Vec<(String, SocketAddr, SocketAddr)> = self
             .listeners
             .iter()
@@ -532,5 +561,36 @@ async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()
     match sig {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_errors_say_what_the_string_errors_said() {
+        assert_eq!(
+            ReloadError::NoConfigFile.to_string(),
+            "this ringlb was started without a config file: nothing to reload"
+        );
+        let listen = ReloadError::Listen {
+            service: "web".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 80)),
+            source: std::io::Error::other("in use"),
+        };
+        assert_eq!(
+            listen.to_string(),
+            "cannot listen on 127.0.0.1:80 for service web: in use"
+        );
+        let refused = RegistryError::NoService("web".into());
+        assert_eq!(
+            ReloadError::from(refused.clone()).to_string(),
+            refused.to_string()
+        );
+        assert_eq!(
+            ReloadError::ShuttingDown.to_string(),
+            "ringlb is shutting down"
+        );
     }
 }
