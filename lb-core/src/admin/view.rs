@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::{AdminState, Balance};
-use crate::control::{BackendRecord, Health, Registry};
+use crate::control::{BackendRecord, ControlCounters, Health, Registry};
 use crate::stats::{BackendStats, ServiceStats};
 
 /// The registry at one instant, for the admin API and metrics.
@@ -22,6 +22,10 @@ pub struct StatusView {
     pub generation: u64,
     /// Configurations loaded so far (1 at start, +1 per successful reload).
     pub config_generation: u64,
+    /// Reloads applied since start.
+    pub reloads_ok: u64,
+    /// Reloads refused since start (the running config kept serving).
+    pub reloads_failed: u64,
     /// In configuration order.
     pub services: Vec<ServiceView>,
 }
@@ -82,8 +86,9 @@ impl RouterState {
 
 impl StatusView {
     /// Copies the registry's state (names, states, reasons; the counters by
-    /// `Arc`). Called on the control-plane thread.
-    pub fn new(registry: &Registry) -> StatusView {
+    /// `Arc`) and the control plane's reload counts. Called on the
+    /// control-plane thread.
+    pub fn new(registry: &Registry, counters: &ControlCounters) -> StatusView {
         let services = registry
             .services()
             .iter()
@@ -98,6 +103,8 @@ impl StatusView {
         StatusView {
             generation: registry.generation(),
             config_generation: registry.config_generation(),
+            reloads_ok: counters.reloads_ok.load(Relaxed),
+            reloads_failed: counters.reloads_failed.load(Relaxed),
             services,
         }
     }
@@ -453,6 +460,8 @@ mod tests {
         StatusView {
             generation: 1,
             config_generation: 1,
+            reloads_ok: 0,
+            reloads_failed: 0,
             services: vec![ServiceView {
                 name: "web".into(),
                 listen: vec![],

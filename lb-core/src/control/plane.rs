@@ -240,7 +240,7 @@ impl ControlPlane {
                         let _ = reply.send(self.set_weight(&service, &backend, weight));
                     }
                     Some(Command::Status { reply }) => {
-                        let _ = reply.send(StatusView::new(&self.registry));
+                        let _ = reply.send(StatusView::new(&self.registry, &self.counters));
                     }
                     Some(Command::JoinKey { reply }) => {
                         let _ = reply.send(self.config.global.join_key.clone());
