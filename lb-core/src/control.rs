@@ -7,6 +7,7 @@
 //! - `plane.rs`: the thread's event loop, reload and drain.
 //! - `registry.rs`: services, backends and their live state; building a
 //!   snapshot from them.
+//! - `status.rs`: the registry at one instant, for the admin API.
 //! - `join.rs`: nodes that join and leave at run time (the registry's and
 //!   the event loop's side; the HTTP side is `admin/join.rs`).
 
@@ -14,9 +15,10 @@ pub(crate) mod command;
 mod join;
 mod plane;
 mod registry;
+pub(crate) mod status;
 
 pub use command::Command;
 pub use join::{JoinError, JoinOutcome};
+pub(crate) use plane::{AdminTask, ControlPlane, ControlSetup};
 pub use plane::{ControlCounters, ReloadError};
-pub(crate) use plane::{ControlPlane, ControlSetup};
 pub use registry::{BackendRecord, Health, Registry, RegistryError, ReloadSummary, ServiceRecord};

@@ -21,7 +21,7 @@ use crate::admin::{self, AdminContext};
 use crate::config::{AdminState, Config, Forwarding, Workers};
 use crate::control::command::{self, Command};
 use crate::control::{
-    ControlPlane, ControlSetup, Registry, RegistryError, ReloadError, ReloadSummary,
+    AdminTask, ControlPlane, ControlSetup, Registry, RegistryError, ReloadError, ReloadSummary,
 };
 use crate::engine::{self, EngineChoice};
 use crate::handover::Inherited;
@@ -201,7 +201,8 @@ impl Server {
             failures: failures_rx,
             commands: commands_rx,
             handle_signals: options.handle_signals,
-            admin,
+            admin: admin
+                .map(|(listener, ctx)| -> AdminTask { Box::pin(admin::run(listener, ctx)) }),
         });
         let control_thread = std::thread::Builder::new()
             .name("ringlb-control".into())

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::status::StatusView;
 use super::{JoinError, JoinOutcome, RegistryError, ReloadError, ReloadSummary};
-use crate::admin::StatusView;
 use crate::config::{AdminState, Backend};
 
 /// Requests to the control plane.

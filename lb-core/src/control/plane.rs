@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::status::StatusView;
 use super::{Command, Health, Registry, RegistryError, ReloadSummary};
-use crate::admin::{self, AdminContext, StatusView};
 use crate::config::{Config, ConfigError};
 use crate::handover;
 use crate::health::{BackendKey, ProbeReport, Prober};
@@ -29,6 +29,11 @@ use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra wait for the first health round beyond the longest check timeout.
 const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
+
+/// The admin server as a task for the control plane's runtime. Boxed, so
+/// that the control plane need not know the admin module (which sends it
+/// commands).
+pub(crate) type AdminTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// What start-up hands the control plane (see `server.rs`).
 pub(crate) struct ControlSetup {
@@ -53,8 +58,9 @@ pub(crate) struct ControlSetup {
     pub(crate) commands: mpsc::UnboundedReceiver<Command>,
     /// Handle SIGTERM/SIGINT/SIGHUP (the binary does; tests may not).
     pub(crate) handle_signals: bool,
-    /// The admin listener, bound at start, served from `serve`.
-    pub(crate) admin: Option<(std::net::TcpListener, AdminContext)>,
+    /// The admin server (its listener bound at start), spawned on this
+    /// runtime once the first snapshot is out.
+    pub(crate) admin: Option<AdminTask>,
 }
 
 /// Why a reload was refused (and the running config keeps serving), or
@@ -114,8 +120,8 @@ pub(crate) struct ControlPlane {
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown_timeout: Duration,
     handle_signals: bool,
-    /// The admin listener, bound at start, served from `serve`.
-    admin: Option<(std::net::TcpListener, AdminContext)>,
+    /// The admin server, spawned from `serve`.
+    admin: Option<AdminTask>,
 }
 
 impl ControlPlane {
@@ -206,8 +212,8 @@ impl ControlPlane {
                     }
                 });
         let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<()>>();
-        if let Some((listener, ctx)) = self.admin.take() {
-            tokio::spawn(admin::run(listener, ctx));
+        if let Some(admin) = self.admin.take() {
+            tokio::spawn(admin);
         }
         tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
         loop {
