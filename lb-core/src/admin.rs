@@ -1,7 +1,7 @@
 //! The admin HTTP/1 server: ringlb's own health, Prometheus metrics, the
 //! status page and the JSON API that drains, disables, enables and
 //! re-weights backends. Runs as a task on the control plane's
-//! current-thread runtime (see `server.rs`).
+//! current-thread runtime (see `control/plane.rs`).
 //!
 //! It never touches the registry: reads ask the control plane for a
 //! [`StatusView`] (a [`Command::Status`] with a oneshot reply) and actions
