@@ -82,7 +82,9 @@ pub enum ReloadError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// The new backend tables cannot be built.
+    /// The new backend tables cannot be built. (Unlike the others this one
+    /// comes after the registry took the new file; the workers keep the last
+    /// published tables.)
     #[error(transparent)]
     Publish(#[from] RegistryError),
     /// The control plane is shutting down: the request was not taken.
@@ -90,7 +92,7 @@ pub enum ReloadError {
     ShuttingDown,
 }
 
-/// Control-plane figures for metrics and tests.
+/// Control-plane figures, shown by `/metrics` (through the `StatusView`).
 #[derive(Debug, Default)]
 pub struct ControlCounters {
     /// Reloads applied (SIGHUP or the admin API).
