@@ -1,7 +1,7 @@
 //! The admin HTTP/1 server: ringlb's own health, Prometheus metrics, the
 //! status page and the JSON API that drains, disables, enables and
 //! re-weights backends. Runs as a task on the control plane's
-//! current-thread runtime (see `server.rs`).
+//! current-thread runtime (see `control/plane.rs`).
 //!
 //! It never touches the registry: reads ask the control plane for a
 //! [`StatusView`] (a [`Command::Status`] with a oneshot reply) and actions
@@ -44,8 +44,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::config::{AdminState, Global, IpNet};
+use crate::control::command::{self, Command};
 use crate::control::RegistryError;
-use crate::server::Command;
 use crate::worker::WorkerControl;
 use auth::Credentials;
 use join::Membership;
@@ -389,7 +389,7 @@ impl AdminContext {
                 match self.ask(|reply| Command::Reload { reply }).await {
                     Ok(Ok(summary)) => json(StatusCode::OK, &summary),
                     // The file is refused: nothing changed.
-                    Ok(Err(reason)) => error(StatusCode::UNPROCESSABLE_ENTITY, reason),
+                    Ok(Err(reason)) => error(StatusCode::UNPROCESSABLE_ENTITY, reason.to_string()),
                     Err(Unavailable) => unavailable(),
                 }
             }
@@ -519,14 +519,9 @@ impl AdminContext {
         if !self.serving() {
             return Err(Unavailable);
         }
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .map_err(|_| Unavailable)?;
-        match tokio::time::timeout(CONTROL_TIMEOUT, answer).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) | Err(_) => Err(Unavailable),
-        }
+        command::ask(&self.commands, command, CONTROL_TIMEOUT)
+            .await
+            .ok_or(Unavailable)
     }
 }
 

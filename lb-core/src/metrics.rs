@@ -92,6 +92,14 @@ pub fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> String {
     );
     e.sample("ringlb_config_generation", &[], view.config_generation);
     e.family(
+        "ringlb_reloads_total",
+        Kind::Counter,
+        "Config reloads (SIGHUP or the admin API), by result: ok (applied) or failed (refused; the running config kept serving).",
+    );
+    for (result, n) in [("ok", view.reloads_ok), ("failed", view.reloads_failed)] {
+        e.sample("ringlb_reloads_total", &[("result", result)], n);
+    }
+    e.family(
         "ringlb_snapshot_generation",
         Kind::Gauge,
         "Generation of the published backend table; increases on every reload, admin action and health change.",
@@ -439,7 +447,9 @@ mod tests {
         };
         let view = StatusView {
             generation: 7,
-            config_generation: 1,
+            config_generation: 2,
+            reloads_ok: 1,
+            reloads_failed: 3,
             services: vec![ServiceView {
                 name: "we\"b".into(),
                 listen: vec![],
@@ -452,6 +462,11 @@ mod tests {
         let text = render(&view, &workers);
         assert!(text.ends_with('\n'));
         assert!(text.contains("ringlb_snapshot_generation 7\n"));
+        assert!(text.contains(
+            "# TYPE ringlb_reloads_total counter\n\
+             ringlb_reloads_total{result=\"ok\"} 1\n\
+             ringlb_reloads_total{result=\"failed\"} 3\n"
+        ));
         assert!(text.contains(
             "ringlb_backend_admin_state{service=\"we\\\"b\",backend=\"a\",state=\"drain\"} 1\n"
         ));

@@ -9,81 +9,28 @@
 //! the first snapshot; then start the workers and log `listening` per
 //! address.
 
-mod join;
-
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::admin::{self, AdminContext, StatusView};
+use crate::admin::{self, AdminContext};
 use crate::config::{AdminState, Config, Forwarding, Workers};
-use crate::control::{Health, Registry, RegistryError, ReloadSummary};
+use crate::control::command::{self, Command};
+use crate::control::{
+    AdminTask, ControlPlane, ControlSetup, Registry, RegistryError, ReloadError, ReloadSummary,
+};
 use crate::engine::{self, EngineChoice};
-use crate::handover::{self, Inherited};
-use crate::health::{BackendKey, ProbeReport, Prober};
+use crate::handover::Inherited;
 use crate::snapshot::SnapshotCell;
-use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage, WorkerSetup};
+use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerSetup};
 use crate::{sys, Error, Result};
 
-/// Listen backlog of every listener.
-const BACKLOG: i32 = 4096;
-/// Longest a binary-upgrade exchange may stall before it is abandoned.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Extra wait for the first health round beyond the longest check timeout.
-const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 /// Passive-failure reports that may wait for the control plane.
 const FAILURE_QUEUE: usize = 4096;
-
-/// Requests to the control plane.
-#[derive(Debug)]
-pub enum Command {
-    /// Set a backend's admin state.
-    Admin {
-        service: String,
-        backend: String,
-        state: AdminState,
-        reply: oneshot::Sender<Result<(), RegistryError>>,
-    },
-    /// Read the config file again and apply it (as SIGHUP does).
-    Reload {
-        reply: oneshot::Sender<Result<ReloadSummary, String>>,
-    },
-    /// Set a backend's weight (rebuilds its service's Maglev table).
-    Weight {
-        service: String,
-        backend: String,
-        weight: NonZeroU32,
-        reply: oneshot::Sender<Result<(), RegistryError>>,
-    },
-    /// The registry's state now, for the admin API's reads.
-    Status { reply: oneshot::Sender<StatusView> },
-    /// The join key in force (it follows reloads); None: joining is off.
-    JoinKey {
-        reply: oneshot::Sender<Option<String>>,
-    },
-    /// Add a node that announced itself with the join key (see
-    /// `server/join.rs`).
-    Join {
-        service: String,
-        backend: crate::config::Backend,
-        reply: oneshot::Sender<Result<crate::control::JoinOutcome, crate::control::JoinError>>,
-    },
-    /// Remove a joined node; the reply is its settings.
-    Leave {
-        service: String,
-        backend: String,
-        reply: oneshot::Sender<Result<crate::config::Backend, crate::control::JoinError>>,
-    },
-    /// Stop accepting, wait for connections up to the shutdown timeout, stop.
-    Shutdown,
-}
 
 /// A way to talk to a running server from any thread.
 #[derive(Debug, Clone)]
@@ -94,13 +41,9 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Reloads the config file (as SIGHUP does) and waits for the outcome:
     /// what changed, or why the new file was refused (then nothing changed).
-    pub fn reload(&self) -> Result<ReloadSummary, String> {
-        let (reply, rx) = oneshot::channel();
-        if self.commands.send(Command::Reload { reply }).is_err() {
-            return Err("ringlb is shutting down".into());
-        }
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err("ringlb is shutting down".into()))
+    pub fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        command::ask_blocking(&self.commands, |reply| Command::Reload { reply })
+            .unwrap_or(Err(ReloadError::ShuttingDown))
     }
 
     /// Starts a graceful shutdown (as SIGTERM does).
@@ -116,18 +59,14 @@ impl ServerHandle {
         backend: &str,
         state: AdminState,
     ) -> Result<(), RegistryError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::Admin {
+        let cmd = |reply| Command::Admin {
             service: service.into(),
             backend: backend.into(),
             state,
             reply,
         };
-        if self.commands.send(cmd).is_err() {
-            return Err(RegistryError::NoService(service.into()));
-        }
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err(RegistryError::NoService(service.into())))
+        command::ask_blocking(&self.commands, cmd)
+            .unwrap_or_else(|| Err(RegistryError::NoService(service.into())))
     }
 }
 
@@ -144,13 +83,6 @@ pub struct StartOptions {
     pub inherited: Vec<Inherited>,
     /// Serve binary upgrades on this Unix socket path.
     pub upgrade_socket: Option<PathBuf>,
-}
-
-/// Control-plane figures for metrics and tests.
-#[derive(Debug, Default)]
-pub struct ControlCounters {
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
 }
 
 /// A running ringlb.
@@ -256,24 +188,22 @@ impl Server {
             None => None,
         };
 
-        let counters = Arc::new(ControlCounters::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        let plane = ControlPlane {
+        let plane = ControlPlane::new(ControlSetup {
             registry,
             handover,
             upgrade,
             config: config.clone(),
             config_path: options.config_path.clone(),
             listeners: listen_table,
-            counters: counters.clone(),
             cell: cell.clone(),
             workers: worker_controls.clone(),
             failures: failures_rx,
             commands: commands_rx,
-            shutdown_timeout: config.global.shutdown_timeout,
             handle_signals: options.handle_signals,
-            admin,
-        };
+            admin: admin
+                .map(|(listener, ctx)| -> AdminTask { Box::pin(admin::run(listener, ctx)) }),
+        });
         let control_thread = std::thread::Builder::new()
             .name("ringlb-control".into())
             .spawn(move || plane.run(ready_tx))
@@ -391,412 +321,6 @@ impl Drop for Server {
     }
 }
 
-/// Everything the control-plane thread owns.
-struct ControlPlane {
-    registry: Registry,
-    /// A copy of every listening socket, to hand to a new ringlb on upgrade
-    /// (closed when draining, so the kernel stops queueing to them).
-    handover: Vec<(String, SocketAddr, socket2::Socket)>,
-    /// Where a new ringlb asks for the sockets.
-    upgrade: Option<std::os::unix::net::UnixListener>,
-    /// The config in force, and where it came from (for reloads).
-    config: Config,
-    config_path: Option<PathBuf>,
-    /// Every listen address: (service, as configured, as bound).
-    listeners: Vec<(String, SocketAddr, SocketAddr)>,
-    counters: Arc<ControlCounters>,
-    cell: Arc<SnapshotCell>,
-    workers: Vec<Arc<WorkerControl>>,
-    failures: mpsc::Receiver<PassiveFailure>,
-    commands: mpsc::UnboundedReceiver<Command>,
-    shutdown_timeout: Duration,
-    handle_signals: bool,
-    /// The admin listener, bound at start, served from `serve`.
-    admin: Option<(std::net::TcpListener, AdminContext)>,
-}
-
-impl ControlPlane {
-    fn run(self, ready: std::sync::mpsc::Sender<()>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the control plane runtime");
-                return;
-            }
-        };
-        rt.block_on(self.serve(ready));
-    }
-
-    async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
-        // Before anything is announced, so that a signal right after
-        // "listening" drains instead of killing.
-        let (mut sigterm, mut sigint, mut sighup) = if self.handle_signals {
-            use tokio::signal::unix::{signal, SignalKind};
-            (
-                signal(SignalKind::terminate()).ok(),
-                signal(SignalKind::interrupt()).ok(),
-                signal(SignalKind::hangup()).ok(),
-            )
-        } else {
-            (None, None, None)
-        };
-        // Start-up rule: every backend is probed once before the workers
-        // start (bounded by the longest check timeout plus a margin), so
-        // clients are neither sent to a dead node nor turned away for a
-        // whole probe interval. Backends that have not answered by then stay
-        // out until they do.
-        let (reports_tx, mut reports) = mpsc::unbounded_channel::<ProbeReport>();
-        let mut prober = Prober::new(reports_tx);
-        prober.set_targets(self.registry.probe_targets());
-        let longest = self
-            .registry
-            .services()
-            .iter()
-            .map(|s| s.config.health.timeout)
-            .max()
-            .unwrap_or_default();
-        let complete = prober
-            .first_round(tokio::time::Instant::now() + longest + FIRST_ROUND_MARGIN)
-            .await;
-        while let Ok(report) = reports.try_recv() {
-            self.on_report(report);
-        }
-        if !complete {
-            tracing::warn!("some backends did not answer their first health probe in time; they get traffic once they do");
-        }
-        if let Err(e) = self.publish() {
-            tracing::error!(error = %e, "cannot publish the backend table");
-        }
-        let _ = ready.send(());
-        let upgrade =
-            self.upgrade
-                .take()
-                .and_then(|l| match tokio::net::UnixListener::from_std(l) {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot serve binary upgrades");
-                        None
-                    }
-                });
-        let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<()>>();
-        if let Some((listener, ctx)) = self.admin.take() {
-            tokio::spawn(admin::run(listener, ctx));
-        }
-        tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
-        loop {
-            tokio::select! {
-                Some(f) = self.failures.recv() => self.on_failure(&prober, f),
-                Some(report) = reports.recv() => {
-                    if self.on_report(report) {
-                        if let Err(e) = self.publish() {
-                            tracing::error!(error = %e, "cannot publish the backend table");
-                        }
-                    }
-                }
-                cmd = self.commands.recv() => match cmd {
-                    Some(Command::Admin { service, backend, state, reply }) => {
-                        let r = self.registry.set_admin(&service, &backend, state).and_then(|changed| {
-                            if changed {
-                                tracing::info!(service = %service, backend = %backend, state = ?state, "admin state changed");
-                                self.publish()
-                            } else {
-                                Ok(())
-                            }
-                        });
-                        let _ = reply.send(r);
-                    }
-                    Some(Command::Reload { reply }) => {
-                        let r = self.reload(&mut prober);
-                        let _ = reply.send(r);
-                    }
-                    Some(Command::Weight { service, backend, weight, reply }) => {
-                        let _ = reply.send(self.set_weight(&service, &backend, weight));
-                    }
-                    Some(Command::Status { reply }) => {
-                        let _ = reply.send(StatusView::new(&self.registry));
-                    }
-                    Some(Command::JoinKey { reply }) => {
-                        let _ = reply.send(self.config.global.join_key.clone());
-                    }
-                    Some(Command::Join { service, backend, reply }) => {
-                        let _ = reply.send(self.join(&mut prober, &service, backend));
-                    }
-                    Some(Command::Leave { service, backend, reply }) => {
-                        let _ = reply.send(self.leave(&mut prober, &service, &backend));
-                    }
-                    Some(Command::Shutdown) | None => break,
-                },
-                Some(stream) = accept_upgrade(&upgrade) => self.hand_over(stream, upgraded_tx.clone()),
-                Some(result) = upgraded.recv() => match result {
-                    Ok(()) => { tracing::info!("a new ringlb took over the listening sockets: draining"); break }
-                    Err(e) => tracing::warn!(error = %e, "binary upgrade abandoned; serving on"),
-                },
-                Some(()) = recv_signal(&mut sighup) => {
-                    tracing::info!("SIGHUP: reloading the config");
-                    let _ = self.reload(&mut prober);
-                }
-                Some(()) = recv_signal(&mut sigterm) => { tracing::info!("SIGTERM: draining"); break }
-                Some(()) = recv_signal(&mut sigint) => { tracing::info!("SIGINT: draining"); break }
-            }
-        }
-        self.drain().await;
-    }
-
-    /// Hands copies of every listening socket to a new ringlb (blocking
-    /// exchange with timeouts, off the control thread); the outcome comes
-    /// back on `done`.
-    fn hand_over(
-        &self,
-        stream: tokio::net::UnixStream,
-        done: mpsc::UnboundedSender<std::io::Result<()>>,
-    ) {
-        let sockets: Vec<(String, SocketAddr, socket2::Socket)> = self
-            .handover
-            .iter()
-            .filter_map(|(s, a, sock)| sock.try_clone().ok().map(|c| (s.clone(), *a, c)))
-            .collect();
-        tracing::info!(
-            sockets = sockets.len(),
-            "a new ringlb asks for the listening sockets"
-        );
-        tokio::task::spawn_blocking(move || {
-            let result = stream.into_std().and_then(|std| {
-                std.set_nonblocking(false)?;
-                let list: Vec<(String, SocketAddr, std::os::fd::RawFd)> = sockets
-                    .iter()
-                    .map(|(s, a, sock)| (s.clone(), *a, sock.as_raw_fd()))
-                    .collect();
-                handover::serve_takeover(std, &list, HANDOVER_TIMEOUT)
-            });
-            let _ = done.send(result);
-        });
-    }
-
-    /// Reads the config file again and applies it. A file that does not
-    /// parse or validate, or a new listen address that cannot be bound, is
-    /// refused with the reason and changes nothing; established connections
-    /// are never touched either way.
-    fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, String> {
-        // Under systemd: RELOADING=1 (with MONOTONIC_USEC) … READY=1.
-        let _ = crate::notify::reloading();
-        let result = self.try_reload(prober);
-        let _ = crate::notify::ready();
-        match &result {
-            Ok(summary) => {
-                self.counters.reloads_ok.fetch_add(1, Relaxed);
-                tracing::info!(
-                    services_added = ?summary.services_added,
-                    services_removed = ?summary.services_removed,
-                    backends_added = ?summary.backends_added,
-                    backends_removed = ?summary.backends_removed,
-                    "config reloaded"
-                );
-            }
-            Err(reason) => {
-                self.counters.reloads_failed.fetch_add(1, Relaxed);
-                tracing::error!(reason = %reason, "reload refused; the running config keeps serving");
-            }
-        }
-        result
-    }
-
-    fn try_reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, String> {
-        let path = self
-            .config_path
-            .clone()
-            .ok_or("this ringlb was started without a config file: nothing to reload")?;
-        let new = Config::from_file(&path).map_err(|e| e.to_string())?;
-        let restart_only = restart_only_changes(&self.config.global, &new.global);
-        if !restart_only.is_empty() {
-            tracing::warn!(settings = ?restart_only, "these [global] settings change only at restart");
-        }
-        // Bind the new listen addresses first: failing here changes nothing.
-        let wanted: Vec<(String, SocketAddr)> = new
-            .services
-            .iter()
-            .flat_map(|s| s.listen.iter().map(move |a| (s.name.clone(), *a)))
-            .collect();
-        let mut added: Vec<(String, SocketAddr, SocketAddr, Vec<socket2::Socket>)> = Vec::new();
-        for (service, addr) in &wanted {
-            if self
-                .listeners
-                .iter()
-                .any(|(s, a, _)| s == service && a == addr)
-            {
-                continue;
-            }
-            let mut bound = *addr;
-            let mut sockets = Vec::with_capacity(self.workers.len());
-            for _ in &self.workers {
-                let socket = sys::reuseport_listener(bound, BACKLOG)
-                    .map_err(|e| format!("cannot listen on {addr} for service {service}: {e}"))?;
-                if bound.port() == 0 {
-                    bound = socket
-                        .local_addr()
-                        .ok()
-                        .and_then(|a| a.as_socket())
-                        .unwrap_or(bound);
-                }
-                sockets.push(socket);
-            }
-            added.push((service.clone(), *addr, bound, sockets));
-        }
-        // Commit.
-        let summary = self.registry.apply(&new);
-        self.publish().map_err(|e| e.to_string())?;
-        let removed: Vec<(String, SocketAddr, SocketAddr)> = self
-            .listeners
-            .iter()
-            .filter(|(s, a, _)| !wanted.iter().any(|(ws, wa)| ws == s && wa == a))
-            .cloned()
-            .collect();
-        for (service, _, bound) in &removed {
-            for w in &self.workers {
-                w.send(WorkerMessage::CloseListener {
-                    service: Arc::from(service.as_str()),
-                    addr: *bound,
-                });
-            }
-            tracing::info!(service = %service, listen = %bound, "stopped listening");
-        }
-        self.listeners
-            .retain(|(s, a, _)| wanted.iter().any(|(ws, wa)| ws == s && wa == a));
-        for (service, addr, bound, sockets) in added {
-            let Some(stats) = self.registry.service_stats(&service) else {
-                continue;
-            };
-            for (w, socket) in self.workers.iter().zip(sockets) {
-                if let Ok(dup) = socket.try_clone() {
-                    self.handover.push((service.clone(), bound, dup));
-                }
-                w.send(WorkerMessage::AddListener(Listener {
-                    service: Arc::from(service.as_str()),
-                    addr: bound,
-                    socket,
-                    stats: stats.clone(),
-                }));
-            }
-            tracing::info!(service = %service, listen = %bound, "listening");
-            self.listeners.push((service, addr, bound));
-        }
-        prober.set_targets(self.registry.probe_targets());
-        self.shutdown_timeout = new.global.shutdown_timeout;
-        self.config = new;
-        Ok(summary)
-    }
-
-    /// A worker could not connect: the prober counts it as a failed result
-    /// and probes again at once.
-    fn on_failure(&mut self, prober: &Prober, f: PassiveFailure) {
-        tracing::debug!(service = %f.service, backend = %f.backend, address = %f.address, reason = %f.reason, "connect failed");
-        let key = BackendKey {
-            service: f.service.to_string(),
-            backend: f.backend.to_string(),
-        };
-        prober.passive_failure(&key, f.reason.to_string());
-    }
-
-    /// Records a probe result; true if a backend's state flipped (then the
-    /// caller publishes). Each flip is logged once, with its reason.
-    fn on_report(&mut self, report: ProbeReport) -> bool {
-        let reason = match &report.result {
-            Ok(()) => "probe passed".to_string(),
-            Err(r) => r.to_string(),
-        };
-        let key = &report.key;
-        match self
-            .registry
-            .set_health(&key.service, &key.backend, report.state, reason.clone())
-        {
-            Ok(true) => {
-                match report.state {
-                    Health::Up => tracing::info!(backend = %key, reason = %reason, "backend is up"),
-                    _ => {
-                        tracing::warn!(backend = %key, state = %report.state, reason = %reason, "backend is down")
-                    }
-                }
-                true
-            }
-            Ok(false) => false,
-            // A report for a backend removed by a reload: nothing to do.
-            Err(_) => false,
-        }
-    }
-
-    /// Sets a weight and publishes; if the table cannot be built, puts the
-    /// old weight back so a refused change changes nothing.
-    fn set_weight(
-        &mut self,
-        service: &str,
-        backend: &str,
-        weight: NonZeroU32,
-    ) -> Result<(), RegistryError> {
-        let old = self.registry.set_weight(service, backend, weight)?;
-        if old == weight {
-            return Ok(());
-        }
-        match self.publish() {
-            Ok(()) => {
-                tracing::info!(service = %service, backend = %backend, from = old, to = weight, "weight changed");
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.registry.set_weight(service, backend, old);
-                Err(e)
-            }
-        }
-    }
-
-    fn publish(&mut self) -> Result<(), RegistryError> {
-        let snap = self.registry.snapshot()?;
-        self.cell.publish(snap);
-        for w in &self.workers {
-            w.wake();
-        }
-        Ok(())
-    }
-
-    /// Stop accepting, wait for connections up to the timeout, stop workers.
-    async fn drain(&mut self) {
-        // Our copies of the listening sockets would keep them open (and the
-        // kernel queueing to them) after the workers close theirs.
-        self.handover.clear();
-        if let Err(e) = crate::notify::stopping() {
-            tracing::warn!(error = %e, "cannot tell systemd we are stopping");
-        }
-        for w in &self.workers {
-            w.draining.store(true, Relaxed);
-            w.wake();
-        }
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        loop {
-            let open: usize = self
-                .workers
-                .iter()
-                .map(|w| w.connections.load(Relaxed))
-                .sum();
-            if open == 0 {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    connections = open,
-                    "shutdown timeout: closing the remaining connections"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for w in &self.workers {
-            w.stop.store(true, Relaxed);
-            w.wake();
-        }
-    }
-}
-
 /// The listening sockets of one address for `workers` workers: the
 /// inherited ones that match (each worker gets one; with fewer sockets than
 /// workers they are shared through dups, with more some workers get two),
@@ -845,7 +369,7 @@ fn listener_group(
     let mut bound = addr;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let socket = sys::reuseport_listener(bound, BACKLOG)
+        let socket = sys::reuseport_listener(bound, sys::BACKLOG)
             .map_err(|source| Error::Listen { addr, source })?;
         if bound.port() == 0 {
             let local = socket.local_addr().ok().and_then(|a| a.as_socket());
@@ -857,45 +381,6 @@ fn listener_group(
         sockets.push(socket);
     }
     Ok((bound, sockets))
-}
-
-/// `[global]` settings a running ringlb cannot change (threads, rings and
-/// pools are sized at start).
-fn restart_only_changes(
-    old: &crate::config::Global,
-    new: &crate::config::Global,
-) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if old.workers != new.workers {
-        out.push("workers");
-    }
-    if old.engine != new.engine {
-        out.push("engine");
-    }
-    if old.forwarding != new.forwarding {
-        out.push("forwarding");
-    }
-    if old.pipe_size != new.pipe_size || old.pipe_pool != new.pipe_pool {
-        out.push("pipe_size/pipe_pool");
-    }
-    if old.admin != new.admin || old.admin_allow != new.admin_allow {
-        out.push("admin/admin_allow");
-    }
-    out
-}
-
-async fn accept_upgrade(l: &Option<tokio::net::UnixListener>) -> Option<tokio::net::UnixStream> {
-    match l {
-        Some(l) => l.accept().await.ok().map(|(s, _)| s),
-        None => std::future::pending().await,
-    }
-}
-
-async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match sig {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The forwarding workers run on `engine`: the configured one, or its

@@ -43,6 +43,9 @@ pub fn set_accepted_defaults(listener: &Socket) -> io::Result<()> {
     listener.set_keepalive(true)
 }
 
+/// Listen backlog of every listener.
+pub(crate) const BACKLOG: i32 = 4096;
+
 /// A non-blocking listening socket with SO_REUSEPORT, so each worker can own
 /// one for the same address and the kernel spreads connections over them.
 pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {

@@ -34,8 +34,8 @@ use super::auth::{constant_time_eq, Credentials};
 use super::view::BackendDoc;
 use super::{error, json, read_body, unavailable, AdminContext, Unavailable, MAX_WEIGHT};
 use crate::config::Backend;
+use crate::control::command::Command;
 use crate::control::{JoinError, JoinOutcome};
-use crate::server::Command;
 
 /// Failed key attempts a peer may make at once…
 pub const FAILURE_BURST: NonZeroU32 = match NonZeroU32::new(5) {

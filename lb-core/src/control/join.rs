@@ -1,7 +1,10 @@
 //! Nodes that join a service at run time with the join key, and leave it:
-//! the registry's side (the HTTP side is `admin/join.rs`, the publishing
-//! side `server/join.rs`). Runs on the control-plane thread, like the rest
-//! of the registry.
+//! the registry's side, and the control plane's (applying a
+//! [`Command::Join`](super::Command::Join) or `Leave`: publishing the new
+//! snapshot and pointing the prober at the changed targets). Runs on the
+//! control-plane thread, between its other events, so a join is ordered
+//! with reloads, admin actions and health flips. The key check and the
+//! parsing of the request happen before, in `admin/join.rs`.
 //!
 //! A joined node is a backend like the configured ones (same record, same
 //! health check, same Maglev identity: its name), marked `joined`. It is
@@ -13,8 +16,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{new_backend, BackendRecord, Registry, RegistryError};
+use super::plane::ControlPlane;
+use super::registry::{new_backend, BackendRecord, Registry, RegistryError};
 use crate::config::{AdminState, Backend, Service};
+use crate::health::Prober;
 
 /// Most joined nodes one service takes. The cluster is 2 to ~100 nodes;
 /// this only stops a runaway agent from growing the table (and the time to
@@ -224,6 +229,52 @@ pub(super) fn keep_joined(
         backends.push(record);
     }
     dropped
+}
+
+impl ControlPlane {
+    /// Adds a joined node and publishes. The prober starts probing it at
+    /// once; until its check passes (rise) it takes no traffic. A node that
+    /// cannot be published is taken out again, so a refused join changes
+    /// nothing.
+    pub(super) fn join(
+        &mut self,
+        prober: &mut Prober,
+        service: &str,
+        backend: Backend,
+    ) -> Result<JoinOutcome, JoinError> {
+        let (name, address, weight) = (backend.name.clone(), backend.address, backend.weight);
+        let outcome = self.registry.join(service, backend)?;
+        if outcome == JoinOutcome::AlreadyJoined {
+            tracing::debug!(service = %service, backend = %name, address = %address, "node joined again: nothing to change");
+            return Ok(outcome);
+        }
+        if let Err(e) = self.publish() {
+            let _ = self.registry.leave(service, &name);
+            tracing::error!(service = %service, backend = %name, error = %e, "join refused: the backend table cannot be built");
+            return Err(e.into());
+        }
+        prober.set_targets(self.registry.probe_targets());
+        tracing::info!(service = %service, backend = %name, address = %address, weight = weight.get(), "node joined; it takes traffic once its health check passes");
+        Ok(outcome)
+    }
+
+    /// Removes a joined node and publishes: no new connections go to it;
+    /// established ones are not touched. Removing a backend cannot make a
+    /// table unbuildable (the configured backends remain, fewer than the
+    /// table size); should publishing fail anyway, the error is answered and
+    /// the next publication carries the removal.
+    pub(super) fn leave(
+        &mut self,
+        prober: &mut Prober,
+        service: &str,
+        backend: &str,
+    ) -> Result<Backend, JoinError> {
+        let left = self.registry.leave(service, backend)?;
+        prober.set_targets(self.registry.probe_targets());
+        self.publish()?;
+        tracing::info!(service = %service, backend = %backend, address = %left.address, "node left");
+        Ok(left)
+    }
 }
 
 #[cfg(test)]

@@ -667,6 +667,23 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
     ] {
         metric(&before, key);
     }
+    // Started without a config file: a reload is refused, and counted.
+    assert_eq!(
+        metric(&before, "ringlb_reloads_total{result=\"failed\"}"),
+        0.0
+    );
+    let refused = lb.send(req("POST", "/api/v1/reload"));
+    assert_eq!(refused.status, 422);
+    assert!(refused.text().contains("started without a config file"));
+    let reloaded = parse_exposition(&lb.get("/metrics").text());
+    assert_eq!(
+        metric(&reloaded, "ringlb_reloads_total{result=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&reloaded, "ringlb_reloads_total{result=\"ok\"}"),
+        0.0
+    );
     assert_eq!(
         metric(&before, "ringlb_service_accepted_total{service=\"web\"}"),
         0.0

@@ -1,0 +1,604 @@
+//! The control plane's event loop: the thread's runtime, the first health
+//! round, then one event at a time — probe results, passive failures from
+//! the workers, [`Command`]s (admin API, `ServerHandle`), signals, binary
+//! upgrades — and at the end the drain. Reload lives here too: it re-reads
+//! the file, binds new listen addresses, applies the registry and hands
+//! listeners to the workers. Runs on the control-plane thread, which
+//! `server.rs` spawns at start-up; nothing here is touched from elsewhere.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::status::StatusView;
+use super::{Command, Health, Registry, RegistryError, ReloadSummary};
+use crate::config::{Config, ConfigError};
+use crate::handover;
+use crate::health::{BackendKey, ProbeReport, Prober};
+use crate::snapshot::SnapshotCell;
+use crate::sys;
+use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
+
+/// Longest a binary-upgrade exchange may stall before it is abandoned.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra wait for the first health round beyond the longest check timeout.
+const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
+
+/// The admin server as a task for the control plane's runtime. Boxed, so
+/// that the control plane need not know the admin module (which sends it
+/// commands).
+pub(crate) type AdminTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// What start-up hands the control plane (see `server.rs`).
+pub(crate) struct ControlSetup {
+    /// Built from the config; its first snapshot is already published.
+    pub(crate) registry: Registry,
+    /// A copy of every listening socket, for binary upgrades.
+    pub(crate) handover: Vec<(String, SocketAddr, socket2::Socket)>,
+    /// Where a new ringlb asks for the sockets, if upgrades are served.
+    pub(crate) upgrade: Option<std::os::unix::net::UnixListener>,
+    /// The config in force, and where it came from (for reloads).
+    pub(crate) config: Config,
+    pub(crate) config_path: Option<PathBuf>,
+    /// Every listen address: (service, as configured, as bound).
+    pub(crate) listeners: Vec<(String, SocketAddr, SocketAddr)>,
+    /// Where snapshots are published for the workers.
+    pub(crate) cell: Arc<SnapshotCell>,
+    /// One per worker: its counters, flags and wake-up.
+    pub(crate) workers: Vec<Arc<WorkerControl>>,
+    /// The workers' failed connects.
+    pub(crate) failures: mpsc::Receiver<PassiveFailure>,
+    /// Admin API and `ServerHandle` requests.
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+    /// Handle SIGTERM/SIGINT/SIGHUP (the binary does; tests may not).
+    pub(crate) handle_signals: bool,
+    /// The admin server (its listener bound at start), spawned on this
+    /// runtime once the first snapshot is out.
+    pub(crate) admin: Option<AdminTask>,
+}
+
+/// Why a reload was refused (and the running config keeps serving), or
+/// could not be asked for. The text is what the log and the admin API say.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Started from a config given in memory (the demo, tests): there is no
+    /// file to read again.
+    #[error("this ringlb was started without a config file: nothing to reload")]
+    NoConfigFile,
+    /// The file cannot be read, or is not a valid config
+    /// (`file:line:col: reason`).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listen address new in the file cannot be bound.
+    #[error("cannot listen on {addr} for service {service}: {source}")]
+    Listen {
+        service: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The new backend tables cannot be built. (Unlike the others this one
+    /// comes after the registry took the new file; the workers keep the last
+    /// published tables.)
+    #[error(transparent)]
+    Publish(#[from] RegistryError),
+    /// The control plane is shutting down: the request was not taken.
+    #[error("ringlb is shutting down")]
+    ShuttingDown,
+}
+
+/// Control-plane figures, shown by `/metrics` (through the `StatusView`).
+#[derive(Debug, Default)]
+pub struct ControlCounters {
+    /// Reloads applied (SIGHUP or the admin API).
+    pub reloads_ok: AtomicU64,
+    /// Reloads refused; the running config kept serving.
+    pub reloads_failed: AtomicU64,
+}
+
+/// Everything the control-plane thread owns.
+pub(crate) struct ControlPlane {
+    pub(super) registry: Registry,
+    /// A copy of every listening socket, to hand to a new ringlb on upgrade
+    /// (closed when draining, so the kernel stops queueing to them).
+    handover: Vec<(String, SocketAddr, socket2::Socket)>,
+    /// Where a new ringlb asks for the sockets.
+    upgrade: Option<std::os::unix::net::UnixListener>,
+    /// The config in force, and where it came from (for reloads).
+    config: Config,
+    config_path: Option<PathBuf>,
+    /// Every listen address: (service, as configured, as bound).
+    listeners: Vec<(String, SocketAddr, SocketAddr)>,
+    /// Reload outcomes.
+    counters: ControlCounters,
+    cell: Arc<SnapshotCell>,
+    workers: Vec<Arc<WorkerControl>>,
+    failures: mpsc::Receiver<PassiveFailure>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shutdown_timeout: Duration,
+    handle_signals: bool,
+    /// The admin server, spawned from `serve`.
+    admin: Option<AdminTask>,
+}
+
+impl ControlPlane {
+    pub(crate) fn new(setup: ControlSetup) -> ControlPlane {
+        ControlPlane {
+            registry: setup.registry,
+            handover: setup.handover,
+            upgrade: setup.upgrade,
+            shutdown_timeout: setup.config.global.shutdown_timeout,
+            config: setup.config,
+            config_path: setup.config_path,
+            listeners: setup.listeners,
+            counters: ControlCounters::default(),
+            cell: setup.cell,
+            workers: setup.workers,
+            failures: setup.failures,
+            commands: setup.commands,
+            handle_signals: setup.handle_signals,
+            admin: setup.admin,
+        }
+    }
+
+    /// Runs the control plane on this thread until it has drained; `ready`
+    /// is told once the first snapshot is published.
+    pub(crate) fn run(self, ready: std::sync::mpsc::Sender<()>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the control plane runtime");
+                return;
+            }
+        };
+        rt.block_on(self.serve(ready));
+    }
+
+    async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
+        // Before anything is announced, so that a signal right after
+        // "listening" drains instead of killing.
+        let (mut sigterm, mut sigint, mut sighup) = if self.handle_signals {
+            use tokio::signal::unix::{signal, SignalKind};
+            (
+                signal(SignalKind::terminate()).ok(),
+                signal(SignalKind::interrupt()).ok(),
+                signal(SignalKind::hangup()).ok(),
+            )
+        } else {
+            (None, None, None)
+        };
+        // Start-up rule: every backend is probed once before the workers
+        // start (bounded by the longest check timeout plus a margin), so
+        // clients are neither sent to a dead node nor turned away for a
+        // whole probe interval. Backends that have not answered by then stay
+        // out until they do.
+        let (reports_tx, mut reports) = mpsc::unbounded_channel::<ProbeReport>();
+        let mut prober = Prober::new(reports_tx);
+        prober.set_targets(self.registry.probe_targets());
+        let longest = self
+            .registry
+            .services()
+            .iter()
+            .map(|s| s.config.health.timeout)
+            .max()
+            .unwrap_or_default();
+        let complete = prober
+            .first_round(tokio::time::Instant::now() + longest + FIRST_ROUND_MARGIN)
+            .await;
+        while let Ok(report) = reports.try_recv() {
+            self.on_report(report);
+        }
+        if !complete {
+            tracing::warn!("some backends did not answer their first health probe in time; they get traffic once they do");
+        }
+        if let Err(e) = self.publish() {
+            tracing::error!(error = %e, "cannot publish the backend table");
+        }
+        let _ = ready.send(());
+        let upgrade =
+            self.upgrade
+                .take()
+                .and_then(|l| match tokio::net::UnixListener::from_std(l) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serve binary upgrades");
+                        None
+                    }
+                });
+        let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<()>>();
+        if let Some(admin) = self.admin.take() {
+            tokio::spawn(admin);
+        }
+        tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
+        loop {
+            tokio::select! {
+                Some(f) = self.failures.recv() => self.on_failure(&prober, f),
+                Some(report) = reports.recv() => {
+                    if self.on_report(report) {
+                        if let Err(e) = self.publish() {
+                            tracing::error!(error = %e, "cannot publish the backend table");
+                        }
+                    }
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Admin { service, backend, state, reply }) => {
+                        let r = self.registry.set_admin(&service, &backend, state).and_then(|changed| {
+                            if changed {
+                                tracing::info!(service = %service, backend = %backend, state = ?state, "admin state changed");
+                                self.publish()
+                            } else {
+                                Ok(())
+                            }
+                        });
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::Reload { reply }) => {
+                        let r = self.reload(&mut prober);
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::Weight { service, backend, weight, reply }) => {
+                        let _ = reply.send(self.set_weight(&service, &backend, weight));
+                    }
+                    Some(Command::Status { reply }) => {
+                        let _ = reply.send(StatusView::new(&self.registry, &self.counters));
+                    }
+                    Some(Command::JoinKey { reply }) => {
+                        let _ = reply.send(self.config.global.join_key.clone());
+                    }
+                    Some(Command::Join { service, backend, reply }) => {
+                        let _ = reply.send(self.join(&mut prober, &service, backend));
+                    }
+                    Some(Command::Leave { service, backend, reply }) => {
+                        let _ = reply.send(self.leave(&mut prober, &service, &backend));
+                    }
+                    Some(Command::Shutdown) | None => break,
+                },
+                Some(stream) = accept_upgrade(&upgrade) => self.hand_over(stream, upgraded_tx.clone()),
+                Some(result) = upgraded.recv() => match result {
+                    Ok(()) => { tracing::info!("a new ringlb took over the listening sockets: draining"); break }
+                    Err(e) => tracing::warn!(error = %e, "binary upgrade abandoned; serving on"),
+                },
+                Some(()) = recv_signal(&mut sighup) => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = self.reload(&mut prober);
+                }
+                Some(()) = recv_signal(&mut sigterm) => { tracing::info!("SIGTERM: draining"); break }
+                Some(()) = recv_signal(&mut sigint) => { tracing::info!("SIGINT: draining"); break }
+            }
+        }
+        self.drain().await;
+    }
+
+    /// Hands copies of every listening socket to a new ringlb (blocking
+    /// exchange with timeouts, off the control thread); the outcome comes
+    /// back on `done`.
+    fn hand_over(
+        &self,
+        stream: tokio::net::UnixStream,
+        done: mpsc::UnboundedSender<std::io::Result<()>>,
+    ) {
+        let sockets: Vec<(String, SocketAddr, socket2::Socket)> = self
+            .handover
+            .iter()
+            .filter_map(|(s, a, sock)| sock.try_clone().ok().map(|c| (s.clone(), *a, c)))
+            .collect();
+        tracing::info!(
+            sockets = sockets.len(),
+            "a new ringlb asks for the listening sockets"
+        );
+        tokio::task::spawn_blocking(move || {
+            let result = stream.into_std().and_then(|std| {
+                std.set_nonblocking(false)?;
+                let list: Vec<(String, SocketAddr, std::os::fd::RawFd)> = sockets
+                    .iter()
+                    .map(|(s, a, sock)| (s.clone(), *a, sock.as_raw_fd()))
+                    .collect();
+                handover::serve_takeover(std, &list, HANDOVER_TIMEOUT)
+            });
+            let _ = done.send(result);
+        });
+    }
+
+    /// Reads the config file again and applies it. A file that does not
+    /// parse or validate, or a new listen address that cannot be bound, is
+    /// refused with the reason and changes nothing; established connections
+    /// are never touched either way.
+    fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {
+        // Under systemd: RELOADING=1 (with MONOTONIC_USEC) … READY=1.
+        let _ = crate::notify::reloading();
+        let result = self.try_reload(prober);
+        let _ = crate::notify::ready();
+        match &result {
+            Ok(summary) => {
+                self.counters.reloads_ok.fetch_add(1, Relaxed);
+                tracing::info!(
+                    services_added = ?summary.services_added,
+                    services_removed = ?summary.services_removed,
+                    backends_added = ?summary.backends_added,
+                    backends_removed = ?summary.backends_removed,
+                    "config reloaded"
+                );
+            }
+            Err(reason) => {
+                self.counters.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(reason = %reason, "reload refused; the running config keeps serving");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {
+        let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
+        let new = Config::from_file(&path)?;
+        let restart_only = restart_only_changes(&self.config.global, &new.global);
+        if !restart_only.is_empty() {
+            tracing::warn!(settings = ?restart_only, "these [global] settings change only at restart");
+        }
+        // Bind the new listen addresses first: failing here changes nothing.
+        let wanted: Vec<(String, SocketAddr)> = new
+            .services
+            .iter()
+            .flat_map(|s| s.listen.iter().map(move |a| (s.name.clone(), *a)))
+            .collect();
+        let mut added: Vec<(String, SocketAddr, SocketAddr, Vec<socket2::Socket>)> = Vec::new();
+        for (service, addr) in &wanted {
+            if self
+                .listeners
+                .iter()
+                .any(|(s, a, _)| s == service && a == addr)
+            {
+                continue;
+            }
+            let mut bound = *addr;
+            let mut sockets = Vec::with_capacity(self.workers.len());
+            for _ in &self.workers {
+                let socket = sys::reuseport_listener(bound, sys::BACKLOG).map_err(|source| {
+                    ReloadError::Listen {
+                        service: service.clone(),
+                        addr: *addr,
+                        source,
+                    }
+                })?;
+                if bound.port() == 0 {
+                    bound = socket
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .unwrap_or(bound);
+                }
+                sockets.push(socket);
+            }
+            added.push((service.clone(), *addr, bound, sockets));
+        }
+        // Commit.
+        let summary = self.registry.apply(&new);
+        self.publish()?;
+        let removed: Vec<(String, SocketAddr, SocketAddr)> = self
+            .listeners
+            .iter()
+            .filter(|(s, a, _)| !wanted.iter().any(|(ws, wa)| ws == s && wa == a))
+            .cloned()
+            .collect();
+        for (service, _, bound) in &removed {
+            for w in &self.workers {
+                w.send(WorkerMessage::CloseListener {
+                    service: Arc::from(service.as_str()),
+                    addr: *bound,
+                });
+            }
+            tracing::info!(service = %service, listen = %bound, "stopped listening");
+        }
+        self.listeners
+            .retain(|(s, a, _)| wanted.iter().any(|(ws, wa)| ws == s && wa == a));
+        for (service, addr, bound, sockets) in added {
+            let Some(stats) = self.registry.service_stats(&service) else {
+                continue;
+            };
+            for (w, socket) in self.workers.iter().zip(sockets) {
+                if let Ok(dup) = socket.try_clone() {
+                    self.handover.push((service.clone(), bound, dup));
+                }
+                w.send(WorkerMessage::AddListener(Listener {
+                    service: Arc::from(service.as_str()),
+                    addr: bound,
+                    socket,
+                    stats: stats.clone(),
+                }));
+            }
+            tracing::info!(service = %service, listen = %bound, "listening");
+            self.listeners.push((service, addr, bound));
+        }
+        prober.set_targets(self.registry.probe_targets());
+        self.shutdown_timeout = new.global.shutdown_timeout;
+        self.config = new;
+        Ok(summary)
+    }
+
+    /// A worker could not connect: the prober counts it as a failed result
+    /// and probes again at once.
+    fn on_failure(&mut self, prober: &Prober, f: PassiveFailure) {
+        tracing::debug!(service = %f.service, backend = %f.backend, address = %f.address, reason = %f.reason, "connect failed");
+        let key = BackendKey {
+            service: f.service.to_string(),
+            backend: f.backend.to_string(),
+        };
+        prober.passive_failure(&key, f.reason.to_string());
+    }
+
+    /// Records a probe result; true if a backend's state flipped (then the
+    /// caller publishes). Each flip is logged once, with its reason.
+    fn on_report(&mut self, report: ProbeReport) -> bool {
+        let reason = match &report.result {
+            Ok(()) => "probe passed".to_string(),
+            Err(r) => r.to_string(),
+        };
+        let key = &report.key;
+        match self
+            .registry
+            .set_health(&key.service, &key.backend, report.state, reason.clone())
+        {
+            Ok(true) => {
+                match report.state {
+                    Health::Up => tracing::info!(backend = %key, reason = %reason, "backend is up"),
+                    _ => {
+                        tracing::warn!(backend = %key, state = %report.state, reason = %reason, "backend is down")
+                    }
+                }
+                true
+            }
+            Ok(false) => false,
+            // A report for a backend removed by a reload: nothing to do.
+            Err(_) => false,
+        }
+    }
+
+    /// Sets a weight and publishes; if the table cannot be built, puts the
+    /// old weight back so a refused change changes nothing.
+    fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: NonZeroU32,
+    ) -> Result<(), RegistryError> {
+        let old = self.registry.set_weight(service, backend, weight)?;
+        if old == weight {
+            return Ok(());
+        }
+        match self.publish() {
+            Ok(()) => {
+                tracing::info!(service = %service, backend = %backend, from = old, to = weight, "weight changed");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.registry.set_weight(service, backend, old);
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds a snapshot of the registry, publishes it and wakes the
+    /// workers.
+    pub(super) fn publish(&mut self) -> Result<(), RegistryError> {
+        let snap = self.registry.snapshot()?;
+        self.cell.publish(snap);
+        for w in &self.workers {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Stop accepting, wait for connections up to the timeout, stop workers.
+    async fn drain(&mut self) {
+        // Our copies of the listening sockets would keep them open (and the
+        // kernel queueing to them) after the workers close theirs.
+        self.handover.clear();
+        if let Err(e) = crate::notify::stopping() {
+            tracing::warn!(error = %e, "cannot tell systemd we are stopping");
+        }
+        for w in &self.workers {
+            w.draining.store(true, Relaxed);
+            w.wake();
+        }
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        loop {
+            let open: usize = self
+                .workers
+                .iter()
+                .map(|w| w.connections.load(Relaxed))
+                .sum();
+            if open == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    connections = open,
+                    "shutdown timeout: closing the remaining connections"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for w in &self.workers {
+            w.stop.store(true, Relaxed);
+            w.wake();
+        }
+    }
+}
+
+/// `[global]` settings a running ringlb cannot change (threads, rings and
+/// pools are sized at start).
+fn restart_only_changes(
+    old: &crate::config::Global,
+    new: &crate::config::Global,
+) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.workers != new.workers {
+        out.push("workers");
+    }
+    if old.engine != new.engine {
+        out.push("engine");
+    }
+    if old.forwarding != new.forwarding {
+        out.push("forwarding");
+    }
+    if old.pipe_size != new.pipe_size || old.pipe_pool != new.pipe_pool {
+        out.push("pipe_size/pipe_pool");
+    }
+    if old.admin != new.admin || old.admin_allow != new.admin_allow {
+        out.push("admin/admin_allow");
+    }
+    out
+}
+
+async fn accept_upgrade(l: &Option<tokio::net::UnixListener>) -> Option<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await.ok().map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_errors_say_what_the_string_errors_said() {
+        assert_eq!(
+            ReloadError::NoConfigFile.to_string(),
+            "this ringlb was started without a config file: nothing to reload"
+        );
+        let listen = ReloadError::Listen {
+            service: "web".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 80)),
+            source: std::io::Error::other("in use"),
+        };
+        assert_eq!(
+            listen.to_string(),
+            "cannot listen on 127.0.0.1:80 for service web: in use"
+        );
+        let refused = RegistryError::NoService("web".into());
+        assert_eq!(
+            ReloadError::from(refused.clone()).to_string(),
+            refused.to_string()
+        );
+        assert_eq!(
+            ReloadError::ShuttingDown.to_string(),
+            "ringlb is shutting down"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! The registry at one instant: a [`StatusView`], built on the control-plane
+//! thread when the admin server asks (`Command::Status`) and read there by
+//! the admin API and metrics, so no admin handler ever holds the registry.
+//! Counters are not copied: the view holds the same `Arc`s the workers
+//! count into. The JSON documents made from it are `admin/view.rs`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{BackendRecord, ControlCounters, Health, Registry};
+use crate::config::{AdminState, Balance};
+use crate::stats::{BackendStats, ServiceStats};
+
+/// The registry at one instant, for the admin API and metrics.
+#[derive(Debug)]
+pub struct StatusView {
+    /// Generation of the last published snapshot (bumps on every change).
+    pub generation: u64,
+    /// Configurations loaded so far (1 at start, +1 per successful reload).
+    pub config_generation: u64,
+    /// Reloads applied since start.
+    pub reloads_ok: u64,
+    /// Reloads refused since start (the running config kept serving).
+    pub reloads_failed: u64,
+    /// In configuration order.
+    pub services: Vec<ServiceView>,
+}
+
+/// One service of a [`StatusView`].
+#[derive(Debug)]
+pub struct ServiceView {
+    pub name: String,
+    pub listen: Vec<SocketAddr>,
+    pub balance: Balance,
+    /// Live: shared with the workers' listeners.
+    pub stats: Arc<ServiceStats>,
+    /// In configuration order.
+    pub backends: Vec<BackendView>,
+}
+
+/// One backend of a [`ServiceView`].
+#[derive(Debug)]
+pub struct BackendView {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub admin: AdminState,
+    pub health: Health,
+    /// Why the health is what it is.
+    pub reason: String,
+    /// Last change of health or admin state.
+    pub last_change: SystemTime,
+    /// Live: shared with every snapshot listing the backend.
+    pub stats: Arc<BackendStats>,
+    /// Added by a node's join request, not by the config file.
+    pub joined: bool,
+}
+
+/// A backend's state in the router's health vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterState {
+    /// Enabled and healthy: takes new connections.
+    Healthy,
+    /// Enabled but down or not probed yet.
+    Unhealthy,
+    /// Drained by the operator.
+    Draining,
+    /// Disabled by the operator.
+    Disabled,
+}
+
+impl RouterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterState::Healthy => "HEALTHY",
+            RouterState::Unhealthy => "UNHEALTHY",
+            RouterState::Draining => "DRAINING",
+            RouterState::Disabled => "DISABLED",
+        }
+    }
+}
+
+impl StatusView {
+    /// Copies the registry's state (names, states, reasons; the counters by
+    /// `Arc`) and the control plane's reload counts. Called on the
+    /// control-plane thread.
+    pub fn new(registry: &Registry, counters: &ControlCounters) -> StatusView {
+        let services = registry
+            .services()
+            .iter()
+            .map(|s| ServiceView {
+                name: s.config.name.clone(),
+                listen: s.config.listen.clone(),
+                balance: s.config.balance,
+                stats: s.stats.clone(),
+                backends: s.backends.iter().map(BackendView::new).collect(),
+            })
+            .collect();
+        StatusView {
+            generation: registry.generation(),
+            config_generation: registry.config_generation(),
+            reloads_ok: counters.reloads_ok.load(Relaxed),
+            reloads_failed: counters.reloads_failed.load(Relaxed),
+            services,
+        }
+    }
+
+    /// The backend `service`/`backend`, if both exist.
+    pub fn backend(&self, service: &str, backend: &str) -> Option<(&ServiceView, &BackendView)> {
+        let svc = self.services.iter().find(|s| s.name == service)?;
+        let b = svc.backends.iter().find(|b| b.name == backend)?;
+        Some((svc, b))
+    }
+}
+
+impl ServiceView {
+    /// Backends that may receive new connections now.
+    pub fn usable_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.usable()).count()
+    }
+}
+
+impl BackendView {
+    fn new(b: &BackendRecord) -> BackendView {
+        BackendView {
+            name: b.config.name.clone(),
+            address: b.config.address,
+            weight: b.config.weight.get(),
+            admin: b.admin,
+            health: b.health,
+            reason: b.reason.clone(),
+            last_change: b.last_change,
+            stats: b.stats.clone(),
+            joined: b.joined,
+        }
+    }
+
+    /// May receive new connections (the registry's rule).
+    pub fn usable(&self) -> bool {
+        self.admin == AdminState::Enabled && self.health == Health::Up
+    }
+
+    /// The operator's state wins over health: a drained backend that is
+    /// also down shows as draining (that is what the operator asked for).
+    pub fn router_state(&self) -> RouterState {
+        match (self.admin, self.health) {
+            (AdminState::Disabled, _) => RouterState::Disabled,
+            (AdminState::Drain, _) => RouterState::Draining,
+            (AdminState::Enabled, Health::Up) => RouterState::Healthy,
+            (AdminState::Enabled, Health::Down | Health::Unknown) => RouterState::Unhealthy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn backend(admin: AdminState, health: Health) -> BackendView {
+        BackendView {
+            name: "b".into(),
+            address: "127.0.0.1:1".parse().expect("addr"),
+            weight: 100,
+            admin,
+            health,
+            reason: "r".into(),
+            last_change: UNIX_EPOCH,
+            stats: Arc::default(),
+            joined: false,
+        }
+    }
+
+    #[test]
+    fn operator_state_wins_over_health() {
+        use AdminState::*;
+        assert_eq!(
+            backend(Enabled, Health::Up).router_state(),
+            RouterState::Healthy
+        );
+        assert_eq!(
+            backend(Enabled, Health::Down).router_state(),
+            RouterState::Unhealthy
+        );
+        assert_eq!(
+            backend(Enabled, Health::Unknown).router_state(),
+            RouterState::Unhealthy
+        );
+        assert_eq!(
+            backend(Drain, Health::Down).router_state(),
+            RouterState::Draining
+        );
+        assert_eq!(
+            backend(Disabled, Health::Up).router_state(),
+            RouterState::Disabled
+        );
+        assert!(!backend(Drain, Health::Up).usable());
+    }
+}
