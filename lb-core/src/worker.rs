@@ -22,6 +22,8 @@ mod slab;
 mod syscalls;
 mod timers;
 
+#[cfg(test)]
+mod tests;
 
 pub use connect::{ConnectFailure, FailureSender, PassiveFailure, MAX_ATTEMPTS};
 pub use listeners::Listener;
