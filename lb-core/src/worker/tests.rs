@@ -317,7 +317,7 @@ fn at_max_connections_the_listener_pauses_and_resumes_when_a_connection_closes()
 }
 
 #[test]
-fn at_max_connections_connections_the_engine_accepted_wait_and_are_served_in_order() {
+fn at_max_connections_connections_the_engine_accepted_are_held_and_served_on_resume() {
     let mut r = rig::<true>("max_connections = 2\nconnect_attempts = 1", 1);
     for i in 0..3 {
         let (fd, peer) = r.client([10, 0, 0, i + 1]);
