@@ -10,10 +10,10 @@
 //!
 //! This file holds the worker itself, its turn and the life of an
 //! established connection (forwarding, close). The rest, by concern:
-//! [`listeners`] (accept and admission), [`slab`] (connections by slot and
-//! the [`Token`]s naming them), [`connect`] (backend choice and retries),
-//! [`timers`] (connect and idle timeouts), [`mailbox`] (the link with the
-//! control plane) and [`syscalls`] (the kernel calls, a seam for tests).
+//! `listeners` (accept and admission), `slab` (connections by slot and the
+//! [`Token`]s naming them), `connect` (backend choice and retries),
+//! `timers` (connect and idle timeouts), `mailbox` (the link with the
+//! control plane) and `syscalls` (the kernel calls, a seam for tests).
 
 mod connect;
 mod listeners;

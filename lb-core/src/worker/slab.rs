@@ -45,17 +45,20 @@ impl Token {
     pub const WAKE: Token = Token(u64::MAX);
 
     /// The listener at index `index` of the worker.
+    #[inline]
     pub fn listener(index: usize) -> Token {
         Token(LISTENER_FLAG | index as u64)
     }
 
     /// One socket of the connection in `slot` at `generation`.
+    #[inline]
     pub(crate) fn leg(slot: usize, generation: u32, backend: bool) -> Token {
         debug_assert!(generation <= GENERATION_MASK && slot < 1 << 31);
         Token((u64::from(generation) << 32) | ((slot as u64) << 1) | u64::from(backend))
     }
 
     /// What the token names.
+    #[inline]
     pub fn kind(self) -> TokenKind {
         if self == Token::WAKE {
             TokenKind::Wake
@@ -71,6 +74,7 @@ impl Token {
     }
 
     /// The listener index, if the token names a listener.
+    #[inline]
     pub fn listener_index(self) -> Option<usize> {
         match self.kind() {
             TokenKind::Listener(i) => Some(i),
@@ -80,11 +84,13 @@ impl Token {
 
     /// The bits, for an engine that stores them (mio's token, io_uring's
     /// user data).
+    #[inline]
     pub const fn raw(self) -> u64 {
         self.0
     }
 
     /// A token from bits an engine stored with [`raw`](Token::raw).
+    #[inline]
     pub const fn from_raw(raw: u64) -> Token {
         Token(raw)
     }
