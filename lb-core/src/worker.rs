@@ -7,16 +7,37 @@
 //! sockets. Nothing here blocks or takes a lock; the only shared state it
 //! reads on the hot path is the snapshot generation (once per turn) and the
 //! per-service/backend atomic counters.
+//!
+//! This file holds the worker itself, its turn and the life of an
+//! established connection (forwarding, close). The rest, by concern:
+//! `listeners` (accept and admission), `slab` (connections by slot and the
+//! [`Token`]s naming them), `connect` (backend choice and retries),
+//! `timers` (connect and idle timeouts), `mailbox` (the link with the
+//! control plane) and `syscalls` (the kernel calls, a seam for tests).
+
+mod connect;
+mod listeners;
+mod mailbox;
+mod slab;
+mod syscalls;
+mod timers;
+
+#[cfg(test)]
+mod tests;
+
+pub use connect::{ConnectFailure, FailureSender, PassiveFailure, MAX_ATTEMPTS};
+pub use listeners::Listener;
+pub use mailbox::{WorkerControl, WorkerMessage};
+pub use slab::{Token, TokenKind};
+pub use syscalls::{Kernel, Syscalls};
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
-};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
@@ -26,32 +47,16 @@ use crate::config::Forwarding;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
-use crate::stats::{BackendStats, Latencies, ServiceStats};
-use crate::sys;
+use crate::stats::{BackendStats, Latencies};
 
-/// Most backends one client connection tries.
-pub const MAX_ATTEMPTS: usize = 8;
-/// Connections accepted from one listener per readiness event before the
-/// worker serves the others (the rest are picked up next turn).
-const ACCEPT_BATCH: usize = 64;
+use listeners::ListenerState;
+use slab::Slab;
+
 /// Splice calls per direction per drive before yielding to other connections.
 const DRIVE_BUDGET: u32 = 16;
-/// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest an idle worker sleeps: bounds how late it notices a paused
-/// listener may resume.
-const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// Most often a worker publishes its latency histograms for scrapes.
 const LATENCY_PUBLISH: Duration = Duration::from_secs(1);
-
-/// Token of a listener (high bit set) or a connection socket.
-/// Connection tokens: generation << 32 | slot << 1 | side.
-pub const LISTENER_FLAG: u64 = 1 << 63;
-/// Token of the engine's wake-up source.
-pub const WAKE_TOKEN: u64 = u64::MAX;
-/// Slot generations wrap within 31 bits (see `open`).
-const GENERATION_MASK: u32 = 0x7fff_ffff;
 
 /// How an engine watches sockets for the worker. Registrations are
 /// edge-triggered for read and write readiness.
@@ -61,10 +66,10 @@ pub trait Reactor {
     /// calls accept(2) and listener tokens never reach `on_event`.
     const DELIVERS_ACCEPTS: bool = false;
 
-    fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()>;
+    fn add(&mut self, fd: RawFd, token: Token) -> io::Result<()>;
     /// Stops watching `fd`. `closing`: the fd is about to be closed (epoll
     /// forgets closed fds by itself; io_uring needs a cancel).
-    fn remove(&mut self, fd: RawFd, token: u64, closing: bool);
+    fn remove(&mut self, fd: RawFd, token: Token, closing: bool);
 
     /// The engine moves the bytes of established connections itself
     /// (io_uring with `forwarding = "uring-copy"` or `"uring-splice"`):
@@ -76,7 +81,7 @@ pub trait Reactor {
     }
     /// Starts forwarding between the two sockets of the connection with
     /// `token`; returns a handle for [`stop_flows`](Reactor::stop_flows).
-    fn start_flows(&mut self, _token: u64, _client: RawFd, _backend: RawFd) -> io::Result<u64> {
+    fn start_flows(&mut self, _token: Token, _client: RawFd, _backend: RawFd) -> io::Result<u64> {
         Err(io::ErrorKind::Unsupported.into())
     }
     /// Ends the forwarding of `handle` and takes the connection's sockets
@@ -93,138 +98,6 @@ pub trait Reactor {
     }
 }
 
-/// A connect failure, sent to the control plane (passive health).
-#[derive(Debug, Clone)]
-pub struct PassiveFailure {
-    pub service: Arc<str>,
-    pub backend: Arc<str>,
-    pub address: SocketAddr,
-    pub reason: ConnectFailure,
-}
-
-/// Why a connect to a backend failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectFailure {
-    Refused,
-    Timeout,
-    Unreachable,
-    Other(i32),
-}
-
-impl std::fmt::Display for ConnectFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectFailure::Refused => f.write_str("connection refused"),
-            ConnectFailure::Timeout => f.write_str("connect timed out"),
-            ConnectFailure::Unreachable => f.write_str("unreachable"),
-            ConnectFailure::Other(errno) => write!(f, "{}", io::Error::from_raw_os_error(*errno)),
-        }
-    }
-}
-
-impl ConnectFailure {
-    fn from_io(e: &io::Error) -> ConnectFailure {
-        match e.raw_os_error() {
-            Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
-            Some(libc::ETIMEDOUT) => ConnectFailure::Timeout,
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
-                ConnectFailure::Unreachable
-            }
-            Some(n) => ConnectFailure::Other(n),
-            None => ConnectFailure::Other(0),
-        }
-    }
-}
-
-/// Where workers send passive failures; never blocks (drops when full).
-pub type FailureSender = tokio::sync::mpsc::Sender<PassiveFailure>;
-
-/// Shared between a worker and the control plane.
-#[derive(Default)]
-pub struct WorkerControl {
-    /// Stop accepting (close listeners); keep serving connections.
-    pub draining: AtomicBool,
-    /// Exit now, closing every connection.
-    pub stop: AtomicBool,
-    /// Connections this worker holds.
-    pub connections: AtomicUsize,
-    /// Connections accepted in all.
-    pub accepted: AtomicU64,
-    /// Event-loop turns in all (the watchdog checks it moves).
-    pub turns: AtomicU64,
-    /// Pipes currently lent to connections (leak checks, metrics).
-    pub pipes_lent: AtomicUsize,
-    /// Copy buffers currently lent to connections (`forwarding = "copy"`/`"auto"`).
-    pub buffers_lent: AtomicUsize,
-    /// The engine that runs this worker, once started.
-    pub engine: OnceLock<&'static str>,
-    waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
-    /// The worker's latency histograms as of its last publication (at most
-    /// once a second); scrapes merge these copies.
-    pub latencies: arc_swap::ArcSwapOption<Latencies>,
-    /// Requests from the control plane (reload). The worker looks at
-    /// `has_mail` once per turn and takes the lock only when it is set.
-    mail: Mutex<Vec<WorkerMessage>>,
-    has_mail: AtomicBool,
-}
-
-/// What the control plane may ask of a running worker.
-pub enum WorkerMessage {
-    /// Accept on a new listener (a reload added a listen address).
-    AddListener(Listener),
-    /// Stop accepting on an address (a reload removed it); established
-    /// connections stay.
-    CloseListener { service: Arc<str>, addr: SocketAddr },
-}
-
-impl std::fmt::Debug for WorkerControl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerControl")
-            .field("connections", &self.connections)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WorkerControl {
-    /// Wakes the worker's event loop (after publishing, or to stop it).
-    pub fn wake(&self) {
-        if let Some(w) = self.waker.get() {
-            w();
-        }
-    }
-
-    /// Queues a request and wakes the worker.
-    pub fn send(&self, msg: WorkerMessage) {
-        self.mail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(msg);
-        self.has_mail.store(true, Release);
-        self.wake();
-    }
-
-    fn take_mail(&self) -> Vec<WorkerMessage> {
-        if !self.has_mail.swap(false, Acquire) {
-            return Vec::new();
-        }
-        std::mem::take(&mut *self.mail.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Called once by the engine with its way to be woken.
-    pub fn set_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
-        let _ = self.waker.set(waker);
-    }
-}
-
-/// A listening socket given to a worker.
-pub struct Listener {
-    pub service: Arc<str>,
-    /// The address it is bound to (port 0 in the config resolved).
-    pub addr: SocketAddr,
-    pub socket: Socket,
-    pub stats: Arc<ServiceStats>,
-}
-
 /// What a worker is started with.
 pub struct WorkerSetup {
     pub id: usize,
@@ -237,26 +110,6 @@ pub struct WorkerSetup {
     /// How bytes are moved; `Copy` uses buffers of `pipe_size` bytes, at
     /// most `pipe_pool` of them kept idle. Anything else splices.
     pub forwarding: Forwarding,
-}
-
-struct ListenerState {
-    service: Arc<str>,
-    addr: SocketAddr,
-    /// None once closed (drain, or removed by a reload); the state stays for
-    /// the connections it accepted.
-    socket: Option<Socket>,
-    stats: Arc<ServiceStats>,
-    /// Index of the service in the worker's current snapshot.
-    service_index: Option<usize>,
-    /// Not watched now: the service is full, or accept hit a resource limit.
-    paused: bool,
-    /// Accept batch ran out with connections left: accept again next turn.
-    more: bool,
-    /// Connections the engine accepted while this listener could not take
-    /// them (multishot accept cannot be told to wait: it accepts until its
-    /// cancel lands). They wait here as they would in the backlog, in
-    /// order, and are served first on resume. Always empty on epoll.
-    held: VecDeque<(OwnedFd, SocketAddr)>,
 }
 
 enum Phase {
@@ -301,9 +154,12 @@ struct Conn {
     timer_at: Instant,
 }
 
-/// The worker's event-driven core.
-pub struct Worker<R: Reactor> {
+/// The worker's event-driven core. `S` is the kernel ([`Kernel`]) except in
+/// unit tests.
+pub struct Worker<R: Reactor, S: Syscalls = Kernel> {
     pub reactor: R,
+    /// Accept and connect (zero-sized in production).
+    sys: S,
     id: usize,
     listeners: Vec<ListenerState>,
     snapshots: Arc<SnapshotCell>,
@@ -317,20 +173,15 @@ pub struct Worker<R: Reactor> {
     /// How bytes move: splice through `pool`, recv/send through `buffers`,
     /// or per flow (auto).
     forwarding: Forwarding,
-    slots: Vec<Option<Conn>>,
-    generations: Vec<u32>,
-    free: Vec<usize>,
-    /// Freed during this turn: reused only next turn, so a stale event of
-    /// this turn's batch never reaches a new connection.
-    freed: Vec<usize>,
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The connections; their count is what the worker publishes.
+    slab: Slab<Conn>,
+    timers: BinaryHeap<Reverse<(Instant, Token)>>,
     /// Connections whose budget ran out: driven again next turn.
-    again: Vec<u64>,
+    again: Vec<Token>,
     now: Instant,
     /// Accept paused until then after a resource error.
     accept_backoff: Option<Instant>,
     listeners_closed: bool,
-    conn_count: usize,
     /// Live histograms; a copy goes to `WorkerControl::latencies` at most
     /// once per `LATENCY_PUBLISH` when something was recorded.
     latencies: Latencies,
@@ -340,19 +191,20 @@ pub struct Worker<R: Reactor> {
 
 impl<R: Reactor> Worker<R> {
     pub fn new(setup: WorkerSetup, reactor: R) -> Worker<R> {
+        Worker::with_syscalls(setup, reactor, Kernel)
+    }
+}
+
+impl<R: Reactor, S: Syscalls> Worker<R, S> {
+    /// A worker whose accepts and connects go through `sys`.
+    pub(crate) fn with_syscalls(setup: WorkerSetup, reactor: R, sys: S) -> Worker<R, S> {
         let snapshot = setup.snapshots.load();
         let listeners = setup
             .listeners
             .into_iter()
-            .map(|l| ListenerState {
-                service_index: snapshot.service_index(&l.service),
-                addr: l.addr,
-                service: l.service,
-                socket: Some(l.socket),
-                stats: l.stats,
-                paused: false,
-                more: false,
-                held: VecDeque::new(),
+            .map(|l| {
+                let si = snapshot.service_index(&l.service);
+                ListenerState::new(l, si, false)
             })
             .collect();
         let picks = (0..snapshot.services.len())
@@ -360,6 +212,7 @@ impl<R: Reactor> Worker<R> {
             .collect();
         Worker {
             reactor,
+            sys,
             id: setup.id,
             listeners,
             snapshots: setup.snapshots,
@@ -370,16 +223,12 @@ impl<R: Reactor> Worker<R> {
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
             buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
             forwarding: setup.forwarding,
-            slots: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
-            freed: Vec::new(),
+            slab: Slab::new(),
             timers: BinaryHeap::new(),
             again: Vec::new(),
             now: Instant::now(),
             accept_backoff: None,
             listeners_closed: false,
-            conn_count: 0,
             latencies: Latencies::new(),
             latencies_dirty: false,
             latencies_published: Instant::now(),
@@ -398,22 +247,10 @@ impl<R: Reactor> Worker<R> {
     pub fn start(&mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(s) = &l.socket {
-                self.reactor.add(s.as_raw_fd(), LISTENER_FLAG | i as u64)?;
+                self.reactor.add(s.as_raw_fd(), Token::listener(i))?;
             }
         }
         Ok(())
-    }
-
-    /// How long the engine may sleep waiting for events.
-    pub fn sleep_budget(&self) -> Duration {
-        if !self.again.is_empty() || self.listeners.iter().any(|l| l.more) {
-            return Duration::ZERO;
-        }
-        let mut d = MAX_SLEEP;
-        if let Some(Reverse((at, _))) = self.timers.peek() {
-            d = d.min(at.saturating_duration_since(Instant::now()));
-        }
-        d
     }
 
     /// Start of a turn: the clock, and the one generation check.
@@ -433,24 +270,25 @@ impl<R: Reactor> Worker<R> {
     }
 
     /// Handles one readiness report.
-    pub fn on_event(&mut self, token: u64, event: Readiness) {
-        if token == WAKE_TOKEN {
-            return;
-        }
-        if token & LISTENER_FLAG != 0 {
-            self.accept_from((token & !LISTENER_FLAG) as usize);
-            return;
-        }
-        let Some(slot) = self.slot_of(token) else {
+    pub fn on_event(&mut self, token: Token, event: Readiness) {
+        let backend = match token.kind() {
+            TokenKind::Wake => return,
+            TokenKind::Listener(li) => {
+                self.accept_from(li);
+                return;
+            }
+            TokenKind::Leg { backend, .. } => backend,
+        };
+        let Some(slot) = self.slab.slot_of(token) else {
             return;
         };
-        let Some(conn) = self.slots[slot].as_mut() else {
+        let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
         let connecting = matches!(conn.phase, Phase::Connecting { .. });
         // Recorded in every phase: an edge is reported once (a request sent
         // while the backend connects, a server greeting with the connect).
-        if token & 1 == 1 {
+        if backend {
             conn.backend_ready.merge(event);
             if connecting {
                 self.connect_done(slot);
@@ -469,7 +307,7 @@ impl<R: Reactor> Worker<R> {
     pub fn end_turn(&mut self) {
         let again = std::mem::take(&mut self.again);
         for token in again {
-            if let Some(slot) = self.slot_of(token) {
+            if let Some(slot) = self.slab.slot_of(token) {
                 self.drive(slot);
             }
         }
@@ -484,7 +322,7 @@ impl<R: Reactor> Worker<R> {
             self.on_message(msg);
         }
         self.manage_listeners();
-        self.free.append(&mut self.freed);
+        self.slab.end_turn();
         self.publish_counters();
         if self.latencies_dirty
             && self.now.duration_since(self.latencies_published) >= LATENCY_PUBLISH
@@ -501,7 +339,7 @@ impl<R: Reactor> Worker<R> {
     /// turn, and by the engine after its last completions on stop).
     pub fn publish_counters(&self) {
         let (pipes, buffers) = self.reactor.lent();
-        self.control.connections.store(self.conn_count, Relaxed);
+        self.control.connections.store(self.slab.len(), Relaxed);
         self.control
             .pipes_lent
             .store(self.pool.lent() + pipes, Relaxed);
@@ -518,490 +356,21 @@ impl<R: Reactor> Worker<R> {
     /// Closes every connection (on stop), with RST: they outlived the drain.
     pub fn close_all(&mut self) {
         self.reset_held();
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].is_some() {
+        for slot in 0..self.slab.slots() {
+            if self.slab.get(slot).is_some() {
                 self.abort(slot, true, true);
             }
         }
-        self.free.append(&mut self.freed);
+        self.slab.end_turn();
         self.publish_counters();
-    }
-
-    fn slot_of(&self, token: u64) -> Option<usize> {
-        let slot = ((token & 0xffff_ffff) >> 1) as usize;
-        let generation = (token >> 32) as u32;
-        (self.generations.get(slot) == Some(&generation) && self.slots[slot].is_some())
-            .then_some(slot)
-    }
-
-    fn token(&self, slot: usize, backend: bool) -> u64 {
-        (u64::from(self.generations[slot]) << 32) | ((slot as u64) << 1) | u64::from(backend)
-    }
-
-    fn accept_from(&mut self, li: usize) {
-        if self.accept_backoff.is_some() || self.listeners[li].paused {
-            return;
-        }
-        for _ in 0..ACCEPT_BATCH {
-            let l = &self.listeners[li];
-            let Some(socket) = &l.socket else { return };
-            let Some(si) = l.service_index else { return };
-            if !self.reserve(li, si) {
-                self.pause_listener(li);
-                return;
-            }
-            match sys::accept(socket.as_raw_fd()) {
-                Ok((fd, peer)) => self.admit(li, si, fd, peer),
-                Err(e) => {
-                    self.listeners[li].stats.release();
-                    if !self.accept_failed(&e) {
-                        return;
-                    }
-                }
-            }
-        }
-        self.listeners[li].more = true;
-    }
-
-    fn on_message(&mut self, msg: WorkerMessage) {
-        match msg {
-            WorkerMessage::AddListener(l) => {
-                if self.listeners_closed {
-                    return; // draining: a new listener would only be closed
-                }
-                let i = self.listeners.len();
-                let fd = l.socket.as_raw_fd();
-                self.listeners.push(ListenerState {
-                    service_index: self.snapshot.service_index(&l.service),
-                    service: l.service,
-                    addr: l.addr,
-                    socket: Some(l.socket),
-                    stats: l.stats,
-                    paused: false,
-                    // Clients may be queued already; edge-triggered (an
-                    // engine that accepts by itself finds them on arming).
-                    more: !R::DELIVERS_ACCEPTS,
-                    held: Default::default(),
-                });
-                if let Err(e) = self.reactor.add(fd, LISTENER_FLAG | i as u64) {
-                    tracing::error!(worker = self.id, error = %e, "cannot watch a new listener");
-                    self.listeners[i].socket = None;
-                }
-            }
-            WorkerMessage::CloseListener { service, addr } => {
-                for (i, l) in self.listeners.iter_mut().enumerate() {
-                    if l.service == service && l.addr == addr {
-                        // Held ones go as the kernel resets a closed
-                        // listener's backlog.
-                        for (fd, _) in l.held.drain(..) {
-                            conn::prepare_reset(fd.as_raw_fd());
-                        }
-                        if let Some(s) = l.socket.take() {
-                            if !l.paused {
-                                self.reactor
-                                    .remove(s.as_raw_fd(), LISTENER_FLAG | i as u64, true);
-                            }
-                        }
-                        l.more = false;
-                    }
-                }
-            }
-        }
-    }
-
-    /// A connection the engine accepted on listener `li` (multishot
-    /// accept). Runs the same admission as the epoll path's accept: when the
-    /// service is full or accepting is backed off, the connection waits in
-    /// the listener's `held` queue and the listener pauses.
-    pub fn on_accepted(&mut self, li: usize, fd: OwnedFd, peer: SocketAddr) {
-        let Some(l) = self.listeners.get_mut(li) else {
-            return;
-        };
-        if l.socket.is_none() || l.service_index.is_none() {
-            // Draining (or the service left the table): the kernel would
-            // have reset it in the closed listener's backlog; do the same.
-            conn::prepare_reset(fd.as_raw_fd());
-            return;
-        }
-        l.held.push_back((fd, peer));
-        if !l.paused && self.accept_backoff.is_none() {
-            self.serve_held(li);
-        }
-    }
-
-    /// The engine's accept on listener `li` failed (the worker decides
-    /// whether to back off; the engine re-arms while the listener is
-    /// watched).
-    pub fn on_accept_error(&mut self, _li: usize, e: &io::Error) {
-        self.accept_failed(e);
-    }
-
-    /// Admits held connections of listener `li` while the service has
-    /// room; pauses the listener when it has none. True when none is left.
-    fn serve_held(&mut self, li: usize) -> bool {
-        while !self.listeners[li].held.is_empty() {
-            let Some(si) = self.listeners[li].service_index else {
-                return false;
-            };
-            if !self.reserve(li, si) {
-                self.pause_listener(li);
-                return false;
-            }
-            let Some((fd, peer)) = self.listeners[li].held.pop_front() else {
-                break;
-            };
-            self.admit(li, si, fd, peer);
-        }
-        true
-    }
-
-    /// Takes one of the service's `max_connections` places, if free.
-    fn reserve(&self, li: usize, si: usize) -> bool {
-        let max = self.snapshot.services[si].settings.max_connections;
-        self.listeners[li].stats.try_reserve(max)
-    }
-
-    /// After accept, with a place reserved: count it and open it. The one
-    /// path both engines take.
-    fn admit(&mut self, li: usize, si: usize, fd: OwnedFd, peer: SocketAddr) {
-        self.listeners[li].stats.accepted.fetch_add(1, Relaxed);
-        self.control.accepted.fetch_add(1, Relaxed);
-        self.open(li, si, fd, peer);
-    }
-
-    /// Handles an accept error; true when accepting may go on at once.
-    fn accept_failed(&mut self, e: &io::Error) -> bool {
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) => false,
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                tracing::warn!(worker = self.id, error = %e, "accept failed: out of resources; pausing accepts for 100ms");
-                self.accept_backoff = Some(self.now + ACCEPT_BACKOFF);
-                for i in 0..self.listeners.len() {
-                    self.pause_listener(i);
-                }
-                false
-            }
-            // The client went away before we accepted, or a signal: try
-            // the next one.
-            _ => true,
-        }
-    }
-
-    /// Resets and drops every held connection (drain, stop).
-    fn reset_held(&mut self) {
-        for l in &mut self.listeners {
-            for (fd, _) in l.held.drain(..) {
-                conn::prepare_reset(fd.as_raw_fd());
-            }
-        }
-    }
-
-    fn pause_listener(&mut self, li: usize) {
-        let l = &mut self.listeners[li];
-        if l.paused {
-            return;
-        }
-        l.paused = true;
-        l.more = false;
-        if let Some(s) = &l.socket {
-            self.reactor
-                .remove(s.as_raw_fd(), LISTENER_FLAG | li as u64, false);
-        }
-    }
-
-    /// Resumes paused listeners whose reason has passed; closes them all
-    /// when draining.
-    fn manage_listeners(&mut self) {
-        if self.control.draining.load(Relaxed) {
-            if !self.listeners_closed {
-                self.listeners_closed = true;
-                self.reset_held();
-                for (i, l) in self.listeners.iter_mut().enumerate() {
-                    if let Some(s) = l.socket.take() {
-                        if !l.paused {
-                            self.reactor
-                                .remove(s.as_raw_fd(), LISTENER_FLAG | i as u64, true);
-                        }
-                    }
-                }
-            }
-            return;
-        }
-        if let Some(until) = self.accept_backoff {
-            if self.now < until {
-                return;
-            }
-            self.accept_backoff = None;
-        }
-        for i in 0..self.listeners.len() {
-            let l = &self.listeners[i];
-            if !l.paused {
-                continue;
-            }
-            let max = l
-                .service_index
-                .and_then(|si| self.snapshot.services[si].settings.max_connections);
-            let full = max.is_some_and(|m| l.stats.active.load(Relaxed) >= m);
-            if full || !self.serve_held(i) {
-                continue;
-            }
-            let l = &self.listeners[i];
-            if let Some(s) = &l.socket {
-                if self
-                    .reactor
-                    .add(s.as_raw_fd(), LISTENER_FLAG | i as u64)
-                    .is_ok()
-                {
-                    self.listeners[i].paused = false;
-                    // Edge-triggered: connections queued while paused raise
-                    // no new edge, so look now (an engine that accepts by
-                    // itself finds them when its accept is re-armed).
-                    self.listeners[i].more = !R::DELIVERS_ACCEPTS;
-                }
-            }
-        }
-    }
-
-    fn open(&mut self, li: usize, si: usize, client: OwnedFd, peer: SocketAddr) {
-        let service = &self.snapshot.services[si];
-        let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
-        let mut candidates = [0u32; MAX_ATTEMPTS];
-        let count = service.candidates(peer.ip(), &mut self.picks[si], &mut candidates[..attempts]);
-        let deadline = self.now + service.settings.connect_timeout;
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                self.slots.len() - 1
-            }
-        };
-        // 31 bits: a connection token never sets LISTENER_FLAG (bit 63) nor
-        // equals WAKE_TOKEN, however often a slot is reused.
-        self.generations[slot] = self.generations[slot].wrapping_add(1) & GENERATION_MASK;
-        self.conn_count += 1;
-        let client_fd = client.as_raw_fd();
-        self.slots[slot] = Some(Conn {
-            client,
-            client_ip: peer.ip(),
-            client_ready: Readiness::default(),
-            backend: None,
-            backend_ready: Readiness::default(),
-            listener: li,
-            phase: Phase::Connecting {
-                backend_index: u32::MAX,
-                target: None,
-                candidates,
-                count: count as u8,
-                tried: 0,
-                generation: self.snapshot.generation,
-                deadline,
-                started: self.now,
-            },
-            last_active: self.now,
-            timer_at: deadline,
-        });
-        let token = self.token(slot, false);
-        if self.reactor.add(client_fd, token).is_err() {
-            self.abort(slot, true, false);
-            return;
-        }
-        self.next_attempt(slot);
-    }
-
-    /// Starts a connect to the next untried candidate, or gives up with a
-    /// reset to the client.
-    fn next_attempt(&mut self, slot: usize) {
-        loop {
-            let Some(conn) = self.slots[slot].as_mut() else {
-                return;
-            };
-            let Some(si) = self.listeners[conn.listener].service_index else {
-                self.abort(slot, true, false);
-                return;
-            };
-            let svc = &self.snapshot.services[si];
-            let Phase::Connecting {
-                candidates,
-                count,
-                tried,
-                generation,
-                deadline,
-                backend_index,
-                target,
-                started,
-            } = &mut conn.phase
-            else {
-                return;
-            };
-            if *generation != self.snapshot.generation {
-                // The table changed while we were trying (rare): recompute
-                // in the new table, skipping the backend that just failed.
-                let attempts = svc.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
-                let left = usize::from(*count).saturating_sub(usize::from(*tried));
-                let mut fresh = [0u32; MAX_ATTEMPTS];
-                let got =
-                    svc.candidates(conn.client_ip, &mut self.picks[si], &mut fresh[..attempts]);
-                let failed = *target;
-                let mut n = 0;
-                for i in 0..got {
-                    if Some(svc.backends[fresh[i] as usize].address) != failed && n < left {
-                        fresh[n] = fresh[i];
-                        n += 1;
-                    }
-                }
-                *candidates = fresh;
-                *count = n as u8;
-                *tried = 0;
-                *generation = self.snapshot.generation;
-            }
-            if *tried >= *count {
-                svc.stats.no_backend.fetch_add(1, Relaxed);
-                // No backend left: the client learns it by a reset.
-                self.abort(slot, true, false);
-                return;
-            }
-            let b = candidates[usize::from(*tried)];
-            *tried += 1;
-            if *tried > 1 {
-                svc.stats.retries.fetch_add(1, Relaxed);
-            }
-            *backend_index = b;
-            *started = self.now;
-            *deadline = self.now + svc.settings.connect_timeout;
-            let deadline = *deadline;
-            let entry = &svc.backends[b as usize];
-            *target = Some(entry.address);
-            match sys::start_connect(entry.address, svc.settings.source_address) {
-                Ok(sock) => {
-                    let fd = sock.as_raw_fd();
-                    conn.backend = Some(sock);
-                    conn.backend_ready = Readiness::default();
-                    conn.timer_at = deadline;
-                    let token = self.token(slot, true);
-                    if self.reactor.add(fd, token).is_err() {
-                        self.abort(slot, true, false);
-                        return;
-                    }
-                    self.timers
-                        .push(Reverse((deadline, self.token(slot, false))));
-                    return;
-                }
-                Err(e) => {
-                    conn.backend = None;
-                    self.report_failure(si, entry.address, ConnectFailure::from_io(&e));
-                }
-            }
-        }
-    }
-
-    /// Counts a failed connect and tells the control plane (never blocks).
-    fn report_failure(&self, si: usize, address: SocketAddr, reason: ConnectFailure) {
-        let svc = &self.snapshot.services[si];
-        let Some(entry) = svc.backends.iter().find(|b| b.address == address) else {
-            return;
-        };
-        match reason {
-            ConnectFailure::Refused => entry.stats.connect_refused.fetch_add(1, Relaxed),
-            ConnectFailure::Timeout => entry.stats.connect_timeout.fetch_add(1, Relaxed),
-            _ => entry.stats.connect_other.fetch_add(1, Relaxed),
-        };
-        let _ = self.failures.try_send(PassiveFailure {
-            service: svc.name.clone(),
-            backend: entry.name.clone(),
-            address: entry.address,
-            reason,
-        });
-    }
-
-    /// Drops the backend socket of a failed attempt.
-    fn drop_backend(&mut self, slot: usize) {
-        let token = self.token(slot, true);
-        if let Some(conn) = self.slots[slot].as_mut() {
-            if let Some(b) = conn.backend.take() {
-                self.reactor.remove(b.as_raw_fd(), token, true);
-            }
-        }
-    }
-
-    fn connect_done(&mut self, slot: usize) {
-        let Some(conn) = self.slots[slot].as_mut() else {
-            return;
-        };
-        let Phase::Connecting {
-            backend_index,
-            target,
-            generation,
-            started,
-            ..
-        } = conn.phase
-        else {
-            return;
-        };
-        let Some(fd) = conn.backend.as_ref().map(|b| b.as_raw_fd()) else {
-            return;
-        };
-        // A connect that completed cleanly was reported writable and nothing
-        // else (a failed one: POLLERR|POLLHUP): only otherwise is SO_ERROR
-        // asked for.
-        let ready = conn.backend_ready;
-        let error = if ready.writable && !ready.read_closed {
-            None
-        } else {
-            sys::take_socket_error(fd).unwrap_or_else(Some)
-        };
-        let Some(si) = self.listeners[conn.listener].service_index else {
-            self.abort(slot, true, true);
-            return;
-        };
-        if let Some(e) = error {
-            self.drop_backend(slot);
-            if let Some(addr) = target {
-                self.report_failure(si, addr, ConnectFailure::from_io(&e));
-            }
-            self.next_attempt(slot);
-            return;
-        }
-        let backends = &self.snapshot.services[si].backends;
-        let entry = if generation == self.snapshot.generation {
-            backends.get(backend_index as usize)
-        } else {
-            backends.iter().find(|b| Some(b.address) == target)
-        };
-        let Some(entry) = entry else {
-            self.abort(slot, true, true);
-            return;
-        };
-        let stats = entry.stats.clone();
-        stats.active.fetch_add(1, Relaxed);
-        stats.total.fetch_add(1, Relaxed);
-        self.latencies
-            .record_connect(self.now.saturating_duration_since(started));
-        self.latencies_dirty = true;
-        conn.phase = Phase::Established {
-            pair: Pair::default(),
-            stats,
-            since: self.now,
-            flows: None,
-        };
-        conn.last_active = self.now;
-        if self.reactor.forwards() {
-            self.hand_over(slot);
-            return;
-        }
-        // Connected: writable. Readable only if the event said so (the
-        // backend's poll reported every edge since the connect started,
-        // and the client's since its accept).
-        conn.backend_ready.writable = true;
-        self.drive(slot);
     }
 
     /// Gives an established connection's forwarding to the engine. Its
     /// socket watches go: readiness means nothing to it any more.
     fn hand_over(&mut self, slot: usize) {
-        let client_token = self.token(slot, false);
-        let backend_token = self.token(slot, true);
-        let Some(conn) = self.slots[slot].as_mut() else {
+        let client_token = self.slab.token(slot, false);
+        let backend_token = self.slab.token(slot, true);
+        let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
         let Some(backend) = conn.backend.as_ref().map(|b| b.as_raw_fd()) else {
@@ -1023,11 +392,11 @@ impl<R: Reactor> Worker<R> {
     /// A completion of the engine's forwarding of the connection with
     /// `token`: `up`/`down` bytes written to the backend / client, and
     /// what became of it (as from the inline pumps).
-    pub fn on_forwarded(&mut self, token: u64, up: u64, down: u64, outcome: Outcome) {
-        let Some(slot) = self.slot_of(token) else {
+    pub fn on_forwarded(&mut self, token: Token, up: u64, down: u64, outcome: Outcome) {
+        let Some(slot) = self.slab.slot_of(token) else {
             return;
         };
-        let Some(conn) = self.slots[slot].as_mut() else {
+        let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
         let Phase::Established { pair, .. } = &mut conn.phase else {
@@ -1050,7 +419,7 @@ impl<R: Reactor> Worker<R> {
     }
 
     fn drive(&mut self, slot: usize) {
-        let Some(conn) = self.slots[slot].as_mut() else {
+        let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
         let Phase::Established {
@@ -1091,7 +460,7 @@ impl<R: Reactor> Worker<R> {
                     conn.last_active = self.now;
                 }
                 if starved {
-                    let token = self.token(slot, false);
+                    let token = self.slab.token(slot, false);
                     self.again.push(token);
                 }
             }
@@ -1100,53 +469,6 @@ impl<R: Reactor> Worker<R> {
                 reset_client,
                 reset_backend,
             } => self.abort(slot, reset_client, reset_backend),
-        }
-    }
-
-    fn run_timers(&mut self) {
-        while let Some(&Reverse((at, token))) = self.timers.peek() {
-            if at > self.now {
-                break;
-            }
-            self.timers.pop();
-            let Some(slot) = self.slot_of(token) else {
-                continue;
-            };
-            let Some(conn) = self.slots[slot].as_mut() else {
-                continue;
-            };
-            if conn.timer_at != at {
-                continue;
-            }
-            let due = match &conn.phase {
-                Phase::Connecting { deadline, .. } => *deadline,
-                Phase::Established { .. } => {
-                    let idle = self.listeners[conn.listener]
-                        .service_index
-                        .map_or(Duration::from_secs(900), |si| {
-                            self.snapshot.services[si].settings.idle_timeout
-                        });
-                    conn.last_active + idle
-                }
-            };
-            if due > self.now {
-                conn.timer_at = due;
-                self.timers.push(Reverse((due, token)));
-                continue;
-            }
-            match conn.phase {
-                Phase::Connecting { target, .. } => {
-                    let si = self.listeners[conn.listener].service_index;
-                    self.drop_backend(slot);
-                    if let (Some(si), Some(addr)) = (si, target) {
-                        self.report_failure(si, addr, ConnectFailure::Timeout);
-                    }
-                    // Sets a fresh deadline and timer if it goes on.
-                    self.next_attempt(slot);
-                }
-                // Idle too long: both sides learn it by a reset.
-                Phase::Established { .. } => self.abort(slot, true, true),
-            }
         }
     }
 
@@ -1160,7 +482,7 @@ impl<R: Reactor> Worker<R> {
 
     /// Closes a connection, with RST on the sides named.
     fn abort(&mut self, slot: usize, reset_client: bool, reset_backend: bool) {
-        if let Some(conn) = self.slots[slot].as_ref() {
+        if let Some(conn) = self.slab.get(slot) {
             if reset_client {
                 conn::prepare_reset(conn.client.as_raw_fd());
             }
@@ -1172,9 +494,9 @@ impl<R: Reactor> Worker<R> {
     }
 
     fn release(&mut self, slot: usize) {
-        let client_token = self.token(slot, false);
-        let backend_token = self.token(slot, true);
-        let Some(mut conn) = self.slots[slot].take() else {
+        let client_token = self.slab.token(slot, false);
+        let backend_token = self.slab.token(slot, true);
+        let Some(mut conn) = self.slab.remove(slot) else {
             return;
         };
         self.reactor
@@ -1196,8 +518,6 @@ impl<R: Reactor> Worker<R> {
             stats.bytes_to_client.fetch_add(pair.down.bytes, Relaxed);
         }
         self.listeners[conn.listener].stats.release();
-        self.conn_count -= 1;
-        self.freed.push(slot);
         let Conn {
             client,
             backend,

@@ -10,7 +10,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::Readiness;
-use crate::worker::{Reactor, Worker, WorkerSetup, WAKE_TOKEN};
+use crate::worker::{self, Reactor, Worker, WorkerSetup};
 
 /// mio's registry as the worker's [`Reactor`].
 pub struct EpollReactor {
@@ -18,15 +18,15 @@ pub struct EpollReactor {
 }
 
 impl Reactor for EpollReactor {
-    fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+    fn add(&mut self, fd: RawFd, token: worker::Token) -> io::Result<()> {
         self.registry.register(
             &mut SourceFd(&fd),
-            Token(token as usize),
+            Token(token.raw() as usize),
             Interest::READABLE | Interest::WRITABLE,
         )
     }
 
-    fn remove(&mut self, fd: RawFd, _token: u64, closing: bool) {
+    fn remove(&mut self, fd: RawFd, _token: worker::Token, closing: bool) {
         // A closed fd leaves the epoll set by itself: save the syscall.
         if !closing {
             let _ = self.registry.deregister(&mut SourceFd(&fd));
@@ -42,7 +42,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), crate::Error> {
         .try_clone()
         .map_err(|e| crate::Error::io("cloning epoll registry", e))?;
     let waker = Arc::new(
-        Waker::new(poll.registry(), Token(WAKE_TOKEN as usize))
+        Waker::new(poll.registry(), Token(worker::Token::WAKE.raw() as usize))
             .map_err(|e| crate::Error::io("creating worker waker", e))?,
     );
     setup.control.set_waker(Box::new(move || {
@@ -68,7 +68,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), crate::Error> {
                 writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
                 read_closed,
             };
-            worker.on_event(ev.token().0 as u64, event);
+            worker.on_event(worker::Token::from_raw(ev.token().0 as u64), event);
         }
         worker.end_turn();
     }

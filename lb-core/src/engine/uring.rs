@@ -66,7 +66,7 @@ use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring};
 
 use crate::conn::Readiness;
 use crate::sys;
-use crate::worker::{Reactor, Worker, WorkerSetup, LISTENER_FLAG, WAKE_TOKEN};
+use crate::worker::{Reactor, Token, Worker, WorkerSetup};
 
 /// user_data layout: kind (4 bits) | sequence (28 bits) | id (32 bits: the
 /// fd of a poll, the listener index of an accept).
@@ -203,33 +203,32 @@ pub struct UringReactor {
 impl Reactor for UringReactor {
     const DELIVERS_ACCEPTS: bool = true;
 
-    fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+    fn add(&mut self, fd: RawFd, token: Token) -> io::Result<()> {
         let id = u32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-        if token & LISTENER_FLAG != 0 {
-            let li = (token & !LISTENER_FLAG) as u32;
+        if let Some(li) = token.listener_index() {
+            let li = li as u32;
             self.cancel_accept(li as usize);
-            let seq = watch_at(&mut self.accepts, li as usize).renew(token, fd);
+            let seq = watch_at(&mut self.accepts, li as usize).renew(token.raw(), fd);
             self.sq
                 .queue(accept_entry(fd, user_data(KIND_ACCEPT, seq, li)));
         } else {
             self.cancel_poll(fd);
-            let seq = watch_at(&mut self.polls, id as usize).renew(token, fd);
+            let seq = watch_at(&mut self.polls, id as usize).renew(token.raw(), fd);
             self.sq.queue(poll_entry(fd, user_data(KIND_POLL, seq, id)));
         }
         Ok(())
     }
 
-    fn remove(&mut self, fd: RawFd, token: u64, _closing: bool) {
+    fn remove(&mut self, fd: RawFd, token: Token, _closing: bool) {
         // Closing or not, the request must go: it holds the file open.
-        if token & LISTENER_FLAG != 0 {
-            let li = (token & !LISTENER_FLAG) as usize;
+        if let Some(li) = token.listener_index() {
             if self.accepts.get(li).is_some_and(|w| w.fd == fd) {
                 self.cancel_accept(li);
             }
         } else if self
             .polls
             .get(fd as usize)
-            .is_some_and(|w| w.token == token)
+            .is_some_and(|w| w.token == token.raw())
         {
             self.cancel_poll(fd);
         }
@@ -239,9 +238,9 @@ impl Reactor for UringReactor {
         self.ops.is_some()
     }
 
-    fn start_flows(&mut self, token: u64, client: RawFd, backend: RawFd) -> io::Result<u64> {
+    fn start_flows(&mut self, token: Token, client: RawFd, backend: RawFd) -> io::Result<u64> {
         match &mut self.ops {
-            Some(ops) => Ok(ops.start(&mut self.sq, token, client, backend)),
+            Some(ops) => Ok(ops.start(&mut self.sq, token.raw(), client, backend)),
             None => Err(io::ErrorKind::Unsupported.into()),
         }
     }
@@ -625,13 +624,18 @@ fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File)
             let r = &mut worker.reactor;
             let Some(ops) = &mut r.ops else { return };
             if let Some(report) = ops.complete(&mut r.sq, ud, cqe.result(), cqe.flags()) {
-                worker.on_forwarded(report.token, report.up, report.down, report.outcome);
+                worker.on_forwarded(
+                    Token::from_raw(report.token),
+                    report.up,
+                    report.down,
+                    report.outcome,
+                );
             }
         }
         KIND_WAKE => {
             let mut counter = [0u8; 8];
             let _ = (&*wake).read(&mut counter);
-            worker.on_event(WAKE_TOKEN, Readiness::default());
+            worker.on_event(Token::WAKE, Readiness::default());
             if !more {
                 let r = &mut worker.reactor;
                 if r.wake.ended(cqe.result() < 0) {
@@ -687,7 +691,7 @@ fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
         }
         return;
     }
-    let token = w.token;
+    let token = Token::from_raw(w.token);
     if res > 0 {
         w.errors = 0;
         let mask = res as u32;
@@ -805,7 +809,8 @@ mod tests {
         let mut reactor = UringReactor::new(ring, None);
         let (mut peer, ours) = tcp_pair();
         let fd = ours.as_raw_fd();
-        const TOKEN: u64 = 2;
+        // Slot 1, generation 0, client leg.
+        const TOKEN: Token = Token::from_raw(2);
         reactor.add(fd, TOKEN).unwrap();
         // Armed; its first report (writable) is posted.
         let mut cqes = Vec::new();

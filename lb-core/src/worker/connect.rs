@@ -1,0 +1,296 @@
+//! Placing a client on a backend: a connection's slot and its candidates
+//! (the service's preference order for the client), one non-blocking
+//! connect after another until one completes or `MAX_ATTEMPTS` distinct
+//! backends failed, and each failure reported to the control plane as
+//! passive health.
+//!
+//! Runs on the worker's thread; the failures cross to the control plane
+//! through a bounded channel that never blocks the worker.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::conn::{Pair, Readiness};
+
+use super::{Conn, Phase, Reactor, Syscalls, Worker};
+
+/// Most backends one client connection tries.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// A connect failure, sent to the control plane (passive health).
+#[derive(Debug, Clone)]
+pub struct PassiveFailure {
+    pub service: Arc<str>,
+    pub backend: Arc<str>,
+    pub address: SocketAddr,
+    pub reason: ConnectFailure,
+}
+
+/// Why a connect to a backend failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Refused,
+    Timeout,
+    Unreachable,
+    Other(i32),
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Refused => f.write_str("connection refused"),
+            ConnectFailure::Timeout => f.write_str("connect timed out"),
+            ConnectFailure::Unreachable => f.write_str("unreachable"),
+            ConnectFailure::Other(errno) => write!(f, "{}", io::Error::from_raw_os_error(*errno)),
+        }
+    }
+}
+
+impl ConnectFailure {
+    fn from_io(e: &io::Error) -> ConnectFailure {
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
+            Some(libc::ETIMEDOUT) => ConnectFailure::Timeout,
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
+                ConnectFailure::Unreachable
+            }
+            Some(n) => ConnectFailure::Other(n),
+            None => ConnectFailure::Other(0),
+        }
+    }
+}
+
+/// Where workers send passive failures; never blocks (drops when full).
+pub type FailureSender = tokio::sync::mpsc::Sender<PassiveFailure>;
+
+impl<R: Reactor, S: Syscalls> Worker<R, S> {
+    /// An admitted client: its slot, its candidates, its first connect.
+    pub(crate) fn open(&mut self, li: usize, si: usize, client: OwnedFd, peer: SocketAddr) {
+        let service = &self.snapshot.services[si];
+        let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
+        let mut candidates = [0u32; MAX_ATTEMPTS];
+        let count = service.candidates(peer.ip(), &mut self.picks[si], &mut candidates[..attempts]);
+        let deadline = self.now + service.settings.connect_timeout;
+        let client_fd = client.as_raw_fd();
+        let slot = self.slab.insert(Conn {
+            client,
+            client_ip: peer.ip(),
+            client_ready: Readiness::default(),
+            backend: None,
+            backend_ready: Readiness::default(),
+            listener: li,
+            phase: Phase::Connecting {
+                backend_index: u32::MAX,
+                target: None,
+                candidates,
+                count: count as u8,
+                tried: 0,
+                generation: self.snapshot.generation,
+                deadline,
+                started: self.now,
+            },
+            last_active: self.now,
+            timer_at: deadline,
+        });
+        let token = self.slab.token(slot, false);
+        if self.reactor.add(client_fd, token).is_err() {
+            self.abort(slot, true, false);
+            return;
+        }
+        self.next_attempt(slot);
+    }
+
+    /// Starts a connect to the next untried candidate, or gives up with a
+    /// reset to the client.
+    pub(crate) fn next_attempt(&mut self, slot: usize) {
+        loop {
+            let Some(conn) = self.slab.get_mut(slot) else {
+                return;
+            };
+            let Some(si) = self.listeners[conn.listener].service_index else {
+                self.abort(slot, true, false);
+                return;
+            };
+            let svc = &self.snapshot.services[si];
+            let Phase::Connecting {
+                candidates,
+                count,
+                tried,
+                generation,
+                deadline,
+                backend_index,
+                target,
+                started,
+            } = &mut conn.phase
+            else {
+                return;
+            };
+            if *generation != self.snapshot.generation {
+                // The table changed while we were trying (rare): recompute
+                // in the new table, skipping the backend that just failed.
+                let attempts = svc.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
+                let left = usize::from(*count).saturating_sub(usize::from(*tried));
+                let mut fresh = [0u32; MAX_ATTEMPTS];
+                let got =
+                    svc.candidates(conn.client_ip, &mut self.picks[si], &mut fresh[..attempts]);
+                let failed = *target;
+                let mut n = 0;
+                for i in 0..got {
+                    if Some(svc.backends[fresh[i] as usize].address) != failed && n < left {
+                        fresh[n] = fresh[i];
+                        n += 1;
+                    }
+                }
+                *candidates = fresh;
+                *count = n as u8;
+                *tried = 0;
+                *generation = self.snapshot.generation;
+            }
+            if *tried >= *count {
+                svc.stats.no_backend.fetch_add(1, Relaxed);
+                // No backend left: the client learns it by a reset.
+                self.abort(slot, true, false);
+                return;
+            }
+            let b = candidates[usize::from(*tried)];
+            *tried += 1;
+            if *tried > 1 {
+                svc.stats.retries.fetch_add(1, Relaxed);
+            }
+            *backend_index = b;
+            *started = self.now;
+            *deadline = self.now + svc.settings.connect_timeout;
+            let deadline = *deadline;
+            let entry = &svc.backends[b as usize];
+            *target = Some(entry.address);
+            match self
+                .sys
+                .start_connect(entry.address, svc.settings.source_address)
+            {
+                Ok(sock) => {
+                    let fd = sock.as_raw_fd();
+                    conn.backend = Some(sock);
+                    conn.backend_ready = Readiness::default();
+                    conn.timer_at = deadline;
+                    let token = self.slab.token(slot, true);
+                    if self.reactor.add(fd, token).is_err() {
+                        self.abort(slot, true, false);
+                        return;
+                    }
+                    self.arm_timer(deadline, slot);
+                    return;
+                }
+                Err(e) => {
+                    conn.backend = None;
+                    self.report_failure(si, entry.address, ConnectFailure::from_io(&e));
+                }
+            }
+        }
+    }
+
+    /// Counts a failed connect and tells the control plane (never blocks).
+    pub(crate) fn report_failure(&self, si: usize, address: SocketAddr, reason: ConnectFailure) {
+        let svc = &self.snapshot.services[si];
+        let Some(entry) = svc.backends.iter().find(|b| b.address == address) else {
+            return;
+        };
+        match reason {
+            ConnectFailure::Refused => entry.stats.connect_refused.fetch_add(1, Relaxed),
+            ConnectFailure::Timeout => entry.stats.connect_timeout.fetch_add(1, Relaxed),
+            _ => entry.stats.connect_other.fetch_add(1, Relaxed),
+        };
+        let _ = self.failures.try_send(PassiveFailure {
+            service: svc.name.clone(),
+            backend: entry.name.clone(),
+            address: entry.address,
+            reason,
+        });
+    }
+
+    /// Drops the backend socket of a failed attempt.
+    pub(crate) fn drop_backend(&mut self, slot: usize) {
+        let token = self.slab.token(slot, true);
+        if let Some(conn) = self.slab.get_mut(slot) {
+            if let Some(b) = conn.backend.take() {
+                self.reactor.remove(b.as_raw_fd(), token, true);
+            }
+        }
+    }
+
+    /// The backend socket of a connecting connection reported readiness:
+    /// established, or on to the next candidate.
+    pub(crate) fn connect_done(&mut self, slot: usize) {
+        let Some(conn) = self.slab.get_mut(slot) else {
+            return;
+        };
+        let Phase::Connecting {
+            backend_index,
+            target,
+            generation,
+            started,
+            ..
+        } = conn.phase
+        else {
+            return;
+        };
+        let Some(fd) = conn.backend.as_ref().map(|b| b.as_raw_fd()) else {
+            return;
+        };
+        // A connect that completed cleanly was reported writable and nothing
+        // else (a failed one: POLLERR|POLLHUP): only otherwise is SO_ERROR
+        // asked for.
+        let ready = conn.backend_ready;
+        let error = if ready.writable && !ready.read_closed {
+            None
+        } else {
+            self.sys.take_socket_error(fd).unwrap_or_else(Some)
+        };
+        let Some(si) = self.listeners[conn.listener].service_index else {
+            self.abort(slot, true, true);
+            return;
+        };
+        if let Some(e) = error {
+            self.drop_backend(slot);
+            if let Some(addr) = target {
+                self.report_failure(si, addr, ConnectFailure::from_io(&e));
+            }
+            self.next_attempt(slot);
+            return;
+        }
+        let backends = &self.snapshot.services[si].backends;
+        let entry = if generation == self.snapshot.generation {
+            backends.get(backend_index as usize)
+        } else {
+            backends.iter().find(|b| Some(b.address) == target)
+        };
+        let Some(entry) = entry else {
+            self.abort(slot, true, true);
+            return;
+        };
+        let stats = entry.stats.clone();
+        stats.active.fetch_add(1, Relaxed);
+        stats.total.fetch_add(1, Relaxed);
+        self.latencies
+            .record_connect(self.now.saturating_duration_since(started));
+        self.latencies_dirty = true;
+        conn.phase = Phase::Established {
+            pair: Pair::default(),
+            stats,
+            since: self.now,
+            flows: None,
+        };
+        conn.last_active = self.now;
+        if self.reactor.forwards() {
+            self.hand_over(slot);
+            return;
+        }
+        // Connected: writable. Readable only if the event said so (the
+        // backend's poll reported every edge since the connect started,
+        // and the client's since its accept).
+        conn.backend_ready.writable = true;
+        self.drive(slot);
+    }
+}

@@ -1,0 +1,49 @@
+//! The system calls a worker's decisions hang on, behind a trait so that
+//! unit tests can play the kernel.
+//!
+//! Runs on the worker's thread. [`Kernel`] is the real thing: a zero-sized
+//! type the worker takes as a generic parameter (its default), so every call
+//! is static and inlined exactly as the direct `sys::` calls were; no
+//! pointer, no vtable, no state. Only the calls whose results steer the
+//! worker (accept, connect, the outcome of a connect) go through here; the
+//! byte pumps and socket options do not decide anything and stay direct.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{OwnedFd, RawFd};
+
+use socket2::Socket;
+
+use crate::sys;
+
+/// Accept, connect and connect outcome, as the worker needs them.
+pub trait Syscalls {
+    /// Accepts one connection from the non-blocking `listener`
+    /// ([`sys::accept`]).
+    fn accept(&mut self, listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)>;
+    /// Starts a non-blocking connect ([`sys::start_connect`]).
+    fn start_connect(&mut self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket>;
+    /// The pending error of a socket, cleared ([`sys::take_socket_error`]).
+    fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>>;
+}
+
+/// The kernel's own calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Kernel;
+
+impl Syscalls for Kernel {
+    #[inline]
+    fn accept(&mut self, listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
+        sys::accept(listener)
+    }
+
+    #[inline]
+    fn start_connect(&mut self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
+        sys::start_connect(addr, source)
+    }
+
+    #[inline]
+    fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>> {
+        sys::take_socket_error(fd)
+    }
+}

@@ -1,0 +1,514 @@
+//! The worker's decisions, fed events the way an engine feeds them, with a
+//! fake reactor (records what is watched) and a fake kernel (a backlog of
+//! clients, scripted connect outcomes). Snapshots are real: built from a
+//! parsed config by the control plane's registry. Sockets handed to the
+//! worker are Unix socket pairs, so closes and resets can be observed from
+//! the far end without touching the network.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::Socket;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::config::{Config, Forwarding};
+use crate::control::Registry;
+use crate::snapshot::{PickState, SnapshotCell};
+
+/// What the worker asked to watch. `ACCEPTS`: the engine accepts by itself
+/// (io_uring's multishot accept) and hands connections to `on_accepted`.
+#[derive(Default)]
+struct FakeReactor<const ACCEPTS: bool> {
+    watched: HashMap<Token, RawFd>,
+}
+
+impl<const ACCEPTS: bool> Reactor for FakeReactor<ACCEPTS> {
+    const DELIVERS_ACCEPTS: bool = ACCEPTS;
+
+    fn add(&mut self, fd: RawFd, token: Token) -> io::Result<()> {
+        self.watched.insert(token, fd);
+        Ok(())
+    }
+
+    fn remove(&mut self, _fd: RawFd, token: Token, _closing: bool) {
+        self.watched.remove(&token);
+    }
+}
+
+/// The kernel as the worker's decisions see it.
+#[derive(Default)]
+struct FakeKernel {
+    /// Clients queued on the listener, accepted in order.
+    backlog: VecDeque<(OwnedFd, SocketAddr)>,
+    accepted: usize,
+    /// Every connect started, in order.
+    connects: Vec<SocketAddr>,
+    /// Connects to these addresses fail at once with this errno.
+    fail_at_once: HashMap<SocketAddr, i32>,
+    /// What SO_ERROR reports for a backend socket (0: none).
+    so_error: i32,
+    /// The far ends of the backend sockets handed out.
+    backends: Vec<UnixStream>,
+}
+
+impl Syscalls for FakeKernel {
+    fn accept(&mut self, _listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
+        let client = self
+            .backlog
+            .pop_front()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN))?;
+        self.accepted += 1;
+        Ok(client)
+    }
+
+    fn start_connect(&mut self, addr: SocketAddr, _source: Option<IpAddr>) -> io::Result<Socket> {
+        self.connects.push(addr);
+        if let Some(&errno) = self.fail_at_once.get(&addr) {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let (ours, theirs) = UnixStream::pair()?;
+        self.backends.push(theirs);
+        Ok(Socket::from(OwnedFd::from(ours)))
+    }
+
+    fn take_socket_error(&mut self, _fd: RawFd) -> io::Result<Option<io::Error>> {
+        Ok((self.so_error != 0).then(|| io::Error::from_raw_os_error(self.so_error)))
+    }
+}
+
+/// How a failed connect is reported (POLLERR|POLLHUP).
+const CONNECT_FAILED: Readiness = Readiness {
+    readable: true,
+    writable: true,
+    read_closed: true,
+};
+/// How a completed connect is reported.
+const CONNECTED: Readiness = Readiness {
+    readable: false,
+    writable: true,
+    read_closed: false,
+};
+/// A peer's FIN.
+const FIN: Readiness = Readiness {
+    readable: true,
+    writable: true,
+    read_closed: true,
+};
+
+/// A worker with one listener on service "s" and its observers.
+struct Rig<const ACCEPTS: bool> {
+    worker: Worker<FakeReactor<ACCEPTS>, FakeKernel>,
+    snapshots: Arc<SnapshotCell>,
+    failures: mpsc::Receiver<PassiveFailure>,
+    /// The far ends of the clients, by arrival.
+    clients: Vec<UnixStream>,
+}
+
+/// Service "s" with `settings` (TOML lines) and `backends` backends
+/// b0, b1, … at 127.0.0.1:10000, :10001, …, all up (no health check).
+fn rig<const ACCEPTS: bool>(settings: &str, backends: usize) -> Rig<ACCEPTS> {
+    let mut text = format!(
+        "[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\n{settings}\n\
+         [service.health]\nkind = \"none\"\n"
+    );
+    for i in 0..backends {
+        text.push_str(&format!(
+            "[[service.backend]]\nname = \"b{i}\"\naddress = \"127.0.0.1:{}\"\n",
+            10_000 + i
+        ));
+    }
+    let config = Config::parse(&text, None).expect("a valid config");
+    let mut registry = Registry::new(&config);
+    let snapshots = Arc::new(SnapshotCell::new(registry.snapshot().expect("a snapshot")));
+    let (tx, failures) = mpsc::channel(64);
+    let (listening, _) = UnixStream::pair().expect("a socket pair");
+    let setup = WorkerSetup {
+        id: 0,
+        listeners: vec![Listener {
+            service: Arc::from("s"),
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            socket: Socket::from(OwnedFd::from(listening)),
+            stats: registry.service_stats("s").expect("service s"),
+        }],
+        snapshots: snapshots.clone(),
+        failures: tx,
+        control: Arc::default(),
+        pipe_size: 64 * 1024,
+        pipe_pool: 4,
+        forwarding: Forwarding::Splice,
+    };
+    let mut worker = Worker::with_syscalls(setup, FakeReactor::default(), FakeKernel::default());
+    worker.start().expect("listeners registered");
+    worker.begin_turn();
+    Rig {
+        worker,
+        snapshots,
+        failures,
+        clients: Vec::new(),
+    }
+}
+
+impl<const ACCEPTS: bool> Rig<ACCEPTS> {
+    /// A client from `ip`, its far end kept; the worker's end.
+    fn client(&mut self, ip: [u8; 4]) -> (OwnedFd, SocketAddr) {
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+        theirs.set_nonblocking(true).expect("non-blocking");
+        self.clients.push(theirs);
+        (OwnedFd::from(ours), SocketAddr::from((ip, 40_000)))
+    }
+
+    /// Queues a client from `ip` on the listener's backlog.
+    fn queue_client(&mut self, ip: [u8; 4]) {
+        let c = self.client(ip);
+        self.worker.sys.backlog.push_back(c);
+    }
+
+    /// The listener reports readable (epoll).
+    fn listener_readable(&mut self) {
+        self.worker.on_event(
+            Token::listener(0),
+            Readiness {
+                readable: true,
+                ..Readiness::default()
+            },
+        );
+    }
+
+    fn listening(&self) -> bool {
+        self.worker
+            .reactor
+            .watched
+            .contains_key(&Token::listener(0))
+    }
+
+    /// The backend leg being watched of the connection in `slot`.
+    fn backend_leg(&self, slot: usize) -> Token {
+        let token = self.worker.slab.token(slot, true);
+        assert!(
+            self.worker.reactor.watched.contains_key(&token),
+            "slot {slot} has no backend socket watched"
+        );
+        token
+    }
+
+    /// The connect of the connection in `slot` fails with `errno`.
+    fn connect_fails(&mut self, slot: usize, errno: i32) {
+        let token = self.backend_leg(slot);
+        self.worker.sys.so_error = errno;
+        self.worker.on_event(token, CONNECT_FAILED);
+    }
+
+    /// The connect of the connection in `slot` completes.
+    fn connect_succeeds(&mut self, slot: usize) {
+        let token = self.backend_leg(slot);
+        self.worker.sys.so_error = 0;
+        self.worker.on_event(token, CONNECTED);
+    }
+
+    /// Time passes; the engine ends a turn.
+    fn after(&mut self, d: Duration) {
+        self.worker.now += d;
+        self.worker.end_turn();
+    }
+
+    /// Passive failures reported so far: (backend address, reason).
+    fn failures(&mut self) -> Vec<(SocketAddr, ConnectFailure)> {
+        let mut out = Vec::new();
+        while let Ok(f) = self.failures.try_recv() {
+            assert_eq!(&*f.service, "s");
+            out.push((f.address, f.reason));
+        }
+        out
+    }
+
+    /// The worker closed client `i` (its far end reads EOF or an error).
+    fn client_closed(&mut self, i: usize) -> bool {
+        closed(&mut self.clients[i])
+    }
+
+    /// The backends the worker would try for a first client from `ip`, in
+    /// order (the service's preference order, bounded by its attempts).
+    fn preference(&self, ip: [u8; 4]) -> Vec<SocketAddr> {
+        let snapshot = self.snapshots.load();
+        let svc = &snapshot.services[0];
+        let attempts = svc.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
+        let mut out = [0u32; MAX_ATTEMPTS];
+        let n = svc.candidates(
+            IpAddr::from(ip),
+            &mut PickState::new(seed(0, 0)),
+            &mut out[..attempts],
+        );
+        out[..n]
+            .iter()
+            .map(|&b| svc.backends[b as usize].address)
+            .collect()
+    }
+
+    fn backend_stats(&self, address: SocketAddr) -> Arc<BackendStats> {
+        let snapshot = self.snapshots.load();
+        let entry = snapshot.services[0]
+            .backends
+            .iter()
+            .find(|b| b.address == address);
+        entry.expect("a configured backend").stats.clone()
+    }
+
+    fn service_stat(&self, f: impl Fn(&crate::stats::ServiceStats) -> u64) -> u64 {
+        f(&self.snapshots.load().services[0].stats)
+    }
+}
+
+/// The far end of a socket pair sees its peer gone.
+fn closed(far: &mut UnixStream) -> bool {
+    far.set_nonblocking(true).expect("non-blocking");
+    match far.read(&mut [0u8; 16]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+#[test]
+fn at_max_connections_the_listener_pauses_and_resumes_when_a_connection_closes() {
+    let mut r = rig::<false>("max_connections = 2\nconnect_attempts = 1", 1);
+    for i in 0..3 {
+        r.queue_client([10, 0, 0, i + 1]);
+    }
+    r.listener_readable();
+    assert_eq!(r.worker.sys.accepted, 2, "no accept beyond the limit");
+    assert_eq!(
+        r.worker.sys.backlog.len(),
+        1,
+        "the third waits in the backlog"
+    );
+    assert_eq!(r.worker.slab.len(), 2);
+    assert!(!r.listening(), "a full service's listener is not watched");
+
+    // Still full: the turn's end does not resume it, a stray event does
+    // not accept.
+    r.after(Duration::ZERO);
+    r.listener_readable();
+    assert!(!r.listening());
+    assert_eq!(r.worker.sys.accepted, 2);
+    assert_eq!(r.worker.control.connections.load(Relaxed), 2);
+
+    // One connection closes (its only backend refuses): room for one.
+    r.connect_fails(0, libc::ECONNREFUSED);
+    assert!(r.client_closed(0));
+    assert_eq!(r.worker.slab.len(), 1);
+    r.after(Duration::ZERO);
+    assert!(r.listening(), "resumed once a place is free");
+
+    // Edge-triggered: the queued client raises no new event; the worker
+    // looks by itself next turn, and takes exactly the one place.
+    r.after(Duration::ZERO);
+    assert_eq!(r.worker.sys.accepted, 3);
+    assert!(r.worker.sys.backlog.is_empty());
+    assert_eq!(r.worker.slab.len(), 2);
+    assert!(!r.listening(), "full again");
+    assert!(!r.client_closed(1) && !r.client_closed(2));
+}
+
+#[test]
+fn at_max_connections_connections_the_engine_accepted_are_held_and_served_on_resume() {
+    let mut r = rig::<true>("max_connections = 2\nconnect_attempts = 1", 1);
+    for i in 0..3 {
+        let (fd, peer) = r.client([10, 0, 0, i + 1]);
+        r.worker.on_accepted(0, fd, peer);
+    }
+    assert_eq!(r.worker.slab.len(), 2);
+    assert_eq!(r.worker.listeners[0].held.len(), 1, "the third is held");
+    assert!(!r.listening(), "the engine's accept is stopped");
+    assert!(!r.client_closed(2), "held, not refused");
+
+    r.connect_fails(0, libc::ECONNREFUSED);
+    assert!(r.client_closed(0));
+    r.after(Duration::ZERO);
+    assert!(r.worker.listeners[0].held.is_empty(), "served on resume");
+    assert_eq!(r.worker.slab.len(), 2);
+    assert_eq!(r.worker.control.accepted.load(Relaxed), 3);
+    // The held client got a connect of its own.
+    assert_eq!(r.worker.sys.connects.len(), 3);
+    assert!(!r.client_closed(2));
+}
+
+#[test]
+fn a_failed_connect_tries_the_next_distinct_backend_in_preference_order_up_to_max_attempts() {
+    let mut r = rig::<false>("connect_attempts = 20", 12);
+    let ip = [10, 1, 2, 3];
+    let expected = r.preference(ip);
+    assert_eq!(expected.len(), MAX_ATTEMPTS, "attempts are bounded");
+    // One fails at once (the connect call itself), the others when the
+    // kernel reports the outcome.
+    r.worker
+        .sys
+        .fail_at_once
+        .insert(expected[2], libc::ENETUNREACH);
+
+    r.queue_client(ip);
+    r.listener_readable();
+    for _ in 0..MAX_ATTEMPTS - 1 {
+        assert!(
+            !r.client_closed(0),
+            "the client waits while backends are left"
+        );
+        r.connect_fails(0, libc::ECONNREFUSED);
+    }
+
+    assert_eq!(r.worker.sys.connects, expected, "preference order");
+    let mut distinct = expected.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), MAX_ATTEMPTS, "each backend tried once");
+    let reported: Vec<_> = r.failures();
+    let want: Vec<_> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| {
+            let reason = if i == 2 {
+                ConnectFailure::Unreachable
+            } else {
+                ConnectFailure::Refused
+            };
+            (a, reason)
+        })
+        .collect();
+    assert_eq!(reported, want, "every failure reported as passive health");
+    assert_eq!(
+        r.backend_stats(expected[0]).connect_refused.load(Relaxed),
+        1
+    );
+    assert_eq!(r.backend_stats(expected[2]).connect_other.load(Relaxed), 1);
+
+    assert!(r.client_closed(0), "all failed: the client is closed");
+    assert_eq!(r.worker.slab.len(), 0);
+    assert_eq!(r.service_stat(|s| s.no_backend.load(Relaxed)), 1);
+    assert_eq!(
+        r.service_stat(|s| s.retries.load(Relaxed)),
+        MAX_ATTEMPTS as u64 - 1
+    );
+    assert!(
+        r.worker.reactor.watched.len() == 1,
+        "only the listener left"
+    );
+}
+
+#[test]
+fn a_connect_that_completes_after_a_failure_is_established_with_the_second_backend() {
+    let mut r = rig::<false>("connect_attempts = 3", 3);
+    let ip = [10, 9, 8, 7];
+    let expected = r.preference(ip);
+    r.queue_client(ip);
+    r.listener_readable();
+    r.connect_fails(0, libc::ECONNREFUSED);
+    r.connect_succeeds(0);
+    assert_eq!(r.worker.sys.connects, expected[..2]);
+    assert_eq!(r.backend_stats(expected[1]).active.load(Relaxed), 1);
+    assert_eq!(r.backend_stats(expected[0]).active.load(Relaxed), 0);
+    assert!(matches!(
+        r.worker.slab.get(0).map(|c| &c.phase),
+        Some(Phase::Established { .. })
+    ));
+    assert!(!r.client_closed(0));
+    assert_eq!(r.service_stat(|s| s.retries.load(Relaxed)), 1);
+}
+
+#[test]
+fn a_connect_timeout_tries_the_next_backend_and_an_idle_connection_is_reset() {
+    let mut r = rig::<false>(
+        "connect_timeout = \"1s\"\nidle_timeout = \"10s\"\nconnect_attempts = 3",
+        3,
+    );
+    let ip = [10, 0, 0, 1];
+    let expected = r.preference(ip);
+    r.queue_client(ip);
+    r.listener_readable();
+    assert_eq!(r.worker.sys.connects, expected[..1]);
+
+    r.after(Duration::from_millis(999));
+    assert_eq!(r.worker.sys.connects.len(), 1, "not timed out yet");
+    assert!(r.failures().is_empty());
+
+    r.after(Duration::from_millis(2));
+    assert_eq!(r.worker.sys.connects, expected[..2], "on to the next");
+    assert_eq!(r.failures(), [(expected[0], ConnectFailure::Timeout)]);
+    assert_eq!(
+        r.backend_stats(expected[0]).connect_timeout.load(Relaxed),
+        1
+    );
+    assert!(
+        closed(&mut r.worker.sys.backends[0]),
+        "the timed-out socket is closed"
+    );
+
+    r.connect_succeeds(0);
+    assert_eq!(r.backend_stats(expected[1]).active.load(Relaxed), 1);
+
+    // The old connect deadline passes: nothing happens to an established
+    // connection that is not idle for long.
+    r.after(Duration::from_secs(5));
+    assert!(!r.client_closed(0));
+    assert_eq!(r.worker.slab.len(), 1);
+    r.after(Duration::from_secs(4));
+    assert!(!r.client_closed(0), "idle for 9 s of 10");
+
+    r.after(Duration::from_millis(1_100));
+    assert!(r.client_closed(0), "idle too long: closed");
+    assert!(closed(&mut r.worker.sys.backends[1]));
+    assert_eq!(r.worker.slab.len(), 0);
+    assert_eq!(r.backend_stats(expected[1]).active.load(Relaxed), 0);
+    assert_eq!(r.service_stat(|s| s.active.load(Relaxed) as u64), 0);
+    assert!(
+        r.failures().is_empty(),
+        "an idle close is no backend failure"
+    );
+}
+
+#[test]
+fn draining_stops_accepting_and_lets_established_connections_finish() {
+    let mut r = rig::<false>("", 1);
+    r.queue_client([10, 0, 0, 1]);
+    r.listener_readable();
+    r.connect_succeeds(0);
+    r.queue_client([10, 0, 0, 2]);
+
+    r.worker.control.draining.store(true, Relaxed);
+    r.after(Duration::ZERO);
+    assert!(!r.listening(), "the listener is closed");
+    assert!(r.worker.listeners[0].socket.is_none());
+    r.listener_readable();
+    r.after(Duration::ZERO);
+    assert_eq!(r.worker.sys.accepted, 1, "nothing accepted while draining");
+
+    // The established connection goes on.
+    assert!(!r.client_closed(0));
+    assert_eq!(r.worker.control.connections.load(Relaxed), 1);
+    assert!(!r.worker.should_exit());
+
+    // Both peers close: the connection finishes on its own.
+    let client_leg = r.worker.slab.token(0, false);
+    let backend_leg = r.worker.slab.token(0, true);
+    r.clients[0] = UnixStream::pair().expect("a socket pair").0; // drops the client's end
+    r.worker.sys.backends.clear();
+    r.worker.on_event(client_leg, FIN);
+    r.worker.on_event(backend_leg, FIN);
+    r.after(Duration::ZERO);
+    assert_eq!(r.worker.slab.len(), 0);
+    assert_eq!(
+        r.worker.control.connections.load(Relaxed),
+        0,
+        "what the control plane waits for before it stops the worker"
+    );
+
+    // The worker leaves its loop when told to stop, not before.
+    assert!(!r.worker.should_exit());
+    r.worker.control.stop.store(true, Relaxed);
+    assert!(r.worker.should_exit());
+}
