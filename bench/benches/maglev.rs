@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb_core::hash::client_key;
-use lb_core::maglev::{MaglevTable, Member};
+use lb_core::client_key;
+use lb_core::{MaglevTable, Member};
 
 /// The default table size (DESIGN.md).
 const M: u32 = 65_537;

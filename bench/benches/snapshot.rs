@@ -6,9 +6,9 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use lb_core::config::Config;
-use lb_core::control::Registry;
-use lb_core::snapshot::{PickState, SnapshotCell};
+use lb_core::Config;
+use lb_core::Registry;
+use lb_core::{PickState, SnapshotCell};
 
 fn config(backends: usize, balance: &str) -> Config {
     let mut toml = format!(

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lb_core::config::Config;
-use lb_core::demo::DemoBackends;
-use lb_core::handover;
-use lb_core::server::{Server, StartOptions};
+use lb_core::Config;
+use lb_core::DemoBackends;
+use lb_core::Inherited;
+use lb_core::{Server, StartOptions};
 
 /// Longest wait for the running ringlb during a takeover.
 const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -101,7 +101,7 @@ fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Resul
     // are bound to (matched by address), so they survive restarts.
     let activated = socket_activation()?;
     let (mut inherited, takeover) = match &upgrade_socket {
-        Some(sock) => match handover::take_over(sock, HANDOVER_TIMEOUT) {
+        Some(sock) => match lb_core::take_over(sock, HANDOVER_TIMEOUT) {
             Ok((sockets, takeover)) => {
                 tracing::info!(
                     sockets = sockets.len(),
@@ -141,7 +141,7 @@ fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Resul
         t.release().context("telling the old ringlb to drain")?;
     }
     // Under systemd (Type=notify): serving now. A no-op otherwise.
-    if let Err(e) = lb_core::notify::ready() {
+    if let Err(e) = lb_core::ready() {
         tracing::warn!(error = %e, "cannot tell systemd we are ready");
     }
     server.wait();
@@ -150,13 +150,12 @@ fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Resul
 }
 
 /// The listening sockets systemd passed (`LISTEN_FDS`), if any.
-fn socket_activation() -> anyhow::Result<Vec<handover::Inherited>> {
-    let fds =
-        lb_core::notify::listen_fds().context("reading the sockets systemd passed (LISTEN_FDS)")?;
+fn socket_activation() -> anyhow::Result<Vec<Inherited>> {
+    let fds = lb_core::listen_fds().context("reading the sockets systemd passed (LISTEN_FDS)")?;
     let mut out = Vec::new();
     for fd in fds {
         match fd.local {
-            Some(addr) => out.push(handover::Inherited {
+            Some(addr) => out.push(Inherited {
                 service: None,
                 addr,
                 socket: fd.fd.into(),

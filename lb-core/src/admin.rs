@@ -20,10 +20,10 @@
 //! at once.
 //! Bad input is answered (`{"error": "…"}`), never panicked on.
 
-pub mod auth;
-pub mod join;
-pub mod limit;
-pub mod view;
+pub(crate) mod auth;
+pub(crate) mod join;
+pub(crate) mod limit;
+pub(crate) mod view;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ use crate::worker::WorkerControl;
 use auth::Credentials;
 use join::Membership;
 use limit::FailureLimiter;
-pub use view::StatusView;
+pub(crate) use view::StatusView;
 use view::{BackendDoc, HealthDoc, ServicesDoc};
 
 /// Largest request body read (`{"weight": N}` and the join bodies).
@@ -85,7 +85,7 @@ const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 /// What the admin server needs, cloned from the config and the server at
 /// start. (Not called `AdminState`: that is the backend's operator state.)
 #[derive(Debug)]
-pub struct AdminContext {
+pub(crate) struct AdminContext {
     /// Peers allowed to connect at all.
     allow: Vec<IpNet>,
     /// Bearer token every state-changing request must carry, if set.
@@ -106,7 +106,7 @@ pub struct AdminContext {
 }
 
 impl AdminContext {
-    pub fn new(
+    pub(crate) fn new(
         global: &Global,
         commands: mpsc::UnboundedSender<Command>,
         workers: Vec<Arc<WorkerControl>>,
@@ -135,14 +135,14 @@ impl AdminContext {
 
 /// Binds the admin listener (non-blocking, ready for [`run`]). Done at
 /// start-up with the other listeners, so a busy port fails the start.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
 /// [`serve`] on a listener from [`bind`]; must run inside the runtime.
-pub async fn run(listener: std::net::TcpListener, ctx: AdminContext) {
+pub(crate) async fn run(listener: std::net::TcpListener, ctx: AdminContext) {
     match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => serve(listener, ctx).await,
         Err(e) => tracing::error!(error = %e, "the admin listener cannot join the runtime"),
@@ -150,7 +150,7 @@ pub async fn run(listener: std::net::TcpListener, ctx: AdminContext) {
 }
 
 /// Accepts and serves admin connections until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, ctx: AdminContext) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, ctx: AdminContext) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(admin = %addr, token = ctx.token.is_some(), "admin API listening");
     }

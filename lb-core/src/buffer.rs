@@ -10,7 +10,7 @@
 
 /// Idle buffers of one worker, and how many are lent out.
 #[derive(Debug)]
-pub struct BufferPool {
+pub(crate) struct BufferPool {
     /// Last in, first out: the next taker gets the warmest buffer.
     idle: Vec<Box<[u8]>>,
     /// Most idle buffers kept; more are freed when returned.
@@ -22,7 +22,7 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    pub fn new(size: usize, cap: usize) -> BufferPool {
+    pub(crate) fn new(size: usize, cap: usize) -> BufferPool {
         BufferPool {
             idle: Vec::new(),
             cap,
@@ -32,7 +32,7 @@ impl BufferPool {
     }
 
     /// Takes a buffer, allocating one if none is idle.
-    pub fn take(&mut self) -> Box<[u8]> {
+    pub(crate) fn take(&mut self) -> Box<[u8]> {
         self.lent += 1;
         self.idle
             .pop()
@@ -41,18 +41,19 @@ impl BufferPool {
 
     /// Gives a buffer back (its content is never read again: a taker only
     /// sends what it received into it).
-    pub fn give_back(&mut self, buf: Box<[u8]>) {
+    pub(crate) fn give_back(&mut self, buf: Box<[u8]>) {
         self.lent = self.lent.saturating_sub(1);
         if self.idle.len() < self.cap {
             self.idle.push(buf);
         }
     }
 
-    pub fn lent(&self) -> usize {
+    pub(crate) fn lent(&self) -> usize {
         self.lent
     }
 
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
         self.idle.len()
     }
 }

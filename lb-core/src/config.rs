@@ -23,11 +23,11 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use ipnet::IpNet;
+pub(crate) use ipnet::IpNet;
 
 /// Default Maglev lookup table size: prime, and > 100 × N for up to 655
 /// backends, which keeps every backend's share within 1% of its weight.
-pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65_537;
+pub(crate) const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65_537;
 /// Default health check path: the artifact cluster router's endpoint.
 pub const DEFAULT_HEALTH_PATH: &str = "/router/api/v1/system/health";
 

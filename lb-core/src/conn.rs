@@ -27,14 +27,14 @@ use crate::sys;
 
 /// Which socket of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     Client,
     Backend,
 }
 
 /// What the kernel last told us about one socket (edge-triggered).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub readable: bool,
     pub writable: bool,
     /// The peer's FIN, a hang-up or an error was reported (POLLRDHUP,
@@ -47,14 +47,15 @@ pub struct Readiness {
 impl Readiness {
     /// Everything possible: what a socket is assumed to be when nothing is
     /// known (the next syscall tells).
-    pub const ANY: Readiness = Readiness {
+    #[cfg(test)]
+    pub(crate) const ANY: Readiness = Readiness {
         readable: true,
         writable: true,
         read_closed: true,
     };
 
     /// Adds an event's report to what is known.
-    pub fn merge(&mut self, event: Readiness) {
+    pub(crate) fn merge(&mut self, event: Readiness) {
         self.readable |= event.readable;
         self.writable |= event.writable;
         self.read_closed |= event.read_closed;
@@ -63,7 +64,11 @@ impl Readiness {
 
 /// Why a flow stopped with an error.
 #[derive(Debug)]
-pub enum FlowError {
+#[expect(
+    dead_code,
+    reason = "the errors are kept for the local-error counters (a pipe that cannot be had is the host's fault, not a peer's)"
+)]
+pub(crate) enum FlowError {
     /// Reading the source failed (usually ECONNRESET).
     Source(io::Error),
     /// Writing the destination failed (EPIPE, ECONNRESET).
@@ -92,7 +97,7 @@ impl FlowError {
 
 /// One direction of a connection.
 #[derive(Debug, Default)]
-pub struct Flow {
+pub(crate) struct Flow {
     /// Present only while bytes are in flight.
     pipe: Option<Pipe>,
     /// Bytes in the pipe, read from the source and not yet written.
@@ -123,11 +128,11 @@ pub struct Flow {
 /// splicing through a pipe (measured: small request/response traffic is
 /// cheaper copied on both engines); above it, splice avoids copying the
 /// bytes twice. HAProxy's splice-auto draws a similar line.
-pub const BULK_READ: usize = 16 * 1024;
+pub(crate) const BULK_READ: usize = 16 * 1024;
 
 /// What one call to [`Flow::pump`] achieved.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Pumped {
+pub(crate) struct Pumped {
     /// Some byte or FIN moved.
     pub progressed: bool,
     /// Stopped only because the budget ran out: call again soon.
@@ -135,21 +140,23 @@ pub struct Pumped {
 }
 
 impl Flow {
-    pub fn is_shut(&self) -> bool {
+    pub(crate) fn is_shut(&self) -> bool {
         self.shut
     }
 
-    pub fn holds_pipe(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn holds_pipe(&self) -> bool {
         self.pipe.is_some()
     }
 
-    pub fn holds_buffer(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn holds_buffer(&self) -> bool {
         self.buf.is_some()
     }
 
     /// Moves bytes `src` → pipe → `dst` as far as readiness and `budget`
     /// (splice calls from the source) allow.
-    pub fn pump(
+    pub(crate) fn pump(
         &mut self,
         src: RawFd,
         dst: RawFd,
@@ -236,7 +243,7 @@ impl Flow {
     /// The copy strategy's [`pump`](Flow::pump): `src` → buffer → `dst`
     /// with non-blocking recv/send, as far as readiness and `budget` (recv
     /// calls) allow. Same readiness, EOF and error rules as splice.
-    pub fn pump_copy(
+    pub(crate) fn pump_copy(
         &mut self,
         src: RawFd,
         dst: RawFd,
@@ -329,7 +336,7 @@ impl Flow {
     /// splices. The switch happens only with the buffer empty, so bytes stay
     /// in order.
     #[allow(clippy::too_many_arguments)]
-    pub fn pump_auto(
+    pub(crate) fn pump_auto(
         &mut self,
         src: RawFd,
         dst: RawFd,
@@ -403,7 +410,7 @@ impl Flow {
     }
 
     /// Releases the buffer of a dying connection (its bytes are dropped).
-    pub fn release_buffer(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn release_buffer(&mut self, pool: &mut BufferPool) {
         if let Some(b) = self.buf.take() {
             pool.give_back(b);
         }
@@ -411,7 +418,7 @@ impl Flow {
     }
 
     /// Releases the pipe of a dying connection: reused if empty, else closed.
-    pub fn release(&mut self, pool: &mut PipePool) {
+    pub(crate) fn release(&mut self, pool: &mut PipePool) {
         if let Some(p) = self.pipe.take() {
             if self.in_pipe == 0 {
                 pool.give_back(p);
@@ -425,7 +432,7 @@ impl Flow {
 
 /// The two flows of an established connection.
 #[derive(Debug, Default)]
-pub struct Pair {
+pub(crate) struct Pair {
     /// Client → backend.
     pub up: Flow,
     /// Backend → client.
@@ -434,7 +441,7 @@ pub struct Pair {
 
 /// What the engine should do after driving a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Still open; `starved`: a budget ran out, drive again next turn.
     Open { progressed: bool, starved: bool },
     /// Both directions finished cleanly: close both sockets now (the last
@@ -450,7 +457,7 @@ pub enum Outcome {
 
 impl Pair {
     /// Drives both directions with the sockets' readiness.
-    pub fn drive(
+    pub(crate) fn drive(
         &mut self,
         client: RawFd,
         backend: RawFd,
@@ -471,7 +478,7 @@ impl Pair {
 
     /// [`drive`](Pair::drive) with the copy strategy (recv/send through
     /// pooled buffers).
-    pub fn drive_copy(
+    pub(crate) fn drive_copy(
         &mut self,
         client: RawFd,
         backend: RawFd,
@@ -494,7 +501,7 @@ impl Pair {
     /// reads are small, splice once one read brings [`BULK_READ`] bytes or
     /// more (see [`Flow::pump_auto`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn drive_auto(
+    pub(crate) fn drive_auto(
         &mut self,
         client: RawFd,
         backend: RawFd,
@@ -571,27 +578,29 @@ impl Pair {
         }
     }
 
-    pub fn release(&mut self, pool: &mut PipePool) {
+    pub(crate) fn release(&mut self, pool: &mut PipePool) {
         self.up.release(pool);
         self.down.release(pool);
     }
 
-    pub fn holds_pipe(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn holds_pipe(&self) -> bool {
         self.up.holds_pipe() || self.down.holds_pipe()
     }
 
-    pub fn release_buffers(&mut self, pool: &mut BufferPool) {
+    pub(crate) fn release_buffers(&mut self, pool: &mut BufferPool) {
         self.up.release_buffer(pool);
         self.down.release_buffer(pool);
     }
 
-    pub fn holds_buffer(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn holds_buffer(&self) -> bool {
         self.up.holds_buffer() || self.down.holds_buffer()
     }
 }
 
 /// Prepares a socket to be closed with an RST.
-pub fn prepare_reset(fd: RawFd) {
+pub(crate) fn prepare_reset(fd: RawFd) {
     let _ = sys::set_linger_zero(fd);
 }
 

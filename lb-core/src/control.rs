@@ -17,8 +17,9 @@ mod plane;
 mod registry;
 pub(crate) mod status;
 
-pub use command::Command;
-pub use join::{JoinError, JoinOutcome};
+pub(crate) use command::Command;
+pub(crate) use join::{JoinError, JoinOutcome};
 pub(crate) use plane::{AdminTask, ControlPlane, ControlSetup};
-pub use plane::{ControlCounters, ReloadError};
-pub use registry::{BackendRecord, Health, Registry, RegistryError, ReloadSummary, ServiceRecord};
+pub(crate) use plane::{ControlCounters, ReloadError};
+pub use registry::Registry;
+pub(crate) use registry::{BackendRecord, Health, RegistryError, ReloadSummary};

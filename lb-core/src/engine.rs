@@ -16,8 +16,8 @@
 //! [`EngineChoice::reason`] for the one log line; `engine = "uring"` fails
 //! start-up instead.
 
-pub mod epoll;
-pub mod uring;
+pub(crate) mod epoll;
+pub(crate) mod uring;
 
 use crate::config::EngineKind;
 use crate::worker::WorkerSetup;
@@ -34,7 +34,7 @@ pub struct EngineChoice {
 
 /// Resolves the configured engine kind against what this build and kernel
 /// can run. `Err` only when a specific engine was demanded and can't run.
-pub fn choose(kind: EngineKind) -> Result<EngineChoice, crate::Error> {
+pub(crate) fn choose(kind: EngineKind) -> Result<EngineChoice, crate::Error> {
     match kind {
         EngineKind::Epoll => decide(kind, Err(uring::Unusable("not asked for".into()))),
         EngineKind::Uring | EngineKind::Auto => decide(kind, uring::self_test()),
@@ -76,7 +76,7 @@ fn decide(
 }
 
 /// Runs one worker to completion on the current thread.
-pub fn run(choice: &EngineChoice, mut setup: WorkerSetup) -> Result<(), crate::Error> {
+pub(crate) fn run(choice: &EngineChoice, mut setup: WorkerSetup) -> Result<(), crate::Error> {
     if choice.name != "uring" {
         // The uring-* forwardings need the ring (the server said so).
         setup.forwarding = setup.forwarding.inline();

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-pub use crate::config::ConfigError;
+pub(crate) use crate::config::ConfigError;
 
 /// Errors of ringlb's library.
 #[derive(Debug, thiserror::Error)]

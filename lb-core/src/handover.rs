@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
 /// Sockets passed per message (the kernel allows 253).
-pub const FDS_PER_MESSAGE: usize = 128;
+pub(crate) const FDS_PER_MESSAGE: usize = 128;
 const HELLO: &str = "takeover v1";
 const READY: &str = "ready";
 /// Room for one message's JSON body.
@@ -149,7 +149,7 @@ fn recv_batch(fd: RawFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
 /// `listeners`, then waits for `ready`. Blocking with timeouts; returns Ok
 /// once the new process said it is ready (then drain), Err otherwise (then
 /// keep serving: nothing changed).
-pub fn serve_takeover(
+pub(crate) fn serve_takeover(
     stream: UnixStream,
     listeners: &[(String, SocketAddr, RawFd)],
     timeout: Duration,

@@ -44,17 +44,17 @@ use std::net::IpAddr;
 use siphasher::sip::SipHasher13;
 
 /// Client-key hash key, first half: `"ringlb:c"`.
-pub const CLIENT_K0: u64 = 0x7269_6e67_6c62_3a63;
+pub(crate) const CLIENT_K0: u64 = 0x7269_6e67_6c62_3a63;
 /// Client-key hash key, second half: `"lientip1"`.
-pub const CLIENT_K1: u64 = 0x6c69_656e_7469_7031;
+pub(crate) const CLIENT_K1: u64 = 0x6c69_656e_7469_7031;
 /// Maglev offset hash key, first half: `"ringlb:m"`.
-pub const OFFSET_K0: u64 = 0x7269_6e67_6c62_3a6d;
+pub(crate) const OFFSET_K0: u64 = 0x7269_6e67_6c62_3a6d;
 /// Maglev offset hash key, second half: `"agoffse1"`.
-pub const OFFSET_K1: u64 = 0x6167_6f66_6673_6531;
+pub(crate) const OFFSET_K1: u64 = 0x6167_6f66_6673_6531;
 /// Maglev skip hash key, first half: `"ringlb:m"`.
-pub const SKIP_K0: u64 = 0x7269_6e67_6c62_3a6d;
+pub(crate) const SKIP_K0: u64 = 0x7269_6e67_6c62_3a6d;
 /// Maglev skip hash key, second half: `"agskip01"`.
-pub const SKIP_K1: u64 = 0x6167_736b_6970_3031;
+pub(crate) const SKIP_K1: u64 = 0x6167_736b_6970_3031;
 
 /// Tag byte in front of a masked IPv4 address.
 const TAG_V4: u8 = 4;
@@ -90,7 +90,7 @@ pub fn client_key(ip: IpAddr, prefix_v4: u8, prefix_v6: u8) -> u64 {
 
 /// Two independent stable hashes of a backend's configured name: Maglev's
 /// offset (`.0`) and skip (`.1`) seeds. See the module documentation.
-pub fn name_hashes(name: &str) -> (u64, u64) {
+pub(crate) fn name_hashes(name: &str) -> (u64, u64) {
     let bytes = name.as_bytes();
     (
         SipHasher13::new_with_keys(OFFSET_K0, OFFSET_K1).hash(bytes),

@@ -17,10 +17,10 @@
 //! probe again at once. Backends with `kind = "none"` get no task: they are
 //! reported `Up` once.
 
-pub mod machine;
+pub(crate) mod machine;
 pub mod probe;
-pub mod proxy;
-pub mod verdict;
+pub(crate) mod proxy;
+pub(crate) mod verdict;
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -35,10 +35,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use machine::{Flip, HealthState, State};
+pub(crate) use machine::HealthState;
+pub use machine::State;
 pub use probe::{probe, TlsProbeConfig};
-pub use proxy::{ProxyAddr, ProxySettings};
-pub use verdict::{judge, Reason};
+pub use proxy::ProxySettings;
+pub use verdict::Reason;
 
 use crate::config::{HealthCheck, HealthKind};
 

@@ -5,29 +5,54 @@
 //! listeners, its event loop (io_uring or epoll), its connections and pipes.
 //! The only thing they share on the hot path is the published [`snapshot`].
 
-pub mod admin;
-pub mod buffer;
-pub mod config;
-pub mod conn;
-pub mod control;
-pub mod demo;
-pub mod engine;
-pub mod error;
-pub mod handover;
-pub mod hash;
-pub mod health;
-pub mod maglev;
-pub mod metrics;
-pub mod notify;
-pub mod pipe;
-pub mod policy;
-pub mod server;
-pub mod snapshot;
-pub mod stats;
-pub mod sys;
-pub mod worker;
+mod admin;
+mod buffer;
+mod config;
+mod conn;
+mod control;
+mod demo;
+mod engine;
+mod error;
+mod handover;
+mod hash;
+mod health;
+mod maglev;
+mod metrics;
+mod notify;
+mod pipe;
+mod policy;
+mod server;
+mod snapshot;
+mod stats;
+mod sys;
+mod worker;
 
 pub use error::{Error, Result};
+
+// The public surface: what the binary, the benches and the tests use.
+// Everything else is `pub(crate)` (the `unreachable_pub` lint keeps it so),
+// which lets the compiler find dead code.
+
+// Running a whole ringlb: the binary, the demo, the integration tests.
+pub use config::{AdminState, Config, DegradedIs, HealthCheck, HealthKind, DEFAULT_HEALTH_PATH};
+pub use demo::DemoBackends;
+pub use engine::uring::self_test as uring_self_test;
+pub use engine::EngineChoice;
+pub use handover::{take_over, Inherited};
+pub use notify::{listen_fds, ready};
+pub use server::{Server, ServerHandle, StartOptions};
+pub use sys::raise_nofile_limit;
+pub use worker::WorkerControl;
+
+// The prober on its own (the health tests).
+pub use health::State as Health;
+pub use health::{probe, BackendKey, ProbeReport, Prober, ProxySettings, Reason, TlsProbeConfig};
+
+// The algorithms and the published table (the criterion benches).
+pub use control::Registry;
+pub use hash::client_key;
+pub use maglev::{MaglevTable, Member};
+pub use snapshot::{PickState, SnapshotCell};
 
 #[cfg(test)]
 mod test_sockets;

@@ -28,7 +28,7 @@ use crate::hash;
 
 /// Smallest table size accepted. Real deployments want a prime above
 /// 100 × the number of backends (65 537 by default).
-pub const MIN_TABLE_SIZE: u32 = 7;
+pub(crate) const MIN_TABLE_SIZE: u32 = 7;
 
 /// One backend as the table builder sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use crate::control::Health;
 use crate::worker::WorkerControl;
 
 /// `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A metric family's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl Exposition {
 
 /// Renders every metric. Counters are read with relaxed loads: each value
 /// is exact, the set is not one instant (as with any scrape).
-pub fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> String {
+pub(crate) fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> String {
     let mut e = Exposition {
         out: String::with_capacity(4096),
     };

@@ -26,14 +26,14 @@ const LISTEN_FDS_START: RawFd = 3;
 
 /// Where notifications go: the socket named by `NOTIFY_SOCKET`.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     addr: UnixAddr,
 }
 
 impl Notifier {
     /// The notifier of `$NOTIFY_SOCKET`; None when it is unset (not run by
     /// systemd, or `Type=` is not notify).
-    pub fn from_env() -> io::Result<Option<Notifier>> {
+    pub(crate) fn from_env() -> io::Result<Option<Notifier>> {
         match std::env::var_os("NOTIFY_SOCKET") {
             None => Ok(None),
             Some(s) => Notifier::new(&s).map(Some),
@@ -42,7 +42,7 @@ impl Notifier {
 
     /// A notifier for a socket given as `NOTIFY_SOCKET` spells it: an
     /// absolute path, or `@name` for the abstract namespace.
-    pub fn new(socket: &OsStr) -> io::Result<Notifier> {
+    pub(crate) fn new(socket: &OsStr) -> io::Result<Notifier> {
         let bytes = socket.as_bytes();
         let addr = match bytes.first() {
             Some(b'@') => UnixAddr::from_abstract_name(&bytes[1..])?,
@@ -60,7 +60,7 @@ impl Notifier {
     }
 
     /// Sends one message (newline-separated `KEY=VALUE` lines).
-    pub fn send(&self, message: &str) -> io::Result<()> {
+    pub(crate) fn send(&self, message: &str) -> io::Result<()> {
         let socket = UnixDatagram::unbound()?;
         let sent = socket.send_to_addr(message.as_bytes(), &self.addr)?;
         if sent != message.len() {
@@ -74,7 +74,7 @@ impl Notifier {
 }
 
 /// Sends `message` to `$NOTIFY_SOCKET`; Ok(false) when it is unset.
-pub fn notify(message: &str) -> io::Result<bool> {
+pub(crate) fn notify(message: &str) -> io::Result<bool> {
     match Notifier::from_env()? {
         Some(n) => n.send(message).map(|()| true),
         None => Ok(false),
@@ -88,32 +88,22 @@ pub fn ready() -> io::Result<bool> {
 
 /// `RELOADING=1` with the monotonic time systemd asks for; send
 /// [`ready`] when the reload is done (applied or rejected).
-pub fn reloading() -> io::Result<bool> {
+pub(crate) fn reloading() -> io::Result<bool> {
     notify(&reloading_message(monotonic_micros()?))
 }
 
 /// `STOPPING=1`: shutdown began.
-pub fn stopping() -> io::Result<bool> {
+pub(crate) fn stopping() -> io::Result<bool> {
     notify("STOPPING=1")
 }
 
 /// `WATCHDOG=1`: still alive.
-pub fn watchdog() -> io::Result<bool> {
+pub(crate) fn watchdog() -> io::Result<bool> {
     notify("WATCHDOG=1")
-}
-
-/// `STATUS=…`: one line shown by `systemctl status`.
-pub fn status(text: &str) -> io::Result<bool> {
-    notify(&status_message(text))
 }
 
 fn reloading_message(monotonic_usec: u64) -> String {
     format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
-}
-
-/// `STATUS=` takes one line: line breaks become spaces.
-fn status_message(text: &str) -> String {
-    format!("STATUS={}", text.replace(['\n', '\r'], " "))
 }
 
 /// CLOCK_MONOTONIC in microseconds, as systemd compares it.
@@ -131,7 +121,7 @@ fn monotonic_micros() -> io::Result<u64> {
 
 /// How often systemd expects `WATCHDOG=1` (`WatchdogSec=`), if it does and
 /// the request is for this process. Ping at half of it.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec = std::env::var("WATCHDOG_USEC").ok();
     let pid = std::env::var("WATCHDOG_PID").ok();
     parse_watchdog(usec.as_deref(), pid.as_deref(), std::process::id())
@@ -151,7 +141,7 @@ fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option<
 /// loop keeps turning (an idle worker still turns at least every 100 ms),
 /// so a stuck worker or control plane gets ringlb restarted. Returns at
 /// once when no watchdog is asked for. Runs on the control plane's runtime.
-pub async fn supervise_watchdog(workers: Vec<Arc<WorkerControl>>) {
+pub(crate) async fn supervise_watchdog(workers: Vec<Arc<WorkerControl>>) {
     let Some(interval) = watchdog_interval() else {
         return;
     };
@@ -308,8 +298,7 @@ mod tests {
         let n = Notifier::new(path.as_os_str()).expect("notifier");
         n.send("READY=1").expect("send");
         assert_eq!(recv(&server), "READY=1");
-        n.send(&status_message("serving\n2 services"))
-            .expect("send");
+        n.send("STATUS=serving 2 services").expect("send");
         assert_eq!(recv(&server), "STATUS=serving 2 services");
         let _ = std::fs::remove_file(&path);
     }
@@ -366,8 +355,6 @@ mod tests {
         assert_eq!(recv(&server), "STOPPING=1");
         assert!(watchdog().expect("sent"));
         assert_eq!(recv(&server), "WATCHDOG=1");
-        assert!(status("draining").expect("sent"));
-        assert_eq!(recv(&server), "STATUS=draining");
         std::env::remove_var("NOTIFY_SOCKET");
         let _ = std::fs::remove_file(&path);
     }

@@ -13,7 +13,7 @@ use crate::sys;
 
 /// A kernel pipe used as the zero-copy buffer between two sockets.
 #[derive(Debug)]
-pub struct Pipe {
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// Capacity the kernel granted, in bytes.
@@ -21,20 +21,20 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    pub fn read_fd(&self) -> RawFd {
+    pub(crate) fn read_fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }
-    pub fn write_fd(&self) -> RawFd {
+    pub(crate) fn write_fd(&self) -> RawFd {
         self.write.as_raw_fd()
     }
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 }
 
 /// Idle pipes of one worker, and how many it has made in all.
 #[derive(Debug)]
-pub struct PipePool {
+pub(crate) struct PipePool {
     idle: Vec<Pipe>,
     /// Most idle pipes kept; more are closed when returned.
     cap: usize,
@@ -45,7 +45,7 @@ pub struct PipePool {
 }
 
 impl PipePool {
-    pub fn new(size: usize, cap: usize) -> PipePool {
+    pub(crate) fn new(size: usize, cap: usize) -> PipePool {
         PipePool {
             idle: Vec::with_capacity(cap.min(1024)),
             cap,
@@ -55,7 +55,7 @@ impl PipePool {
     }
 
     /// Takes an empty pipe, making one if none is idle.
-    pub fn take(&mut self) -> io::Result<Pipe> {
+    pub(crate) fn take(&mut self) -> io::Result<Pipe> {
         let pipe = match self.idle.pop() {
             Some(p) => p,
             None => {
@@ -73,7 +73,7 @@ impl PipePool {
     }
 
     /// Gives back a pipe the caller knows to be empty.
-    pub fn give_back(&mut self, pipe: Pipe) {
+    pub(crate) fn give_back(&mut self, pipe: Pipe) {
         self.lent = self.lent.saturating_sub(1);
         if self.idle.len() < self.cap {
             self.idle.push(pipe);
@@ -81,15 +81,16 @@ impl PipePool {
     }
 
     /// Closes a pipe that may still hold bytes.
-    pub fn discard(&mut self, pipe: Pipe) {
+    pub(crate) fn discard(&mut self, pipe: Pipe) {
         self.lent = self.lent.saturating_sub(1);
         drop(pipe);
     }
 
-    pub fn lent(&self) -> usize {
+    pub(crate) fn lent(&self) -> usize {
         self.lent
     }
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
         self.idle.len()
     }
 }

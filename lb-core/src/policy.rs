@@ -12,7 +12,7 @@
 /// Round-robin over the usable backends, one cursor per worker. Weights are
 /// not considered.
 #[derive(Debug, Clone, Default)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     /// Index to try first on the next pick. May be beyond the backend count
     /// after the set shrinks; it is taken modulo the count.
     next: usize,
@@ -21,13 +21,13 @@ pub struct RoundRobin {
 impl RoundRobin {
     /// A cursor starting at `start` (a worker's index, so that workers don't
     /// all send their first connection to backend 0).
-    pub fn new(start: usize) -> Self {
+    pub(crate) fn new(start: usize) -> Self {
         RoundRobin { next: start }
     }
 
     /// The next usable backend after the previous pick, or None if none is
     /// usable. O(backends) at worst, O(1) when the next one is usable.
-    pub fn pick(&mut self, usable: &[bool]) -> Option<usize> {
+    pub(crate) fn pick(&mut self, usable: &[bool]) -> Option<usize> {
         let n = usable.len();
         if n == 0 {
             return None;
@@ -45,7 +45,7 @@ impl RoundRobin {
 /// first connection: an idle pair weighted 3 and 1 sends the first connection
 /// to the heavier one.) Ties go to the first in index order from `start`
 /// (wrapping), so a caller that advances `start` spreads equal backends.
-pub fn least_conn(
+pub(crate) fn least_conn(
     usable: &[bool],
     active: impl Fn(usize) -> u64,
     weights: &[u32],
@@ -71,7 +71,7 @@ pub fn least_conn(
 /// quality without scanning every backend, and no herd on one idle backend
 /// when many workers choose at once. One generator per worker.
 #[derive(Debug, Clone)]
-pub struct P2c {
+pub(crate) struct P2c {
     /// xorshift64* state; never zero.
     rng: u64,
 }
@@ -82,7 +82,7 @@ const P2C_DRAWS: usize = 8;
 impl P2c {
     /// A generator seeded with `seed` (a zero seed is replaced, since
     /// xorshift's state must never be zero). Seed workers differently.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         P2c {
             rng: if seed == 0 {
                 0x9e37_79b9_7f4a_7c15
@@ -94,7 +94,7 @@ impl P2c {
 
     /// Picks a backend, or None if none is usable; the only usable one if
     /// there is just one.
-    pub fn pick(
+    pub(crate) fn pick(
         &mut self,
         usable: &[bool],
         active: impl Fn(usize) -> u64,
@@ -151,7 +151,7 @@ impl P2c {
 /// Where to fail over after `first` for the non-hash policies: the usable
 /// backends after it in index order (wrapping), each once, `first` excluded.
 /// Fills `out` and returns how many it wrote.
-pub fn failover_order(first: usize, usable: &[bool], out: &mut [u32]) -> usize {
+pub(crate) fn failover_order(first: usize, usable: &[bool], out: &mut [u32]) -> usize {
     let n = usable.len();
     if n == 0 {
         return 0;
@@ -178,7 +178,7 @@ pub fn failover_order(first: usize, usable: &[bool], out: &mut [u32]) -> usize {
 /// connection being placed, so an idle cluster accepts. `c` below 1 (or NaN)
 /// counts as 1: a lower cap could refuse every backend. With no usable
 /// backends there is no mean to exceed, and the answer is yes.
-pub fn bounded_load_ok(active: u64, total_active: u64, usable_count: usize, c: f64) -> bool {
+pub(crate) fn bounded_load_ok(active: u64, total_active: u64, usable_count: usize, c: f64) -> bool {
     if usable_count == 0 {
         return true;
     }

@@ -38,7 +38,7 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 
 /// TCP_NODELAY and SO_KEEPALIVE on a listener: Linux copies both to every
 /// socket it accepts, which saves two setsockopt calls per connection.
-pub fn set_accepted_defaults(listener: &Socket) -> io::Result<()> {
+pub(crate) fn set_accepted_defaults(listener: &Socket) -> io::Result<()> {
     listener.set_tcp_nodelay(true)?;
     listener.set_keepalive(true)
 }
@@ -48,7 +48,7 @@ pub(crate) const BACKLOG: i32 = 4096;
 
 /// A non-blocking listening socket with SO_REUSEPORT, so each worker can own
 /// one for the same address and the kernel spreads connections over them.
-pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // "[::]:p" and "0.0.0.0:p" may both be configured: keep them apart.
@@ -66,7 +66,7 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> 
 
 /// Starts a non-blocking connect to `addr` (from `source` if given).
 /// Returns the socket; completion is signalled by writability.
-pub fn start_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
+pub(crate) fn start_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
     // Non-blocking and close-on-exec from socket(2) itself (socket2 adds
     // SOCK_CLOEXEC): no fcntl calls per connection.
     let sock = Socket::new(
@@ -105,7 +105,7 @@ fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
 }
 
 /// Accepts one connection, non-blocking and close-on-exec (accept4).
-pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
+pub(crate) fn accept(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
     // SAFETY: the closure hands accept4 the storage and length socket2
     // prepared (zeroed, sized for any address) and reports errors; socket2
     // then trusts `len` as written by the kernel.
@@ -129,7 +129,7 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
 
 /// The peer address of a connected socket (for connections the io_uring
 /// engine accepted: multishot accept returns no address).
-pub fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+pub(crate) fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     socket2::SockRef::from(fd)
         .peer_addr()?
         .as_socket()
@@ -137,7 +137,7 @@ pub fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
 }
 
 /// A non-blocking, close-on-exec eventfd (an engine's wake-up source).
-pub fn eventfd() -> io::Result<OwnedFd> {
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with no pointers.
     let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
     // SAFETY: eventfd succeeded: `fd` is a new descriptor nobody else owns.
@@ -146,7 +146,7 @@ pub fn eventfd() -> io::Result<OwnedFd> {
 
 /// SO_LINGER {on, 0}: the next close() sends RST instead of FIN (or, in
 /// TIME_WAIT, just frees the socket).
-pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_linger_zero(fd: RawFd) -> io::Result<()> {
     let lg = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -165,7 +165,7 @@ pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
 }
 
 /// The pending error of a socket (SO_ERROR), e.g. the result of a connect.
-pub fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+pub(crate) fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
     let mut err: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid fd; `err`/`len` are live and sized for SO_ERROR.
@@ -182,14 +182,14 @@ pub fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
 }
 
 /// shutdown(fd, SHUT_WR): sends FIN, keeps the read side open.
-pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on an fd the caller owns.
     check(unsafe { libc::shutdown(fd, libc::SHUT_WR) })?;
     Ok(())
 }
 
 /// Non-blocking `splice(2)` of up to `len` bytes; `Ok(0)` is end of input.
-pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: null offsets are allowed for pipes and sockets; fds are owned
     // by the caller for the duration of the call.
     let n = unsafe {
@@ -210,7 +210,7 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 }
 
 /// Non-blocking `recv(2)` into `buf`.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live writable region of buf.len() bytes.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
@@ -221,7 +221,7 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Non-blocking `send(2)` of `buf` (no SIGPIPE).
-pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live readable region of buf.len() bytes.
     let n = unsafe {
         libc::send(
@@ -239,7 +239,7 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// A non-blocking, close-on-exec pipe: (read end, write end).
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
@@ -250,7 +250,7 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// F_SETPIPE_SZ; returns the capacity the kernel granted (it rounds up to a
 /// power of two of pages, and may refuse above `pipe-max-size` or the
 /// per-user `pipe-user-pages-soft` budget, in which case the old size stays).
-pub fn set_pipe_size(fd: RawFd, size: usize) -> io::Result<usize> {
+pub(crate) fn set_pipe_size(fd: RawFd, size: usize) -> io::Result<usize> {
     let want = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
     // SAFETY: plain fcntl on an fd the caller owns.
     match check(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, want) }) {
@@ -263,22 +263,8 @@ pub fn set_pipe_size(fd: RawFd, size: usize) -> io::Result<usize> {
     }
 }
 
-/// CPU time (user + system) this process has used, in microseconds.
-pub fn process_cpu_micros() -> u64 {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `ru` is valid writable storage for one rusage.
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0;
-    if !ok {
-        return 0;
-    }
-    // SAFETY: getrusage succeeded and filled the struct (and it was zeroed).
-    let ru = unsafe { ru.assume_init() };
-    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    us(ru.ru_utime) + us(ru.ru_stime)
-}
-
 /// Whether an I/O error means "try again later" on a non-blocking fd.
-pub fn would_block(e: &io::Error) -> bool {
+pub(crate) fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 

@@ -25,11 +25,12 @@ mod timers;
 #[cfg(test)]
 mod tests;
 
-pub use connect::{ConnectFailure, FailureSender, PassiveFailure, MAX_ATTEMPTS};
-pub use listeners::Listener;
-pub use mailbox::{WorkerControl, WorkerMessage};
-pub use slab::{Token, TokenKind};
-pub use syscalls::{Kernel, Syscalls};
+pub(crate) use connect::{FailureSender, PassiveFailure, MAX_ATTEMPTS};
+pub(crate) use listeners::Listener;
+pub use mailbox::WorkerControl;
+pub(crate) use mailbox::WorkerMessage;
+pub(crate) use slab::{Token, TokenKind};
+pub(crate) use syscalls::{Kernel, Syscalls};
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -60,7 +61,7 @@ const LATENCY_PUBLISH: Duration = Duration::from_secs(1);
 
 /// How an engine watches sockets for the worker. Registrations are
 /// edge-triggered for read and write readiness.
-pub trait Reactor {
+pub(crate) trait Reactor {
     /// The engine accepts connections itself (io_uring's multishot accept)
     /// and hands each to [`Worker::on_accepted`]; the worker then never
     /// calls accept(2) and listener tokens never reach `on_event`.
@@ -99,7 +100,7 @@ pub trait Reactor {
 }
 
 /// What a worker is started with.
-pub struct WorkerSetup {
+pub(crate) struct WorkerSetup {
     pub id: usize,
     pub listeners: Vec<Listener>,
     pub snapshots: Arc<SnapshotCell>,
@@ -156,7 +157,7 @@ struct Conn {
 
 /// The worker's event-driven core. `S` is the kernel ([`Kernel`]) except in
 /// unit tests.
-pub struct Worker<R: Reactor, S: Syscalls = Kernel> {
+pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     pub reactor: R,
     /// Accept and connect (zero-sized in production).
     sys: S,
@@ -190,7 +191,7 @@ pub struct Worker<R: Reactor, S: Syscalls = Kernel> {
 }
 
 impl<R: Reactor> Worker<R> {
-    pub fn new(setup: WorkerSetup, reactor: R) -> Worker<R> {
+    pub(crate) fn new(setup: WorkerSetup, reactor: R) -> Worker<R> {
         Worker::with_syscalls(setup, reactor, Kernel)
     }
 }
@@ -235,16 +236,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         }
     }
 
-    pub fn id(&self) -> usize {
+    pub(crate) fn id(&self) -> usize {
         self.id
     }
 
-    pub fn control(&self) -> &Arc<WorkerControl> {
-        &self.control
-    }
-
     /// Registers the listeners; call once before the loop.
-    pub fn start(&mut self) -> io::Result<()> {
+    pub(crate) fn start(&mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(s) = &l.socket {
                 self.reactor.add(s.as_raw_fd(), Token::listener(i))?;
@@ -254,7 +251,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     }
 
     /// Start of a turn: the clock, and the one generation check.
-    pub fn begin_turn(&mut self) {
+    pub(crate) fn begin_turn(&mut self) {
         self.now = Instant::now();
         self.control.turns.fetch_add(1, Relaxed);
         if self.snapshots.generation() != self.snapshot.generation {
@@ -270,7 +267,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     }
 
     /// Handles one readiness report.
-    pub fn on_event(&mut self, token: Token, event: Readiness) {
+    pub(crate) fn on_event(&mut self, token: Token, event: Readiness) {
         let backend = match token.kind() {
             TokenKind::Wake => return,
             TokenKind::Listener(li) => {
@@ -304,7 +301,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     }
 
     /// End of a turn: starved connections, timers, listener pauses, frees.
-    pub fn end_turn(&mut self) {
+    pub(crate) fn end_turn(&mut self) {
         let again = std::mem::take(&mut self.again);
         for token in again {
             if let Some(slot) = self.slab.slot_of(token) {
@@ -337,7 +334,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 
     /// Connections, pipes and buffers held, for the control plane (once a
     /// turn, and by the engine after its last completions on stop).
-    pub fn publish_counters(&self) {
+    pub(crate) fn publish_counters(&self) {
         let (pipes, buffers) = self.reactor.lent();
         self.control.connections.store(self.slab.len(), Relaxed);
         self.control
@@ -349,12 +346,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     }
 
     /// True once the worker should leave its loop.
-    pub fn should_exit(&self) -> bool {
+    pub(crate) fn should_exit(&self) -> bool {
         self.control.stop.load(Relaxed)
     }
 
     /// Closes every connection (on stop), with RST: they outlived the drain.
-    pub fn close_all(&mut self) {
+    pub(crate) fn close_all(&mut self) {
         self.reset_held();
         for slot in 0..self.slab.slots() {
             if self.slab.get(slot).is_some() {
@@ -392,7 +389,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// A completion of the engine's forwarding of the connection with
     /// `token`: `up`/`down` bytes written to the backend / client, and
     /// what became of it (as from the inline pumps).
-    pub fn on_forwarded(&mut self, token: Token, up: u64, down: u64, outcome: Outcome) {
+    pub(crate) fn on_forwarded(&mut self, token: Token, up: u64, down: u64, outcome: Outcome) {
         let Some(slot) = self.slab.slot_of(token) else {
             return;
         };

@@ -10,6 +10,9 @@
 //! `harness` holds the shared machinery; every other module is one area of
 //! the contract in DESIGN.md.
 
+// A test binary has no public surface: its helpers are `pub` for the
+// sibling modules, which `unreachable_pub` would flag one by one.
+#![allow(unreachable_pub)]
 // Tests opt out of the workspace's `unwrap_used` warning: a failed unwrap
 // here is a failed test, which is what we want.
 #![allow(clippy::unwrap_used)]

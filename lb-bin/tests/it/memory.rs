@@ -800,7 +800,7 @@ fn wait_for_gauges(lb: &Ringlb, settled: impl Fn(&Metrics) -> bool) -> Result<Me
 /// Why this process cannot hold `needed` descriptors, if it cannot: raises
 /// the soft RLIMIT_NOFILE to the hard limit first. (ringlb raises its own.)
 fn fd_budget_missing(needed: u64) -> Option<String> {
-    match lb_core::sys::raise_nofile_limit() {
+    match lb_core::raise_nofile_limit() {
         Ok((_, limit)) if limit >= needed => None,
         Ok((_, limit)) => Some(format!(
             "the open-files hard limit is {limit}; this test needs {needed} (raise `ulimit -Hn`)"

@@ -11,14 +11,14 @@ use crate::config::IpNet;
 /// True if `peer` is inside one of the allowed networks. An IPv4 peer seen
 /// through an IPv6 socket (`::ffff:127.0.0.1`) is matched as IPv4, so
 /// `admin = "[::]:9090"` with `admin_allow = ["127.0.0.0/8"]` does what it says.
-pub fn peer_allowed(allow: &[IpNet], peer: IpAddr) -> bool {
+pub(crate) fn peer_allowed(allow: &[IpNet], peer: IpAddr) -> bool {
     let peer = peer.to_canonical();
     allow.iter().any(|net| net.contains(&peer))
 }
 
 /// The credentials of a request, as far as the token check goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credentials<'a> {
+pub(crate) enum Credentials<'a> {
     /// No `Authorization` header.
     Missing,
     /// `Authorization: Bearer <token>` (scheme in any case).
@@ -29,7 +29,7 @@ pub enum Credentials<'a> {
 
 impl<'a> Credentials<'a> {
     /// Reads the value of the `Authorization` header (None: absent).
-    pub fn from_header(value: Option<&'a [u8]>) -> Credentials<'a> {
+    pub(crate) fn from_header(value: Option<&'a [u8]>) -> Credentials<'a> {
         let Some(value) = value else {
             return Credentials::Missing;
         };
@@ -45,7 +45,7 @@ impl<'a> Credentials<'a> {
     }
 
     /// True if these credentials carry exactly `expected`.
-    pub fn match_token(self, expected: &str) -> bool {
+    pub(crate) fn match_token(self, expected: &str) -> bool {
         match self {
             Credentials::Bearer(given) => constant_time_eq(given.as_bytes(), expected.as_bytes()),
             Credentials::Missing | Credentials::Malformed => false,
@@ -56,7 +56,7 @@ impl<'a> Credentials<'a> {
 /// Compares two secrets in time that depends only on `expected`'s length,
 /// never on where the first differing byte is (a timing side channel would
 /// let a peer guess a token byte by byte). The join key uses it too.
-pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     // Fold the length difference in, then look at every byte of `expected`
     // whatever `given` holds; `black_box` keeps the optimiser from turning
     // the loop into an early-exit comparison.
@@ -75,7 +75,7 @@ pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 /// page an operator visits from draining backends through their browser
 /// (a "simple" cross-origin POST needs no CORS preflight). It does not stop
 /// DNS rebinding: `admin_token` does.
-pub fn cross_origin(origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+pub(crate) fn cross_origin(origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
     let Some(origin) = origin else {
         return false;
     };

@@ -38,23 +38,23 @@ use crate::control::command::Command;
 use crate::control::{JoinError, JoinOutcome};
 
 /// Failed key attempts a peer may make at once…
-pub const FAILURE_BURST: NonZeroU32 = match NonZeroU32::new(5) {
+pub(crate) const FAILURE_BURST: NonZeroU32 = match NonZeroU32::new(5) {
     Some(n) => n,
     None => NonZeroU32::MIN,
 };
 /// …and then one per this period.
-pub const FAILURE_REFILL: Duration = Duration::from_secs(10);
+pub(crate) const FAILURE_REFILL: Duration = Duration::from_secs(10);
 /// Peers whose failures are remembered at once (an entry is a few dozen
 /// bytes: the table stays under a megabyte).
-pub const FAILURE_PEERS: usize = 4096;
+pub(crate) const FAILURE_PEERS: usize = 4096;
 /// Longest backend name a node may join under.
-pub const MAX_NAME: usize = 64;
+pub(crate) const MAX_NAME: usize = 64;
 /// The header a node sends its key in (`Authorization: Bearer` works too).
 const JOIN_KEY_HEADER: &str = "x-join-key";
 
 /// Which of the two endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Membership {
+pub(crate) enum Membership {
     Join,
     Leave,
 }
@@ -288,7 +288,7 @@ fn refused(e: JoinError) -> Response<Full<Bytes>> {
 
 /// Parses a join body into the backend to add (enabled; weight 100 unless
 /// given). The error says what was wrong.
-pub fn parse_join(body: &[u8]) -> Result<Backend, String> {
+pub(crate) fn parse_join(body: &[u8]) -> Result<Backend, String> {
     let body: JoinBody = serde_json::from_slice(body).map_err(|e| {
         format!(
             "the body must be JSON {{\"name\": \"…\", \"address\": \"IP:port\", \"weight\": N}} \
@@ -309,7 +309,7 @@ pub fn parse_join(body: &[u8]) -> Result<Backend, String> {
 }
 
 /// Parses a leave body into the backend's name.
-pub fn parse_leave(body: &[u8]) -> Result<String, String> {
+pub(crate) fn parse_leave(body: &[u8]) -> Result<String, String> {
     let body: LeaveBody = serde_json::from_slice(body)
         .map_err(|e| format!("the body must be JSON {{\"name\": \"…\"}}: {e}"))?;
     check_name(&body.name)?;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 /// The failure budget of every peer.
 #[derive(Debug)]
-pub struct FailureLimiter {
+pub(crate) struct FailureLimiter {
     /// How long a full bucket's worth of failures takes to be forgiven:
     /// `burst × refill`.
     window: Duration,
@@ -33,7 +33,7 @@ pub struct FailureLimiter {
 }
 
 impl FailureLimiter {
-    pub fn new(burst: NonZeroU32, refill: Duration, max_peers: usize) -> FailureLimiter {
+    pub(crate) fn new(burst: NonZeroU32, refill: Duration, max_peers: usize) -> FailureLimiter {
         FailureLimiter {
             window: refill.saturating_mul(burst.get()),
             refill,
@@ -43,7 +43,7 @@ impl FailureLimiter {
     }
 
     /// Ok if `peer` may try its key now; otherwise how long until it may.
-    pub fn check(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
         let Some(full_at) = self.full_at.get(&bucket_of(peer)) else {
             return Ok(());
         };
@@ -55,7 +55,7 @@ impl FailureLimiter {
     }
 
     /// Counts a failed attempt of `peer`.
-    pub fn fail(&mut self, peer: IpAddr, now: Instant) {
+    pub(crate) fn fail(&mut self, peer: IpAddr, now: Instant) {
         let key = bucket_of(peer);
         if !self.full_at.contains_key(&key) && self.full_at.len() >= self.max_peers {
             self.make_room(now);
@@ -66,7 +66,8 @@ impl FailureLimiter {
     }
 
     /// Peers tracked now.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.full_at.len()
     }
 

@@ -12,10 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::{AdminState, Balance};
-pub use crate::control::status::{BackendView, RouterState, ServiceView, StatusView};
+pub(crate) use crate::control::status::{BackendView, ServiceView, StatusView};
 
 /// The config file's word for an admin state.
-pub fn admin_str(state: AdminState) -> &'static str {
+pub(crate) fn admin_str(state: AdminState) -> &'static str {
     match state {
         AdminState::Enabled => "enabled",
         AdminState::Drain => "drain",
@@ -24,7 +24,7 @@ pub fn admin_str(state: AdminState) -> &'static str {
 }
 
 /// The config file's word for a balance policy.
-pub fn balance_str(balance: Balance) -> &'static str {
+pub(crate) fn balance_str(balance: Balance) -> &'static str {
     match balance {
         Balance::Maglev => "maglev",
         Balance::RoundRobin => "round-robin",
@@ -36,20 +36,20 @@ pub fn balance_str(balance: Balance) -> &'static str {
 /// `GET /router/api/v1/system/health`: ringlb's own health in the cluster
 /// router's shape. `serving` is false while ringlb shuts down.
 #[derive(Debug, Serialize)]
-pub struct HealthDoc<'a> {
+pub(crate) struct HealthDoc<'a> {
     pub router: RouterDoc<'a>,
     pub services: Vec<HealthServiceDoc<'a>>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct RouterDoc<'a> {
+pub(crate) struct RouterDoc<'a> {
     pub node_id: &'a str,
     pub state: &'static str,
     pub message: String,
 }
 
 #[derive(Debug, Serialize)]
-pub struct HealthServiceDoc<'a> {
+pub(crate) struct HealthServiceDoc<'a> {
     /// `service/backend`.
     pub service_id: String,
     pub node_id: &'a str,
@@ -59,7 +59,11 @@ pub struct HealthServiceDoc<'a> {
 
 impl<'a> HealthDoc<'a> {
     /// Healthy when serving and every service has a usable backend.
-    pub fn new(view: Option<&'a StatusView>, node_id: &'a str, serving: bool) -> HealthDoc<'a> {
+    pub(crate) fn new(
+        view: Option<&'a StatusView>,
+        node_id: &'a str,
+        serving: bool,
+    ) -> HealthDoc<'a> {
         let mut services = Vec::new();
         let mut empty = Vec::new();
         for svc in view.map(|v| v.services.as_slice()).unwrap_or_default() {
@@ -95,14 +99,14 @@ impl<'a> HealthDoc<'a> {
         }
     }
 
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.router.state == "HEALTHY"
     }
 }
 
 /// `GET /api/v1/services`.
 #[derive(Debug, Serialize)]
-pub struct ServicesDoc<'a> {
+pub(crate) struct ServicesDoc<'a> {
     pub node_id: &'a str,
     pub version: &'static str,
     /// Server time (unix seconds), so a page can age `last_change` without
@@ -114,7 +118,7 @@ pub struct ServicesDoc<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ServiceDoc<'a> {
+pub(crate) struct ServiceDoc<'a> {
     pub name: &'a str,
     pub listen: &'a [SocketAddr],
     pub balance: &'static str,
@@ -128,7 +132,7 @@ pub struct ServiceDoc<'a> {
 
 /// A backend with its live figures; also the answer to every action.
 #[derive(Debug, Serialize)]
-pub struct BackendDoc<'a> {
+pub(crate) struct BackendDoc<'a> {
     pub service: &'a str,
     pub name: &'a str,
     pub address: SocketAddr,
@@ -157,7 +161,7 @@ pub struct BackendDoc<'a> {
 }
 
 impl<'a> ServicesDoc<'a> {
-    pub fn new(view: &'a StatusView, node_id: &'a str, now: SystemTime) -> ServicesDoc<'a> {
+    pub(crate) fn new(view: &'a StatusView, node_id: &'a str, now: SystemTime) -> ServicesDoc<'a> {
         ServicesDoc {
             node_id,
             version: env!("CARGO_PKG_VERSION"),
@@ -184,7 +188,7 @@ impl<'a> ServicesDoc<'a> {
 }
 
 impl<'a> BackendDoc<'a> {
-    pub fn new(service: &'a ServiceView, b: &'a BackendView) -> BackendDoc<'a> {
+    pub(crate) fn new(service: &'a ServiceView, b: &'a BackendView) -> BackendDoc<'a> {
         let st = &b.stats;
         BackendDoc {
             service: &service.name,
@@ -211,12 +215,12 @@ impl<'a> BackendDoc<'a> {
 }
 
 /// Whole seconds since the Unix epoch (0 for earlier times).
-pub fn unix_seconds(t: SystemTime) -> u64 {
+pub(crate) fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` (RFC 3339, UTC, whole seconds).
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let secs = unix_seconds(t);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;

@@ -24,7 +24,11 @@ pub(super) struct Invalid {
 
 impl Invalid {
     /// A problem at `span`, about the key at `path`.
-    pub fn at(span: Range<usize>, path: impl fmt::Display, what: impl fmt::Display) -> Invalid {
+    pub(super) fn at(
+        span: Range<usize>,
+        path: impl fmt::Display,
+        what: impl fmt::Display,
+    ) -> Invalid {
         Invalid {
             span: Some(span),
             message: format!("{path}: {what}"),
@@ -32,7 +36,7 @@ impl Invalid {
     }
 
     /// A problem about the whole file, with no place to point at.
-    pub fn whole_file(what: impl fmt::Display) -> Invalid {
+    pub(super) fn whole_file(what: impl fmt::Display) -> Invalid {
         Invalid {
             span: None,
             message: what.to_string(),
@@ -48,7 +52,7 @@ pub(super) struct Source<'a> {
 
 impl Source<'_> {
     /// Turns a located problem into the public error.
-    pub fn error(&self, invalid: Invalid) -> ConfigError {
+    pub(super) fn error(&self, invalid: Invalid) -> ConfigError {
         let (line, col) = match invalid.span {
             Some(span) => {
                 let (line, col) = line_col(self.text.as_bytes(), span.start);
@@ -66,7 +70,7 @@ impl Source<'_> {
 
     /// Translates an error of the TOML parser or of serde into a located
     /// problem with its key path.
-    pub fn toml_error(&self, error: &toml::de::Error) -> Invalid {
+    pub(super) fn toml_error(&self, error: &toml::de::Error) -> Invalid {
         let span = error.span();
         // One line per error: the parser's messages may hold several.
         let message = error.message().trim().replace('\n', "; ");

@@ -16,7 +16,7 @@ use crate::config::{AdminState, Backend};
 
 /// Requests to the control plane.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Set a backend's admin state.
     Admin {
         service: String,

@@ -24,7 +24,7 @@ use crate::health::Prober;
 /// Most joined nodes one service takes. The cluster is 2 to ~100 nodes;
 /// this only stops a runaway agent from growing the table (and the time to
 /// build it) without bound.
-pub const MAX_JOINED: usize = 1024;
+pub(super) const MAX_JOINED: usize = 1024;
 
 /// What a join did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

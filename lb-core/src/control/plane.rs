@@ -94,7 +94,7 @@ pub enum ReloadError {
 
 /// Control-plane figures, shown by `/metrics` (through the `StatusView`).
 #[derive(Debug, Default)]
-pub struct ControlCounters {
+pub(crate) struct ControlCounters {
     /// Reloads applied (SIGHUP or the admin API).
     pub reloads_ok: AtomicU64,
     /// Reloads refused; the running config kept serving.

@@ -19,7 +19,7 @@ use super::join;
 
 /// A backend's health as the control plane knows it (the prober's state:
 /// `Unknown` until its first probe result, and then `Up` or `Down`).
-pub use crate::health::State as Health;
+pub(crate) use crate::health::State as Health;
 
 /// One backend in the registry.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use crate::stats::{BackendStats, ServiceStats};
 
 /// The registry at one instant, for the admin API and metrics.
 #[derive(Debug)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     /// Generation of the last published snapshot (bumps on every change).
     pub generation: u64,
     /// Configurations loaded so far (1 at start, +1 per successful reload).
@@ -30,7 +30,7 @@ pub struct StatusView {
 
 /// One service of a [`StatusView`].
 #[derive(Debug)]
-pub struct ServiceView {
+pub(crate) struct ServiceView {
     pub name: String,
     pub listen: Vec<SocketAddr>,
     pub balance: Balance,
@@ -42,7 +42,7 @@ pub struct ServiceView {
 
 /// One backend of a [`ServiceView`].
 #[derive(Debug)]
-pub struct BackendView {
+pub(crate) struct BackendView {
     pub name: String,
     pub address: SocketAddr,
     pub weight: u32,
@@ -60,7 +60,7 @@ pub struct BackendView {
 
 /// A backend's state in the router's health vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouterState {
+pub(crate) enum RouterState {
     /// Enabled and healthy: takes new connections.
     Healthy,
     /// Enabled but down or not probed yet.
@@ -72,7 +72,7 @@ pub enum RouterState {
 }
 
 impl RouterState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RouterState::Healthy => "HEALTHY",
             RouterState::Unhealthy => "UNHEALTHY",
@@ -86,7 +86,7 @@ impl StatusView {
     /// Copies the registry's state (names, states, reasons; the counters by
     /// `Arc`) and the control plane's reload counts. Called on the
     /// control-plane thread.
-    pub fn new(registry: &Registry, counters: &ControlCounters) -> StatusView {
+    pub(crate) fn new(registry: &Registry, counters: &ControlCounters) -> StatusView {
         let services = registry
             .services()
             .iter()
@@ -108,7 +108,11 @@ impl StatusView {
     }
 
     /// The backend `service`/`backend`, if both exist.
-    pub fn backend(&self, service: &str, backend: &str) -> Option<(&ServiceView, &BackendView)> {
+    pub(crate) fn backend(
+        &self,
+        service: &str,
+        backend: &str,
+    ) -> Option<(&ServiceView, &BackendView)> {
         let svc = self.services.iter().find(|s| s.name == service)?;
         let b = svc.backends.iter().find(|b| b.name == backend)?;
         Some((svc, b))
@@ -117,7 +121,7 @@ impl StatusView {
 
 impl ServiceView {
     /// Backends that may receive new connections now.
-    pub fn usable_count(&self) -> usize {
+    pub(crate) fn usable_count(&self) -> usize {
         self.backends.iter().filter(|b| b.usable()).count()
     }
 }
@@ -138,13 +142,13 @@ impl BackendView {
     }
 
     /// May receive new connections (the registry's rule).
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         self.admin == AdminState::Enabled && self.health == Health::Up
     }
 
     /// The operator's state wins over health: a drained backend that is
     /// also down shows as draining (that is what the operator asked for).
-    pub fn router_state(&self) -> RouterState {
+    pub(crate) fn router_state(&self) -> RouterState {
         match (self.admin, self.health) {
             (AdminState::Disabled, _) => RouterState::Disabled,
             (AdminState::Drain, _) => RouterState::Draining,

@@ -13,7 +13,7 @@ use crate::conn::Readiness;
 use crate::worker::{self, Reactor, Worker, WorkerSetup};
 
 /// mio's registry as the worker's [`Reactor`].
-pub struct EpollReactor {
+pub(crate) struct EpollReactor {
     registry: mio::Registry,
 }
 
@@ -35,7 +35,7 @@ impl Reactor for EpollReactor {
 }
 
 /// Runs a worker on epoll until it is told to stop.
-pub fn run(setup: WorkerSetup) -> Result<(), crate::Error> {
+pub(crate) fn run(setup: WorkerSetup) -> Result<(), crate::Error> {
     let mut poll = Poll::new().map_err(|e| crate::Error::io("creating epoll instance", e))?;
     let registry = poll
         .registry()

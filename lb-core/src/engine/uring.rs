@@ -50,7 +50,8 @@ mod bufring;
 mod ops;
 mod setup;
 
-pub use setup::{build, self_test, Ring, Unusable};
+pub use setup::self_test;
+pub(crate) use setup::{build, Ring, Unusable};
 
 use ops::Ops;
 
@@ -184,7 +185,7 @@ pub(crate) struct Sq {
 }
 
 /// The ring as the worker's [`Reactor`].
-pub struct UringReactor {
+pub(crate) struct UringReactor {
     /// First field: dropped (the ring closed) before `ops` frees the
     /// memory its requests may have referenced (see `ops`).
     sq: Sq,
@@ -547,7 +548,7 @@ fn accept_entry(fd: RawFd, user_data: u64) -> squeue::Entry {
 }
 
 /// Runs a worker on its own ring until it is told to stop.
-pub fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
+pub(crate) fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
     let wake = Arc::new(File::from(
         sys::eventfd().map_err(|e| crate::Error::io("creating worker waker", e))?,
     ));

@@ -49,7 +49,7 @@ impl fmt::Display for State {
 
 /// A change of state, returned by [`HealthState::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flip {
+pub(crate) struct Flip {
     pub from: State,
     pub to: State,
 }
@@ -62,7 +62,7 @@ impl fmt::Display for Flip {
 
 /// Consecutive results of one backend against its `rise`/`fall` thresholds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthState {
+pub(crate) struct HealthState {
     /// Passes in a row that bring a `Down` backend `Up`.
     rise: NonZeroU32,
     /// Failures in a row that take an `Up` backend `Down`.
@@ -75,7 +75,7 @@ pub struct HealthState {
 
 impl HealthState {
     /// A backend with no result yet ([`State::Unknown`]).
-    pub fn new(rise: NonZeroU32, fall: NonZeroU32) -> Self {
+    pub(crate) fn new(rise: NonZeroU32, fall: NonZeroU32) -> Self {
         HealthState {
             rise,
             fall,
@@ -85,30 +85,31 @@ impl HealthState {
     }
 
     /// The current state.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.state
     }
 
     /// True when the backend may receive new connections.
-    pub fn is_up(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_up(&self) -> bool {
         self.state == State::Up
     }
 
     /// True while the last result disagrees with the state.
-    pub fn is_changing(&self) -> bool {
+    pub(crate) fn is_changing(&self) -> bool {
         self.against > 0
     }
 
     /// Changes the thresholds (a reload), keeping the state and the count of
     /// disagreeing results. If that count already reaches a lowered
     /// threshold, the next disagreeing result flips.
-    pub fn set_thresholds(&mut self, rise: NonZeroU32, fall: NonZeroU32) {
+    pub(crate) fn set_thresholds(&mut self, rise: NonZeroU32, fall: NonZeroU32) {
         self.rise = rise;
         self.fall = fall;
     }
 
     /// Records one result; returns the transition if the state changed.
-    pub fn record(&mut self, ok: bool) -> Option<Flip> {
+    pub(crate) fn record(&mut self, ok: bool) -> Option<Flip> {
         let from = self.state;
         let to = match (from, ok) {
             (State::Unknown, true) => State::Up,

@@ -109,7 +109,7 @@ struct ServiceHealth {
 }
 
 /// Judges one HTTP answer (see the module doc).
-pub fn judge(status: u16, body: &[u8], degraded: DegradedIs) -> Result<(), Reason> {
+pub(crate) fn judge(status: u16, body: &[u8], degraded: DegradedIs) -> Result<(), Reason> {
     if status != 200 {
         return Err(Reason::Status(status));
     }

@@ -18,11 +18,11 @@ use crate::conn::{Pair, Readiness};
 use super::{Conn, Phase, Reactor, Syscalls, Worker};
 
 /// Most backends one client connection tries.
-pub const MAX_ATTEMPTS: usize = 8;
+pub(crate) const MAX_ATTEMPTS: usize = 8;
 
 /// A connect failure, sent to the control plane (passive health).
 #[derive(Debug, Clone)]
-pub struct PassiveFailure {
+pub(crate) struct PassiveFailure {
     pub service: Arc<str>,
     pub backend: Arc<str>,
     pub address: SocketAddr,
@@ -31,7 +31,7 @@ pub struct PassiveFailure {
 
 /// Why a connect to a backend failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectFailure {
+pub(crate) enum ConnectFailure {
     Refused,
     Timeout,
     Unreachable,
@@ -64,7 +64,7 @@ impl ConnectFailure {
 }
 
 /// Where workers send passive failures; never blocks (drops when full).
-pub type FailureSender = tokio::sync::mpsc::Sender<PassiveFailure>;
+pub(crate) type FailureSender = tokio::sync::mpsc::Sender<PassiveFailure>;
 
 impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// An admitted client: its slot, its candidates, its first connect.

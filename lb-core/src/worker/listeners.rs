@@ -100,7 +100,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// accept). Runs the same admission as the epoll path's accept: when the
     /// service is full or accepting is backed off, the connection waits in
     /// the listener's `held` queue and the listener pauses.
-    pub fn on_accepted(&mut self, li: usize, fd: OwnedFd, peer: SocketAddr) {
+    pub(crate) fn on_accepted(&mut self, li: usize, fd: OwnedFd, peer: SocketAddr) {
         let Some(l) = self.listeners.get_mut(li) else {
             return;
         };
@@ -119,7 +119,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// The engine's accept on listener `li` failed (the worker decides
     /// whether to back off; the engine re-arms while the listener is
     /// watched).
-    pub fn on_accept_error(&mut self, _li: usize, e: &io::Error) {
+    pub(crate) fn on_accept_error(&mut self, _li: usize, e: &io::Error) {
         self.accept_failed(e);
     }
 

@@ -22,11 +22,11 @@ const GENERATION_MASK: u32 = 0x7fff_ffff;
 /// the wake-up source is all ones; listener `i` is bit 63 | `i`; a
 /// connection leg is `generation << 32 | slot << 1 | backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Token(u64);
+pub(crate) struct Token(u64);
 
 /// A decoded [`Token`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
+pub(crate) enum TokenKind {
     /// The engine's wake-up source.
     Wake,
     /// The listener at this index in the worker.
@@ -42,11 +42,11 @@ pub enum TokenKind {
 
 impl Token {
     /// The engine's wake-up source.
-    pub const WAKE: Token = Token(u64::MAX);
+    pub(crate) const WAKE: Token = Token(u64::MAX);
 
     /// The listener at index `index` of the worker.
     #[inline]
-    pub fn listener(index: usize) -> Token {
+    pub(crate) fn listener(index: usize) -> Token {
         Token(LISTENER_FLAG | index as u64)
     }
 
@@ -59,7 +59,7 @@ impl Token {
 
     /// What the token names.
     #[inline]
-    pub fn kind(self) -> TokenKind {
+    pub(crate) fn kind(self) -> TokenKind {
         if self == Token::WAKE {
             TokenKind::Wake
         } else if self.0 & LISTENER_FLAG != 0 {
@@ -75,7 +75,7 @@ impl Token {
 
     /// The listener index, if the token names a listener.
     #[inline]
-    pub fn listener_index(self) -> Option<usize> {
+    pub(crate) fn listener_index(self) -> Option<usize> {
         match self.kind() {
             TokenKind::Listener(i) => Some(i),
             _ => None,
@@ -85,13 +85,13 @@ impl Token {
     /// The bits, for an engine that stores them (mio's token, io_uring's
     /// user data).
     #[inline]
-    pub const fn raw(self) -> u64 {
+    pub(crate) const fn raw(self) -> u64 {
         self.0
     }
 
     /// A token from bits an engine stored with [`raw`](Token::raw).
     #[inline]
-    pub const fn from_raw(raw: u64) -> Token {
+    pub(crate) const fn from_raw(raw: u64) -> Token {
         Token(raw)
     }
 }

@@ -17,7 +17,7 @@ use socket2::Socket;
 use crate::sys;
 
 /// Accept, connect and connect outcome, as the worker needs them.
-pub trait Syscalls {
+pub(crate) trait Syscalls {
     /// Accepts one connection from the non-blocking `listener`
     /// ([`sys::accept`]).
     fn accept(&mut self, listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)>;
@@ -29,7 +29,7 @@ pub trait Syscalls {
 
 /// The kernel's own calls.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Kernel;
+pub(crate) struct Kernel;
 
 impl Syscalls for Kernel {
     #[inline]

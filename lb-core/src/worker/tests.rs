@@ -17,6 +17,7 @@ use std::time::Duration;
 use socket2::Socket;
 use tokio::sync::mpsc;
 
+use super::connect::ConnectFailure;
 use super::*;
 use crate::config::{Config, Forwarding};
 use crate::control::Registry;

@@ -21,7 +21,7 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// How long the engine may sleep waiting for events.
-    pub fn sleep_budget(&self) -> Duration {
+    pub(crate) fn sleep_budget(&self) -> Duration {
         if !self.again.is_empty() || self.listeners.iter().any(|l| l.more) {
             return Duration::ZERO;
         }

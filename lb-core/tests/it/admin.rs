@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use lb_core::config::Config;
-use lb_core::server::{Server, StartOptions};
+use lb_core::Config;
+use lb_core::{Server, StartOptions};
 use serde_json::Value;
 
 const TOKEN: &str = "s3cret-token";
@@ -876,7 +876,7 @@ fn status_page_is_one_self_contained_document() {
 
 #[test]
 fn a_weight_change_rebuilds_the_maglev_table() {
-    use lb_core::control::Registry;
+    use lb_core::Registry;
     use std::num::NonZeroU32;
     let toml =
         "[global]\nadmin = \"off\"\n[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\n\

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lb_core::config::{AdminState, Config};
-use lb_core::server::{Server, StartOptions};
+use lb_core::{AdminState, Config};
+use lb_core::{Server, StartOptions};
 
 use crate::support::loopback::try_connect_from;
 use crate::support::wait::wait_within;

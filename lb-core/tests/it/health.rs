@@ -8,8 +8,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lb_core::config::{DegradedIs, HealthCheck, HealthKind, DEFAULT_HEALTH_PATH};
-use lb_core::health::{probe, ProxySettings, Reason, TlsProbeConfig};
+use lb_core::{probe, ProxySettings, Reason, TlsProbeConfig};
+use lb_core::{DegradedIs, HealthCheck, HealthKind, DEFAULT_HEALTH_PATH};
 
 use crate::support::health_servers as servers;
 use servers::{Answer, Backend};
@@ -457,7 +457,7 @@ mod proxy {
 
 mod prober {
     use super::*;
-    use lb_core::health::{BackendKey, ProbeReport, Prober, State};
+    use lb_core::{BackendKey, Health as State, ProbeReport, Prober};
     use servers::closed_port;
     use tokio::sync::mpsc;
     use tokio::time::Instant;

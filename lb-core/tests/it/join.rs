@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use lb_core::config::Config;
-use lb_core::server::{Server, StartOptions};
+use lb_core::Config;
+use lb_core::{Server, StartOptions};
 use serde_json::{json, Value};
 
 const KEY: &str = "j0in-k3y-for-tests";

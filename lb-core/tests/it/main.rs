@@ -8,6 +8,9 @@
 //! The fd-leak check is not here: it counts the whole process's fds and
 //! sockets, so it runs alone in its own binary (`tests/leaks.rs`).
 
+// A test binary has no public surface: its helpers are `pub` for the
+// sibling modules, which `unreachable_pub` would flag one by one.
+#![allow(unreachable_pub)]
 // Tests opt out of the workspace's `unwrap_used` warning: a failed unwrap
 // here is a failed test, which is what we want.
 #![allow(clippy::unwrap_used)]

@@ -9,8 +9,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use lb_core::config::Config;
-use lb_core::server::{Server, StartOptions};
+use lb_core::Config;
+use lb_core::{Server, StartOptions};
 
 use crate::support::loopback::echo_backend;
 use crate::support::wait::wait_until;

@@ -25,14 +25,14 @@ use crate::sys;
 
 /// Submission queue size. The engine submits whenever it fills, so this
 /// bounds nothing but the batch of one `io_uring_enter`.
-pub const SQ_ENTRIES: u32 = 1024;
+pub(super) const SQ_ENTRIES: u32 = 1024;
 /// Completion queue size: room for the completions of several busy turns.
 /// Beyond it the kernel keeps completions on its overflow list
 /// (`IORING_FEAT_NODROP`, required) until the next enter.
-pub const CQ_ENTRIES: u32 = 8192;
+pub(super) const CQ_ENTRIES: u32 = 8192;
 
 /// A ring and how it was set up.
-pub struct Ring {
+pub(crate) struct Ring {
     pub ring: IoUring,
     /// The setup tier, for the log ("single-issuer+defer-taskrun", …).
     pub mode: &'static str,
@@ -60,7 +60,7 @@ const OPCODES: [(u8, &str); 3] = [
 
 /// Builds a ring with the best setup this kernel takes, and checks the
 /// features and opcodes the engine needs.
-pub fn build() -> Result<Ring, Unusable> {
+pub(crate) fn build() -> Result<Ring, Unusable> {
     build_from(0)
 }
 

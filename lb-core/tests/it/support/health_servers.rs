@@ -30,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// What the test backend answers to every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// 200, the router's JSON, everything HEALTHY.
     Healthy,
     /// 200, the router's JSON with `router.state = DEGRADED`.
@@ -53,7 +53,7 @@ pub enum Answer {
 
 /// The router's health JSON (as in the reference document), with the
 /// router's and the service's states as given.
-pub fn router_json(router: &str, service: &str) -> String {
+pub(crate) fn router_json(router: &str, service: &str) -> String {
     format!(
         r#"{{"router":{{"node_id":"abcef-1324-wxyz","state":"{router}","message":"OK"}},"services":[{{"service_id":"jfsvc@123","node_id":"hijkl-56789-mnopq","state":"{service}","message":"OK"}}]}}"#
     )
@@ -61,7 +61,7 @@ pub fn router_json(router: &str, service: &str) -> String {
 
 /// A request as the backend saw it.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub target: String,
     pub host: Option<String>,
     pub user_agent: Option<String>,
@@ -69,7 +69,7 @@ pub struct Seen {
 }
 
 /// An HTTP or HTTPS backend on 127.0.0.1 whose answer can be switched.
-pub struct Backend {
+pub(crate) struct Backend {
     pub addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -78,12 +78,12 @@ pub struct Backend {
 
 impl Backend {
     /// A plain HTTP backend.
-    pub async fn http(answer: Answer) -> Backend {
+    pub(crate) async fn http(answer: Answer) -> Backend {
         Backend::start(answer, None).await
     }
 
     /// An HTTPS backend presenting `certs`' server certificate.
-    pub async fn https(answer: Answer, certs: &TestCerts) -> Backend {
+    pub(crate) async fn https(answer: Answer, certs: &TestCerts) -> Backend {
         Backend::start(answer, Some(certs.acceptor())).await
     }
 
@@ -124,12 +124,12 @@ impl Backend {
         }
     }
 
-    pub fn set(&self, answer: Answer) {
+    pub(crate) fn set(&self, answer: Answer) {
         *self.answer.lock().expect("answer lock") = answer;
     }
 
     /// Requests served so far.
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("seen lock").clone()
     }
 }
@@ -223,13 +223,13 @@ impl Body for Drip {
 }
 
 /// A server that accepts connections and never says a word.
-pub struct Silent {
+pub(crate) struct Silent {
     pub addr: SocketAddr,
     accept: JoinHandle<()>,
 }
 
 impl Silent {
-    pub async fn start() -> Silent {
+    pub(crate) async fn start() -> Silent {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind silent");
         let addr = listener.local_addr().expect("silent address");
         let accept = tokio::spawn(async move {
@@ -249,14 +249,14 @@ impl Drop for Silent {
 }
 
 /// An address on 127.0.0.1 where nothing listens (bound, then closed).
-pub async fn closed_port() -> SocketAddr {
+pub(crate) async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     listener.local_addr().expect("address")
 }
 
 /// A small HTTP proxy: absolute-form requests and CONNECT, every host
 /// "resolved" to `upstream`. Counts and records what it forwards.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     /// Requests forwarded (GET and CONNECT alike).
     count: Arc<AtomicUsize>,
@@ -266,7 +266,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn start(upstream: SocketAddr) -> Proxy {
+    pub(crate) async fn start(upstream: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let count = Arc::new(AtomicUsize::new(0));
@@ -288,15 +288,15 @@ impl Proxy {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
 
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         self.lines.lock().expect("lines lock").clone()
     }
 }
@@ -356,7 +356,7 @@ async fn forward(
 
 /// A CA and a server certificate it signed for `node1.cluster.test`,
 /// `localhost` and 127.0.0.1, written as PEM files in a fresh directory.
-pub struct TestCerts {
+pub(crate) struct TestCerts {
     pub dir: PathBuf,
     /// The CA's certificate.
     pub ca_file: PathBuf,
@@ -367,7 +367,7 @@ pub struct TestCerts {
 }
 
 impl TestCerts {
-    pub fn generate() -> TestCerts {
+    pub(crate) fn generate() -> TestCerts {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let id = format!(
             "{}-{}",

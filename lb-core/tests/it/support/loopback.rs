@@ -11,14 +11,14 @@ use super::wait::DEADLINE;
 
 /// A backend that echoes every connection until the client's FIN, then
 /// sends its own.
-pub fn echo_backend() -> SocketAddr {
+pub(crate) fn echo_backend() -> SocketAddr {
     backend(echo)
 }
 
 /// A backend that says its name and a newline on connect, then echoes
 /// (as [`echo_backend`]). A TCP health probe connects and closes: it
 /// passes while the listener is up.
-pub fn named_echo_backend(name: &'static str) -> SocketAddr {
+pub(crate) fn named_echo_backend(name: &'static str) -> SocketAddr {
     backend(move |mut stream| {
         if stream.write_all(format!("{name}\n").as_bytes()).is_ok() {
             echo(stream);
@@ -50,13 +50,13 @@ fn echo(mut stream: TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-pub fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().expect("test ip")
 }
 
 /// Connects from a chosen loopback source address, within `timeout`, and
 /// reads with that timeout.
-pub fn try_connect_from(
+pub(crate) fn try_connect_from(
     source: IpAddr,
     to: SocketAddr,
     timeout: Duration,
@@ -72,12 +72,12 @@ pub fn try_connect_from(
 
 /// Connects from a chosen loopback source address; fails the test if it
 /// cannot.
-pub fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
+pub(crate) fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
     try_connect_from(source, to, DEADLINE)
         .unwrap_or_else(|e| panic!("connect from {source} to {to}: {e}"))
 }
 
-pub fn echo_round_trip(s: &mut TcpStream, payload: &[u8]) {
+pub(crate) fn echo_round_trip(s: &mut TcpStream, payload: &[u8]) {
     s.write_all(payload).expect("send through ringlb");
     let mut back = vec![0u8; payload.len()];
     s.read_exact(&mut back).expect("echo through ringlb");
@@ -86,7 +86,7 @@ pub fn echo_round_trip(s: &mut TcpStream, payload: &[u8]) {
 
 /// Connects from `source` to a backend that greets with its name and a
 /// newline (as [`named_echo_backend`] does); returns the stream and the name.
-pub fn greeted_client(source: IpAddr, to: SocketAddr) -> (TcpStream, String) {
+pub(crate) fn greeted_client(source: IpAddr, to: SocketAddr) -> (TcpStream, String) {
     let mut s = connect_from(source, to);
     let mut name = Vec::new();
     let mut byte = [0u8; 1];

@@ -2,7 +2,7 @@
 //! backends and clients, an HTTP/1.1 response reader, and the servers the
 //! health checks probe. One definition of each helper.
 
-pub mod health_servers;
-pub mod loopback;
-pub mod response;
-pub mod wait;
+pub(crate) mod health_servers;
+pub(crate) mod loopback;
+pub(crate) mod response;
+pub(crate) mod wait;

@@ -11,21 +11,21 @@ use super::loopback::connect_from;
 
 /// Sends raw bytes from `source` to `to`, reads the whole answer (the
 /// request says close).
-pub fn raw_from(source: IpAddr, to: SocketAddr, request: &[u8]) -> Resp {
+pub(crate) fn raw_from(source: IpAddr, to: SocketAddr, request: &[u8]) -> Resp {
     let mut s = connect_from(source, to);
     s.write_all(request).expect("send request");
     parse_response(&read_all(&mut s))
 }
 
 #[derive(Debug)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Resp {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "status {} body is not JSON ({e}): {}",
@@ -35,18 +35,18 @@ impl Resp {
         })
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn error(&self) -> String {
+    pub(crate) fn error(&self) -> String {
         self.json()["error"]
             .as_str()
             .unwrap_or_default()
@@ -56,7 +56,7 @@ impl Resp {
 
 /// Reads until EOF. A reset after the answer (the server closed with part
 /// of an oversized request unread) ends the read too.
-pub fn read_all(s: &mut TcpStream) -> Vec<u8> {
+pub(crate) fn read_all(s: &mut TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 << 10];
     loop {
@@ -71,7 +71,7 @@ pub fn read_all(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-pub fn parse_response(buf: &[u8]) -> Resp {
+pub(crate) fn parse_response(buf: &[u8]) -> Resp {
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
