@@ -1,16 +1,17 @@
 //! `ringlb`: the command line over lb-core. Parses arguments, sets up
 //! logging, loads the config and runs the server on the main thread.
 
+mod stderr_log;
+
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lb_core::Config;
-use lb_core::DemoBackends;
-use lb_core::Inherited;
-use lb_core::{Server, StartOptions};
+use lb_core::{Config, DemoBackends, Inherited, Server, StartOptions};
+use stderr_log::StderrLog;
 
 /// Longest wait for the running ringlb during a takeover.
 const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -49,10 +50,19 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Lives until main returns, on every path: dropping it writes out the
+    // last records (waiting a bounded time for a stuck reader).
+    let log = match init_logging() {
+        Ok(log) => log,
+        Err(e) => {
+            // Not eprintln!: it panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "ringlb: cannot set up logging: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Some(Cmd::Check { config }) => check(&config),
-        Some(Cmd::Demo { listen }) => demo(listen),
+        Some(Cmd::Demo { listen }) => demo(listen, &log),
         None => match cli.config {
             Some(config) => run(&config, cli.upgrade_socket),
             None => Err(anyhow::anyhow!(
@@ -63,29 +73,38 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringlb: {e:#}");
+            log.print(&format!("ringlb: {e:#}\n"));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
-fn init_logging() {
+/// Logs to stderr through [`StderrLog`]'s writer thread (see there why);
+/// `RUST_LOG` overrides the default `info` level.
+fn init_logging() -> anyhow::Result<StderrLog> {
     use std::io::IsTerminal;
+    let log = StderrLog::start().context("starting the log writer thread")?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log.sink())
+        // On a failed write the fmt layer would `eprintln!` the error, which
+        // panics on a closed stderr; LogSink never fails anyway.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+    Ok(log)
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
-    println!(
+    // Not println!: it panics when stdout is a closed pipe. The exit status
+    // says whether the config is good.
+    let _ = writeln!(
+        std::io::stdout(),
         "{}: ok ({} services, {} backends)",
         path.display(),
         config.services.len(),
@@ -174,7 +193,7 @@ fn socket_activation() -> anyhow::Result<Vec<Inherited>> {
     Ok(out)
 }
 
-fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+fn demo(listen: SocketAddr, log: &StderrLog) -> anyhow::Result<()> {
     let backends =
         DemoBackends::start(&["node1", "node2"], 0).context("starting the demo backends")?;
     let toml = backends.config_toml(listen);
@@ -185,20 +204,19 @@ fn demo(listen: SocketAddr) -> anyhow::Result<()> {
         ..StartOptions::default()
     };
     let server = Server::start(config, options)?;
-    eprintln!();
-    eprintln!("ringlb demo is running: balancer on {listen}, backends:");
+    let mut banner = format!("\nringlb demo is running: balancer on {listen}, backends:\n");
     for (name, addr) in &backends.addrs {
-        eprintln!("  {name} on {addr}");
+        banner += &format!("  {name} on {addr}\n");
     }
-    eprintln!();
-    eprintln!("Try:");
-    eprintln!(
-        "  curl http://{listen}/                       # always the same node for your address"
+    banner += &format!(
+        "\nTry:\n\
+         \x20 curl http://{listen}/                       # always the same node for your address\n\
+         \x20 curl --interface 127.0.0.2 http://{listen}/ # another client address, maybe another node\n\
+         \x20 wrk -t1 -c64 -d10s http://{listen}/          # load\n\
+         Ctrl-C stops it.\n\n"
     );
-    eprintln!("  curl --interface 127.0.0.2 http://{listen}/ # another client address, maybe another node");
-    eprintln!("  wrk -t1 -c64 -d10s http://{listen}/          # load");
-    eprintln!("Ctrl-C stops it.");
-    eprintln!();
+    // Through the log's writer thread, in order with the log lines.
+    log.print(&banner);
     server.wait();
     drop(backends);
     tracing::info!("demo stopped");

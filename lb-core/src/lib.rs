@@ -41,6 +41,7 @@ pub use engine::EngineChoice;
 pub use handover::{take_over, Inherited};
 pub use notify::{listen_fds, ready};
 pub use server::{Server, ServerHandle, StartOptions};
+pub use stats::LOG_LOSS;
 pub use sys::raise_nofile_limit;
 pub use worker::WorkerControl;
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::admin::view::{admin_str, StatusView};
 use crate::config::AdminState;
 use crate::control::Health;
+use crate::stats::LOG_LOSS;
 use crate::worker::WorkerControl;
 
 /// `Content-Type` of the exposition.
@@ -98,6 +99,17 @@ pub(crate) fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> Strin
     );
     for (result, n) in [("ok", view.reloads_ok), ("failed", view.reloads_failed)] {
         e.sample("ringlb_reloads_total", &[("result", result)], n);
+    }
+    e.family(
+        "ringlb_log_records_lost_total",
+        Kind::Counter,
+        "Log records that never reached the log, by reason: dropped (the log queue was full: its reader is slow or stopped) or failed (the write failed: a closed pipe, a full disk).",
+    );
+    for (reason, n) in [
+        ("dropped", LOG_LOSS.dropped()),
+        ("failed", LOG_LOSS.failed()),
+    ] {
+        e.sample("ringlb_log_records_lost_total", &[("reason", reason)], n);
     }
     e.family(
         "ringlb_snapshot_generation",
@@ -467,6 +479,8 @@ mod tests {
              ringlb_reloads_total{result=\"ok\"} 1\n\
              ringlb_reloads_total{result=\"failed\"} 3\n"
         ));
+        assert!(text.contains("# TYPE ringlb_log_records_lost_total counter\n"));
+        assert!(text.contains("ringlb_log_records_lost_total{reason=\"dropped\"} "));
         assert!(text.contains(
             "ringlb_backend_admin_state{service=\"we\\\"b\",backend=\"a\",state=\"drain\"} 1\n"
         ));

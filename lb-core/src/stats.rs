@@ -7,6 +7,47 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+/// Log records that never reached the log, since the process started.
+/// Written by the binary's log writer (it owns stderr), read by /metrics;
+/// a static because the writer exists before any server does.
+#[derive(Debug)]
+pub struct LogLoss {
+    /// Records dropped because the log queue was full (the reader of
+    /// stderr too slow, or not reading at all).
+    dropped: AtomicU64,
+    /// Records whose write failed (EPIPE: the reader closed the pipe;
+    /// ENOSPC: the disk behind a redirected stderr is full).
+    failed: AtomicU64,
+}
+
+/// The one [`LogLoss`] of the process.
+pub static LOG_LOSS: LogLoss = LogLoss {
+    dropped: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+};
+
+impl LogLoss {
+    /// Counts a record dropped for a full queue.
+    pub fn record_dropped(&self) {
+        self.dropped.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a record whose write failed.
+    pub fn record_failed(&self) {
+        self.failed.fetch_add(1, Relaxed);
+    }
+
+    /// Records dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// Records whose write failed.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Relaxed)
+    }
+}
+
 /// Counters of one backend.
 #[derive(Debug, Default)]
 pub struct BackendStats {

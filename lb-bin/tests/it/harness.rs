@@ -421,6 +421,9 @@ pub struct Ringlb {
     listening: Vec<(String, SocketAddr)>,
     /// The admin API's bound address, if the config turned it on.
     admin: Option<SocketAddr>,
+    /// The read end of stderr once the reader stopped reading it
+    /// ([`StderrOnceReady::Hold`]): kept open until ringlb has exited.
+    _held_stderr: Arc<Mutex<Option<Box<dyn Read + Send>>>>,
     /// The config file's directory; removed on drop.
     _dir: TempDir,
     /// The config text, for failure messages.
@@ -436,11 +439,22 @@ impl Ringlb {
 
     /// [`Ringlb::start`] with extra environment variables.
     pub fn start_with_env(config: &LbConfig, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {
+        Ringlb::start_with_stderr(config, env, StderrOnceReady::Read)
+    }
+
+    /// [`Ringlb::start_with_env`], then `once_ready` to ringlb's stderr
+    /// right after the last line the start waits for (logging tests).
+    pub fn start_with_stderr(
+        config: &LbConfig,
+        env: &[(&str, &std::ffi::OsStr)],
+        once_ready: StderrOnceReady,
+    ) -> Ringlb {
         let mut expected: BTreeMap<String, usize> = BTreeMap::new();
         for s in &config.services {
             *expected.entry(s.name.clone()).or_default() += s.listen.len();
         }
-        let mut lb = Ringlb::spawn(&config.to_toml(), env);
+        let ready_lines = expected.values().sum::<usize>() + usize::from(config.admin);
+        let mut lb = Ringlb::spawn(&config.to_toml(), env, (ready_lines, once_ready));
         lb.wait_ready(&expected, config.admin);
         if config.forwarding != "auto" {
             lb.expect_forwarding(&config.forwarding);
@@ -463,7 +477,13 @@ impl Ringlb {
         );
     }
 
-    fn spawn(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Ringlb {
+    /// `once_ready`: after this many ready lines (`listening`, admin API
+    /// listening), do this to stderr.
+    fn spawn(
+        config: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        once_ready: (usize, StderrOnceReady),
+    ) -> Ringlb {
         let dir = TempDir::new("lb");
         let path = dir.write("ringlb.toml", config);
         let mut child = ringlb_command()
@@ -479,7 +499,14 @@ impl Ringlb {
         let stderr_pipe = child.stderr.take().expect("piped stderr");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (line_tx, lines) = mpsc::channel();
-        spawn_line_reader(stderr_pipe, Arc::clone(&stderr), Some(line_tx));
+        let held_stderr = Arc::new(Mutex::new(None));
+        let (ready_lines, then) = once_ready;
+        let cut = (then != StderrOnceReady::Read).then(|| ReadyCut {
+            ready_lines,
+            then,
+            held: Arc::clone(&held_stderr),
+        });
+        spawn_line_reader(stderr_pipe, Arc::clone(&stderr), Some(line_tx), cut);
         let exit = spawn_exit_waiter(child);
         Ringlb {
             pid,
@@ -489,6 +516,7 @@ impl Ringlb {
             lines,
             listening: Vec::new(),
             admin: None,
+            _held_stderr: held_stderr,
             _dir: dir,
             config: config.to_owned(),
         }
@@ -612,6 +640,22 @@ impl Ringlb {
         Metrics {
             text: body.to_owned(),
         }
+    }
+
+    /// `POST path` (no body) to the admin API, which the config must have
+    /// turned on; the answer's status line. `timeout` bounds each read and
+    /// write, so a control plane that stopped answering fails the caller.
+    pub fn admin_post(&self, path: &str, timeout: Duration) -> io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&self.admin_addr(), CLIENT_CONNECT_TIMEOUT)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: ringlb\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer.lines().next().unwrap_or_default().to_owned())
     }
 
     /// Everything ringlb wrote to stderr so far.
@@ -757,10 +801,12 @@ pub fn run_to_exit(args: &[&std::ffi::OsStr]) -> Finished {
         child.stdout.take().expect("piped stdout"),
         Arc::clone(&stdout),
         None,
+        None,
     );
     let err_reader = spawn_line_reader(
         child.stderr.take().expect("piped stderr"),
         Arc::clone(&stderr),
+        None,
         None,
     );
     let exit = spawn_exit_waiter(child);
@@ -788,11 +834,33 @@ pub fn run_to_exit(args: &[&std::ffi::OsStr]) -> Finished {
     }
 }
 
-/// Reads `pipe` line by line into `sink` (and `lines`, if given) until EOF.
+/// What a test does with ringlb's stderr once ringlb is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrOnceReady {
+    /// Keep reading it to the end (every test but the logging ones).
+    Read,
+    /// Close the read end, as `ringlb 2>&1 | head` does when head exits.
+    Close,
+    /// Keep the read end open but read no more: a log reader that stalls.
+    /// The pipe (64 KiB) then fills up.
+    Hold,
+}
+
+/// Where a line reader stops reading: after `ready_lines` lines that
+/// announce readiness it does `then`, parking the pipe in `held` to hold it.
+struct ReadyCut {
+    ready_lines: usize,
+    then: StderrOnceReady,
+    held: Arc<Mutex<Option<Box<dyn Read + Send>>>>,
+}
+
+/// Reads `pipe` line by line into `sink` (and `lines`, if given) until EOF,
+/// or until `cut` says to stop.
 fn spawn_line_reader(
     pipe: impl Read + Send + 'static,
     sink: Arc<Mutex<String>>,
     lines: Option<Sender<String>>,
+    cut: Option<ReadyCut>,
 ) -> JoinHandle<()> {
     thread::Builder::new()
         .name("ringlb-output".into())
@@ -800,6 +868,7 @@ fn spawn_line_reader(
         .spawn(move || {
             let mut reader = BufReader::new(pipe);
             let mut raw = Vec::new();
+            let mut ready_seen = 0;
             loop {
                 raw.clear();
                 match reader.read_until(b'\n', &mut raw) {
@@ -809,8 +878,21 @@ fn spawn_line_reader(
                         sink.lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push_str(&line);
+                        if parse_listening(&line).is_some()
+                            || parse_admin_listening(&line).is_some()
+                        {
+                            ready_seen += 1;
+                        }
                         if let Some(tx) = &lines {
                             let _ = tx.send(line.trim_end().to_owned());
+                        }
+                        if let Some(cut) = cut.as_ref().filter(|c| ready_seen >= c.ready_lines) {
+                            if cut.then == StderrOnceReady::Hold {
+                                *cut.held.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(Box::new(reader));
+                            }
+                            // Close: returning drops the read end.
+                            return;
                         }
                     }
                 }

@@ -27,6 +27,7 @@ mod integrity;
 mod ipv6;
 mod lifecycle;
 mod limits;
+mod logging;
 mod memory;
 mod policies;
 mod reload;
