@@ -85,6 +85,7 @@ import json, os, urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.support.ui import WebDriverWait
 
 admin = os.environ["ADMIN"]
@@ -95,7 +96,10 @@ for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgroun
              "--user-data-dir=" + os.environ["PROFILE"], "--window-size=1400,700"]:
     opts.add_argument(flag)
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-wait = WebDriverWait(driver, 10)
+# The page refreshes every second and replaces each state badge as it does:
+# an element found a moment ago can be gone when it is read. Every read and
+# click goes through `wait`, which tries again on a stale or missing element.
+wait = WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException))
 
 def api(path):
     with urllib.request.urlopen(admin + path, timeout=5) as r:
@@ -110,6 +114,9 @@ def row(name):
 def badge(name):
     return row(name).find_element(By.CSS_SELECTOR, ".badge").text
 
+def click(name, css):
+    wait.until(lambda d: row(name).find_element(By.CSS_SELECTOR, css).click() or True)
+
 try:
     driver.get(admin + "/")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr[data-backend]")) == 2)
@@ -117,24 +124,24 @@ try:
     print("page lists art1, art2: HEALTHY")
 
     # Drain without the token: the API refuses, the page says so.
-    row("art1").find_element(By.CSS_SELECTOR, 'button[data-action="drain"]').click()
+    click("art1", 'button[data-action="drain"]')
     wait.until(lambda d: "admin token" in d.find_element(By.ID, "notice").text)
     assert backend("art1")["admin"] == "enabled", "drain without token changed state"
     print("drain without token refused:", driver.find_element(By.ID, "notice").text)
 
     # With the token typed in the page.
     driver.find_element(By.ID, "token").send_keys("browser-test-token")
-    row("art1").find_element(By.CSS_SELECTOR, 'button[data-action="drain"]').click()
+    click("art1", 'button[data-action="drain"]')
     wait.until(lambda d: badge("art1") == "DRAINING")
     assert backend("art1")["admin"] == "drain"
-    assert row("art1").find_element(By.CSS_SELECTOR, 'button[data-action="drain"]').get_attribute("disabled")
+    wait.until(lambda d: row("art1").find_element(By.CSS_SELECTOR, 'button[data-action="drain"]').get_attribute("disabled"))
     print("drain with token: art1 DRAINING (API agrees)")
 
     # Weight, typed in the row.
     w = row("art2").find_element(By.CSS_SELECTOR, "input[type=number]")
     w.clear()
     w.send_keys("250")
-    row("art2").find_element(By.XPATH, ".//button[text()='Set']").click()
+    wait.until(lambda d: row("art2").find_element(By.XPATH, ".//button[text()='Set']").click() or True)
     wait.until(lambda d: backend("art2")["weight"] == 250)
     wait.until(lambda d: "weight 250" in d.find_element(By.ID, "notice").text)
     print("weight of art2 set to 250")
