@@ -8,7 +8,7 @@
 //! through validation; nothing past this module re-checks a value.
 //!
 //! Layout: `raw` (the serde mirror of the file, spans kept), `validate`
-//! (`RawConfig` → `Config`, every check), `value` (duration, size, address
+//! (`RawConfig` → `Config`, every check; split by section), `value` (duration, size, address
 //! syntaxes), `locate` (byte spans → `line:col` and key paths). The public
 //! types below are the contract other modules code against.
 
