@@ -236,26 +236,6 @@ fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> 
     }
 }
 
-/// Deterministic primality by trial division: at most ~32 768 divisions for
-/// a u32, run once per load.
-pub(super) fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n % 2 == 0 {
-        return n == 2;
-    }
-    let n = u64::from(n);
-    let mut divisor: u64 = 3;
-    while divisor * divisor <= n {
-        if n % divisor == 0 {
-            return false;
-        }
-        divisor += 2;
-    }
-    true
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -376,16 +356,5 @@ mod tests {
         ] {
             assert!(parse_proxy_url(bad).is_err(), "{bad:?} was accepted");
         }
-    }
-
-    #[test]
-    fn primes_by_trial_division() {
-        let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
-        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
-        assert!(is_prime(65_537));
-        assert!(!is_prime(65_535));
-        assert!(is_prime(4_294_967_291)); // largest u32 prime
-        assert!(!is_prime(u32::MAX));
-        assert!(!is_prime(65_521 * 65_519)); // product of two large primes
     }
 }

@@ -15,10 +15,11 @@ use super::{
     choice, each, integer, optional_duration, positive_u32, positive_usize, required, Invalid, Seen,
 };
 use crate::config::raw::{RawBackend, RawService, Text};
-use crate::config::value::{is_prime, is_valid_name, parse_socket_addr};
+use crate::config::value::{is_valid_name, parse_socket_addr};
 use crate::config::{
     AdminState, Backend, Balance, HealthCheck, Service, DEFAULT_MAGLEV_TABLE_SIZE,
 };
+use crate::maglev::{is_prime, MIN_TABLE_SIZE};
 
 /// Largest backend weight.
 const MAX_WEIGHT: i64 = 10_000;
@@ -202,7 +203,8 @@ impl Seen {
     }
 }
 
-/// `maglev_table_size`: a prime in 7..=2^24, larger than the backend count.
+/// `maglev_table_size`: a prime in [`MIN_TABLE_SIZE`]..=2^24 (7..=2^24),
+/// larger than the backend count.
 fn convert_table_size(
     raw: &RawService,
     table: &Range<usize>,
@@ -213,7 +215,7 @@ fn convert_table_size(
     let (size, span) = match &raw.maglev_table_size {
         None => (DEFAULT_MAGLEV_TABLE_SIZE, table.clone()),
         Some(size) => {
-            let n: u32 = integer(size, &key, 7, MAX_MAGLEV_TABLE_SIZE)?;
+            let n: u32 = integer(size, &key, i64::from(MIN_TABLE_SIZE), MAX_MAGLEV_TABLE_SIZE)?;
             if !is_prime(n) {
                 return Err(Invalid::at(
                     size.span(),
