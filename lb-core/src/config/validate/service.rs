@@ -1,7 +1,8 @@
 //! `[[service]]` and its `[[service.backend]]`s: names and listen
 //! addresses unique across services, the balancing settings, the Maglev
-//! table size, and the backends. Runs on the thread loading the config; no
-//! I/O.
+//! table size, and the backends (their name, address and weight parsed
+//! through the types of `config::backend`, the same as the join API's).
+//! Runs on the thread loading the config; no I/O.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +15,7 @@ use toml::Spanned;
 use super::{
     choice, each, integer, optional_duration, positive_u32, positive_usize, required, Invalid, Seen,
 };
+use crate::config::backend::{BackendAddr, BackendName, Weight};
 use crate::config::raw::{RawBackend, RawService, Text};
 use crate::config::value::{is_valid_name, parse_socket_addr};
 use crate::config::{
@@ -21,8 +23,6 @@ use crate::config::{
 };
 use crate::maglev::{is_prime, MIN_TABLE_SIZE};
 
-/// Largest backend weight.
-const MAX_WEIGHT: i64 = 10_000;
 /// Largest Maglev table: 2^24 slots are ample for 100 × 10 000 backends; a
 /// larger one only costs memory and build time on every change.
 const MAX_MAGLEV_TABLE_SIZE: i64 = 1 << 24;
@@ -304,10 +304,13 @@ fn convert_backends(
 
 /// A backend as converted, with the spans the checks across backends need.
 struct CheckedBackend {
+    /// Checked by [`BackendName`]; the map of names uses the text.
     name: String,
     name_span: Range<usize>,
+    /// Checked (and normalised) by [`BackendAddr`].
     address: SocketAddr,
     address_span: Range<usize>,
+    /// Checked by [`Weight`].
     weight: NonZeroU32,
     state: AdminState,
 }
@@ -323,7 +326,8 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
         "name",
         "a name unique in the service, such as \"app1\"",
     )?;
-    let name = convert_name(raw_name, &at("name"))?;
+    let name = BackendName::parse(raw_name.get_ref())
+        .map_err(|e| Invalid::at(raw_name.span(), at("name"), e))?;
     let raw_address = required(
         &raw.address,
         &table,
@@ -331,28 +335,15 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
         "address",
         "\"IP:port\" or \"[IPv6]:port\"",
     )?;
-    let address = parse_socket_addr(raw_address.get_ref())
-        .map_err(|what| Invalid::at(raw_address.span(), at("address"), what))?;
-    let unusable = if address.port() == 0 {
-        Some("port 0 cannot be connected to")
-    } else if address.ip().is_unspecified() {
-        Some("an unspecified address (0.0.0.0 or ::) cannot be connected to")
-    } else if address.ip().is_multicast() {
-        Some("a multicast address cannot be connected to")
-    } else {
-        None
-    };
-    if let Some(why) = unusable {
-        return Err(Invalid::at(
-            raw_address.span(),
-            at("address"),
-            format!("{address}: {why} (expected the backend's own IP and port)"),
-        ));
-    }
+    let address = BackendAddr::parse(raw_address.get_ref())
+        .map_err(|e| Invalid::at(raw_address.span(), at("address"), e))?
+        .get();
     let default = Backend::new(String::new(), address);
     let weight = match &raw.weight {
         None => default.weight,
-        Some(weight) => positive_u32(weight, &at("weight"), MAX_WEIGHT)?,
+        Some(weight) => Weight::try_from(*weight.get_ref())
+            .map_err(|e| Invalid::at(weight.span(), at("weight"), e))?
+            .get(),
     };
     let state = match &raw.state {
         None => default.state,
@@ -367,7 +358,7 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
         )?,
     };
     Ok(CheckedBackend {
-        name,
+        name: name.into_string(),
         name_span: raw_name.span(),
         address,
         address_span: raw_address.span(),
@@ -376,6 +367,7 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
     })
 }
 
+/// A service's name: `[A-Za-z0-9_.-]+`.
 fn convert_name(name: &Text, path: &str) -> Result<String, Invalid> {
     let text = name.get_ref();
     if !is_valid_name(text) {
