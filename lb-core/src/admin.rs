@@ -43,7 +43,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::config::{AdminState, Global, IpNet};
+use crate::config::{AdminState, Global, IpNet, Weight, MAX_WEIGHT};
 use crate::control::command::{self, Command};
 use crate::control::RegistryError;
 use crate::worker::WorkerControl;
@@ -73,8 +73,6 @@ const MAX_REFUSALS: usize = 16;
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (EMFILE and the like) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Weight bounds, the same as the config file's `weight`.
-const MAX_WEIGHT: u32 = 10_000;
 
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 /// The page is self-contained: inline style and script, fetches to itself.
@@ -568,16 +566,9 @@ async fn read_weight(body: Incoming) -> Result<NonZeroU32, Response<Full<Bytes>>
             format!("the body must be JSON {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}: {e}"),
         )
     })?;
-    u32::try_from(body.weight)
-        .ok()
-        .filter(|w| *w <= MAX_WEIGHT)
-        .and_then(NonZeroU32::new)
-        .ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("weight must be from 1 to {MAX_WEIGHT}, not {}", body.weight),
-            )
-        })
+    Weight::try_from(body.weight)
+        .map(Weight::get)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 fn page() -> Response<Full<Bytes>> {

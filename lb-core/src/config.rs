@@ -8,10 +8,13 @@
 //! through validation; nothing past this module re-checks a value.
 //!
 //! Layout: `raw` (the serde mirror of the file, spans kept), `validate`
-//! (`RawConfig` → `Config`, every check), `value` (duration, size, address
-//! syntaxes), `locate` (byte spans → `line:col` and key paths). The public
+//! (`RawConfig` → `Config`, every check; split by section), `value`
+//! (duration, size, address syntaxes), `backend` (a backend's name, address
+//! and weight as types, shared with the admin API so both accept the same
+//! backends), `locate` (byte spans → `line:col` and key paths). The public
 //! types below are the contract other modules code against.
 
+mod backend;
 mod locate;
 mod raw;
 mod validate;
@@ -23,6 +26,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub(crate) use backend::{BackendAddr, BackendName, Weight, MAX_WEIGHT};
 pub(crate) use ipnet::IpNet;
 
 /// Default Maglev lookup table size: prime, and > 100 × N for up to 655
@@ -194,10 +198,13 @@ pub enum Balance {
 /// `[[service.backend]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
-    /// Unique in its service; its stable identity for Maglev.
+    /// Unique in its service; its stable identity for Maglev. Valid as a
+    /// [`BackendName`] when it comes from the file or the join API.
     pub name: String,
+    /// Valid as a [`BackendAddr`] (IPv4-mapped IPv6 held as IPv4) when it
+    /// comes from the file or the join API.
     pub address: SocketAddr,
-    /// `weight = 100` (default), 1..=10000.
+    /// `weight = 100` (default), 1..=10000 ([`Weight`]).
     pub weight: NonZeroU32,
     /// `state = "enabled"` (default) | "drain" | "disabled": the initial
     /// admin state.
@@ -430,7 +437,7 @@ impl Backend {
         Backend {
             name: name.into(),
             address,
-            weight: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
+            weight: Weight::DEFAULT.get(),
             state: AdminState::Enabled,
         }
     }
@@ -1278,12 +1285,12 @@ state = "disabled"
         assert_refused(
             &backend_with("weight = 0"),
             (8, 10),
-            &["services[0].backend[0].weight: 0 is out of range (expected an integer 1..=10000)"],
+            &["services[0].backend[0].weight: 0 is not a valid weight (expected an integer from 1 to 10000)"],
         );
         assert_refused(
             &backend_with("weight = 10001"),
             (8, 10),
-            &["10001 is out of range"],
+            &["10001 is not a valid weight"],
         );
     }
 

@@ -319,8 +319,9 @@ fn advance(pos: u64, skip: u64, m: u64) -> u64 {
     }
 }
 
-/// Trial division; table sizes are checked once per build.
-fn is_prime(n: u32) -> bool {
+/// Trial division (at most ~32 768 divisions for a u32); table sizes are
+/// checked once per build, and by the config when it is loaded.
+pub(crate) fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }

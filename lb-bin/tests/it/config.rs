@@ -188,6 +188,40 @@ fn check_rejects_a_bad_backend_address() {
     );
 }
 
+/// The broadcast address, refused by the join API from the start, is
+/// refused by the config file too, in the same words.
+#[test]
+fn check_rejects_a_broadcast_backend_address() {
+    assert_rejected(
+        "broadcast backend address",
+        Mistake {
+            text: replaced(
+                "address = \"127.0.0.1:34568\"",
+                "address = \"255.255.255.255:34568\"",
+            ),
+            at: At::Line("address = \"255.255.255.255:34568\""),
+            says: &[&["255.255.255.255:34568: the broadcast address cannot be connected to"]],
+        },
+    );
+}
+
+/// An IPv4-mapped IPv6 address is the IPv4 address (as for the join API):
+/// written both ways, it is one backend address listed twice.
+#[test]
+fn check_reads_an_ipv4_mapped_backend_address_as_ipv4() {
+    assert_rejected(
+        "IPv4-mapped backend address",
+        Mistake {
+            text: replaced(
+                "address = \"127.0.0.1:34568\"",
+                "address = \"[::ffff:127.0.0.1]:34567\"",
+            ),
+            at: At::Line("address = \"[::ffff:127.0.0.1]:34567\""),
+            says: &[&["127.0.0.1:34567 is already the address of backend \"b1\""]],
+        },
+    );
+}
+
 #[test]
 fn check_rejects_a_bad_listen_address() {
     assert_rejected(

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{constant_time_eq, Credentials};
 use super::view::BackendDoc;
-use super::{error, json, read_body, unavailable, AdminContext, Unavailable, MAX_WEIGHT};
-use crate::config::Backend;
+use super::{error, json, read_body, unavailable, AdminContext, Unavailable};
+use crate::config::{Backend, BackendAddr, BackendName, Weight, MAX_WEIGHT};
 use crate::control::command::Command;
 use crate::control::{JoinError, JoinOutcome};
 
@@ -47,8 +47,6 @@ pub(crate) const FAILURE_REFILL: Duration = Duration::from_secs(10);
 /// Peers whose failures are remembered at once (an entry is a few dozen
 /// bytes: the table stays under a megabyte).
 pub(crate) const FAILURE_PEERS: usize = 4096;
-/// Longest backend name a node may join under.
-pub(crate) const MAX_NAME: usize = 64;
 /// The header a node sends its key in (`Authorization: Bearer` works too).
 const JOIN_KEY_HEADER: &str = "x-join-key";
 
@@ -287,7 +285,8 @@ fn refused(e: JoinError) -> Response<Full<Bytes>> {
 }
 
 /// Parses a join body into the backend to add (enabled; weight 100 unless
-/// given). The error says what was wrong.
+/// given), through the same types as the config file's backends. The error
+/// says what was wrong.
 pub(crate) fn parse_join(body: &[u8]) -> Result<Backend, String> {
     let body: JoinBody = serde_json::from_slice(body).map_err(|e| {
         format!(
@@ -295,15 +294,11 @@ pub(crate) fn parse_join(body: &[u8]) -> Result<Backend, String> {
              (weight optional, 1 to {MAX_WEIGHT}): {e}"
         )
     })?;
-    check_name(&body.name)?;
-    let address = parse_address(&body.address)?;
-    let mut backend = Backend::new(body.name, address);
+    let name = BackendName::parse(&body.name).map_err(|e| e.to_string())?;
+    let address = BackendAddr::parse(&body.address).map_err(|e| e.to_string())?;
+    let mut backend = Backend::new(name.into_string(), address.get());
     if let Some(weight) = body.weight {
-        backend.weight = u32::try_from(weight)
-            .ok()
-            .filter(|w| *w <= MAX_WEIGHT)
-            .and_then(NonZeroU32::new)
-            .ok_or_else(|| format!("weight must be from 1 to {MAX_WEIGHT}, not {weight}"))?;
+        backend.weight = Weight::try_from(weight).map_err(|e| e.to_string())?.get();
     }
     Ok(backend)
 }
@@ -312,62 +307,8 @@ pub(crate) fn parse_join(body: &[u8]) -> Result<Backend, String> {
 pub(crate) fn parse_leave(body: &[u8]) -> Result<String, String> {
     let body: LeaveBody = serde_json::from_slice(body)
         .map_err(|e| format!("the body must be JSON {{\"name\": \"…\"}}: {e}"))?;
-    check_name(&body.name)?;
-    Ok(body.name)
-}
-
-/// 1 to [`MAX_NAME`] of `A-Z a-z 0-9 _ . -` (the config file's characters).
-fn check_name(name: &str) -> Result<(), String> {
-    let charset = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if name.is_empty() || name.len() > MAX_NAME || !charset {
-        return Err(format!(
-            "{:?} is not a valid name (expected 1 to {MAX_NAME} letters, digits, '_', '.' or '-')",
-            truncated(name)
-        ));
-    }
-    Ok(())
-}
-
-/// An address a backend can be connected to: `IP:port` or `[IPv6]:port`,
-/// no host name, no port 0, not unspecified, multicast or broadcast.
-fn parse_address(text: &str) -> Result<SocketAddr, String> {
-    let address: SocketAddr = text.parse().map_err(|_| {
-        let hint = if text.parse::<IpAddr>().is_ok() {
-            "the port is missing"
-        } else {
-            "expected \"IP:port\" or \"[IPv6]:port\"; host names are not accepted"
-        };
-        format!("{:?} is not a socket address: {hint}", truncated(text))
-    })?;
-    let ip = address.ip().to_canonical();
-    let unusable = if address.port() == 0 {
-        Some("port 0 cannot be connected to")
-    } else if ip.is_unspecified() {
-        Some("an unspecified address (0.0.0.0 or ::) cannot be connected to")
-    } else if ip.is_multicast() {
-        Some("a multicast address cannot be connected to")
-    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
-        Some("the broadcast address cannot be connected to")
-    } else {
-        None
-    };
-    match unusable {
-        Some(why) => Err(format!(
-            "{address}: {why} (expected the node's own IP and port)"
-        )),
-        None => Ok(address),
-    }
-}
-
-/// At most 80 characters of untrusted text, for an error message.
-fn truncated(text: &str) -> String {
-    let mut out: String = text.chars().take(80).collect();
-    if out.len() < text.len() {
-        out.push('…');
-    }
-    out
+    let name = BackendName::parse(&body.name).map_err(|e| e.to_string())?;
+    Ok(name.into_string())
 }
 
 #[cfg(test)]
@@ -448,15 +389,15 @@ mod tests {
             ),
             (
                 br#"{"name": "a", "address": "10.0.0.1:1", "weight": 0}"#,
-                "from 1 to 10000, not 0",
+                "0 is not a valid weight (expected an integer from 1 to 10000)",
             ),
             (
                 br#"{"name": "a", "address": "10.0.0.1:1", "weight": 10001}"#,
-                "not 10001",
+                "10001 is not a valid weight",
             ),
             (
                 br#"{"name": "a", "address": "10.0.0.1:1", "weight": -1}"#,
-                "not -1",
+                "-1 is not a valid weight",
             ),
             (
                 br#"{"name": "a", "address": "10.0.0.1:1", "weight": 1.5}"#,
@@ -481,6 +422,74 @@ mod tests {
         );
         let err = parse_join(long.as_bytes()).unwrap_err();
         assert!(err.contains("1 to 64") && err.len() < 200, "{err}");
+    }
+
+    /// The config file and the join API take a backend's name, address and
+    /// weight through the same types: what one refuses the other refuses,
+    /// with the same words, and what both accept they store alike.
+    #[test]
+    fn the_config_and_the_join_api_agree_on_backends() {
+        let config = |name: &str, address: &str, weight: &str| {
+            let text = format!(
+                "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8080\"]\n\
+                 [[service.backend]]\nname = \"{name}\"\naddress = \"{address}\"\nweight = {weight}\n"
+            );
+            crate::config::Config::parse(&text, None).map(|c| {
+                let b = &c.services[0].backends[0];
+                (b.name.clone(), b.address, b.weight)
+            })
+        };
+        let join = |name: &str, address: &str, weight: &str| {
+            let body =
+                format!(r#"{{"name": "{name}", "address": "{address}", "weight": {weight}}}"#);
+            parse_join(body.as_bytes()).map(|b| (b.name, b.address, b.weight))
+        };
+        let long_name = "n".repeat(65);
+        let refused: &[(&str, &str, &str, &str)] = &[
+            ("a", "255.255.255.255:80", "100", "address"),
+            ("a", "[::ffff:255.255.255.255]:80", "100", "address"),
+            ("a", "0.0.0.0:80", "100", "address"),
+            ("a", "[::]:80", "100", "address"),
+            ("a", "[::ffff:0.0.0.0]:80", "100", "address"),
+            ("a", "224.0.0.1:80", "100", "address"),
+            ("a", "[::ffff:224.0.0.1]:80", "100", "address"),
+            ("a", "[ff02::1]:80", "100", "address"),
+            ("a", "10.0.0.1:0", "100", "address"),
+            ("a", "10.0.0.1", "100", "address"),
+            ("a", "art.example.com:80", "100", "address"),
+            ("a", "[::1:80", "100", "address"),
+            ("a b", "10.0.0.1:80", "100", "name"),
+            ("", "10.0.0.1:80", "100", "name"),
+            (&long_name, "10.0.0.1:80", "100", "name"),
+            ("a", "10.0.0.1:80", "0", "weight"),
+            ("a", "10.0.0.1:80", "10001", "weight"),
+            ("a", "10.0.0.1:80", "-1", "weight"),
+        ];
+        for (name, address, weight, key) in refused {
+            let Err(from_config) = config(name, address, weight) else {
+                panic!("the config accepted {name:?} {address:?} {weight}")
+            };
+            let Err(from_join) = join(name, address, weight) else {
+                panic!("the join API accepted {name:?} {address:?} {weight}")
+            };
+            let from_config = from_config.message;
+            assert_eq!(
+                from_config,
+                format!("services[0].backend[0].{key}: {from_join}"),
+                "the config and the join API word it differently"
+            );
+        }
+        let v4 = "10.0.0.1:80".parse::<SocketAddr>().unwrap();
+        for (written, stored) in [("[::ffff:10.0.0.1]:80", v4), ("10.0.0.1:80", v4)] {
+            let from_config = config("a", written, "7").unwrap();
+            let from_join = join("a", written, "7").unwrap();
+            assert_eq!(from_config, from_join, "{written}");
+            assert_eq!(
+                from_config.1, stored,
+                "{written} is stored as {}",
+                from_config.1
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The file as written: serde structs mirroring the TOML layout, every table
 //! `deny_unknown_fields`, every value kept with its span so that the
-//! validation in `validate.rs` can point at it. Nothing here is checked
+//! validation in `validate` can point at it. Nothing here is checked
 //! beyond its TOML type; all keys are optional here so that a missing one is
 //! reported by validation, with the table it is missing from.
 

@@ -132,8 +132,9 @@ pub(super) fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large a size"))
 }
 
-/// Service and backend names: `[A-Za-z0-9_.-]+`. They appear in metrics
-/// labels, URLs of the admin API and logs, so they stay plain.
+/// Service and backend names: `[A-Za-z0-9_.-]+` (a backend's also at most
+/// 64 long: `BackendName`). They appear in metrics labels, URLs of the
+/// admin API and logs, so they stay plain.
 pub(super) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -155,11 +156,29 @@ pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
         Err(_) if text.matches(':').count() > 1 && !text.starts_with('[') => {
             ": IPv6 addresses go in brackets, as in \"[::1]:8080\""
         }
+        Err(_)
+            if text
+                .split_once(':')
+                .is_some_and(|(host, _)| is_host_name(host)) =>
+        {
+            ": host names are not accepted"
+        }
         Err(_) => "",
     };
     Err(format!(
-        "{text:?} is not a socket address{hint} ({SOCKET_ADDR_SYNTAX})"
+        "{:?} is not a socket address{hint} ({SOCKET_ADDR_SYNTAX})",
+        truncated(text)
     ))
+}
+
+/// At most 80 characters of the text, for an error message that quotes
+/// it (a value may come from the network, of any length).
+pub(super) fn truncated(text: &str) -> String {
+    let mut out: String = text.chars().take(80).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// Parses a CIDR (`"10.0.0.0/8"`, `"::1/128"`); a bare IP means a /32 or
@@ -227,6 +246,11 @@ pub(super) fn is_valid_host(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
+/// A host name, not an IP address: a host with a letter in it.
+fn is_host_name(host: &str) -> bool {
+    is_valid_host(host) && host.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
 fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
     let head = text.get(..prefix.len())?;
     if head.eq_ignore_ascii_case(prefix) {
@@ -234,26 +258,6 @@ fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> 
     } else {
         None
     }
-}
-
-/// Deterministic primality by trial division: at most ~32 768 divisions for
-/// a u32, run once per load.
-pub(super) fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n % 2 == 0 {
-        return n == 2;
-    }
-    let n = u64::from(n);
-    let mut divisor: u64 = 3;
-    while divisor * divisor <= n {
-        if n % divisor == 0 {
-            return false;
-        }
-        divisor += 2;
-    }
-    true
 }
 
 #[cfg(test)]
@@ -333,9 +337,24 @@ mod tests {
         assert!(parse_socket_addr("fe80::x:1")
             .unwrap_err()
             .contains("brackets"));
-        assert!(parse_socket_addr("localhost:80")
-            .unwrap_err()
-            .contains("IP:port"));
+        assert_eq!(
+            parse_socket_addr("localhost:80"),
+            Err(
+                "\"localhost:80\" is not a socket address: host names are not accepted \
+                 (expected \"IP:port\" or \"[IPv6]:port\")"
+                    .to_owned()
+            )
+        );
+        for no_hint in ["10.0.0.1:http", "10.0.0.1:70000", "[::1]:x", "x"] {
+            assert_eq!(
+                parse_socket_addr(no_hint),
+                Err(format!(
+                    "{no_hint:?} is not a socket address (expected \"IP:port\" or \"[IPv6]:port\")"
+                ))
+            );
+        }
+        let long = parse_socket_addr(&"1".repeat(1000)).unwrap_err();
+        assert!(long.len() < 200, "the text is quoted whole: {long}");
     }
 
     #[test]
@@ -376,16 +395,5 @@ mod tests {
         ] {
             assert!(parse_proxy_url(bad).is_err(), "{bad:?} was accepted");
         }
-    }
-
-    #[test]
-    fn primes_by_trial_division() {
-        let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
-        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
-        assert!(is_prime(65_537));
-        assert!(!is_prime(65_535));
-        assert!(is_prime(4_294_967_291)); // largest u32 prime
-        assert!(!is_prime(u32::MAX));
-        assert!(!is_prime(65_521 * 65_519)); // product of two large primes
     }
 }

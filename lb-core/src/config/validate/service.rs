@@ -1,0 +1,383 @@
+//! `[[service]]` and its `[[service.backend]]`s: names and listen
+//! addresses unique across services, the balancing settings, the Maglev
+//! table size, and the backends (their name, address and weight parsed
+//! through the types of `config::backend`, the same as the join API's).
+//! Runs on the thread loading the config; no I/O.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::{
+    choice, each, integer, optional_duration, positive_u32, positive_usize, required, Invalid, Seen,
+};
+use crate::config::backend::{BackendAddr, BackendName, Weight};
+use crate::config::raw::{RawBackend, RawService, Text};
+use crate::config::value::{is_valid_name, parse_socket_addr};
+use crate::config::{
+    AdminState, Backend, Balance, HealthCheck, Service, DEFAULT_MAGLEV_TABLE_SIZE,
+};
+use crate::maglev::{is_prime, MIN_TABLE_SIZE};
+
+/// Largest Maglev table: 2^24 slots are ample for 100 × 10 000 backends; a
+/// larger one only costs memory and build time on every change.
+const MAX_MAGLEV_TABLE_SIZE: i64 = 1 << 24;
+
+impl Seen {
+    pub(super) fn service(
+        &mut self,
+        raw: Spanned<RawService>,
+        index: usize,
+        base_dir: &Path,
+    ) -> Result<Service, Invalid> {
+        let table = raw.span();
+        let raw = raw.into_inner();
+        let path = format!("services[{index}]");
+        let at = |key: &str| format!("{path}.{key}");
+        let default = Service::new(String::new(), Vec::new(), Vec::new());
+
+        let raw_name = required(
+            &raw.name,
+            &table,
+            &path,
+            "name",
+            "a unique name such as \"web\"",
+        )?;
+        let name = convert_name(raw_name, &at("name"))?;
+        if let Some(other) = self.service_names.get(&name) {
+            return Err(Invalid::at(
+                raw_name.span(),
+                at("name"),
+                format!("{name:?} is already the name of services[{other}] (service names must be unique)"),
+            ));
+        }
+        self.service_names.insert(name.clone(), index);
+
+        let listen = self.convert_listen(&raw, &table, &path, &name)?;
+        let balance = match &raw.balance {
+            None => default.balance,
+            Some(balance) => choice(
+                balance,
+                &at("balance"),
+                &[
+                    ("maglev", Balance::Maglev),
+                    ("round-robin", Balance::RoundRobin),
+                    ("least-conn", Balance::LeastConn),
+                    ("p2c", Balance::P2c),
+                ],
+            )?,
+        };
+        let connect_timeout = optional_duration(
+            &raw.connect_timeout,
+            &at("connect_timeout"),
+            default.connect_timeout,
+        )?;
+        let idle_timeout =
+            optional_duration(&raw.idle_timeout, &at("idle_timeout"), default.idle_timeout)?;
+        let max_connections = match &raw.max_connections {
+            None => default.max_connections,
+            Some(max) => Some(positive_usize(max, &at("max_connections"))?),
+        };
+        let connect_attempts = match &raw.connect_attempts {
+            None => default.connect_attempts,
+            Some(attempts) => positive_u32(attempts, &at("connect_attempts"), i64::from(u32::MAX))?,
+        };
+        let hash_prefix_v4 = match &raw.hash_prefix_v4 {
+            None => default.hash_prefix_v4,
+            Some(prefix) => integer(prefix, &at("hash_prefix_v4"), 0, 32)?,
+        };
+        let hash_prefix_v6 = match &raw.hash_prefix_v6 {
+            None => default.hash_prefix_v6,
+            Some(prefix) => integer(prefix, &at("hash_prefix_v6"), 0, 128)?,
+        };
+        let bounded_load = match &raw.bounded_load {
+            None => None,
+            Some(factor) => {
+                let c = *factor.get_ref();
+                if !c.is_finite() || c <= 1.0 {
+                    return Err(Invalid::at(
+                        factor.span(),
+                        at("bounded_load"),
+                        format!("{c} is not valid (expected a number greater than 1.0, e.g. 1.25: a backend takes at most 25% more than the mean)"),
+                    ));
+                }
+                Some(c)
+            }
+        };
+        let source_address = match &raw.source_address {
+            None => None,
+            Some(source) => Some(source.get_ref().parse::<IpAddr>().map_err(|_| {
+                Invalid::at(
+                    source.span(),
+                    at("source_address"),
+                    format!(
+                        "{:?} is not an IP address (expected e.g. \"10.0.0.5\" or \"fd00::5\")",
+                        source.get_ref()
+                    ),
+                )
+            })?),
+        };
+        let health = match &raw.health {
+            None => HealthCheck::default(),
+            Some(health) => super::health::convert_health(health, &at("health"), base_dir)?,
+        };
+
+        let backends = convert_backends(&raw, &table, &path, source_address)?;
+        let maglev_table_size = convert_table_size(&raw, &table, &path, backends.len())?;
+
+        Ok(Service {
+            name,
+            listen,
+            balance,
+            connect_timeout,
+            idle_timeout,
+            max_connections,
+            connect_attempts,
+            maglev_table_size,
+            hash_prefix_v4,
+            hash_prefix_v6,
+            bounded_load,
+            source_address,
+            health,
+            backends,
+        })
+    }
+
+    fn convert_listen(
+        &mut self,
+        raw: &RawService,
+        table: &Range<usize>,
+        path: &str,
+        name: &str,
+    ) -> Result<Vec<SocketAddr>, Invalid> {
+        let key = format!("{path}.listen");
+        let list = required(
+            &raw.listen,
+            table,
+            path,
+            "listen",
+            "an array of addresses such as [\"0.0.0.0:8080\"]",
+        )?;
+        if list.get_ref().is_empty() {
+            return Err(Invalid::at(
+                list.span(),
+                &key,
+                "is empty (expected at least one address such as \"0.0.0.0:8080\")",
+            ));
+        }
+        let listen = each(list, &key, parse_socket_addr)?;
+        for (i, (addr, item)) in listen.iter().zip(list.get_ref()).enumerate() {
+            // Port 0 asks the kernel for a fresh port each time: never shared.
+            if addr.port() == 0 {
+                continue;
+            }
+            if listen
+                .get(..i)
+                .is_some_and(|earlier| earlier.contains(addr))
+            {
+                return Err(Invalid::at(
+                    item.span(),
+                    format!("{key}[{i}]"),
+                    format!("{addr} is listed twice"),
+                ));
+            }
+            if let Some(owner) = self.listen_owners.get(addr) {
+                return Err(Invalid::at(
+                    item.span(),
+                    format!("{key}[{i}]"),
+                    format!(
+                        "{addr} is already a listen address of service {owner:?} \
+                         (a listen address belongs to one service)"
+                    ),
+                ));
+            }
+        }
+        for addr in &listen {
+            self.listen_owners.insert(*addr, name.to_owned());
+        }
+        Ok(listen)
+    }
+}
+
+/// `maglev_table_size`: a prime in [`MIN_TABLE_SIZE`]..=2^24 (7..=2^24),
+/// larger than the backend count.
+fn convert_table_size(
+    raw: &RawService,
+    table: &Range<usize>,
+    path: &str,
+    backend_count: usize,
+) -> Result<u32, Invalid> {
+    let key = format!("{path}.maglev_table_size");
+    let (size, span) = match &raw.maglev_table_size {
+        None => (DEFAULT_MAGLEV_TABLE_SIZE, table.clone()),
+        Some(size) => {
+            let n: u32 = integer(size, &key, i64::from(MIN_TABLE_SIZE), MAX_MAGLEV_TABLE_SIZE)?;
+            if !is_prime(n) {
+                return Err(Invalid::at(
+                    size.span(),
+                    &key,
+                    format!("{n} is not a prime number (Maglev needs a prime table size, e.g. 65537, 131071 or 1048573)"),
+                ));
+            }
+            (n, size.span())
+        }
+    };
+    if usize::try_from(size).is_ok_and(|size| size <= backend_count) {
+        return Err(Invalid::at(
+            span,
+            &key,
+            format!("{size} must be larger than the number of backends ({backend_count}); use a prime above 100 times that"),
+        ));
+    }
+    Ok(size)
+}
+
+/// The backends of a service: at least one, names and addresses unique, all
+/// of `source_address`'s family when it is set.
+fn convert_backends(
+    raw: &RawService,
+    table: &Range<usize>,
+    path: &str,
+    source_address: Option<IpAddr>,
+) -> Result<Vec<Backend>, Invalid> {
+    if raw.backend.is_empty() {
+        return Err(Invalid::at(
+            table.clone(),
+            path,
+            "no backend (add at least one [[service.backend]] with name and address)",
+        ));
+    }
+    let mut backend_names: HashMap<String, usize> = HashMap::new();
+    let mut backend_addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let mut backends = Vec::with_capacity(raw.backend.len());
+    for (i, backend) in raw.backend.iter().enumerate() {
+        let backend_path = format!("{path}.backend[{i}]");
+        let backend = convert_backend(backend, &backend_path)?;
+        if let Some(other) = backend_names.insert(backend.name.clone(), i) {
+            let span = backend.name_span.clone();
+            return Err(Invalid::at(
+                span,
+                format!("{backend_path}.name"),
+                format!(
+                    "{:?} is already the name of {path}.backend[{other}] (backend names must be unique within a service)",
+                    backend.name
+                ),
+            ));
+        }
+        if let Some(other) = backend_addresses.get(&backend.address) {
+            return Err(Invalid::at(
+                backend.address_span.clone(),
+                format!("{backend_path}.address"),
+                format!(
+                    "{} is already the address of backend {other:?} (each backend must have its own address)",
+                    backend.address
+                ),
+            ));
+        }
+        backend_addresses.insert(backend.address, backend.name.clone());
+        if let (Some(source), Some(raw_source)) = (source_address, &raw.source_address) {
+            if source.is_ipv4() != backend.address.is_ipv4() {
+                return Err(Invalid::at(
+                    raw_source.span(),
+                    format!("{path}.source_address"),
+                    format!(
+                        "{source} cannot reach backend {:?} at {}: the address families differ \
+                         (use backends of one family, or remove source_address)",
+                        backend.name, backend.address
+                    ),
+                ));
+            }
+        }
+        backends.push(Backend {
+            name: backend.name,
+            address: backend.address,
+            weight: backend.weight,
+            state: backend.state,
+        });
+    }
+    Ok(backends)
+}
+
+/// A backend as converted, with the spans the checks across backends need.
+struct CheckedBackend {
+    /// Checked by [`BackendName`]; the map of names uses the text.
+    name: String,
+    name_span: Range<usize>,
+    /// Checked (and normalised) by [`BackendAddr`].
+    address: SocketAddr,
+    address_span: Range<usize>,
+    /// Checked by [`Weight`].
+    weight: NonZeroU32,
+    state: AdminState,
+}
+
+fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBackend, Invalid> {
+    let table = raw.span();
+    let raw = raw.get_ref();
+    let at = |key: &str| format!("{path}.{key}");
+    let raw_name = required(
+        &raw.name,
+        &table,
+        path,
+        "name",
+        "a name unique in the service, such as \"app1\"",
+    )?;
+    let name = BackendName::parse(raw_name.get_ref())
+        .map_err(|e| Invalid::at(raw_name.span(), at("name"), e))?;
+    let raw_address = required(
+        &raw.address,
+        &table,
+        path,
+        "address",
+        "\"IP:port\" or \"[IPv6]:port\"",
+    )?;
+    let address = BackendAddr::parse(raw_address.get_ref())
+        .map_err(|e| Invalid::at(raw_address.span(), at("address"), e))?
+        .get();
+    let default = Backend::new(String::new(), address);
+    let weight = match &raw.weight {
+        None => default.weight,
+        Some(weight) => Weight::try_from(*weight.get_ref())
+            .map_err(|e| Invalid::at(weight.span(), at("weight"), e))?
+            .get(),
+    };
+    let state = match &raw.state {
+        None => default.state,
+        Some(state) => choice(
+            state,
+            &at("state"),
+            &[
+                ("enabled", AdminState::Enabled),
+                ("drain", AdminState::Drain),
+                ("disabled", AdminState::Disabled),
+            ],
+        )?,
+    };
+    Ok(CheckedBackend {
+        name: name.into_string(),
+        name_span: raw_name.span(),
+        address,
+        address_span: raw_address.span(),
+        weight,
+        state,
+    })
+}
+
+/// A service's name: `[A-Za-z0-9_.-]+`.
+fn convert_name(name: &Text, path: &str) -> Result<String, Invalid> {
+    let text = name.get_ref();
+    if !is_valid_name(text) {
+        return Err(Invalid::at(
+            name.span(),
+            path,
+            format!(
+                "{text:?} is not a valid name (expected letters, digits, '_', '.' and '-' only)"
+            ),
+        ));
+    }
+    Ok(text.clone())
+}
