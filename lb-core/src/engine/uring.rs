@@ -51,6 +51,7 @@ mod ops;
 mod setup;
 
 pub use setup::self_test;
+pub use setup::RingMode;
 pub(crate) use setup::{build, Ring, Unusable};
 
 use ops::Ops;
@@ -66,8 +67,9 @@ use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring};
 
 use crate::conn::Readiness;
+use crate::engine::Engine;
 use crate::sys;
-use crate::worker::{Reactor, Token, Worker, WorkerSetup};
+use crate::worker::{Reactor, Token, Worker, WorkerForwarding, WorkerSetup};
 
 /// user_data layout: kind (4 bits) | sequence (28 bits) | id (32 bits: the
 /// fd of a poll, the listener index of an accept).
@@ -556,27 +558,29 @@ pub(crate) fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
     setup.control.set_waker(Box::new(move || {
         let _ = (&*waker).write(&1u64.to_ne_bytes());
     }));
-    let _ = setup.control.engine.set("uring");
-    let mut setup = setup;
-    let ops = match Ops::new(
-        setup.forwarding,
-        &ring.ring.submitter(),
-        setup.pipe_size,
-        setup.pipe_pool,
-    ) {
-        Ok(ops) => ops,
-        Err(e) => {
-            let inline = setup.forwarding.inline();
-            tracing::warn!(
-                worker = setup.id,
-                error = %e,
-                "forwarding = {:?} cannot run on this ring; this worker forwards inline as {:?}",
-                setup.forwarding.name(),
-                inline.name()
-            );
-            setup.forwarding = inline;
-            None
-        }
+    let _ = setup.control.engine.set(Engine::IoUring);
+    let ops = match setup.forwarding.ring() {
+        None => None,
+        Some(mode) => match Ops::new(
+            mode,
+            &ring.ring.submitter(),
+            setup.pipe_size,
+            setup.pipe_pool,
+        ) {
+            Ok(ops) => Some(ops),
+            Err(e) => {
+                // The worker's pumps run the inline equivalent (the
+                // worker takes it from its setup).
+                tracing::warn!(
+                    worker = setup.id,
+                    error = %e,
+                    "forwarding = {:?} cannot run on this ring; this worker forwards inline as {:?}",
+                    setup.forwarding.name(),
+                    WorkerForwarding::from(mode.inline()).name()
+                );
+                None
+            }
+        },
     };
     let mut reactor = UringReactor::new(ring, ops);
     reactor.arm_wake(wake.as_raw_fd());
@@ -787,13 +791,13 @@ mod tests {
     #[test]
     fn a_ring_is_built_and_passes_the_self_test_here() {
         let mode = self_test().expect("io_uring should be usable on this machine");
-        assert!(!mode.is_empty());
+        assert!(!mode.name().is_empty());
         // And both ways of asking for it pick it.
         let auto = crate::engine::choose(EngineKind::Auto).unwrap();
-        assert_eq!(auto.name, "uring", "{}", auto.reason);
+        assert_eq!(auto.engine, Engine::IoUring, "{}", auto.reason);
         assert_eq!(
-            crate::engine::choose(EngineKind::Uring).unwrap().name,
-            "uring"
+            crate::engine::choose(EngineKind::Uring).unwrap().engine,
+            Engine::IoUring
         );
     }
 
@@ -806,7 +810,7 @@ mod tests {
     #[test]
     fn a_socket_removed_while_its_poll_wake_up_is_pending_gets_closed() {
         let ring = setup::build().expect("io_uring should be usable here");
-        let deferred = ring.mode.contains("defer-taskrun");
+        let deferred = ring.mode.defers_taskrun();
         let mut reactor = UringReactor::new(ring, None);
         let (mut peer, ours) = tcp_pair();
         let fd = ours.as_raw_fd();

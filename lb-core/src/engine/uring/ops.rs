@@ -90,10 +90,10 @@ use io_uring::{cqueue, opcode, squeue, types, Probe, Submitter};
 use super::bufring::BufRing;
 use super::{Sq, KIND_OP, KIND_SHIFT};
 use crate::buffer::BufferPool;
-use crate::config::Forwarding;
 use crate::conn::{FlowError, Outcome, Side};
 use crate::pipe::{Pipe, PipePool};
 use crate::sys;
+use crate::worker::RingForwarding;
 
 /// io-wq threads per worker for `uring-splice`: [bounded, unbounded]
 /// (splices between sockets and pipes run on the unbounded list). Every
@@ -310,22 +310,21 @@ pub(crate) struct Ops {
 }
 
 impl Ops {
-    /// The ops for `forwarding` on the ring of `submitter`, or None when
-    /// the worker forwards inline. Err: this kernel lacks something they
-    /// need (the caller falls back to the inline equivalent).
+    /// The ops for `forwarding` on the ring of `submitter`. Err: this
+    /// kernel lacks something they need (the worker's pumps then run the
+    /// inline equivalent).
     pub(crate) fn new(
-        forwarding: Forwarding,
+        forwarding: RingForwarding,
         submitter: &Submitter,
         pipe_size: usize,
         pipe_pool: usize,
-    ) -> io::Result<Option<Ops>> {
+    ) -> io::Result<Ops> {
         let needed: &[(u8, &str)] = match forwarding {
-            Forwarding::UringCopy => &[(opcode::Recv::CODE, "RECV"), (opcode::Send::CODE, "SEND")],
-            Forwarding::UringSplice => &[
+            RingForwarding::Copy => &[(opcode::Recv::CODE, "RECV"), (opcode::Send::CODE, "SEND")],
+            RingForwarding::Splice => &[
                 (opcode::Splice::CODE, "SPLICE"),
                 (opcode::PollAdd::CODE, "POLL_ADD"),
             ],
-            _ => return Ok(None),
         };
         let mut probe = Probe::new();
         submitter.register_probe(&mut probe)?;
@@ -336,7 +335,7 @@ impl Ops {
         }
         let size = pipe_size.clamp(4096, 1 << 20);
         let bufs = match forwarding {
-            Forwarding::UringCopy => {
+            RingForwarding::Copy => {
                 let entries = (BUFFER_MEMORY / size)
                     .clamp(MIN_BUFFERS, MAX_BUFFERS)
                     .next_power_of_two() as u16;
@@ -349,7 +348,7 @@ impl Ops {
                     })?,
                 )
             }
-            _ => {
+            RingForwarding::Splice => {
                 let mut max = IOWQ_MAX_WORKERS;
                 if let Err(e) = submitter.register_iowq_max_workers(&mut max) {
                     // Linux < 5.15: io-wq grows as it likes; still correct.
@@ -358,7 +357,7 @@ impl Ops {
                 None
             }
         };
-        Ok(Some(Ops {
+        Ok(Ops {
             pools: Pools {
                 bufs,
                 spills: BufferPool::new(size, SPILLS_IDLE),
@@ -370,7 +369,7 @@ impl Ops {
             in_flight: 0,
             #[cfg(test)]
             keep_ring_when_stalled: false,
-        }))
+        })
     }
 
     /// Takes over an established connection (worker token `token`) and
@@ -913,11 +912,9 @@ mod tests {
     }
 
     impl Rig {
-        fn new(forwarding: Forwarding, pipe_size: usize) -> Rig {
+        fn new(forwarding: RingForwarding, pipe_size: usize) -> Rig {
             let ring = super::super::build().unwrap();
-            let ops = Ops::new(forwarding, &ring.ring.submitter(), pipe_size, 4)
-                .unwrap()
-                .unwrap();
+            let ops = Ops::new(forwarding, &ring.ring.submitter(), pipe_size, 4).unwrap();
             Rig {
                 sq: Sq::new(ring),
                 ops,
@@ -1028,7 +1025,7 @@ mod tests {
         }
     }
 
-    const MODES: [Forwarding; 2] = [Forwarding::UringCopy, Forwarding::UringSplice];
+    const MODES: [RingForwarding; 2] = [RingForwarding::Copy, RingForwarding::Splice];
 
     fn payload(seed: u32, len: usize) -> Vec<u8> {
         (0..len as u32)
@@ -1240,7 +1237,7 @@ mod tests {
     /// flow may stay parked, and each still forwards.
     #[test]
     fn idle_flows_that_found_the_ring_empty_are_not_forgotten() {
-        let mut rig = Rig::new(Forwarding::UringCopy, 1 << 20);
+        let mut rig = Rig::new(RingForwarding::Copy, 1 << 20);
         rig.ops.keep_ring_when_stalled = true;
         // 16 busy links whose sends stick hold every buffer.
         let mut links: Vec<Link> = (0..MIN_BUFFERS)
@@ -1375,7 +1372,7 @@ mod tests {
     fn readers_that_stop_reading_do_not_hold_the_buffer_ring() {
         // 1 MiB buffers: the ring has the minimum, 16, fewer than the
         // stalled readers.
-        let mut rig = Rig::new(Forwarding::UringCopy, 1 << 20);
+        let mut rig = Rig::new(RingForwarding::Copy, 1 << 20);
         assert_eq!(rig.ops.pools.bufs.as_ref().unwrap().entries(), MIN_BUFFERS);
         let n = MIN_BUFFERS + 8;
         let (mut links, writers) = unread_streams(&mut rig, n, 5);
@@ -1414,7 +1411,7 @@ mod tests {
     #[test]
     fn flows_that_find_the_buffer_ring_empty_wait_for_a_buffer() {
         // 1 MiB buffers: the ring has the minimum, 16.
-        let mut rig = Rig::new(Forwarding::UringCopy, 1 << 20);
+        let mut rig = Rig::new(RingForwarding::Copy, 1 << 20);
         rig.ops.keep_ring_when_stalled = true;
         assert_eq!(rig.ops.pools.bufs.as_ref().unwrap().entries(), MIN_BUFFERS);
         let n = 24;
