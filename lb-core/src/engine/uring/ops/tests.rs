@@ -2,7 +2,6 @@
 //! loopback, the test's thread playing the engine and the worker.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::flow::FlowOps;
 use super::*;
