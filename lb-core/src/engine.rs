@@ -14,7 +14,8 @@
 //! `engine = "auto"` tries io_uring (a real ring and a self-test of what the
 //! engine uses) and falls back to epoll on any failure, with the reason in
 //! [`EngineChoice::reason`] for the one log line; `engine = "uring"` fails
-//! start-up instead.
+//! start-up instead. The chosen [`Engine`] then resolves the configured
+//! forwarding for every worker, once ([`Engine::forwarding`]).
 
 pub(crate) mod epoll;
 pub(crate) mod uring;

@@ -13,7 +13,8 @@
 //! `listeners` (accept and admission), `slab` (connections by slot and the
 //! [`Token`]s naming them), `connect` (backend choice and retries),
 //! `timers` (connect and idle timeouts), `mailbox` (the link with the
-//! control plane) and `syscalls` (the kernel calls, a seam for tests).
+//! control plane), `forwarding` (how bytes move, resolved at start-up) and
+//! `syscalls` (the kernel calls, a seam for tests).
 
 mod connect;
 mod forwarding;
