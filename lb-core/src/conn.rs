@@ -95,18 +95,29 @@ impl FlowError {
     }
 }
 
+/// What holds a flow's bytes between reading and writing them: nothing
+/// while idle (an idle connection holds no pipe and no buffer), else a
+/// pipe (splice) or a buffer (copy), never both.
+#[derive(Debug, Default)]
+enum InFlight {
+    #[default]
+    Idle,
+    /// `len` bytes in the pipe, read from the source and not yet written.
+    Pipe { pipe: Pipe, len: usize },
+    /// The bytes `buf[start..end]`, read and not yet written. Empty only
+    /// within a pump (the buffer goes back before the pump returns).
+    Buffer {
+        buf: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+}
+
 /// One direction of a connection.
 #[derive(Debug, Default)]
 pub(crate) struct Flow {
-    /// Present only while bytes are in flight.
-    pipe: Option<Pipe>,
-    /// Bytes in the pipe, read from the source and not yet written.
-    in_pipe: usize,
-    /// Copy strategy: present only while bytes are in flight; they are
-    /// `buf[buf_start..buf_end]`.
-    buf: Option<Box<[u8]>>,
-    buf_start: usize,
-    buf_end: usize,
+    /// The bytes in flight and what holds them.
+    in_flight: InFlight,
     /// The source sent FIN.
     eof: bool,
     /// FIN forwarded to the destination; this flow is finished.
@@ -146,12 +157,12 @@ impl Flow {
 
     #[cfg(test)]
     pub(crate) fn holds_pipe(&self) -> bool {
-        self.pipe.is_some()
+        matches!(self.in_flight, InFlight::Pipe { .. })
     }
 
     #[cfg(test)]
     pub(crate) fn holds_buffer(&self) -> bool {
-        self.buf.is_some()
+        matches!(self.in_flight, InFlight::Buffer { .. })
     }
 
     /// Moves bytes `src` → pipe → `dst` as far as readiness and `budget`
@@ -169,9 +180,9 @@ impl Flow {
         let (sr, dr) = (&mut src_ready.readable, &mut dst_ready.writable);
         let result = self.pump_inner(src, dst, sr, dr, pool, budget, &mut out);
         // An empty pipe goes straight back: idle connections hold none.
-        if self.in_pipe == 0 {
-            if let Some(p) = self.pipe.take() {
-                pool.give_back(p);
+        if let InFlight::Pipe { len: 0, .. } = self.in_flight {
+            if let InFlight::Pipe { pipe, .. } = std::mem::take(&mut self.in_flight) {
+                pool.give_back(pipe);
             }
         }
         result.map(|()| out)
@@ -189,36 +200,48 @@ impl Flow {
         out: &mut Pumped,
     ) -> Result<(), FlowError> {
         loop {
-            if self.in_pipe > 0 {
+            let in_pipe = match &self.in_flight {
+                InFlight::Idle => 0,
+                InFlight::Pipe { len, .. } => *len,
+                // Bytes in a buffer go first (`pump_auto` splices only
+                // with none; the splice strategy never has a buffer).
+                InFlight::Buffer { .. } => return Ok(()),
+            };
+            if in_pipe > 0 {
                 if !*dst_ready {
                     return Ok(());
                 }
-                let Some(pipe) = &self.pipe else {
+                let InFlight::Pipe { pipe, .. } = &self.in_flight else {
                     return Ok(());
                 };
-                let written = sys::splice(pipe.read_fd(), dst, self.in_pipe);
+                let written = sys::splice(pipe.read_fd(), dst, in_pipe);
                 let Some(n) = self.delivered(written, dst_ready, out)? else {
                     return Ok(());
                 };
-                self.in_pipe -= n;
+                if let InFlight::Pipe { len, .. } = &mut self.in_flight {
+                    *len -= n;
+                }
                 continue;
             }
-            // The pipe is empty here.
+            // The pipe is empty (or there is none) here.
             if !self.may_read(dst, src_ready, budget, out)? {
                 return Ok(());
             }
-            let pipe = match &mut self.pipe {
-                Some(p) => p,
-                None => self.pipe.insert(pool.take().map_err(FlowError::Pipe)?),
+            if let InFlight::Idle = self.in_flight {
+                let pipe = pool.take().map_err(FlowError::Pipe)?;
+                self.in_flight = InFlight::Pipe { pipe, len: 0 };
+            }
+            let InFlight::Pipe { pipe, len } = &mut self.in_flight else {
+                return Ok(());
             };
-            let room = pipe.capacity() - self.in_pipe;
+            let room = pipe.capacity() - *len;
             match sys::splice(src, pipe.write_fd(), room) {
                 Ok(0) => {
                     self.eof = true;
                     out.progressed = true;
                 }
                 Ok(n) => {
-                    self.in_pipe += n;
+                    *len += n;
                     out.progressed = true;
                 }
                 Err(e) if sys::would_block(&e) => {
@@ -226,7 +249,7 @@ impl Flow {
                     // are full (a socket splice takes one per fragment), not
                     // that the socket is empty: keep the flag until an empty
                     // pipe proves it.
-                    if self.in_pipe == 0 {
+                    if *len == 0 {
                         *src_ready = false;
                         return Ok(());
                     }
@@ -265,9 +288,11 @@ impl Flow {
             &mut out,
         );
         // An empty buffer goes straight back: idle connections hold none.
-        if self.buf_start == self.buf_end {
-            if let Some(b) = self.buf.take() {
-                pool.give_back(b);
+        if let InFlight::Buffer { start, end, .. } = self.in_flight {
+            if start == end {
+                if let InFlight::Buffer { buf, .. } = std::mem::take(&mut self.in_flight) {
+                    pool.give_back(buf);
+                }
             }
         }
         result.map(|()| out)
@@ -285,28 +310,46 @@ impl Flow {
         out: &mut Pumped,
     ) -> Result<(), FlowError> {
         loop {
-            if self.buf_start < self.buf_end {
+            let pending = match &self.in_flight {
+                InFlight::Idle => false,
+                InFlight::Buffer { start, end, .. } => start < end,
+                // Bytes in a pipe go first (the copy strategy never has a
+                // pipe; `pump_auto` copies only with none).
+                InFlight::Pipe { .. } => return Ok(()),
+            };
+            if pending {
                 if !*dst_ready {
                     return Ok(());
                 }
-                let Some(buf) = &self.buf else {
+                let InFlight::Buffer { buf, start, end } = &self.in_flight else {
                     return Ok(());
                 };
-                let written = sys::send(dst, &buf[self.buf_start..self.buf_end]);
+                let written = sys::send(dst, &buf[*start..*end]);
                 let Some(n) = self.delivered(written, dst_ready, out)? else {
                     return Ok(());
                 };
-                self.buf_start += n;
-                if self.buf_start == self.buf_end {
-                    (self.buf_start, self.buf_end) = (0, 0);
+                if let InFlight::Buffer { start, end, .. } = &mut self.in_flight {
+                    *start += n;
+                    if start == end {
+                        (*start, *end) = (0, 0);
+                    }
                 }
                 continue;
             }
-            // The buffer is empty here.
+            // The buffer is empty (or there is none) here.
             if !self.may_read(dst, src_ready, budget, out)? {
                 return Ok(());
             }
-            let buf = self.buf.get_or_insert_with(|| pool.take());
+            if let InFlight::Idle = self.in_flight {
+                self.in_flight = InFlight::Buffer {
+                    buf: pool.take(),
+                    start: 0,
+                    end: 0,
+                };
+            }
+            let InFlight::Buffer { buf, start, end } = &mut self.in_flight else {
+                return Ok(());
+            };
             match sys::recv(src, buf) {
                 Ok(0) => {
                     self.eof = true;
@@ -318,7 +361,7 @@ impl Flow {
                     if n < buf.len() && drained_on_short_read {
                         *src_ready = false;
                     }
-                    (self.buf_start, self.buf_end) = (0, n);
+                    (*start, *end) = (0, n);
                     self.bulk |= n >= BULK_READ;
                     out.progressed = true;
                 }
@@ -346,7 +389,8 @@ impl Flow {
         buffers: &mut BufferPool,
         budget: &mut u32,
     ) -> Result<Pumped, FlowError> {
-        if self.bulk && self.buf_start == self.buf_end {
+        // Bytes in a buffer are written before the flow splices.
+        if self.bulk && !matches!(self.in_flight, InFlight::Buffer { .. }) {
             self.pump(src, dst, src_ready, dst_ready, pipes, budget)
         } else {
             self.pump_copy(src, dst, src_ready, dst_ready, buffers, budget)
@@ -411,22 +455,22 @@ impl Flow {
 
     /// Releases the buffer of a dying connection (its bytes are dropped).
     pub(crate) fn release_buffer(&mut self, pool: &mut BufferPool) {
-        if let Some(b) = self.buf.take() {
-            pool.give_back(b);
+        if let InFlight::Buffer { .. } = self.in_flight {
+            if let InFlight::Buffer { buf, .. } = std::mem::take(&mut self.in_flight) {
+                pool.give_back(buf);
+            }
         }
-        (self.buf_start, self.buf_end) = (0, 0);
     }
 
     /// Releases the pipe of a dying connection: reused if empty, else closed.
     pub(crate) fn release(&mut self, pool: &mut PipePool) {
-        if let Some(p) = self.pipe.take() {
-            if self.in_pipe == 0 {
-                pool.give_back(p);
-            } else {
-                pool.discard(p);
+        if let InFlight::Pipe { .. } = self.in_flight {
+            match std::mem::take(&mut self.in_flight) {
+                InFlight::Pipe { pipe, len: 0 } => pool.give_back(pipe),
+                InFlight::Pipe { pipe, .. } => pool.discard(pipe),
+                _ => {}
             }
         }
-        self.in_pipe = 0;
     }
 }
 
@@ -879,6 +923,17 @@ mod tests {
             "bytes lost or reordered across the switch"
         );
         assert_eq!((pipes.lent(), bufs.lent()), (0, 0));
+    }
+
+    /// A flow's bytes in flight are one enum (nothing, a pipe, or a
+    /// buffer): before, a pipe and a buffer each had their own optional
+    /// field and counters, 72 bytes a flow, 144 a pair.
+    #[test]
+    fn a_flow_and_a_pair_stay_small() {
+        use std::mem::size_of;
+        assert!(size_of::<InFlight>() <= 40, "{}", size_of::<InFlight>());
+        assert!(size_of::<Flow>() <= 56, "{}", size_of::<Flow>());
+        assert!(size_of::<Pair>() <= 112, "{}", size_of::<Pair>());
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub enum Error {
     /// The requested event engine could not be set up.
     #[error("engine {engine} is not available: {reason}")]
     Engine {
-        engine: &'static str,
+        engine: crate::engine::Engine,
         reason: String,
     },
     /// Any other system call failure, with what was being done.

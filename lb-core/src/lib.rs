@@ -37,7 +37,7 @@ pub use error::{Error, Result};
 pub use config::{AdminState, Config, DegradedIs, HealthCheck, HealthKind, DEFAULT_HEALTH_PATH};
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;
-pub use engine::EngineChoice;
+pub use engine::{Engine, EngineChoice, RingMode};
 pub use handover::{take_over, Inherited};
 pub use notify::{listen_fds, ready};
 pub use server::{Server, ServerHandle, StartOptions};

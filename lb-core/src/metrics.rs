@@ -304,7 +304,7 @@ fn render_workers(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
         "Always 1; the engine label says which event engine runs the worker.",
     );
     for (id, w) in ids.iter().zip(workers) {
-        let engine = w.engine.get().copied().unwrap_or("starting");
+        let engine = w.engine.get().map_or("starting", |e| e.name());
         e.sample(
             "ringlb_worker_info",
             &[("worker", id), ("engine", engine)],

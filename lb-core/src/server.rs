@@ -211,9 +211,9 @@ impl Server {
         // The control plane says when its first table is published.
         let _ = ready_rx.recv();
 
-        let forwarding = worker_forwarding(config.global.forwarding, engine.name);
-        tracing::info!(engine = engine.name, reason = %engine.reason, forwarding = ?forwarding, workers = worker_count, "starting workers");
-        if forwarding != config.global.forwarding {
+        let forwarding = engine.engine.forwarding(config.global.forwarding);
+        tracing::info!(engine = engine.engine.name(), reason = %engine.reason, forwarding = ?Forwarding::from(forwarding), workers = worker_count, "starting workers");
+        if Forwarding::from(forwarding) != config.global.forwarding {
             tracing::warn!(
                 "forwarding = {:?} needs io_uring, which this server does not run on ({}); forwarding inline as {:?}",
                 config.global.forwarding.name(),
@@ -381,33 +381,4 @@ fn listener_group(
         sockets.push(socket);
     }
     Ok((bound, sockets))
-}
-
-/// The forwarding workers run on `engine`: the configured one, or its
-/// inline equivalent when it needs io_uring and the engine is not it
-/// (`engine = "auto"` fell back to epoll; the config check refuses an
-/// explicit `engine = "epoll"`).
-fn worker_forwarding(configured: Forwarding, engine: &str) -> Forwarding {
-    if engine == "uring" {
-        configured
-    } else {
-        configured.inline()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn workers_off_io_uring_forward_inline_as_the_uring_modes_equivalent() {
-        use Forwarding::*;
-        // engine = "auto" fell back to epoll: the inline equivalent.
-        assert_eq!(worker_forwarding(UringCopy, "epoll"), Copy);
-        assert_eq!(worker_forwarding(UringSplice, "epoll"), Splice);
-        assert_eq!(worker_forwarding(Auto, "epoll"), Auto);
-        // On io_uring, as configured.
-        assert_eq!(worker_forwarding(UringCopy, "uring"), UringCopy);
-        assert_eq!(worker_forwarding(UringSplice, "uring"), UringSplice);
-    }
 }

@@ -13,9 +13,11 @@
 //! `listeners` (accept and admission), `slab` (connections by slot and the
 //! [`Token`]s naming them), `connect` (backend choice and retries),
 //! `timers` (connect and idle timeouts), `mailbox` (the link with the
-//! control plane) and `syscalls` (the kernel calls, a seam for tests).
+//! control plane), `forwarding` (how bytes move, resolved at start-up) and
+//! `syscalls` (the kernel calls, a seam for tests).
 
 mod connect;
+mod forwarding;
 mod listeners;
 mod mailbox;
 mod slab;
@@ -26,6 +28,7 @@ mod timers;
 mod tests;
 
 pub(crate) use connect::{FailureSender, PassiveFailure, MAX_ATTEMPTS};
+pub(crate) use forwarding::{InlineForwarding, RingForwarding, WorkerForwarding};
 pub(crate) use listeners::Listener;
 pub use mailbox::WorkerControl;
 pub(crate) use mailbox::WorkerMessage;
@@ -44,7 +47,6 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use crate::buffer::BufferPool;
-use crate::config::Forwarding;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
@@ -108,9 +110,9 @@ pub(crate) struct WorkerSetup {
     pub control: Arc<WorkerControl>,
     pub pipe_size: usize,
     pub pipe_pool: usize,
-    /// How bytes are moved; `Copy` uses buffers of `pipe_size` bytes, at
-    /// most `pipe_pool` of them kept idle. Anything else splices.
-    pub forwarding: Forwarding,
+    /// How bytes are moved, resolved at start-up; copies use buffers of
+    /// `pipe_size` bytes, at most `pipe_pool` of them kept idle.
+    pub forwarding: WorkerForwarding,
 }
 
 enum Phase {
@@ -171,9 +173,10 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     pool: PipePool,
     /// Copy buffers (`forwarding = "copy"` or `"auto"`; none made otherwise).
     buffers: BufferPool,
-    /// How bytes move: splice through `pool`, recv/send through `buffers`,
-    /// or per flow (auto).
-    forwarding: Forwarding,
+    /// How the inline pumps move bytes: splice through `pool`, recv/send
+    /// through `buffers`, or per flow (auto). Unused for connections the
+    /// engine forwards (`Reactor::forwards`).
+    forwarding: InlineForwarding,
     /// The connections; their count is what the worker publishes.
     slab: Slab<Conn>,
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
@@ -223,7 +226,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             control: setup.control,
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
             buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
-            forwarding: setup.forwarding,
+            forwarding: setup.forwarding.inline(),
             slab: Slab::new(),
             timers: BinaryHeap::new(),
             again: Vec::new(),
@@ -430,12 +433,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let (client, backend) = (conn.client.as_raw_fd(), backend.as_raw_fd());
         let (cr, br) = (&mut conn.client_ready, &mut conn.backend_ready);
         let outcome = match self.forwarding {
-            // The uring-* modes reach here only when the engine could not
-            // set them up: they run their inline equivalent.
-            Forwarding::Copy | Forwarding::UringCopy => {
+            InlineForwarding::Copy => {
                 pair.drive_copy(client, backend, cr, br, &mut self.buffers, DRIVE_BUDGET)
             }
-            Forwarding::Auto => pair.drive_auto(
+            InlineForwarding::Auto => pair.drive_auto(
                 client,
                 backend,
                 cr,
@@ -444,7 +445,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 &mut self.buffers,
                 DRIVE_BUDGET,
             ),
-            Forwarding::Splice | Forwarding::UringSplice => {
+            InlineForwarding::Splice => {
                 pair.drive(client, backend, cr, br, &mut self.pool, DRIVE_BUDGET)
             }
         };

@@ -167,7 +167,12 @@ fn check_engine(engine: &str, forwarding: &str, backend_addr: SocketAddr) {
     let before_start = open_fds();
     let config = config(engine, forwarding, backend_addr);
     let server = Server::start(config, StartOptions::default()).unwrap();
-    assert_eq!(server.engine().name, engine, "{}", server.engine().reason);
+    assert_eq!(
+        server.engine().engine.name(),
+        engine,
+        "{}",
+        server.engine().reason
+    );
     let addr = server.listening()[0].1;
     let controls = server.worker_controls().to_vec();
     let baseline = open_fds();

@@ -10,6 +10,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::Readiness;
+use crate::engine::Engine;
 use crate::worker::{self, Reactor, Worker, WorkerSetup};
 
 /// mio's registry as the worker's [`Reactor`].
@@ -48,7 +49,7 @@ pub(crate) fn run(setup: WorkerSetup) -> Result<(), crate::Error> {
     setup.control.set_waker(Box::new(move || {
         let _ = waker.wake();
     }));
-    let _ = setup.control.engine.set("epoll");
+    let _ = setup.control.engine.set(Engine::Epoll);
     let mut worker = Worker::new(setup, EpollReactor { registry });
     worker
         .start()

@@ -49,11 +49,14 @@
 mod bufring;
 mod ops;
 mod setup;
+mod user_data;
 
 pub use setup::self_test;
+pub use setup::RingMode;
 pub(crate) use setup::{build, Ring, Unusable};
 
 use ops::Ops;
+use user_data::{Request, UserData, WATCH_SEQ_MASK};
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -66,23 +69,9 @@ use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring};
 
 use crate::conn::Readiness;
+use crate::engine::Engine;
 use crate::sys;
-use crate::worker::{Reactor, Token, Worker, WorkerSetup};
-
-/// user_data layout: kind (4 bits) | sequence (28 bits) | id (32 bits: the
-/// fd of a poll, the listener index of an accept).
-const KIND_SHIFT: u32 = 60;
-const SEQ_SHIFT: u32 = 32;
-const SEQ_MASK: u32 = (1 << 28) - 1;
-const KIND_POLL: u64 = 1;
-const KIND_ACCEPT: u64 = 2;
-const KIND_WAKE: u64 = 3;
-/// Completions of cancels (only failed ones, where SKIP_SUCCESS works):
-/// nothing to do, the cancelled request's own completion says it ended.
-const KIND_CANCEL: u64 = 4;
-/// Reads and writes of completion-driven forwarding (`ops`, which lays
-/// out the rest of the user_data).
-const KIND_OP: u64 = 5;
+use crate::worker::{Reactor, Token, Worker, WorkerForwarding, WorkerSetup};
 
 /// What a socket is watched for. ERR and HUP are always reported; asking
 /// for them says so.
@@ -104,22 +93,6 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// (a persistent kernel refusal would otherwise spin the worker). The
 /// connection then ends by its timers.
 const MAX_REARM_ERRORS: u8 = 8;
-
-fn user_data(kind: u64, seq: u32, id: u32) -> u64 {
-    (kind << KIND_SHIFT) | (u64::from(seq & SEQ_MASK) << SEQ_SHIFT) | u64::from(id)
-}
-
-fn kind_of(user_data: u64) -> u64 {
-    user_data >> KIND_SHIFT
-}
-
-fn seq_of(user_data: u64) -> u32 {
-    (user_data >> SEQ_SHIFT) as u32 & SEQ_MASK
-}
-
-fn id_of(user_data: u64) -> u32 {
-    user_data as u32
-}
 
 /// One registration: a multishot request the worker asked for.
 #[derive(Debug, Default, Clone, Copy)]
@@ -147,7 +120,7 @@ impl Watch {
         *self = Watch {
             token,
             fd,
-            seq: self.seq.wrapping_add(1) & SEQ_MASK,
+            seq: self.seq.wrapping_add(1) & WATCH_SEQ_MASK,
             live: true,
             armed: true,
             errors: 0,
@@ -210,12 +183,11 @@ impl Reactor for UringReactor {
             let li = li as u32;
             self.cancel_accept(li as usize);
             let seq = watch_at(&mut self.accepts, li as usize).renew(token.raw(), fd);
-            self.sq
-                .queue(accept_entry(fd, user_data(KIND_ACCEPT, seq, li)));
+            self.sq.queue(accept_entry(fd, UserData::accept(seq, li)));
         } else {
             self.cancel_poll(fd);
             let seq = watch_at(&mut self.polls, id as usize).renew(token.raw(), fd);
-            self.sq.queue(poll_entry(fd, user_data(KIND_POLL, seq, id)));
+            self.sq.queue(poll_entry(fd, UserData::poll(seq, id)));
         }
         Ok(())
     }
@@ -285,7 +257,7 @@ impl UringReactor {
             // DEFER_TASKRUN until the next enter), leaving the poll armed
             // and the closed socket open without its FIN, for good.
             // ASYNC_CANCEL marks the request cancelled whoever owns it.
-            self.sq.cancel(user_data(KIND_POLL, w.seq, fd as u32));
+            self.sq.cancel(UserData::poll(w.seq, fd as u32));
         }
     }
 
@@ -299,7 +271,7 @@ impl UringReactor {
         }
         w.live = false;
         if w.armed {
-            self.sq.cancel(user_data(KIND_ACCEPT, w.seq, li as u32));
+            self.sq.cancel(UserData::accept(w.seq, li as u32));
         }
     }
 
@@ -311,7 +283,7 @@ impl UringReactor {
         let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(user_data(KIND_WAKE, 0, 0));
+            .user_data(UserData::WAKE.raw());
         self.sq.queue(entry);
     }
 
@@ -394,24 +366,24 @@ impl UringReactor {
             }
             self.reap(&mut completions);
             for cqe in completions.drain(..) {
-                let ud = cqe.user_data();
-                if kind_of(ud) == KIND_OP {
-                    if let Some(ops) = &mut self.ops {
-                        // Every connection is stopped: nothing to report.
-                        let _ = ops.complete(&mut self.sq, ud, cqe.result(), cqe.flags());
+                let (seq, listener) = match UserData::from_raw(cqe.user_data()).request() {
+                    Some(Request::Flow(req)) => {
+                        if let Some(ops) = &mut self.ops {
+                            // Every connection is stopped: nothing to report.
+                            let _ = ops.complete(&mut self.sq, req, cqe.result(), cqe.flags());
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if kind_of(ud) != KIND_ACCEPT {
-                    continue;
-                }
+                    Some(Request::Accept { seq, listener }) => (seq, listener),
+                    _ => continue,
+                };
                 if cqe.result() >= 0 {
                     // SAFETY: as in `on_accept`: a fresh descriptor of ours.
                     let fd = unsafe { OwnedFd::from_raw_fd(cqe.result()) };
                     crate::conn::prepare_reset(fd.as_raw_fd());
                 }
-                let w = self.accepts.get_mut(id_of(ud) as usize);
-                if let Some(w) = w.filter(|w| w.seq == seq_of(ud)) {
+                let w = self.accepts.get_mut(listener as usize);
+                if let Some(w) = w.filter(|w| w.seq == seq) {
                     if !cqueue::more(cqe.flags()) {
                         w.armed = false;
                     }
@@ -482,11 +454,11 @@ impl Sq {
 
     /// Queues a cancel of the request with `target` user_data; its own
     /// completion says when it ended.
-    pub(crate) fn cancel(&mut self, target: u64) {
-        let entry = opcode::AsyncCancel::new(target)
+    pub(crate) fn cancel(&mut self, target: UserData) {
+        let entry = opcode::AsyncCancel::new(target.raw())
             .build()
             .flags(self.cancel_flags)
-            .user_data(user_data(KIND_CANCEL, 0, 0));
+            .user_data(UserData::CANCEL.raw());
         self.queue(entry);
     }
 
@@ -533,18 +505,18 @@ fn tolerate(result: io::Result<usize>) -> io::Result<()> {
     }
 }
 
-fn poll_entry(fd: RawFd, user_data: u64) -> squeue::Entry {
+fn poll_entry(fd: RawFd, ud: UserData) -> squeue::Entry {
     opcode::PollAdd::new(types::Fd(fd), POLL_MASK)
         .multi(true)
         .build()
-        .user_data(user_data)
+        .user_data(ud.raw())
 }
 
-fn accept_entry(fd: RawFd, user_data: u64) -> squeue::Entry {
+fn accept_entry(fd: RawFd, ud: UserData) -> squeue::Entry {
     opcode::AcceptMulti::new(types::Fd(fd))
         .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
         .build()
-        .user_data(user_data)
+        .user_data(ud.raw())
 }
 
 /// Runs a worker on its own ring until it is told to stop.
@@ -556,27 +528,29 @@ pub(crate) fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
     setup.control.set_waker(Box::new(move || {
         let _ = (&*waker).write(&1u64.to_ne_bytes());
     }));
-    let _ = setup.control.engine.set("uring");
-    let mut setup = setup;
-    let ops = match Ops::new(
-        setup.forwarding,
-        &ring.ring.submitter(),
-        setup.pipe_size,
-        setup.pipe_pool,
-    ) {
-        Ok(ops) => ops,
-        Err(e) => {
-            let inline = setup.forwarding.inline();
-            tracing::warn!(
-                worker = setup.id,
-                error = %e,
-                "forwarding = {:?} cannot run on this ring; this worker forwards inline as {:?}",
-                setup.forwarding.name(),
-                inline.name()
-            );
-            setup.forwarding = inline;
-            None
-        }
+    let _ = setup.control.engine.set(Engine::IoUring);
+    let ops = match setup.forwarding.ring() {
+        None => None,
+        Some(mode) => match Ops::new(
+            mode,
+            &ring.ring.submitter(),
+            setup.pipe_size,
+            setup.pipe_pool,
+        ) {
+            Ok(ops) => Some(ops),
+            Err(e) => {
+                // The worker's pumps run the inline equivalent (the
+                // worker takes it from its setup).
+                tracing::warn!(
+                    worker = setup.id,
+                    error = %e,
+                    "forwarding = {:?} cannot run on this ring; this worker forwards inline as {:?}",
+                    setup.forwarding.name(),
+                    WorkerForwarding::from(mode.inline()).name()
+                );
+                None
+            }
+        },
     };
     let mut reactor = UringReactor::new(ring, ops);
     reactor.arm_wake(wake.as_raw_fd());
@@ -616,15 +590,18 @@ pub(crate) fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
 
 /// Hands one completion to the worker.
 fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File) {
-    let ud = cqe.user_data();
+    let ud = UserData::from_raw(cqe.user_data());
     let more = cqueue::more(cqe.flags());
-    match kind_of(ud) {
-        KIND_POLL => on_poll(worker, ud, cqe.result(), more),
-        KIND_ACCEPT => on_accept(worker, ud, cqe.result(), more),
-        KIND_OP => {
+    let Some(request) = ud.request() else { return };
+    match request {
+        Request::Poll { seq, fd } => on_poll(worker, ud, (seq, fd), cqe.result(), more),
+        Request::Accept { seq, listener } => {
+            on_accept(worker, ud, (seq, listener), cqe.result(), more)
+        }
+        Request::Flow(req) => {
             let r = &mut worker.reactor;
             let Some(ops) = &mut r.ops else { return };
-            if let Some(report) = ops.complete(&mut r.sq, ud, cqe.result(), cqe.flags()) {
+            if let Some(report) = ops.complete(&mut r.sq, req, cqe.result(), cqe.flags()) {
                 worker.on_forwarded(
                     Token::from_raw(report.token),
                     report.up,
@@ -633,7 +610,7 @@ fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File)
                 );
             }
         }
-        KIND_WAKE => {
+        Request::Wake => {
             let mut counter = [0u8; 8];
             let _ = (&*wake).read(&mut counter);
             worker.on_event(Token::WAKE, Readiness::default());
@@ -650,7 +627,7 @@ fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File)
                 }
             }
         }
-        _ => {}
+        Request::Cancel => {}
     }
 }
 
@@ -661,12 +638,12 @@ fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File)
 /// alone.
 fn rearm(
     w: Option<&mut Watch>,
-    ud: u64,
+    (ud, seq): (UserData, u32),
     res: i32,
     sq: &mut Sq,
-    entry: fn(RawFd, u64) -> squeue::Entry,
+    entry: fn(RawFd, UserData) -> squeue::Entry,
 ) -> bool {
-    let Some(w) = w.filter(|w| w.seq == seq_of(ud)) else {
+    let Some(w) = w.filter(|w| w.seq == seq) else {
         return true;
     };
     if w.ended(res < 0) {
@@ -677,12 +654,19 @@ fn rearm(
     !w.live
 }
 
-fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
-    let fd = id_of(ud) as usize;
+/// A completion of the poll `ud` (registration `seq` of socket `fd`).
+fn on_poll(
+    worker: &mut Worker<UringReactor>,
+    ud: UserData,
+    (seq, fd): (u32, u32),
+    res: i32,
+    more: bool,
+) {
+    let fd = fd as usize;
     let Some(w) = worker.reactor.polls.get_mut(fd) else {
         return;
     };
-    if w.seq != seq_of(ud) {
+    if w.seq != seq {
         // An earlier registration of this fd number.
         return;
     }
@@ -712,7 +696,7 @@ fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
     // Re-arming reports the socket's current state at once, so nothing is
     // missed.
     let r = &mut worker.reactor;
-    if !rearm(r.polls.get_mut(fd), ud, res, &mut r.sq, poll_entry) {
+    if !rearm(r.polls.get_mut(fd), (ud, seq), res, &mut r.sq, poll_entry) {
         tracing::warn!(
             worker = worker.id(),
             error = %io::Error::from_raw_os_error(-res),
@@ -721,8 +705,15 @@ fn on_poll(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
     }
 }
 
-fn on_accept(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
-    let li = id_of(ud) as usize;
+/// A completion of the accept `ud` (registration `seq` of listener `li`).
+fn on_accept(
+    worker: &mut Worker<UringReactor>,
+    ud: UserData,
+    (seq, li): (u32, u32),
+    res: i32,
+    more: bool,
+) {
+    let li = li as usize;
     if res >= 0 {
         // SAFETY: a successful accept completion's result is a descriptor
         // the kernel just installed in our table for this connection; no
@@ -738,10 +729,10 @@ fn on_accept(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
     let Some(w) = worker.reactor.accepts.get(li) else {
         return;
     };
-    if w.seq != seq_of(ud) || !w.live {
+    if w.seq != seq || !w.live {
         if !more {
             if let Some(w) = worker.reactor.accepts.get_mut(li) {
-                if w.seq == seq_of(ud) {
+                if w.seq == seq {
                     w.armed = false;
                 }
             }
@@ -757,7 +748,13 @@ fn on_accept(worker: &mut Worker<UringReactor>, ud: u64, res: i32, more: bool) {
         return;
     }
     let r = &mut worker.reactor;
-    if !rearm(r.accepts.get_mut(li), ud, res, &mut r.sq, accept_entry) {
+    if !rearm(
+        r.accepts.get_mut(li),
+        (ud, seq),
+        res,
+        &mut r.sq,
+        accept_entry,
+    ) {
         tracing::error!(
             worker = worker.id(),
             error = %io::Error::from_raw_os_error(-res),
@@ -787,13 +784,13 @@ mod tests {
     #[test]
     fn a_ring_is_built_and_passes_the_self_test_here() {
         let mode = self_test().expect("io_uring should be usable on this machine");
-        assert!(!mode.is_empty());
+        assert!(!mode.name().is_empty());
         // And both ways of asking for it pick it.
         let auto = crate::engine::choose(EngineKind::Auto).unwrap();
-        assert_eq!(auto.name, "uring", "{}", auto.reason);
+        assert_eq!(auto.engine, Engine::IoUring, "{}", auto.reason);
         assert_eq!(
-            crate::engine::choose(EngineKind::Uring).unwrap().name,
-            "uring"
+            crate::engine::choose(EngineKind::Uring).unwrap().engine,
+            Engine::IoUring
         );
     }
 
@@ -806,7 +803,7 @@ mod tests {
     #[test]
     fn a_socket_removed_while_its_poll_wake_up_is_pending_gets_closed() {
         let ring = setup::build().expect("io_uring should be usable here");
-        let deferred = ring.mode.contains("defer-taskrun");
+        let deferred = ring.mode.defers_taskrun();
         let mut reactor = UringReactor::new(ring, None);
         let (mut peer, ours) = tcp_pair();
         let fd = ours.as_raw_fd();
@@ -844,16 +841,5 @@ mod tests {
                 "the closed socket is still open (deferred task work: {deferred}): {other:?}"
             ),
         }
-    }
-
-    #[test]
-    fn user_data_round_trips() {
-        let ud = user_data(KIND_ACCEPT, SEQ_MASK, u32::MAX);
-        assert_eq!(
-            (kind_of(ud), seq_of(ud), id_of(ud)),
-            (KIND_ACCEPT, SEQ_MASK, u32::MAX)
-        );
-        let ud = user_data(KIND_POLL, SEQ_MASK + 2, 7);
-        assert_eq!((kind_of(ud), seq_of(ud), id_of(ud)), (KIND_POLL, 1, 7));
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, O
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::conn;
+use crate::engine::Engine;
 use crate::stats::Latencies;
 
 use super::listeners::{Listener, ListenerState};
@@ -35,7 +36,7 @@ pub struct WorkerControl {
     /// Copy buffers currently lent to connections (`forwarding = "copy"`/`"auto"`).
     pub buffers_lent: AtomicUsize,
     /// The engine that runs this worker, once started.
-    pub engine: OnceLock<&'static str>,
+    pub engine: OnceLock<Engine>,
     waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// The worker's latency histograms as of its last publication (at most
     /// once a second); scrapes merge these copies.

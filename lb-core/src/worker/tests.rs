@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::connect::ConnectFailure;
 use super::*;
-use crate::config::{Config, Forwarding};
+use crate::config::Config;
 use crate::control::Registry;
 use crate::snapshot::{PickState, SnapshotCell};
 
@@ -143,7 +143,7 @@ fn rig<const ACCEPTS: bool>(settings: &str, backends: usize) -> Rig<ACCEPTS> {
         control: Arc::default(),
         pipe_size: 64 * 1024,
         pipe_pool: 4,
-        forwarding: Forwarding::Splice,
+        forwarding: super::InlineForwarding::Splice.into(),
     };
     let mut worker = Worker::with_syscalls(setup, FakeReactor::default(), FakeKernel::default());
     worker.start().expect("listeners registered");

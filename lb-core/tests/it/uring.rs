@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use lb_core::Config;
+use lb_core::{Config, Engine};
 use lb_core::{Server, StartOptions};
 
 use crate::support::loopback::echo_backend;
@@ -38,8 +38,11 @@ fn a_uring_worker_forwards_bytes_both_ways_with_half_close() {
     for forwarding in ["auto", "uring-copy", "uring-splice"] {
         let config = config_full("uring", forwarding, backend, "");
         let server = Server::start(config, StartOptions::default()).unwrap();
-        assert_eq!(server.engine().name, "uring");
-        assert_eq!(server.worker_controls()[0].engine.get(), Some(&"uring"));
+        assert_eq!(server.engine().engine, Engine::IoUring);
+        assert_eq!(
+            server.worker_controls()[0].engine.get(),
+            Some(&Engine::IoUring)
+        );
         let addr = server.listening()[0].1;
 
         let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();

@@ -31,11 +31,76 @@ pub(super) const SQ_ENTRIES: u32 = 1024;
 /// (`IORING_FEAT_NODROP`, required) until the next enter.
 pub(super) const CQ_ENTRIES: u32 = 8192;
 
+/// How a ring was set up: the setup flags of the best tier this kernel
+/// took (see the module docs), best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RingMode {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG | SUBMIT_ALL` (6.1+).
+    SingleIssuerDeferTaskrun,
+    /// `COOP_TASKRUN | TASKRUN_FLAG | SUBMIT_ALL` (5.19+).
+    CoopTaskrun,
+    /// No setup flags.
+    Plain,
+}
+
+impl RingMode {
+    /// Every tier, best first: the order setup tries them.
+    const TIERS: [RingMode; 3] = [
+        RingMode::SingleIssuerDeferTaskrun,
+        RingMode::CoopTaskrun,
+        RingMode::Plain,
+    ];
+
+    /// The tier's name in the log (`ring setup: …` in the engine's reason).
+    pub const fn name(self) -> &'static str {
+        match self {
+            RingMode::SingleIssuerDeferTaskrun => "single-issuer+defer-taskrun",
+            RingMode::CoopTaskrun => "coop-taskrun",
+            RingMode::Plain => "plain",
+        }
+    }
+
+    /// Completions are made only when the worker enters the ring
+    /// (`IORING_SETUP_DEFER_TASKRUN`).
+    pub const fn defers_taskrun(self) -> bool {
+        matches!(self, RingMode::SingleIssuerDeferTaskrun)
+    }
+
+    /// Sets the tier's flags on `builder`.
+    fn apply(self, builder: &mut io_uring::Builder) {
+        match self {
+            RingMode::SingleIssuerDeferTaskrun => {
+                builder
+                    .setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag()
+                    .setup_submit_all();
+            }
+            RingMode::CoopTaskrun => {
+                builder
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .setup_submit_all();
+            }
+            // Without SUBMIT_ALL a failing SQE ends its batch; the rest
+            // stay queued for the next enter. Slower to recover, still
+            // correct.
+            RingMode::Plain => {}
+        }
+    }
+}
+
+impl std::fmt::Display for RingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A ring and how it was set up.
 pub(crate) struct Ring {
     pub ring: IoUring,
-    /// The setup tier, for the log ("single-issuer+defer-taskrun", …).
-    pub mode: &'static str,
+    /// The setup tier (the log names it).
+    pub mode: RingMode,
     /// `IOSQE_CQE_SKIP_SUCCESS` works: cancels post a completion only when
     /// they fail.
     pub skip_success: bool,
@@ -67,28 +132,11 @@ pub(crate) fn build() -> Result<Ring, Unusable> {
 /// [`build`], skipping the first `first_tier` setup tiers (tests use it to
 /// run the fallbacks on a kernel that takes the best).
 fn build_from(first_tier: usize) -> Result<Ring, Unusable> {
-    type Tier = (&'static str, fn(&mut io_uring::Builder));
-    let tiers: [Tier; 3] = [
-        ("single-issuer+defer-taskrun", |b| {
-            b.setup_single_issuer()
-                .setup_defer_taskrun()
-                .setup_taskrun_flag()
-                .setup_submit_all();
-        }),
-        ("coop-taskrun", |b| {
-            b.setup_coop_taskrun()
-                .setup_taskrun_flag()
-                .setup_submit_all();
-        }),
-        // Without SUBMIT_ALL a failing SQE ends its batch; the rest stay
-        // queued for the next enter. Slower to recover, still correct.
-        ("plain", |_| {}),
-    ];
     let mut last = None;
-    for (mode, flags) in tiers.into_iter().skip(first_tier) {
+    for mode in RingMode::TIERS.into_iter().skip(first_tier) {
         let mut builder = IoUring::builder();
         builder.setup_cqsize(CQ_ENTRIES).setup_clamp();
-        flags(&mut builder);
+        mode.apply(&mut builder);
         match builder.build(SQ_ENTRIES) {
             Ok(ring) => return finish(ring, mode),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
@@ -99,7 +147,7 @@ fn build_from(first_tier: usize) -> Result<Ring, Unusable> {
     Err(Unusable(describe_setup_error(&e)))
 }
 
-fn finish(ring: IoUring, mode: &'static str) -> Result<Ring, Unusable> {
+fn finish(ring: IoUring, mode: RingMode) -> Result<Ring, Unusable> {
     let params = ring.params();
     if !params.is_feature_ext_arg() {
         return Err(Unusable(
@@ -159,7 +207,7 @@ fn describe_setup_error(e: &io::Error) -> String {
 /// creator's next blocking socket call with a timeout fail with `EINTR`
 /// (seen in tests that probe and then read). The helper thread takes that
 /// hit as it exits.
-pub fn self_test() -> Result<&'static str, Unusable> {
+pub fn self_test() -> Result<RingMode, Unusable> {
     std::thread::Builder::new()
         .name("ringlb-uring-probe".into())
         .spawn(|| self_test_from(0))
@@ -168,7 +216,7 @@ pub fn self_test() -> Result<&'static str, Unusable> {
         .map_err(|_| Unusable("the io_uring probe thread panicked".into()))?
 }
 
-fn self_test_from(first_tier: usize) -> Result<&'static str, Unusable> {
+fn self_test_from(first_tier: usize) -> Result<RingMode, Unusable> {
     let mut ring = build_from(first_tier)?;
     let mode = ring.mode;
     run_self_test(&mut ring.ring).map_err(|e| Unusable(format!("io_uring self-test: {e}")))?;
@@ -330,12 +378,20 @@ mod tests {
         // This machine's kernel (6.1+) takes the best tier; the others are
         // what older kernels get.
         let modes: Vec<_> = (0..3).map(|t| self_test_from(t).unwrap()).collect();
-        if modes[0] == "single-issuer+defer-taskrun" {
-            assert_eq!(
-                modes,
-                ["single-issuer+defer-taskrun", "coop-taskrun", "plain"]
-            );
+        if modes[0] == RingMode::SingleIssuerDeferTaskrun {
+            assert_eq!(modes, RingMode::TIERS);
         }
+    }
+
+    #[test]
+    fn ring_modes_keep_their_names_in_the_log() {
+        let names = RingMode::TIERS.map(|m| m.to_string());
+        assert_eq!(
+            names,
+            ["single-issuer+defer-taskrun", "coop-taskrun", "plain"]
+        );
+        let deferred = RingMode::TIERS.map(RingMode::defers_taskrun);
+        assert_eq!(deferred, [true, false, false]);
     }
 
     #[test]
