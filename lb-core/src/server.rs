@@ -441,8 +441,11 @@ fn take_admin_listener(
     inherited: &mut Vec<Inherited>,
 ) -> Option<socket2::Socket> {
     let pos = inherited.iter().position(|i| {
-        (i.admin && (i.addr == addr || (addr.port() == 0 && i.addr.ip() == addr.ip())))
-            || (!i.admin && i.service.is_none() && addr.port() != 0 && i.addr == addr)
+        if i.admin {
+            i.addr == addr || (addr.port() == 0 && i.addr.ip() == addr.ip())
+        } else {
+            i.service.is_none() && addr.port() != 0 && i.addr == addr
+        }
     })?;
     let found = inherited.swap_remove(pos);
     tracing::info!(admin = %found.addr, "using the inherited admin listener");
