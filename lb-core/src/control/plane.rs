@@ -27,6 +27,8 @@ use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
 
 /// Longest a binary-upgrade exchange may stall before it is abandoned.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the drain waits for the workers to close their listeners.
+const LISTENERS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Extra wait for the first health round beyond the longest check timeout.
 const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 
@@ -609,6 +611,21 @@ impl ControlPlane {
             w.wake();
         }
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        // A worker's count is only final once it has closed its listeners
+        // (until then it may still accept): wait for that first. Workers
+        // turn at least every 100 ms; a worker whose loop died never
+        // answers, hence the bound.
+        let closed_by = (tokio::time::Instant::now() + LISTENERS_CLOSE_WAIT).min(deadline);
+        while !self.workers.iter().all(|w| {
+            w.listeners_closed
+                .load(std::sync::atomic::Ordering::Acquire)
+        }) {
+            if tokio::time::Instant::now() >= closed_by {
+                tracing::warn!("some workers did not close their listeners in time; draining on");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         loop {
             let open: usize = self
                 .workers
