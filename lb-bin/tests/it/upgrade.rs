@@ -180,6 +180,12 @@ pub struct ClientLoop {
 
 impl ClientLoop {
     pub fn start(addr: SocketAddr) -> ClientLoop {
+        ClientLoop::with_stall_limit(addr, harness::IO_TIMEOUT)
+    }
+
+    /// A connection that gets no answer within `stall` counts as failed
+    /// (and the loop goes on), so a stranded connection fails fast.
+    pub fn with_stall_limit(addr: SocketAddr, stall: Duration) -> ClientLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let (attempts, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let thread = {
@@ -192,7 +198,11 @@ impl ClientLoop {
                 while !stop.load(Ordering::SeqCst) && !d.passed() {
                     attempts.fetch_add(1, Ordering::SeqCst);
                     let src = sources[i % sources.len()];
-                    if let Err(e) = connect_from(src, addr).and_then(|mut s| read_line(&mut s)) {
+                    let answer = connect_from(src, addr).and_then(|mut s| {
+                        s.set_read_timeout(Some(stall))?;
+                        read_line(&mut s)
+                    });
+                    if let Err(e) = answer {
                         failures.fetch_add(1, Ordering::SeqCst);
                         errors.push(format!("{src}: {e}"));
                     }
@@ -585,9 +595,11 @@ fn a_socket_activated_ringlb_upgrades_with_its_queued_clients() {
         assert_eq!(old.wait_listening(), addr);
         assert!(old.log().contains("socket activation"), "{}", old.log());
         assert_eq!(read_line(&mut early).unwrap(), "b1");
-        let clients = ClientLoop::start(addr);
+        // A connection left unanswered for 3 s is stranded (they take
+        // milliseconds).
+        let clients = ClientLoop::with_stall_limit(addr, Duration::from_secs(3));
         clients.wait_more(50);
-        let (new, _) = upgrade(&path, &sock, &old);
+        let (mut new, _) = upgrade(&path, &sock, &old);
         clients.wait_more(50);
         // The early client is still served by the old process…
         early.write_all(b"still here\n").unwrap();
@@ -600,11 +612,25 @@ fn a_socket_activated_ringlb_upgrades_with_its_queued_clients() {
             "old: {status:?}\n{}",
             old.log()
         );
+        // More upgrades in a chain: each switch is a chance for a
+        // connection to be stranded in the shared backlog.
+        for round in 2..=12 {
+            let (next, _) = upgrade(&path, &sock, &new);
+            clients.wait_more(30);
+            let status = new.wait_exit(Duration::from_secs(10));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "upgrade {round}: {status:?}\n{}",
+                new.log()
+            );
+            new = next;
+        }
         let (a, f, errors) = clients.finish();
         assert_eq!(
             f,
             0,
-            "{f} of {a} failed: {errors:?}\n--- new ---\n{}",
+            "{engine}: {f} of {a} failed: {errors:?}\n--- first ---\n{}\n--- last ---\n{}",
+            old.log(),
             new.log()
         );
         // The new process serves the systemd socket even once ours is gone.
