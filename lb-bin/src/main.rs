@@ -24,9 +24,10 @@ struct Cli {
     /// Config file (TOML) to run with.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Zero-downtime upgrades: serve the listening sockets to a newer ringlb
-    /// on this Unix socket; and if a ringlb already serves here, take its
-    /// sockets over (it then drains and exits).
+    /// Zero-downtime upgrades: serve the listening sockets (and the admin
+    /// API's) to a newer ringlb on this Unix socket; and if a ringlb already
+    /// serves here, take its sockets over (it then drains and exits 0).
+    /// SIGUSR2 starts this same command line to take over.
     #[arg(long, value_name = "PATH")]
     upgrade_socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -152,16 +153,25 @@ fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Resul
         handle_signals: true,
         config_path: Some(path.to_path_buf()),
         inherited,
+        // SIGUSR2 runs this very command line again: argv[0] as we were
+        // started (not /proc/self/exe, which names the replaced binary).
+        upgrade_command: upgrade_socket
+            .as_ref()
+            .map(|_| std::env::args_os().collect()),
         upgrade_socket,
     };
     let server = Server::start(config, options)?;
-    if let Some(t) = takeover {
-        // We accept on the sockets now: the old process may drain.
-        t.release().context("telling the old ringlb to drain")?;
-    }
-    // Under systemd (Type=notify): serving now. A no-op otherwise.
-    if let Err(e) = lb_core::ready() {
-        tracing::warn!(error = %e, "cannot tell systemd we are ready");
+    match takeover {
+        // We accept on the sockets now: the old process may drain. Under
+        // systemd it is still the main process: it tells systemd
+        // `MAINPID=<us>` and `READY=1` (NotifyAccess=main would drop ours).
+        Some(t) => t.release().context("telling the old ringlb to drain")?,
+        // Under systemd (Type=notify): serving now. A no-op otherwise.
+        None => {
+            if let Err(e) = lb_core::ready() {
+                tracing::warn!(error = %e, "cannot tell systemd we are ready");
+            }
+        }
     }
     server.wait();
     tracing::info!("ringlb stopped");
@@ -176,6 +186,7 @@ fn socket_activation() -> anyhow::Result<Vec<Inherited>> {
         match fd.local {
             Some(addr) => out.push(Inherited {
                 service: None,
+                admin: false,
                 addr,
                 socket: fd.fd.into(),
             }),

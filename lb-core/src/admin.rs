@@ -139,6 +139,13 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// Serves the admin API on a listening socket another process handed over
+/// (binary upgrade) or systemd passed.
+pub(crate) fn adopt(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener> {
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// [`serve`] on a listener from [`bind`]; must run inside the runtime.
 pub(crate) async fn run(listener: std::net::TcpListener, ctx: AdminContext) {
     match tokio::net::TcpListener::from_std(listener) {

@@ -12,9 +12,11 @@ pub enum Error {
     /// The configuration could not be read or is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A listening socket could not be opened.
-    #[error("cannot listen on {addr}: {source} (is another process using it, or is the address not local?)")]
-    Listen { addr: SocketAddr, source: io::Error },
+    /// A listening socket could not be opened. The OS error is part of the
+    /// message and deliberately not a `source`: an error chain printed
+    /// with `{:#}` would say it twice.
+    #[error("cannot listen on {addr}: {cause} (is another process using it, or is the address not local?)")]
+    Listen { addr: SocketAddr, cause: io::Error },
     /// The requested event engine could not be set up.
     #[error("engine {engine} is not available: {reason}")]
     Engine {

@@ -92,6 +92,17 @@ pub(crate) fn reloading() -> io::Result<bool> {
     notify(&reloading_message(monotonic_micros()?))
 }
 
+/// `MAINPID=<pid>` and `READY=1`: a new ringlb took over (binary upgrade)
+/// and serves; it is the service's main process from now on. Sent by the
+/// old main process, as `NotifyAccess=main` requires.
+pub(crate) fn main_pid(pid: u32) -> io::Result<bool> {
+    notify(&main_pid_message(pid))
+}
+
+fn main_pid_message(pid: u32) -> String {
+    format!("MAINPID={pid}\nREADY=1")
+}
+
 /// `STOPPING=1`: shutdown began.
 pub(crate) fn stopping() -> io::Result<bool> {
     notify("STOPPING=1")
@@ -326,6 +337,7 @@ mod tests {
         let b = monotonic_micros().expect("clock");
         assert!(b >= a && a > 0);
         assert_eq!(reloading_message(1234), "RELOADING=1\nMONOTONIC_USEC=1234");
+        assert_eq!(main_pid_message(42), "MAINPID=42\nREADY=1");
     }
 
     #[test]

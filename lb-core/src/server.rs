@@ -81,8 +81,18 @@ pub struct StartOptions {
     /// Listening sockets received from an older ringlb or from systemd,
     /// used instead of binding where their address matches.
     pub inherited: Vec<Inherited>,
-    /// Serve binary upgrades on this Unix socket path.
+    /// Serve binary upgrades on this Unix socket path. It is bound as
+    /// `<path>.<pid>.new` and renamed over `<path>` only once this server
+    /// serves, so a start that fails leaves the running ringlb's socket in
+    /// place for the next try.
     pub upgrade_socket: Option<PathBuf>,
+    /// The command line SIGUSR2 runs to upgrade in place (program, then
+    /// arguments: the binary passes its own, which name the same
+    /// `--upgrade-socket`). The new process is our child, so under
+    /// systemd it stays in the unit; it takes the sockets over, and this
+    /// process tells systemd `MAINPID=` once it serves. None: SIGUSR2 is
+    /// ignored with a warning.
+    pub upgrade_command: Option<Vec<std::ffi::OsString>>,
 }
 
 /// A running ringlb.
@@ -118,6 +128,12 @@ impl Server {
         let mut registry = Registry::new(&config);
         // One set of listeners per worker, all bound (or inherited) now.
         let mut inherited = options.inherited;
+        // The admin API's listener first, so that a socket-activated one is
+        // not mistaken for a service's.
+        let admin_inherited = config
+            .global
+            .admin
+            .and_then(|addr| take_admin_listener(addr, &mut inherited));
         let mut per_worker: Vec<Vec<Listener>> = (0..worker_count).map(|_| Vec::new()).collect();
         let mut listening = Vec::new();
         let mut listen_table = Vec::new();
@@ -145,19 +161,14 @@ impl Server {
             }
         }
         for left in inherited {
-            tracing::warn!(listen = %left.addr, "an inherited socket matches no listen address of the config: closed");
-        }
-        let upgrade = match &options.upgrade_socket {
-            Some(path) => {
-                // The old process's socket file, if any, is ours now.
-                let _ = std::fs::remove_file(path);
-                let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
-                    Error::io(format!("binding the upgrade socket {}", path.display()), e)
-                })?;
-                l.set_nonblocking(true)
-                    .map_err(|e| Error::io("upgrade socket", e))?;
-                Some(l)
+            if left.admin {
+                tracing::info!(admin = %left.addr, "the old process's admin listener is not used by this config: closed");
+            } else {
+                tracing::warn!(listen = %left.addr, "an inherited socket matches no listen address of the config: closed");
             }
+        }
+        let mut upgrade = match &options.upgrade_socket {
+            Some(path) => Some(UpgradeSocket::bind(path)?),
             None => None,
         };
 
@@ -172,8 +183,11 @@ impl Server {
             .collect();
         let admin = match config.global.admin {
             Some(addr) => {
-                let listener =
-                    admin::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+                let listener = match admin_inherited {
+                    Some(socket) => admin::adopt(socket),
+                    None => admin::bind(addr),
+                }
+                .map_err(|cause| Error::Listen { addr, cause })?;
                 let ctx =
                     AdminContext::new(&config.global, commands_tx.clone(), worker_controls.clone());
                 Some((listener, ctx))
@@ -188,11 +202,30 @@ impl Server {
             None => None,
         };
 
+        // A copy of the admin listener, to hand over on upgrade.
+        let admin_handover = match &admin {
+            Some((l, _)) => {
+                let dup = l
+                    .try_clone()
+                    .map_err(|e| Error::io("copying the admin listener for upgrades", e))?;
+                admin_addr.map(|a| (a, socket2::Socket::from(dup)))
+            }
+            None => None,
+        };
+        let upgrade_listener = match &upgrade {
+            Some(u) => Some(u.listener()?),
+            None => None,
+        };
+
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let plane = ControlPlane::new(ControlSetup {
             registry,
             handover,
-            upgrade,
+            admin_handover,
+            upgrade: upgrade_listener,
+            upgrade_command: options
+                .upgrade_command
+                .filter(|_| options.upgrade_socket.is_some()),
             config: config.clone(),
             config_path: options.config_path.clone(),
             listeners: listen_table,
@@ -260,6 +293,10 @@ impl Server {
         for (service, addr) in &listening {
             tracing::info!(service = %service, listen = %addr, "listening");
         }
+        // Serving: from now on a newer ringlb finds us at the path.
+        if let Some(u) = upgrade.take() {
+            u.publish()?;
+        }
         Ok(Server {
             handle: ServerHandle {
                 commands: commands_tx,
@@ -321,6 +358,100 @@ impl Drop for Server {
     }
 }
 
+/// The upgrade socket while the server starts: bound at a private path
+/// (`<path>.<pid>.new`) and moved over `<path>` by [`UpgradeSocket::publish`]
+/// once the server serves. Dropped unpublished (a failed start), it
+/// removes its private path and leaves `<path>` (the running ringlb's) alone.
+struct UpgradeSocket {
+    listener: std::os::unix::net::UnixListener,
+    /// Where it is bound until published.
+    private: PathBuf,
+    /// Where newer ringlbs look for it.
+    path: PathBuf,
+    published: bool,
+}
+
+impl UpgradeSocket {
+    fn bind(path: &std::path::Path) -> Result<UpgradeSocket> {
+        let mut private = path.as_os_str().to_owned();
+        private.push(format!(".{}.new", std::process::id()));
+        let private = PathBuf::from(private);
+        // A leftover of an earlier process that had our pid.
+        let _ = std::fs::remove_file(&private);
+        let listener = std::os::unix::net::UnixListener::bind(&private).map_err(|e| {
+            Error::io(
+                format!(
+                    "binding the upgrade socket {} (is its directory there and writable?)",
+                    private.display()
+                ),
+                e,
+            )
+        })?;
+        let socket = UpgradeSocket {
+            listener,
+            private,
+            path: path.to_path_buf(),
+            published: false,
+        };
+        socket
+            .listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("making the upgrade socket non-blocking", e))?;
+        Ok(socket)
+    }
+
+    /// A copy of the listener, for the control plane.
+    fn listener(&self) -> Result<std::os::unix::net::UnixListener> {
+        self.listener
+            .try_clone()
+            .map_err(|e| Error::io("copying the upgrade socket", e))
+    }
+
+    /// Moves the socket over the public path (atomically replacing the old
+    /// process's, or a stale file).
+    fn publish(mut self) -> Result<()> {
+        std::fs::rename(&self.private, &self.path).map_err(|e| {
+            Error::io(
+                format!(
+                    "moving the upgrade socket {} to {}",
+                    self.private.display(),
+                    self.path.display()
+                ),
+                e,
+            )
+        })?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for UpgradeSocket {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.private);
+        }
+    }
+}
+
+/// The admin API's listener among the inherited sockets: the old process's
+/// (handed over on upgrade; a port of 0 in the config takes it whatever its
+/// port), or one systemd passed for exactly `addr`.
+fn take_admin_listener(
+    addr: SocketAddr,
+    inherited: &mut Vec<Inherited>,
+) -> Option<socket2::Socket> {
+    let pos = inherited.iter().position(|i| {
+        if i.admin {
+            i.addr == addr || (addr.port() == 0 && i.addr.ip() == addr.ip())
+        } else {
+            i.service.is_none() && addr.port() != 0 && i.addr == addr
+        }
+    })?;
+    let found = inherited.swap_remove(pos);
+    tracing::info!(admin = %found.addr, "using the inherited admin listener");
+    Some(found.socket)
+}
+
 /// The listening sockets of one address for `workers` workers: the
 /// inherited ones that match (each worker gets one; with fewer sockets than
 /// workers they are shared through dups, with more some workers get two),
@@ -334,7 +465,8 @@ fn listener_group(
     inherited: &mut Vec<Inherited>,
 ) -> Result<(SocketAddr, Vec<socket2::Socket>)> {
     let matches = |i: &Inherited| {
-        i.service.as_deref().is_none_or(|s| s == service)
+        !i.admin
+            && i.service.as_deref().is_none_or(|s| s == service)
             && (i.addr == addr || (addr.port() == 0 && i.addr.ip() == addr.ip()))
     };
     let mut mine = Vec::new();
@@ -354,13 +486,13 @@ fn listener_group(
             .unwrap_or(addr);
         for s in &mine {
             s.set_nonblocking(true)
-                .map_err(|source| Error::Listen { addr, source })?;
+                .map_err(|cause| Error::Listen { addr, cause })?;
         }
         let k = mine.len();
         for w in k..workers {
             let dup = mine[w % k]
                 .try_clone()
-                .map_err(|source| Error::Listen { addr, source })?;
+                .map_err(|cause| Error::Listen { addr, cause })?;
             mine.push(dup);
         }
         tracing::info!(service = %service, listen = %bound, sockets = k, "using inherited listening sockets");
@@ -370,12 +502,12 @@ fn listener_group(
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
         let socket = sys::reuseport_listener(bound, sys::BACKLOG)
-            .map_err(|source| Error::Listen { addr, source })?;
+            .map_err(|cause| Error::Listen { addr, cause })?;
         if bound.port() == 0 {
             let local = socket.local_addr().ok().and_then(|a| a.as_socket());
             bound = local.ok_or(Error::Listen {
                 addr,
-                source: std::io::Error::other("no local address"),
+                cause: std::io::Error::other("no local address"),
             })?;
         }
         sockets.push(socket);

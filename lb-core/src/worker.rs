@@ -99,6 +99,11 @@ pub(crate) trait Reactor {
     fn lent(&self) -> (usize, usize) {
         (0, 0)
     }
+    /// The engine's own accept on listener `li` may still be in the kernel
+    /// (a cancelled multishot accept lives until its last completion).
+    fn accepting(&self, _li: usize) -> bool {
+        false
+    }
 }
 
 /// What a worker is started with.
@@ -324,6 +329,14 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         self.manage_listeners();
         self.slab.end_turn();
         self.publish_counters();
+        if self.listeners_closed
+            && !self.control.listeners_closed.load(Relaxed)
+            && self.listeners.iter().all(|l| l.socket.is_none())
+        {
+            self.control
+                .listeners_closed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         if self.latencies_dirty
             && self.now.duration_since(self.latencies_published) >= LATENCY_PUBLISH
         {

@@ -1,7 +1,10 @@
 //! systemd integration seen from outside: the notifications ringlb sends on
 //! a test `NOTIFY_SOCKET` (READY=1 once serving, RELOADING=1 with
-//! MONOTONIC_USEC then READY=1 around a reload, STOPPING=1 on SIGTERM), and
-//! a graceful drain that carries a slow transfer to its end.
+//! MONOTONIC_USEC then READY=1 around a reload, STOPPING=1 on SIGTERM), an
+//! upgrade in place on SIGUSR2 (the new process becomes the main PID:
+//! `MAINPID=<new>` and READY=1, then the old one exits 0 without a
+//! STOPPING=1, and the new one keeps the watchdog fed), and a graceful
+//! drain that carries a slow transfer to its end.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
@@ -81,6 +84,138 @@ fn notify_socket_sees_ready_reloading_and_stopping() {
         "{status:?}\n{}",
         lb.report()
     );
+}
+
+/// Whether `pid` is gone (or a zombie, which an init that reaps late
+/// leaves behind: it serves nothing).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// The process SIGUSR2 started (a grandchild of the test): killed on drop
+/// if a failed test leaves it running.
+struct Orphan(u32);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        if !gone(self.0) {
+            // SAFETY: kill(2) takes plain integers; the pid is the ringlb
+            // our ringlb started, seen alive just now.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn sigusr2_upgrades_in_place_and_hands_systemd_the_new_main_pid() {
+    use crate::upgrade::{admin_health, fixed_config, free_port, Proc};
+    let _shared = harness::shared();
+    let b1 = Backend::named("b1");
+    let dir = TempDir::new("sigusr2");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let config = dir.write(
+        "ringlb.toml",
+        &fixed_config(LbConfig::over("epoll", &[&b1]), port, admin_port),
+    );
+    let upgrade_sock = dir.path().join("upgrade.sock");
+    // As systemd starts it: the watchdog request names the main process.
+    let mut cmd = crate::harness::ringlb_command();
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "1000000");
+    let mut sh = std::process::Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" --config \"$1\" --upgrade-socket \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_ringlb"))
+        .arg(&config)
+        .arg(&upgrade_sock)
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("RUST_LOG");
+    let mut old = Proc::spawn(sh);
+    let addr = old.wait_listening();
+    let mut seen = Vec::new();
+    assert!(
+        expect(&notify, "READY=1", &mut seen),
+        "no READY=1: {seen:?}\n{}",
+        old.log()
+    );
+    let old_pid = old.pid();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(old_pid as libc::pid_t, libc::SIGUSR2) };
+    assert!(
+        expect(&notify, "MAINPID=", &mut seen),
+        "no MAINPID= after SIGUSR2: {seen:?}\n{}",
+        old.log()
+    );
+    let msg = seen.last().unwrap().clone();
+    let new_pid: u32 = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad MAINPID message {msg:?}"));
+    let _orphan = Orphan(new_pid);
+    assert!(
+        msg.lines().any(|l| l == "READY=1"),
+        "MAINPID= must come with READY=1: {msg:?}"
+    );
+    assert_ne!(new_pid, old_pid, "{msg:?}");
+    let cmdline = std::fs::read(format!("/proc/{new_pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--upgrade-socket"),
+        "MAINPID names pid {new_pid}, which is not the new ringlb: {cmdline:?}"
+    );
+    // The old one had no connections: it exits 0 at once, saying nothing
+    // more to systemd (a STOPPING=1 would stop the service).
+    let status = old.wait_exit(WAIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "old: {status:?}\n{}",
+        old.log()
+    );
+    // The new one serves the same addresses, admin API included…
+    let mut c = connect_from(client_sources()[2], addr).unwrap();
+    assert_eq!(read_line(&mut c).unwrap(), "b1");
+    drop(c);
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    assert!(
+        admin_health(admin).is_ok_and(|l| l.starts_with("HTTP/1.1 ")),
+        "{}",
+        old.log()
+    );
+    // …and feeds the watchdog (the old one is gone, so this ping is its).
+    let mut after = Vec::new();
+    assert!(
+        expect(&notify, "WATCHDOG=1", &mut after),
+        "the new process does not ping the watchdog: {after:?}\n{}",
+        old.log()
+    );
+    assert!(
+        !after.iter().any(|m| m.contains("STOPPING=1")),
+        "STOPPING=1 sent by the old process after the upgrade: {after:?}"
+    );
+    // SAFETY: kill(2) takes plain integers; new_pid is the live ringlb
+    // started by ours (checked through /proc above).
+    unsafe { libc::kill(new_pid as libc::pid_t, libc::SIGTERM) };
+    assert!(
+        expect(&notify, "STOPPING=1", &mut after),
+        "no STOPPING=1 from the new main process: {after:?}\n{}",
+        old.log()
+    );
+    let deadline = Instant::now() + WAIT;
+    while !gone(new_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the new process ignored SIGTERM\n{}",
+            old.log()
+        );
+        std::thread::sleep(Duration::from_millis(10)); // polling /proc, bounded by the deadline
+    }
 }
 
 #[test]

@@ -27,6 +27,8 @@ use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
 
 /// Longest a binary-upgrade exchange may stall before it is abandoned.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the drain waits for the workers to close their listeners.
+const LISTENERS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Extra wait for the first health round beyond the longest check timeout.
 const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 
@@ -41,8 +43,13 @@ pub(crate) struct ControlSetup {
     pub(crate) registry: Registry,
     /// A copy of every listening socket, for binary upgrades.
     pub(crate) handover: Vec<(String, SocketAddr, socket2::Socket)>,
+    /// A copy of the admin API's listener (and its address), for binary
+    /// upgrades; None with `admin = "off"`.
+    pub(crate) admin_handover: Option<(SocketAddr, socket2::Socket)>,
     /// Where a new ringlb asks for the sockets, if upgrades are served.
     pub(crate) upgrade: Option<std::os::unix::net::UnixListener>,
+    /// What SIGUSR2 runs to start a new ringlb (see `StartOptions`).
+    pub(crate) upgrade_command: Option<Vec<std::ffi::OsString>>,
     /// The config in force, and where it came from (for reloads).
     pub(crate) config: Config,
     pub(crate) config_path: Option<PathBuf>,
@@ -107,8 +114,18 @@ pub(crate) struct ControlPlane {
     /// A copy of every listening socket, to hand to a new ringlb on upgrade
     /// (closed when draining, so the kernel stops queueing to them).
     handover: Vec<(String, SocketAddr, socket2::Socket)>,
+    /// The same for the admin API's listener (closed when draining).
+    admin_handover: Option<(SocketAddr, socket2::Socket)>,
     /// Where a new ringlb asks for the sockets.
     upgrade: Option<std::os::unix::net::UnixListener>,
+    /// What SIGUSR2 runs to start a new ringlb.
+    upgrade_command: Option<Vec<std::ffi::OsString>>,
+    /// A takeover exchange is under way: a second request meanwhile is
+    /// refused, so two new processes never both take the sockets.
+    handing_over: bool,
+    /// A new ringlb took over: it is the one systemd watches now, so the
+    /// drain says nothing to systemd (no STOPPING=1, no watchdog pings).
+    handed_over: bool,
     /// The config in force, and where it came from (for reloads).
     config: Config,
     config_path: Option<PathBuf>,
@@ -131,7 +148,11 @@ impl ControlPlane {
         ControlPlane {
             registry: setup.registry,
             handover: setup.handover,
+            admin_handover: setup.admin_handover,
             upgrade: setup.upgrade,
+            upgrade_command: setup.upgrade_command,
+            handing_over: false,
+            handed_over: false,
             shutdown_timeout: setup.config.global.shutdown_timeout,
             config: setup.config,
             config_path: setup.config_path,
@@ -165,15 +186,16 @@ impl ControlPlane {
     async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
         // Before anything is announced, so that a signal right after
         // "listening" drains instead of killing.
-        let (mut sigterm, mut sigint, mut sighup) = if self.handle_signals {
+        let (mut sigterm, mut sigint, mut sighup, mut sigusr2) = if self.handle_signals {
             use tokio::signal::unix::{signal, SignalKind};
             (
                 signal(SignalKind::terminate()).ok(),
                 signal(SignalKind::interrupt()).ok(),
                 signal(SignalKind::hangup()).ok(),
+                signal(SignalKind::user_defined2()).ok(),
             )
         } else {
-            (None, None, None)
+            (None, None, None, None)
         };
         // Start-up rule: every backend is probed once before the workers
         // start (bounded by the longest check timeout plus a margin), so
@@ -213,11 +235,11 @@ impl ControlPlane {
                         None
                     }
                 });
-        let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<()>>();
-        if let Some(admin) = self.admin.take() {
-            tokio::spawn(admin);
-        }
-        tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
+        let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<u32>>();
+        // Both end when a new ringlb takes over: it serves the admin API on
+        // the same socket, and it is the process systemd watches.
+        let admin_task = self.admin.take().map(tokio::spawn);
+        let watchdog_task = tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
         loop {
             tokio::select! {
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
@@ -262,10 +284,26 @@ impl ControlPlane {
                     Some(Command::Shutdown) | None => break,
                 },
                 Some(stream) = accept_upgrade(&upgrade) => self.hand_over(stream, upgraded_tx.clone()),
-                Some(result) = upgraded.recv() => match result {
-                    Ok(()) => { tracing::info!("a new ringlb took over the listening sockets: draining"); break }
-                    Err(e) => tracing::warn!(error = %e, "binary upgrade abandoned; serving on"),
-                },
+                Some(result) = upgraded.recv() => {
+                    self.handing_over = false;
+                    match result {
+                        Ok(pid) => {
+                            tracing::info!(pid, "a new ringlb took over the listening sockets: draining");
+                            self.handed_over = true;
+                            if let Some(t) = &admin_task {
+                                t.abort();
+                            }
+                            watchdog_task.abort();
+                            // Under systemd the new process is the service now.
+                            if let Err(e) = crate::notify::main_pid(pid) {
+                                tracing::warn!(error = %e, pid, "cannot tell systemd the new main pid");
+                            }
+                            break;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "binary upgrade abandoned; serving on"),
+                    }
+                }
+                Some(()) = recv_signal(&mut sigusr2) => self.spawn_upgrade(),
                 Some(()) = recv_signal(&mut sighup) => {
                     tracing::info!("SIGHUP: reloading the config");
                     let _ = self.reload(&mut prober);
@@ -277,34 +315,94 @@ impl ControlPlane {
         self.drain().await;
     }
 
-    /// Hands copies of every listening socket to a new ringlb (blocking
-    /// exchange with timeouts, off the control thread); the outcome comes
-    /// back on `done`.
+    /// Hands copies of every listening socket (services' and the admin
+    /// API's) to a new ringlb (blocking exchange with timeouts, off the
+    /// control thread); the outcome (the new process's pid) comes back on
+    /// `done`. One exchange at a time.
     fn hand_over(
-        &self,
+        &mut self,
         stream: tokio::net::UnixStream,
-        done: mpsc::UnboundedSender<std::io::Result<()>>,
+        done: mpsc::UnboundedSender<std::io::Result<u32>>,
     ) {
+        if self.handing_over {
+            tracing::warn!("a second new ringlb asks for the listening sockets while one takes them over: refused");
+            return;
+        }
         let sockets: Vec<(String, SocketAddr, socket2::Socket)> = self
             .handover
             .iter()
             .filter_map(|(s, a, sock)| sock.try_clone().ok().map(|c| (s.clone(), *a, c)))
             .collect();
+        let admin: Option<(SocketAddr, socket2::Socket)> = self
+            .admin_handover
+            .as_ref()
+            .and_then(|(a, sock)| sock.try_clone().ok().map(|c| (*a, c)));
         tracing::info!(
             sockets = sockets.len(),
+            admin = admin.is_some(),
             "a new ringlb asks for the listening sockets"
         );
+        self.handing_over = true;
         tokio::task::spawn_blocking(move || {
             let result = stream.into_std().and_then(|std| {
                 std.set_nonblocking(false)?;
-                let list: Vec<(String, SocketAddr, std::os::fd::RawFd)> = sockets
-                    .iter()
-                    .map(|(s, a, sock)| (s.clone(), *a, sock.as_raw_fd()))
-                    .collect();
-                handover::serve_takeover(std, &list, HANDOVER_TIMEOUT)
+                let offer = handover::Offer {
+                    services: sockets
+                        .iter()
+                        .map(|(s, a, sock)| (s.clone(), *a, sock.as_raw_fd()))
+                        .collect(),
+                    admin: admin.as_ref().map(|(a, sock)| (*a, sock.as_raw_fd())),
+                };
+                handover::serve_takeover(std, &offer, HANDOVER_TIMEOUT)
             });
             let _ = done.send(result);
         });
+    }
+
+    /// SIGUSR2: starts a new ringlb (the configured command line: our own
+    /// binary and arguments) as our child, which takes the sockets over on
+    /// the upgrade socket. Its outcome arrives like any takeover's; if it
+    /// exits before, that is logged and we serve on.
+    fn spawn_upgrade(&self) {
+        let Some((program, args)) = self
+            .upgrade_command
+            .as_deref()
+            .and_then(|c| c.split_first())
+        else {
+            tracing::warn!("SIGUSR2: an upgrade in place needs --upgrade-socket; ignored");
+            return;
+        };
+        if self.handing_over {
+            tracing::warn!("SIGUSR2: an upgrade is already under way; ignored");
+            return;
+        }
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            // systemd's watchdog request names our pid; the new process
+            // takes it on when it becomes the main process.
+            .env_remove("WATCHDOG_PID");
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let pid = child.id();
+                tracing::info!(pid, program = %std::path::Path::new(program).display(), "SIGUSR2: started a new ringlb to take over");
+                // Reaps it if it fails (and exits) while we still run; a
+                // detached thread, so it never holds our own exit up.
+                let spawned = std::thread::Builder::new()
+                    .name("ringlb-upgrade-wait".into())
+                    .spawn(move || {
+                        if let Ok(status) = child.wait() {
+                            tracing::warn!(pid, %status, "the new ringlb started by SIGUSR2 exited");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot watch the new ringlb; it is reaped when we exit");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, program = %std::path::Path::new(program).display(), "SIGUSR2: cannot start a new ringlb; serving on")
+            }
+        }
     }
 
     /// Reads the config file again and applies it. A file that does not
@@ -500,14 +598,34 @@ impl ControlPlane {
         // Our copies of the listening sockets would keep them open (and the
         // kernel queueing to them) after the workers close theirs.
         self.handover.clear();
-        if let Err(e) = crate::notify::stopping() {
-            tracing::warn!(error = %e, "cannot tell systemd we are stopping");
+        self.admin_handover = None;
+        // After an upgrade the new process is the service: a STOPPING=1
+        // from us would stop it.
+        if !self.handed_over {
+            if let Err(e) = crate::notify::stopping() {
+                tracing::warn!(error = %e, "cannot tell systemd we are stopping");
+            }
         }
         for w in &self.workers {
             w.draining.store(true, Relaxed);
             w.wake();
         }
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        // A worker's count is only final once it has closed its listeners
+        // (until then it may still accept): wait for that first. Workers
+        // turn at least every 100 ms; a worker whose loop died never
+        // answers, hence the bound.
+        let closed_by = (tokio::time::Instant::now() + LISTENERS_CLOSE_WAIT).min(deadline);
+        while !self.workers.iter().all(|w| {
+            w.listeners_closed
+                .load(std::sync::atomic::Ordering::Acquire)
+        }) {
+            if tokio::time::Instant::now() >= closed_by {
+                tracing::warn!("some workers did not close their listeners in time; draining on");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         loop {
             let open: usize = self
                 .workers

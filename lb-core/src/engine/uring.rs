@@ -211,6 +211,10 @@ impl Reactor for UringReactor {
         self.ops.is_some()
     }
 
+    fn accepting(&self, li: usize) -> bool {
+        self.accepts.get(li).is_some_and(|w| w.armed)
+    }
+
     fn start_flows(&mut self, token: Token, client: RawFd, backend: RawFd) -> io::Result<u64> {
         match &mut self.ops {
             Some(ops) => Ok(ops.start(&mut self.sq, token.raw(), client, backend)),

@@ -198,17 +198,40 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 
     /// Resumes paused listeners whose reason has passed; closes them all
     /// when draining.
+    ///
+    /// An engine that accepts by itself (io_uring) keeps a listener open
+    /// until its cancelled accept has ended, then takes what the backlog
+    /// holds once with accept(2) before closing it: a listening socket
+    /// wakes one of io_uring's accepts per connection, and when the woken
+    /// one is being cancelled that wake-up is lost. After a binary upgrade
+    /// the new process shares the socket, and a connection whose wake-up
+    /// went to our cancelled accept would wait in the backlog, unserved,
+    /// until the next connection woke the new process.
     pub(crate) fn manage_listeners(&mut self) {
         if self.control.draining.load(Relaxed) {
             if !self.listeners_closed {
                 self.listeners_closed = true;
                 self.reset_held();
-                for (i, l) in self.listeners.iter_mut().enumerate() {
-                    if let Some(s) = l.socket.take() {
-                        if !l.paused {
-                            self.reactor.remove(s.as_raw_fd(), Token::listener(i), true);
-                        }
+                for i in 0..self.listeners.len() {
+                    let l = &mut self.listeners[i];
+                    let Some(fd) = l.socket.as_ref().map(|s| s.as_raw_fd()) else {
+                        continue;
+                    };
+                    if !l.paused {
+                        self.reactor
+                            .remove(fd, Token::listener(i), !R::DELIVERS_ACCEPTS);
                     }
+                    if !R::DELIVERS_ACCEPTS {
+                        self.listeners[i].socket = None;
+                    }
+                }
+            }
+            for i in 0..self.listeners.len() {
+                if self.listeners[i].socket.is_some() && !self.reactor.accepting(i) {
+                    // The last sweep; `paused` listeners leave their backlog
+                    // to the kernel, as before.
+                    self.accept_from(i);
+                    self.listeners[i].socket = None;
                 }
             }
             return;

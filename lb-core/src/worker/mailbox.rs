@@ -25,6 +25,12 @@ pub struct WorkerControl {
     pub draining: AtomicBool,
     /// Exit now, closing every connection.
     pub stop: AtomicBool,
+    /// Set (Release) by a draining worker once every listener is closed and
+    /// the connection count published after that: from then on
+    /// `connections` only goes down, so the drain may trust a zero. Before
+    /// it, a zero is stale and the worker may still accept (and a stop
+    /// would reset what it accepted).
+    pub(crate) listeners_closed: AtomicBool,
     /// Connections this worker holds.
     pub connections: AtomicUsize,
     /// Connections accepted in all.
