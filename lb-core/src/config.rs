@@ -66,6 +66,19 @@ pub struct Global {
     pub pipe_size: NonZeroUsize,
     /// `pipe_pool = 256` (default): idle pipes a worker keeps for reuse.
     pub pipe_pool: usize,
+    /// `max_connections = "auto"` (default) or a number: client connections
+    /// the whole process holds at once. "auto" is as many as the open-files
+    /// limit can hold (`budget.rs`); a number the limit cannot honour is
+    /// refused at check, start and reload.
+    pub max_connections: MaxConnections,
+}
+
+/// The process-wide connection budget asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxConnections {
+    /// As many as the open-files limit can hold after its reserve.
+    Auto,
+    Count(NonZeroUsize),
 }
 
 /// How many worker threads to run.
@@ -371,6 +384,7 @@ impl Default for Global {
             shutdown_timeout: Duration::from_secs(30),
             pipe_size: NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN),
             pipe_pool: 256,
+            max_connections: MaxConnections::Auto,
         }
     }
 }

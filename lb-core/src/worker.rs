@@ -48,7 +48,7 @@ use crate::config::Forwarding;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
-use crate::stats::{BackendStats, Latencies};
+use crate::stats::{BackendStats, ConnectionBudget, Latencies};
 
 use listeners::ListenerState;
 use slab::Slab;
@@ -111,6 +111,8 @@ pub(crate) struct WorkerSetup {
     /// How bytes are moved; `Copy` uses buffers of `pipe_size` bytes, at
     /// most `pipe_pool` of them kept idle. Anything else splices.
     pub forwarding: Forwarding,
+    /// The process's connection budget, shared by every worker.
+    pub budget: Arc<ConnectionBudget>,
 }
 
 enum Phase {
@@ -168,6 +170,9 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     picks: Vec<PickState>,
     failures: FailureSender,
     control: Arc<WorkerControl>,
+    /// The process's client connections against the fd limit's budget: a
+    /// place is taken on admission and given back on release.
+    budget: Arc<ConnectionBudget>,
     pool: PipePool,
     /// Copy buffers (`forwarding = "copy"` or `"auto"`; none made otherwise).
     buffers: BufferPool,
@@ -221,6 +226,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             picks,
             failures: setup.failures,
             control: setup.control,
+            budget: setup.budget,
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
             buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
             forwarding: setup.forwarding,
@@ -515,6 +521,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             stats.bytes_to_client.fetch_add(pair.down.bytes, Relaxed);
         }
         self.listeners[conn.listener].stats.release();
+        self.budget.release();
         let Conn {
             client,
             backend,

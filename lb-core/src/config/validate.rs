@@ -15,8 +15,8 @@ use toml::Spanned;
 
 use super::locate::Invalid;
 use super::raw::{
-    DurationText, RawBackend, RawConfig, RawGlobal, RawHealth, RawService, RawSize, RawWorkers,
-    Text, TextList,
+    DurationText, RawBackend, RawConfig, RawGlobal, RawHealth, RawMaxConnections, RawService,
+    RawSize, RawWorkers, Text, TextList,
 };
 use super::value::{
     format_duration, is_prime, is_valid_host, is_valid_name, parse_cidr, parse_duration,
@@ -24,7 +24,7 @@ use super::value::{
 };
 use super::{
     AdminState, Backend, Balance, Config, DegradedIs, EngineKind, Forwarding, Global, HealthCheck,
-    HealthKind, Service, Workers, DEFAULT_MAGLEV_TABLE_SIZE,
+    HealthKind, MaxConnections, Service, Workers, DEFAULT_MAGLEV_TABLE_SIZE,
 };
 
 /// Largest `workers` count: far above any machine this runs on, low enough
@@ -193,6 +193,10 @@ fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, Invalid> {
         None => default.pipe_pool,
         Some(count) => integer(count, "global.pipe_pool", 0, i64::MAX)?,
     };
+    let max_connections = match &raw.max_connections {
+        None => default.max_connections,
+        Some(max) => convert_max_connections(max)?,
+    };
     Ok(Global {
         workers,
         engine,
@@ -204,6 +208,27 @@ fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, Invalid> {
         shutdown_timeout,
         pipe_size,
         pipe_pool,
+        max_connections,
+    })
+}
+
+/// `[global] max_connections`: "auto" or an integer >= 1. Whether the
+/// open-files limit can honour it is a run-time question (`budget.rs`).
+fn convert_max_connections(max: &Spanned<RawMaxConnections>) -> Result<MaxConnections, Invalid> {
+    let count = match max.get_ref() {
+        RawMaxConnections::Text(text) if text == "auto" => return Ok(MaxConnections::Auto),
+        RawMaxConnections::Text(text) => Err(format!("{text:?} is not valid")),
+        RawMaxConnections::Count(n) => usize::try_from(*n)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or(format!("{n} is out of range")),
+    };
+    count.map(MaxConnections::Count).map_err(|what| {
+        Invalid::at(
+            max.span(),
+            "global.max_connections",
+            format!("{what} (expected \"auto\" or an integer >= 1)"),
+        )
     })
 }
 
