@@ -68,6 +68,12 @@ pub(crate) trait Reactor {
     const DELIVERS_ACCEPTS: bool = false;
 
     fn add(&mut self, fd: RawFd, token: Token) -> io::Result<()>;
+    /// For an engine that accepts by itself: arm listeners one connection
+    /// at a time (`one`) or in bulk from now on. True when that changed
+    /// (then the worker re-adds its watched listeners).
+    fn accept_one_at_a_time(&mut self, _one: bool) -> bool {
+        false
+    }
     /// Stops watching `fd`. `closing`: the fd is about to be closed (epoll
     /// forgets closed fds by itself; io_uring needs a cancel).
     fn remove(&mut self, fd: RawFd, token: Token, closing: bool);
@@ -248,6 +254,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 
     /// Registers the listeners; call once before the loop.
     pub(crate) fn start(&mut self) -> io::Result<()> {
+        self.choose_accept_batch();
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(s) = &l.socket {
                 self.reactor.add(s.as_raw_fd(), Token::listener(i))?;

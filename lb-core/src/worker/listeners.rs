@@ -8,10 +8,11 @@
 //! accepted only to be reset. A paused listener is looked at again every
 //! turn (at most 100 ms apart, `timers.rs`), so places freed on any worker
 //! are used promptly. io_uring's multishot accept cannot be told to wait:
-//! what it accepts until its cancel lands (the connections that arrive
-//! within one turn) is held, in order, costing one descriptor each; the
-//! budget's margin covers it, and past that the kernel's accept fails with
-//! EMFILE and leaves the client in the backlog.
+//! what it accepts until its cancel lands is held, in order, costing one
+//! descriptor each. While fewer than a backlog's worth of places are free,
+//! the engine accepts one connection at a time (one request in flight per
+//! listener), so at most one per listener is held past the budget; the
+//! budget's margin covers it.
 //!
 //! Runs on the worker's thread.
 
@@ -35,6 +36,11 @@ use super::{Reactor, Syscalls, Token, Worker};
 const ACCEPT_BATCH: usize = 64;
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Below this many free places in the budget, an engine that accepts by
+/// itself takes one connection at a time: a multishot accept drains the
+/// listen backlog (up to `sys::BACKLOG`) at once, which would overshoot.
+const ONE_AT_A_TIME_BELOW: usize = crate::sys::BACKLOG as usize;
 
 /// Why a client could not be admitted now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +241,33 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         }
     }
 
+    /// With an engine that accepts by itself: accepts one connection at a
+    /// time while fewer than [`ONE_AT_A_TIME_BELOW`] places are free, so
+    /// what it takes past the budget before this worker pauses is one
+    /// connection per listener; in bulk otherwise. Re-arms the watched
+    /// listeners when that changes.
+    pub(crate) fn choose_accept_batch(&mut self) {
+        if !R::DELIVERS_ACCEPTS {
+            return;
+        }
+        let room = self.budget.limit().saturating_sub(self.budget.active());
+        if !self
+            .reactor
+            .accept_one_at_a_time(room < ONE_AT_A_TIME_BELOW)
+        {
+            return;
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let (false, Some(s)) = (l.paused, &l.socket) {
+                let fd = s.as_raw_fd();
+                self.reactor.remove(fd, Token::listener(i), false);
+                if let Err(e) = self.reactor.add(fd, Token::listener(i)) {
+                    tracing::error!(worker = self.id, error = %e, "cannot re-arm a listener");
+                }
+            }
+        }
+    }
+
     /// Resumes paused listeners whose reason has passed; closes them all
     /// when draining.
     pub(crate) fn manage_listeners(&mut self) {
@@ -252,6 +285,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             }
             return;
         }
+        self.choose_accept_batch();
         if let Some(until) = self.accept_backoff {
             if self.now < until {
                 return;
