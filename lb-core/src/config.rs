@@ -980,6 +980,36 @@ state = "disabled"
     }
 
     #[test]
+    fn global_max_connections_is_auto_or_a_positive_integer() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().global.max_connections,
+            MaxConnections::Auto
+        );
+        let config = parse(&global_with("max_connections = \"auto\"")).unwrap();
+        assert_eq!(config.global.max_connections, MaxConnections::Auto);
+        let config = parse(&global_with("max_connections = 5000")).unwrap();
+        assert_eq!(
+            config.global.max_connections,
+            MaxConnections::Count(NonZeroUsize::new(5000).unwrap())
+        );
+        assert_refused(
+            &global_with("max_connections = 0"),
+            (2, 19),
+            &["global.max_connections", "0 is out of range", "\"auto\""],
+        );
+        assert_refused(
+            &global_with("max_connections = \"lots\""),
+            (2, 19),
+            &["\"lots\" is not valid"],
+        );
+        assert_refused(
+            &global_with("max_connections = true"),
+            (2, 19),
+            &["\"auto\" or a number of connections"],
+        );
+    }
+
+    #[test]
     fn enum_keys_list_their_allowed_values() {
         let cases = [
             (global_with("engine = \"io_uring\""), (2, 10), "global.engine: \"io_uring\" is not valid (expected one of \"auto\", \"uring\", \"epoll\")"),
