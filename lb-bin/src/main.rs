@@ -102,11 +102,14 @@ fn init_logging() -> anyhow::Result<StderrLog> {
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
+    // What start-up would compute under this process's open-files limit.
+    let budget = lb_core::connection_budget(&config)
+        .with_context(|| format!("{}: the connection budget", path.display()))?;
     // Not println!: it panics when stdout is a closed pipe. The exit status
     // says whether the config is good.
     let _ = writeln!(
         std::io::stdout(),
-        "{}: ok ({} services, {} backends)",
+        "{}: ok ({} services, {} backends)\nconnection budget: {budget}",
         path.display(),
         config.services.len(),
         backends

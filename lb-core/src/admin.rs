@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::config::{AdminState, Global, IpNet, Weight, MAX_WEIGHT};
 use crate::control::command::{self, Command};
 use crate::control::RegistryError;
+use crate::stats::{ConnectionBudget, LocalKind, LOCAL_ERRORS};
 use crate::worker::WorkerControl;
 use auth::Credentials;
 use join::Membership;
@@ -64,11 +65,12 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a handler waits for the control plane's answer.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Admin connections served at once; more get 503 and are closed.
-const MAX_CONNECTIONS: usize = 64;
+/// Admin connections served at once; more get 503 and are closed. (The
+/// connection budget reserves descriptors for them: `budget.rs`.)
+const MAX_CONNECTIONS: usize = crate::budget::ADMIN_CONNECTIONS as usize;
 /// Refused connections (403/503 written, then closed) handled at once;
 /// beyond that they are closed without an answer.
-const MAX_REFUSALS: usize = 16;
+const MAX_REFUSALS: usize = crate::budget::ADMIN_REFUSALS as usize;
 /// How long a refused connection is kept to deliver its answer.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (EMFILE and the like) before the next one.
@@ -92,6 +94,8 @@ pub(crate) struct AdminContext {
     commands: mpsc::UnboundedSender<Command>,
     /// Per-worker counters and the draining flag (read directly: atomics).
     workers: Vec<Arc<WorkerControl>>,
+    /// The process's connection budget (for /metrics).
+    budget: Arc<ConnectionBudget>,
     /// This node's name in the health answer (the host name).
     node_id: String,
     /// Connections being served.
@@ -108,12 +112,14 @@ impl AdminContext {
         global: &Global,
         commands: mpsc::UnboundedSender<Command>,
         workers: Vec<Arc<WorkerControl>>,
+        budget: Arc<ConnectionBudget>,
     ) -> AdminContext {
         AdminContext {
             allow: global.admin_allow.clone(),
             token: global.admin_token.clone(),
             commands,
             workers,
+            budget,
             node_id: host_name(),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
@@ -160,15 +166,29 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, ctx: AdminContext) 
         tracing::info!(admin = %addr, token = ctx.token.is_some(), "admin API listening");
     }
     let ctx = Arc::new(ctx);
+    // One descriptor kept free: at EMFILE it is given up so that one more
+    // admin connection (a health check, a scrape) is still answered.
+    let mut spare = open_spare();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                if LocalKind::of(&e) == Some(LocalKind::Emfile) && spare.take().is_some() {
+                    continue;
+                }
+                if LOCAL_ERRORS
+                    .record(&e, &"accepting an admin connection (retrying in 100ms)")
+                    .is_none()
+                {
+                    tracing::warn!(error = %e, "admin accept failed");
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        if spare.is_none() {
+            spare = open_spare();
+        }
         if !auth::peer_allowed(&ctx.allow, peer.ip()) {
             tracing::debug!(peer = %peer, "admin connection refused: not in admin_allow");
             refuse(
@@ -207,6 +227,11 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, ctx: AdminContext) 
             drop(permit);
         });
     }
+}
+
+/// The admin server's spare descriptor (/dev/null), if one can be had.
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 /// Answers a connection with a fixed error without reading its request,
@@ -376,7 +401,7 @@ impl AdminContext {
                 Ok(view) => respond(
                     StatusCode::OK,
                     crate::metrics::CONTENT_TYPE,
-                    crate::metrics::render(&view, &self.workers),
+                    crate::metrics::render(&view, &self.workers, &self.budget),
                 ),
                 Err(Unavailable) => unavailable(),
             },

@@ -70,6 +70,19 @@ pub struct Global {
     pub pipe_size: NonZeroUsize,
     /// `pipe_pool = 256` (default): idle pipes a worker keeps for reuse.
     pub pipe_pool: usize,
+    /// `max_connections = "auto"` (default) or a number: client connections
+    /// the whole process holds at once. "auto" is as many as the open-files
+    /// limit can hold (`budget.rs`); a number the limit cannot honour is
+    /// refused at check, start and reload.
+    pub max_connections: MaxConnections,
+}
+
+/// The process-wide connection budget asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxConnections {
+    /// As many as the open-files limit can hold after its reserve.
+    Auto,
+    Count(NonZeroUsize),
 }
 
 /// How many worker threads to run.
@@ -378,6 +391,7 @@ impl Default for Global {
             shutdown_timeout: Duration::from_secs(30),
             pipe_size: NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN),
             pipe_pool: 256,
+            max_connections: MaxConnections::Auto,
         }
     }
 }
@@ -969,6 +983,36 @@ state = "disabled"
         assert_eq!(
             config.global.workers,
             Workers::Count(NonZeroUsize::new(1024).unwrap())
+        );
+    }
+
+    #[test]
+    fn global_max_connections_is_auto_or_a_positive_integer() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().global.max_connections,
+            MaxConnections::Auto
+        );
+        let config = parse(&global_with("max_connections = \"auto\"")).unwrap();
+        assert_eq!(config.global.max_connections, MaxConnections::Auto);
+        let config = parse(&global_with("max_connections = 5000")).unwrap();
+        assert_eq!(
+            config.global.max_connections,
+            MaxConnections::Count(NonZeroUsize::new(5000).unwrap())
+        );
+        assert_refused(
+            &global_with("max_connections = 0"),
+            (2, 19),
+            &["global.max_connections", "0 is out of range", "\"auto\""],
+        );
+        assert_refused(
+            &global_with("max_connections = \"lots\""),
+            (2, 19),
+            &["\"lots\" is not valid"],
+        );
+        assert_refused(
+            &global_with("max_connections = true"),
+            (2, 19),
+            &["\"auto\" or a number of connections"],
         );
     }
 

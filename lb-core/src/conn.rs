@@ -23,6 +23,7 @@ use std::os::fd::RawFd;
 
 use crate::buffer::BufferPool;
 use crate::pipe::{Pipe, PipePool};
+use crate::stats::LOCAL_ERRORS;
 use crate::sys;
 
 /// Which socket of a connection.
@@ -82,6 +83,10 @@ impl FlowError {
     /// failed is closed, the other one gets an RST (it must learn the
     /// stream broke); without a pipe, both get one.
     pub(crate) fn abort(&self, source: Side) -> Outcome {
+        if let FlowError::Pipe(e) = self {
+            // The host's shortage: counted, logged at most once a second.
+            LOCAL_ERRORS.record(e, &"creating a splice pipe (the connection is reset)");
+        }
         let failed = match (self, source) {
             (FlowError::Pipe(_), _) => None,
             (FlowError::Source(_), s) => Some(s),
@@ -389,8 +394,16 @@ impl Flow {
         buffers: &mut BufferPool,
         budget: &mut u32,
     ) -> Result<Pumped, FlowError> {
-        // Bytes in a buffer are written before the flow splices.
-        if self.bulk && !matches!(self.in_flight, InFlight::Buffer { .. }) {
+        // A bulk flow splices once no bytes wait in a buffer, if it holds a
+        // pipe or the worker may lend one (at the cap it copies: the budget
+        // counts no pipe per connection in this mode).
+        let splice = self.bulk
+            && match self.in_flight {
+                InFlight::Idle => pipes.may_lend(),
+                InFlight::Pipe { .. } => true,
+                InFlight::Buffer { .. } => false,
+            };
+        if splice {
             self.pump(src, dst, src_ready, dst_ready, pipes, budget)
         } else {
             self.pump_copy(src, dst, src_ready, dst_ready, buffers, budget)
@@ -934,6 +947,54 @@ mod tests {
         assert!(size_of::<InFlight>() <= 40, "{}", size_of::<InFlight>());
         assert!(size_of::<Flow>() <= 56, "{}", size_of::<Flow>());
         assert!(size_of::<Pair>() <= 112, "{}", size_of::<Pair>());
+    }
+
+    #[test]
+    fn auto_copies_bulk_when_the_worker_may_lend_no_pipe() {
+        // A pool whose cap is spent (0 here): the bulk flow copies, in order,
+        // and never makes a pipe (the budget counts none per connection).
+        let (mut client, c_in) = tcp_pair();
+        let (mut backend, b_in) = tcp_pair();
+        let mut pipes = PipePool::new(1 << 16, 0);
+        let mut bufs = BufferPool::new(1 << 16, 4);
+        let mut pair = Pair::default();
+        let reply: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let reply = reply.clone();
+            std::thread::spawn(move || {
+                backend.write_all(&reply).unwrap();
+                backend.shutdown(Shutdown::Write).unwrap();
+                backend
+            })
+        };
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).unwrap();
+            all
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pair.down.is_shut() {
+            let mut cr = Readiness::ANY;
+            let mut br = cr;
+            let outcome = pair.drive_auto(
+                c_in.as_raw_fd(),
+                b_in.as_raw_fd(),
+                &mut cr,
+                &mut br,
+                &mut pipes,
+                &mut bufs,
+                4,
+            );
+            assert!(!matches!(outcome, Outcome::Aborted { .. }), "{outcome:?}");
+            assert!(!pair.down.holds_pipe(), "a pipe beyond the cap");
+            assert!(Instant::now() < deadline, "bulk reply stuck");
+            std::thread::yield_now();
+        }
+        let _backend = writer.join().unwrap();
+        drop(c_in);
+        assert!(pair.down.bulk, "1 MiB marks the flow bulk");
+        assert_eq!(reader.join().unwrap(), reply, "bytes lost or reordered");
+        assert_eq!(pipes.lent(), 0);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum Error {
         engine: crate::engine::Engine,
         reason: String,
     },
+    /// The open-files limit cannot hold the connections the config asks
+    /// for (or any at all): the figures, and what to change.
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
     /// Any other system call failure, with what was being done.
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },

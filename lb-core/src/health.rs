@@ -369,7 +369,13 @@ impl BackendRun {
     }
 
     /// Records a result and reports it; false when nobody listens any more.
+    /// A probe that could not be made for a local shortage
+    /// ([`Reason::Local`], counted and logged where it happened) is neither
+    /// a pass nor a failure: the state stays as it was.
     fn record(&mut self, result: Result<(), Reason>) -> bool {
+        if matches!(result, Err(Reason::Local(_))) {
+            return !self.events.is_closed();
+        }
         let flip = self.machine.record(result.is_ok());
         let state = self.machine.state();
         self.state.send_replace(Some(state));

@@ -6,6 +6,7 @@
 //! The only thing they share on the hot path is the published [`snapshot`].
 
 mod admin;
+mod budget;
 mod buffer;
 mod config;
 mod conn;
@@ -27,6 +28,7 @@ mod stats;
 mod sys;
 mod worker;
 
+pub use budget::{BudgetError, FdBudget, Reserve};
 pub use error::{Error, Result};
 
 // The public surface: what the binary, the benches and the tests use.
@@ -34,13 +36,15 @@ pub use error::{Error, Result};
 // which lets the compiler find dead code.
 
 // Running a whole ringlb: the binary, the demo, the integration tests.
-pub use config::{AdminState, Config, DegradedIs, HealthCheck, HealthKind, DEFAULT_HEALTH_PATH};
+pub use config::{
+    AdminState, Config, DegradedIs, HealthCheck, HealthKind, MaxConnections, DEFAULT_HEALTH_PATH,
+};
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;
 pub use engine::{Engine, EngineChoice, RingMode};
 pub use handover::{take_over, Inherited};
 pub use notify::{listen_fds, ready};
-pub use server::{Server, ServerHandle, StartOptions};
+pub use server::{connection_budget, Server, ServerHandle, StartOptions};
 pub use stats::LOG_LOSS;
 pub use sys::raise_nofile_limit;
 pub use worker::WorkerControl;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::admin::view::{admin_str, StatusView};
 use crate::config::AdminState;
 use crate::control::Health;
-use crate::stats::LOG_LOSS;
+use crate::stats::{ConnectionBudget, LocalKind, LOCAL_ERRORS, LOG_LOSS};
 use crate::worker::WorkerControl;
 
 /// `Content-Type` of the exposition.
@@ -71,7 +71,11 @@ impl Exposition {
 
 /// Renders every metric. Counters are read with relaxed loads: each value
 /// is exact, the set is not one instant (as with any scrape).
-pub(crate) fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> String {
+pub(crate) fn render(
+    view: &StatusView,
+    workers: &[Arc<WorkerControl>],
+    budget: &ConnectionBudget,
+) -> String {
     let mut e = Exposition {
         out: String::with_capacity(4096),
     };
@@ -111,6 +115,7 @@ pub(crate) fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> Strin
     ] {
         e.sample("ringlb_log_records_lost_total", &[("reason", reason)], n);
     }
+    render_budget(&mut e, budget);
     e.family(
         "ringlb_snapshot_generation",
         Kind::Gauge,
@@ -123,6 +128,44 @@ pub(crate) fn render(view: &StatusView, workers: &[Arc<WorkerControl>]) -> Strin
     render_workers(&mut e, workers);
     render_latencies(&mut e, workers);
     e.out
+}
+
+/// The process's connection budget and the local errors.
+fn render_budget(e: &mut Exposition, budget: &ConnectionBudget) {
+    e.family(
+        "ringlb_connections_budget",
+        Kind::Gauge,
+        "Client connections the process holds at most ([global] max_connections, by default what the open-files limit can hold); at it workers stop accepting and clients wait in the listen backlog.",
+    );
+    e.sample("ringlb_connections_budget", &[], budget.limit());
+    e.family(
+        "ringlb_connections_active",
+        Kind::Gauge,
+        "Client connections held now by the whole process (all services and workers).",
+    );
+    e.sample("ringlb_connections_active", &[], budget.active());
+    e.family(
+        "ringlb_connections_budget_full_total",
+        Kind::Counter,
+        "Times a worker paused accepting because the connection budget was spent.",
+    );
+    e.sample(
+        "ringlb_connections_budget_full_total",
+        &[],
+        budget.full_total(),
+    );
+    e.family(
+        "ringlb_local_errors_total",
+        Kind::Counter,
+        "Errors that are this host's shortage, not a backend's (never counted against a backend's health), by kind: emfile, enfile, enobufs, enomem (on accept, socket, connect, pipe), eaddrnotavail, eaddrinuse (no free local port to connect from).",
+    );
+    for kind in LocalKind::ALL {
+        e.sample(
+            "ringlb_local_errors_total",
+            &[("kind", kind.name())],
+            LOCAL_ERRORS.count(kind),
+        );
+    }
 }
 
 fn render_services(e: &mut Exposition, view: &StatusView) {
@@ -471,7 +514,7 @@ mod tests {
             }],
         };
         let workers = vec![Arc::new(WorkerControl::default())];
-        let text = render(&view, &workers);
+        let text = render(&view, &workers, &ConnectionBudget::new(12));
         assert!(text.ends_with('\n'));
         assert!(text.contains("ringlb_snapshot_generation 7\n"));
         assert!(text.contains(
@@ -480,6 +523,10 @@ mod tests {
              ringlb_reloads_total{result=\"failed\"} 3\n"
         ));
         assert!(text.contains("# TYPE ringlb_log_records_lost_total counter\n"));
+        assert!(text.contains("ringlb_connections_budget 12\n"));
+        assert!(text.contains("ringlb_connections_active 0\n"));
+        assert!(text.contains("ringlb_connections_budget_full_total 0\n"));
+        assert!(text.contains("ringlb_local_errors_total{kind=\"eaddrnotavail\"} "));
         assert!(text.contains("ringlb_log_records_lost_total{reason=\"dropped\"} "));
         assert!(text.contains(
             "ringlb_backend_admin_state{service=\"we\\\"b\",backend=\"a\",state=\"drain\"} 1\n"

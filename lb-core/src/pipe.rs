@@ -54,6 +54,15 @@ impl PipePool {
         }
     }
 
+    /// True while fewer than the pool's cap are lent: `forwarding =
+    /// "auto"` splices only then (a flow that finds none copies), which
+    /// keeps the worker's pipes, idle and lent, within the cap (a pipe is
+    /// made only when none is idle) and so within the connection budget's
+    /// reserve (`budget.rs`).
+    pub(crate) fn may_lend(&self) -> bool {
+        self.lent < self.cap
+    }
+
     /// Takes an empty pipe, making one if none is idle.
     pub(crate) fn take(&mut self) -> io::Result<Pipe> {
         let pipe = match self.idle.pop() {

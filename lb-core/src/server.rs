@@ -2,7 +2,9 @@
 //! thread, and one pinned worker thread per core. Runs on the caller's
 //! thread (the binary's main thread, the demo, or a test).
 //!
-//! Start-up order: raise RLIMIT_NOFILE; bind every listener (so address
+//! Start-up order: raise RLIMIT_NOFILE and work out the connection budget
+//! from it (`budget.rs`; refused when the limit cannot hold it); bind
+//! every listener (so address
 //! errors surface before anything runs; a port of 0 is bound once and the
 //! kernel's choice shared by all workers); start the control plane, which
 //! runs the first health round (bounded by the check timeout) and publishes
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminContext};
+use crate::budget::{self, FdBudget};
 use crate::config::{AdminState, Config, Forwarding, Workers};
 use crate::control::command::{self, Command};
 use crate::control::{
@@ -26,6 +29,7 @@ use crate::control::{
 use crate::engine::{self, EngineChoice};
 use crate::handover::Inherited;
 use crate::snapshot::SnapshotCell;
+use crate::stats::ConnectionBudget;
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerSetup};
 use crate::{sys, Error, Result};
 
@@ -118,12 +122,22 @@ impl Server {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
         }
-        let engine = engine::choose(config.global.engine)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let worker_count = match config.global.workers {
-            Workers::Count(n) => n.get(),
-            Workers::Auto => cores.len().max(1),
-        };
+        let worker_count = worker_count(config.global.workers);
+        // From the limit as raised (the soft one now).
+        let nofile = sys::nofile_limit()
+            .map_err(|e| Error::io("reading the open-files limit", e))?
+            .0;
+        let fds = budget::compute(nofile, &budget::Inputs::of(&config, worker_count))?;
+        tracing::info!(
+            budget = fds.connections,
+            nofile,
+            reserved = fds.reserve.total(),
+            per_connection = fds.per_connection,
+            "connection budget: {fds}"
+        );
+        let conn_budget = Arc::new(ConnectionBudget::new(fds.connections));
+        let engine = engine::choose(config.global.engine)?;
 
         let mut registry = Registry::new(&config);
         // One set of listeners per worker, all bound (or inherited) now.
@@ -188,8 +202,12 @@ impl Server {
                     None => admin::bind(addr),
                 }
                 .map_err(|cause| Error::Listen { addr, cause })?;
-                let ctx =
-                    AdminContext::new(&config.global, commands_tx.clone(), worker_controls.clone());
+                let ctx = AdminContext::new(
+                    &config.global,
+                    commands_tx.clone(),
+                    worker_controls.clone(),
+                    conn_budget.clone(),
+                );
                 Some((listener, ctx))
             }
             None => None,
@@ -231,6 +249,7 @@ impl Server {
             listeners: listen_table,
             cell: cell.clone(),
             workers: worker_controls.clone(),
+            budget: conn_budget.clone(),
             failures: failures_rx,
             commands: commands_rx,
             handle_signals: options.handle_signals,
@@ -265,6 +284,7 @@ impl Server {
                 pipe_size: config.global.pipe_size.get(),
                 pipe_pool: config.global.pipe_pool,
                 forwarding,
+                budget: conn_budget.clone(),
             };
             let core = (config.global.workers == Workers::Auto)
                 .then(|| cores.get(id).copied())
@@ -450,6 +470,25 @@ fn take_admin_listener(
     let found = inherited.swap_remove(pos);
     tracing::info!(admin = %found.addr, "using the inherited admin listener");
     Some(found.socket)
+}
+
+/// Workers a config runs: its count, or one per core.
+fn worker_count(workers: Workers) -> usize {
+    match workers {
+        Workers::Count(n) => n.get(),
+        Workers::Auto => core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)),
+    }
+}
+
+/// The connection budget `config` would get if started now: computed from
+/// the hard open-files limit (start-up raises the soft one to it) and the
+/// workers it would run. `ringlb check` prints it; an error is what
+/// start-up would refuse with.
+pub fn connection_budget(config: &Config) -> Result<FdBudget> {
+    let (_, hard) =
+        sys::nofile_limit().map_err(|e| Error::io("reading the open-files limit", e))?;
+    let workers = worker_count(config.global.workers);
+    Ok(budget::compute(hard, &budget::Inputs::of(config, workers))?)
 }
 
 /// The listening sockets of one address for `workers` workers: the

@@ -5,7 +5,10 @@
 //! `Arc<BackendStats>` per (service, backend name) and every snapshot that
 //! lists the backend points at the same one.
 
+use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 /// Log records that never reached the log, since the process started.
 /// Written by the binary's log writer (it owns stderr), read by /metrics;
@@ -45,6 +48,212 @@ impl LogLoss {
     /// Records whose write failed.
     pub fn failed(&self) -> u64 {
         self.failed.load(Relaxed)
+    }
+}
+
+/// The process's client connections against its budget (`budget.rs`):
+/// taken by a worker when it admits a client, given back when the
+/// connection closes, shared by every worker. At the budget workers stop
+/// accepting; clients wait in the listen backlog.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionBudget {
+    /// Most client connections held at once (set at start and on reload).
+    limit: AtomicUsize,
+    /// Client connections held now, over all workers and services.
+    active: AtomicUsize,
+    /// Times a worker paused accepting because the budget was spent.
+    full: AtomicU64,
+}
+
+impl ConnectionBudget {
+    pub(crate) fn new(limit: usize) -> ConnectionBudget {
+        ConnectionBudget {
+            limit: AtomicUsize::new(limit),
+            ..ConnectionBudget::default()
+        }
+    }
+
+    /// Takes one connection's place; false when the budget is spent.
+    pub(crate) fn try_take(&self) -> bool {
+        let prev = self.active.fetch_add(1, Relaxed);
+        if prev >= self.limit.load(Relaxed) {
+            self.active.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release(&self) {
+        self.active.fetch_sub(1, Relaxed);
+    }
+
+    /// True when no place is free.
+    pub(crate) fn is_spent(&self) -> bool {
+        self.active.load(Relaxed) >= self.limit.load(Relaxed)
+    }
+
+    /// Counts a worker pausing at the budget.
+    pub(crate) fn count_full(&self) {
+        self.full.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Relaxed);
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Relaxed)
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+
+    pub(crate) fn full_total(&self) -> u64 {
+        self.full.load(Relaxed)
+    }
+}
+
+/// A shortage of this host, not of a backend: what a local error was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalKind {
+    /// EMFILE: the process's open-files limit.
+    Emfile,
+    /// ENFILE: the system's file table.
+    Enfile,
+    /// ENOBUFS: socket buffers.
+    Enobufs,
+    /// ENOMEM: kernel memory.
+    Enomem,
+    /// EADDRNOTAVAIL: no free local port (or source address) to connect
+    /// from.
+    Eaddrnotavail,
+    /// EADDRINUSE: the same, as `connect` reports it with a bound source.
+    Eaddrinuse,
+}
+
+impl LocalKind {
+    pub(crate) const ALL: [LocalKind; 6] = [
+        LocalKind::Emfile,
+        LocalKind::Enfile,
+        LocalKind::Enobufs,
+        LocalKind::Enomem,
+        LocalKind::Eaddrnotavail,
+        LocalKind::Eaddrinuse,
+    ];
+
+    /// The local shortage `e` reports, if it is one.
+    pub(crate) fn of(e: &io::Error) -> Option<LocalKind> {
+        LocalKind::of_errno(e.raw_os_error()?)
+    }
+
+    pub(crate) fn of_errno(errno: i32) -> Option<LocalKind> {
+        match errno {
+            libc::EMFILE => Some(LocalKind::Emfile),
+            libc::ENFILE => Some(LocalKind::Enfile),
+            libc::ENOBUFS => Some(LocalKind::Enobufs),
+            libc::ENOMEM => Some(LocalKind::Enomem),
+            libc::EADDRNOTAVAIL => Some(LocalKind::Eaddrnotavail),
+            libc::EADDRINUSE => Some(LocalKind::Eaddrinuse),
+            _ => None,
+        }
+    }
+
+    /// The `kind` label of `ringlb_local_errors_total`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            LocalKind::Emfile => "emfile",
+            LocalKind::Enfile => "enfile",
+            LocalKind::Enobufs => "enobufs",
+            LocalKind::Enomem => "enomem",
+            LocalKind::Eaddrnotavail => "eaddrnotavail",
+            LocalKind::Eaddrinuse => "eaddrinuse",
+        }
+    }
+
+    /// What the operator can do about it.
+    fn advice(self) -> &'static str {
+        match self {
+            LocalKind::Emfile => {
+                "the open-files limit is reached: raise it (ulimit -n, systemd LimitNOFILE=) \
+                 or lower [global] max_connections"
+            }
+            LocalKind::Enfile => "the system's file table is full: raise fs.file-max",
+            LocalKind::Enobufs | LocalKind::Enomem => {
+                "the kernel is short of memory for sockets: check memory and net.ipv4.tcp_mem"
+            }
+            LocalKind::Eaddrnotavail | LocalKind::Eaddrinuse => {
+                "no local port is free to connect from: widen net.ipv4.ip_local_port_range \
+                 or wait for TIME_WAIT sockets to expire"
+            }
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Local errors (the host's shortages, never a backend's fault) since the
+/// process started, by kind; each kind is logged at most once a second.
+/// Written from any thread (workers, the prober, the admin server), read
+/// by /metrics.
+#[derive(Debug)]
+pub(crate) struct LocalErrors {
+    counts: [AtomicU64; 6],
+    /// Per kind: milliseconds since [`epoch`] of the last log line, + 1
+    /// (0: never logged).
+    logged: [AtomicU64; 6],
+}
+
+/// The one [`LocalErrors`] of the process.
+pub(crate) static LOCAL_ERRORS: LocalErrors = LocalErrors {
+    counts: [const { AtomicU64::new(0) }; 6],
+    logged: [const { AtomicU64::new(0) }; 6],
+};
+
+/// Least time between two log lines of one kind of local error.
+const LOCAL_LOG_EVERY_MS: u64 = 1000;
+
+/// The instant the rate limit counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl LocalErrors {
+    /// Counts `e` if it is a local shortage and logs it (at most once a
+    /// second per kind); `what` says what was being done. Returns its kind,
+    /// None when `e` is not a local shortage (nothing counted).
+    pub(crate) fn record(&self, e: &io::Error, what: &dyn std::fmt::Display) -> Option<LocalKind> {
+        let kind = LocalKind::of(e)?;
+        let total = self.counts[kind.index()].fetch_add(1, Relaxed) + 1;
+        if self.due(kind, epoch().elapsed().as_millis() as u64) {
+            tracing::warn!(
+                kind = kind.name(),
+                total,
+                error = %e,
+                "local error {what}: {}; not a backend failure (logged at most once a second)",
+                kind.advice()
+            );
+        }
+        Some(kind)
+    }
+
+    /// True when a log line of `kind` may be written at `now_ms`; claims it.
+    fn due(&self, kind: LocalKind, now_ms: u64) -> bool {
+        let slot = &self.logged[kind.index()];
+        let last = slot.load(Relaxed);
+        if last != 0 && now_ms + 1 < last + LOCAL_LOG_EVERY_MS {
+            return false;
+        }
+        slot.compare_exchange(last, now_ms + 1, Relaxed, Relaxed)
+            .is_ok()
+    }
+
+    /// Errors of `kind` so far.
+    pub(crate) fn count(&self, kind: LocalKind) -> u64 {
+        self.counts[kind.index()].load(Relaxed)
     }
 }
 
@@ -118,6 +327,67 @@ mod tests {
         assert!(s.try_reserve(Some(2)));
         assert!(s.try_reserve(None));
         assert_eq!(s.active.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn the_budget_stops_at_its_limit_and_follows_a_new_one() {
+        let b = ConnectionBudget::new(2);
+        assert!(b.try_take() && b.try_take());
+        assert!(!b.try_take() && b.is_spent());
+        b.release();
+        assert!(!b.is_spent() && b.try_take());
+        b.set_limit(3);
+        assert!(b.try_take());
+        assert_eq!((b.active(), b.limit()), (3, 3));
+        b.set_limit(1);
+        assert!(b.is_spent() && !b.try_take());
+    }
+
+    #[test]
+    fn local_errors_are_the_hosts_shortages_only() {
+        for (errno, name) in [
+            (libc::EMFILE, "emfile"),
+            (libc::ENFILE, "enfile"),
+            (libc::ENOBUFS, "enobufs"),
+            (libc::ENOMEM, "enomem"),
+            (libc::EADDRNOTAVAIL, "eaddrnotavail"),
+            (libc::EADDRINUSE, "eaddrinuse"),
+        ] {
+            let kind = LocalKind::of(&io::Error::from_raw_os_error(errno));
+            assert_eq!(kind.map(LocalKind::name), Some(name));
+        }
+        for errno in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert_eq!(LocalKind::of(&io::Error::from_raw_os_error(errno)), None);
+        }
+        let errors = LocalErrors {
+            counts: [const { AtomicU64::new(0) }; 6],
+            logged: [const { AtomicU64::new(0) }; 6],
+        };
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(errors.record(&refused, &"connecting"), None);
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(
+            errors.record(&emfile, &"connecting"),
+            Some(LocalKind::Emfile)
+        );
+        assert_eq!(errors.count(LocalKind::Emfile), 1);
+        assert_eq!(errors.count(LocalKind::Enfile), 0);
+    }
+
+    #[test]
+    fn a_kind_is_logged_at_most_once_a_second() {
+        let errors = LocalErrors {
+            counts: [const { AtomicU64::new(0) }; 6],
+            logged: [const { AtomicU64::new(0) }; 6],
+        };
+        assert!(errors.due(LocalKind::Emfile, 0));
+        assert!(!errors.due(LocalKind::Emfile, 10));
+        assert!(!errors.due(LocalKind::Emfile, 998));
+        // Another kind has its own second.
+        assert!(errors.due(LocalKind::Enfile, 10));
+        assert!(errors.due(LocalKind::Emfile, 1000));
+        assert!(!errors.due(LocalKind::Emfile, 1500));
+        assert!(errors.due(LocalKind::Emfile, 2000));
     }
 }
 

@@ -36,6 +36,17 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((old, lim.rlim_cur))
 }
 
+/// The open-files limit now: (soft, hard).
+pub(crate) fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
 /// TCP_NODELAY and SO_KEEPALIVE on a listener: Linux copies both to every
 /// socket it accepts, which saves two setsockopt calls per connection.
 pub(crate) fn set_accepted_defaults(listener: &Socket) -> io::Result<()> {

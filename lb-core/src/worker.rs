@@ -50,7 +50,7 @@ use crate::buffer::BufferPool;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
-use crate::stats::{BackendStats, Latencies};
+use crate::stats::{BackendStats, ConnectionBudget, Latencies};
 
 use listeners::ListenerState;
 use slab::Slab;
@@ -70,6 +70,12 @@ pub(crate) trait Reactor {
     const DELIVERS_ACCEPTS: bool = false;
 
     fn add(&mut self, fd: RawFd, token: Token) -> io::Result<()>;
+    /// For an engine that accepts by itself: arm listeners one connection
+    /// at a time (`one`) or in bulk from now on. True when that changed
+    /// (then the worker re-adds its watched listeners).
+    fn accept_one_at_a_time(&mut self, _one: bool) -> bool {
+        false
+    }
     /// Stops watching `fd`. `closing`: the fd is about to be closed (epoll
     /// forgets closed fds by itself; io_uring needs a cancel).
     fn remove(&mut self, fd: RawFd, token: Token, closing: bool);
@@ -118,6 +124,8 @@ pub(crate) struct WorkerSetup {
     /// How bytes are moved, resolved at start-up; copies use buffers of
     /// `pipe_size` bytes, at most `pipe_pool` of them kept idle.
     pub forwarding: WorkerForwarding,
+    /// The process's connection budget, shared by every worker.
+    pub budget: Arc<ConnectionBudget>,
 }
 
 enum Phase {
@@ -175,6 +183,9 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     picks: Vec<PickState>,
     failures: FailureSender,
     control: Arc<WorkerControl>,
+    /// The process's client connections against the fd limit's budget: a
+    /// place is taken on admission and given back on release.
+    budget: Arc<ConnectionBudget>,
     pool: PipePool,
     /// Copy buffers (`forwarding = "copy"` or `"auto"`; none made otherwise).
     buffers: BufferPool,
@@ -229,6 +240,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             picks,
             failures: setup.failures,
             control: setup.control,
+            budget: setup.budget,
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
             buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
             forwarding: setup.forwarding.inline(),
@@ -250,6 +262,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 
     /// Registers the listeners; call once before the loop.
     pub(crate) fn start(&mut self) -> io::Result<()> {
+        self.choose_accept_batch();
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(s) = &l.socket {
                 self.reactor.add(s.as_raw_fd(), Token::listener(i))?;
@@ -529,6 +542,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             stats.bytes_to_client.fetch_add(pair.down.bytes, Relaxed);
         }
         self.listeners[conn.listener].stats.release();
+        self.budget.release();
         let Conn {
             client,
             backend,

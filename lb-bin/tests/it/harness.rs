@@ -293,6 +293,11 @@ pub struct LbConfig {
     /// The admin API on 127.0.0.1:0 (its port is read from the log), for
     /// tests that scrape `/metrics`; off otherwise.
     pub admin: bool,
+    /// More `[global]` lines, as written (`pipe_pool = 4`, …).
+    pub global_extra: Vec<String>,
+    /// Start ringlb with this open-files limit (soft and hard), set in the
+    /// child before it runs; None: inherited.
+    pub nofile: Option<u64>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -307,6 +312,8 @@ pub struct ServiceConfig {
     pub idle_timeout: String,
     pub max_connections: Option<u32>,
     pub connect_attempts: u32,
+    /// The `[service.health]` table's lines (default `kind = "none"`).
+    pub health: String,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -344,6 +351,8 @@ impl LbConfig {
             engine: variant.engine.to_owned(),
             forwarding: variant.forwarding.to_owned(),
             admin: false,
+            global_extra: Vec::new(),
+            nofile: None,
             services: vec![ServiceConfig {
                 name: "web".to_owned(),
                 listen: vec!["127.0.0.1:0".to_owned()],
@@ -352,6 +361,7 @@ impl LbConfig {
                 idle_timeout: "15m".to_owned(),
                 max_connections: None,
                 connect_attempts: 3,
+                health: "kind = \"none\"".to_owned(),
                 backends,
             }],
         }
@@ -377,6 +387,9 @@ impl LbConfig {
         }
         let admin = if self.admin { "127.0.0.1:0" } else { "off" };
         let _ = writeln!(t, "admin = {admin:?}");
+        for line in &self.global_extra {
+            let _ = writeln!(t, "{line}");
+        }
         for s in &self.services {
             let _ = writeln!(t, "\n[[service]]");
             let _ = writeln!(t, "name = {:?}", s.name);
@@ -388,7 +401,7 @@ impl LbConfig {
                 let _ = writeln!(t, "max_connections = {max}");
             }
             let _ = writeln!(t, "connect_attempts = {}", s.connect_attempts);
-            let _ = writeln!(t, "\n[service.health]\nkind = \"none\"");
+            let _ = writeln!(t, "\n[service.health]\n{}", s.health);
             for b in &s.backends {
                 let _ = writeln!(t, "\n[[service.backend]]");
                 let _ = writeln!(t, "name = {:?}", b.name);
@@ -454,7 +467,12 @@ impl Ringlb {
             *expected.entry(s.name.clone()).or_default() += s.listen.len();
         }
         let ready_lines = expected.values().sum::<usize>() + usize::from(config.admin);
-        let mut lb = Ringlb::spawn(&config.to_toml(), env, (ready_lines, once_ready));
+        let mut lb = Ringlb::spawn(
+            &config.to_toml(),
+            env,
+            config.nofile,
+            (ready_lines, once_ready),
+        );
         lb.wait_ready(&expected, config.admin);
         if config.forwarding != "auto" {
             lb.expect_forwarding(&config.forwarding);
@@ -482,11 +500,16 @@ impl Ringlb {
     fn spawn(
         config: &str,
         env: &[(&str, &std::ffi::OsStr)],
+        nofile: Option<u64>,
         once_ready: (usize, StderrOnceReady),
     ) -> Ringlb {
         let dir = TempDir::new("lb");
         let path = dir.write("ringlb.toml", config);
-        let mut child = ringlb_command()
+        let mut cmd = ringlb_command();
+        if let Some(limit) = nofile {
+            with_nofile(&mut cmd, limit);
+        }
+        let mut child = cmd
             .envs(env.iter().copied())
             .arg("--config")
             .arg(&path)
@@ -658,6 +681,22 @@ impl Ringlb {
         Ok(answer.lines().next().unwrap_or_default().to_owned())
     }
 
+    /// `GET path` from the admin API (which the config must have turned
+    /// on): the status line; `timeout` bounds the connect, each read and
+    /// each write.
+    pub fn admin_get(&self, path: &str, timeout: Duration) -> io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&self.admin_addr(), timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: ringlb\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer.lines().next().unwrap_or_default().to_owned())
+    }
+
     /// Everything ringlb wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr
@@ -740,6 +779,22 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The value of the unlabelled sample `name`, if /metrics has one.
+    pub fn value(&self, name: &str) -> Option<u64> {
+        self.text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.trim().parse().ok()
+        })
+    }
+
+    /// The value of `family{label="value"}`, if /metrics has it.
+    pub fn labelled(&self, family: &str, label: &str, value: &str) -> Option<u64> {
+        let prefix = format!("{family}{{{label}=\"{value}\"}} ");
+        self.text
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+    }
+
     /// The sum of every sample of `family` over all its label sets (e.g.
     /// the connections of all workers); panics if there is none.
     pub fn total(&self, family: &str) -> u64 {
@@ -765,6 +820,27 @@ impl Metrics {
             self.text
         );
         samples.iter().sum()
+    }
+}
+
+/// Runs `cmd` with an open-files limit of `limit` (soft and hard), set in
+/// the child between fork and exec (raising the hard limit needs root).
+pub fn with_nofile(cmd: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only setrlimit(2), which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
     }
 }
 

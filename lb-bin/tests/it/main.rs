@@ -21,6 +21,7 @@ mod harness;
 
 mod config;
 mod failover;
+mod faults;
 mod half_close;
 mod idle;
 mod integrity;

@@ -39,6 +39,7 @@ pub(super) struct RawGlobal {
     pub shutdown_timeout: Option<Spanned<DurationText>>,
     pub pipe_size: Option<Spanned<RawSize>>,
     pub pipe_pool: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<RawMaxConnections>>,
 }
 
 /// `[[service]]`.
@@ -102,6 +103,14 @@ pub(super) enum RawWorkers {
     Text(String),
 }
 
+/// `[global] max_connections`: `"auto"` or an integer, checked by
+/// validation.
+#[derive(Debug)]
+pub(super) enum RawMaxConnections {
+    Count(i64),
+    Text(String),
+}
+
 /// A size: an integer of bytes or a string such as `"64KiB"`.
 #[derive(Debug)]
 pub(super) enum RawSize {
@@ -155,6 +164,18 @@ impl<'de> Deserialize<'de> for RawWorkers {
             match deserializer.deserialize_any(IntOrText { expecting })? {
                 IntOrTextValue::Int(n) => RawWorkers::Count(n),
                 IntOrTextValue::Text(s) => RawWorkers::Text(s),
+            },
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for RawMaxConnections {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let expecting = "\"auto\" or a number of connections";
+        Ok(
+            match deserializer.deserialize_any(IntOrText { expecting })? {
+                IntOrTextValue::Int(n) => RawMaxConnections::Count(n),
+                IntOrTextValue::Text(s) => RawMaxConnections::Text(s),
             },
         )
     }

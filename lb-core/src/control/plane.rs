@@ -18,10 +18,12 @@ use tokio::sync::mpsc;
 
 use super::status::StatusView;
 use super::{Command, Health, Registry, RegistryError, ReloadSummary};
+use crate::budget::{self, BudgetError};
 use crate::config::{Config, ConfigError};
 use crate::handover;
 use crate::health::{BackendKey, ProbeReport, Prober};
 use crate::snapshot::SnapshotCell;
+use crate::stats::ConnectionBudget;
 use crate::sys;
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
 
@@ -59,6 +61,8 @@ pub(crate) struct ControlSetup {
     pub(crate) cell: Arc<SnapshotCell>,
     /// One per worker: its counters, flags and wake-up.
     pub(crate) workers: Vec<Arc<WorkerControl>>,
+    /// The process's connection budget (a reload may change it).
+    pub(crate) budget: Arc<ConnectionBudget>,
     /// The workers' failed connects.
     pub(crate) failures: mpsc::Receiver<PassiveFailure>,
     /// Admin API and `ServerHandle` requests.
@@ -82,6 +86,10 @@ pub enum ReloadError {
     /// (`file:line:col: reason`).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The open-files limit cannot hold what the new file asks
+    /// (`[global] max_connections`, or more listeners and probes).
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     /// A listen address new in the file cannot be bound.
     #[error("cannot listen on {addr} for service {service}: {source}")]
     Listen {
@@ -135,6 +143,8 @@ pub(crate) struct ControlPlane {
     counters: ControlCounters,
     cell: Arc<SnapshotCell>,
     workers: Vec<Arc<WorkerControl>>,
+    /// The process's connection budget, shared with the workers.
+    budget: Arc<ConnectionBudget>,
     failures: mpsc::Receiver<PassiveFailure>,
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown_timeout: Duration,
@@ -160,6 +170,7 @@ impl ControlPlane {
             counters: ControlCounters::default(),
             cell: setup.cell,
             workers: setup.workers,
+            budget: setup.budget,
             failures: setup.failures,
             commands: setup.commands,
             handle_signals: setup.handle_signals,
@@ -440,6 +451,16 @@ impl ControlPlane {
         if !restart_only.is_empty() {
             tracing::warn!(settings = ?restart_only, "these [global] settings change only at restart");
         }
+        // The new budget, under the limit as it is: the settings that change
+        // only at restart are counted as running.
+        let mut running = new.clone();
+        running.global.workers = self.config.global.workers;
+        running.global.forwarding = self.config.global.forwarding;
+        running.global.pipe_pool = self.config.global.pipe_pool;
+        running.global.admin = self.config.global.admin;
+        // getrlimit on this process fails only for a bad pointer.
+        let nofile = sys::nofile_limit().map_or(u64::MAX, |(soft, _)| soft);
+        let fds = budget::compute(nofile, &budget::Inputs::of(&running, self.workers.len()))?;
         // Bind the new listen addresses first: failing here changes nothing.
         let wanted: Vec<(String, SocketAddr)> = new
             .services
@@ -515,6 +536,10 @@ impl ControlPlane {
             self.listeners.push((service, addr, bound));
         }
         prober.set_targets(self.registry.probe_targets());
+        if fds.connections != self.budget.limit() {
+            tracing::info!(budget = fds.connections, "connection budget: {fds}");
+            self.budget.set_limit(fds.connections);
+        }
         self.shutdown_timeout = new.global.shutdown_timeout;
         self.config = new;
         Ok(summary)

@@ -167,6 +167,12 @@ pub(crate) struct UringReactor {
     polls: Vec<Watch>,
     /// Listener watches (multishot accepts), indexed by listener.
     accepts: Vec<Watch>,
+    /// Accepts are armed one connection at a time (a one-shot accept,
+    /// re-armed on its completion) instead of multishot: the worker asks
+    /// for it when its connection budget is nearly spent, so that what is
+    /// accepted past the budget before the worker pauses stays at one per
+    /// listener (a multishot accept takes the whole backlog at once).
+    accept_one: bool,
     /// The wake-up eventfd's poll.
     wake: Watch,
     /// Completion-driven forwarding (`forwarding = "uring-copy"` or
@@ -183,7 +189,8 @@ impl Reactor for UringReactor {
             let li = li as u32;
             self.cancel_accept(li as usize);
             let seq = watch_at(&mut self.accepts, li as usize).renew(token.raw(), fd);
-            self.sq.queue(accept_entry(fd, UserData::accept(seq, li)));
+            let entry = accept_entry_for(self.accept_one);
+            self.sq.queue(entry(fd, UserData::accept(seq, li)));
         } else {
             self.cancel_poll(fd);
             let seq = watch_at(&mut self.polls, id as usize).renew(token.raw(), fd);
@@ -205,6 +212,12 @@ impl Reactor for UringReactor {
         {
             self.cancel_poll(fd);
         }
+    }
+
+    fn accept_one_at_a_time(&mut self, one: bool) -> bool {
+        let changed = self.accept_one != one;
+        self.accept_one = one;
+        changed
     }
 
     fn forwards(&self) -> bool {
@@ -239,6 +252,7 @@ impl UringReactor {
             sq: Sq::new(ring),
             polls: Vec::new(),
             accepts: Vec::new(),
+            accept_one: false,
             wake: Watch::default(),
             ops,
         }
@@ -523,6 +537,24 @@ fn accept_entry(fd: RawFd, ud: UserData) -> squeue::Entry {
         .user_data(ud.raw())
 }
 
+/// A one-shot accept: one connection, then a final completion (re-armed
+/// like a multishot request that ended).
+fn accept_one_entry(fd: RawFd, ud: UserData) -> squeue::Entry {
+    opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+        .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(ud.raw())
+}
+
+/// The accept request to arm: one at a time, or multishot.
+fn accept_entry_for(one: bool) -> fn(RawFd, UserData) -> squeue::Entry {
+    if one {
+        accept_one_entry
+    } else {
+        accept_entry
+    }
+}
+
 /// Runs a worker on its own ring until it is told to stop.
 pub(crate) fn run(ring: Ring, setup: WorkerSetup) -> Result<(), crate::Error> {
     let wake = Arc::new(File::from(
@@ -752,13 +784,8 @@ fn on_accept(
         return;
     }
     let r = &mut worker.reactor;
-    if !rearm(
-        r.accepts.get_mut(li),
-        (ud, seq),
-        res,
-        &mut r.sq,
-        accept_entry,
-    ) {
+    let entry = accept_entry_for(r.accept_one);
+    if !rearm(r.accepts.get_mut(li), (ud, seq), res, &mut r.sq, entry) {
         tracing::error!(
             worker = worker.id(),
             error = %io::Error::from_raw_os_error(-res),

@@ -53,6 +53,7 @@ use tokio_rustls::TlsConnector;
 use super::proxy::{split_host_port, ProxyAddr, ProxySettings};
 use super::verdict::{judge, Reason};
 use crate::config::{HealthCheck, HealthKind};
+use crate::stats::LOCAL_ERRORS;
 
 /// Value of the `User-Agent` header of every probe.
 pub const USER_AGENT_VALUE: &str = "ringlb-health";
@@ -220,9 +221,14 @@ async fn http_probe(
 }
 
 async fn connect_direct(addr: SocketAddr) -> Result<TcpStream, Reason> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => Reason::Refused,
-        _ => Reason::Connect(e.to_string()),
+    let stream = TcpStream::connect(addr).await.map_err(|e| {
+        if let Some(local) = local(&e, &addr) {
+            return local;
+        }
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => Reason::Refused,
+            _ => Reason::Connect(e.to_string()),
+        }
     })?;
     // Small request, small answer: don't let Nagle delay them.
     let _ = stream.set_nodelay(true);
@@ -232,9 +238,23 @@ async fn connect_direct(addr: SocketAddr) -> Result<TcpStream, Reason> {
 async fn connect_proxy(proxy: &ProxyAddr) -> Result<TcpStream, Reason> {
     let stream = TcpStream::connect((proxy.host.as_str(), proxy.port))
         .await
-        .map_err(|e| Reason::Proxy(format!("cannot connect to {proxy}: {e}")))?;
+        .map_err(|e| {
+            local(&e, &proxy)
+                .unwrap_or_else(|| Reason::Proxy(format!("cannot connect to {proxy}: {e}")))
+        })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// [`Reason::Local`] when connecting to `to` failed for a shortage of this
+/// host (then counted in the local errors, logged at most once a second).
+fn local(e: &std::io::Error, to: &dyn fmt::Display) -> Option<Reason> {
+    LOCAL_ERRORS
+        .record(
+            e,
+            &format_args!("probing {to} (the backend's health is left as it was)"),
+        )
+        .map(|_| Reason::Local(e.to_string()))
 }
 
 /// Asks the proxy for a tunnel to `addr` and reads its answer, leaving the

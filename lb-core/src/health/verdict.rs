@@ -56,6 +56,10 @@ pub enum Reason {
     BodyTooLarge(usize),
     /// A worker failed to connect to the backend (passive health).
     Passive(String),
+    /// The probe could not be made for a shortage of this host (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM, no free local port): says nothing about
+    /// the backend, whose state stays as it was.
+    Local(String),
 }
 
 impl fmt::Display for Reason {
@@ -81,6 +85,7 @@ impl fmt::Display for Reason {
                 write!(f, "health answer longer than max_body ({limit} bytes)")
             }
             Reason::Passive(why) => write!(f, "passive: {why}"),
+            Reason::Local(why) => write!(f, "local shortage, not the backend's: {why}"),
         }
     }
 }

@@ -4,6 +4,12 @@
 //! backends failed, and each failure reported to the control plane as
 //! passive health.
 //!
+//! A connect that fails for a local reason (EMFILE, ENFILE, ENOBUFS,
+//! ENOMEM, no free local port: see `stats::LocalKind`) is the host's
+//! shortage, not the backend's: it is counted in the local errors, never
+//! reported as passive health, and the client is reset at once without
+//! trying another backend (which would fail the same way).
+//!
 //! Runs on the worker's thread; the failures cross to the control plane
 //! through a bounded channel that never blocks the worker.
 
@@ -14,6 +20,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::conn::{Pair, Readiness};
+use crate::stats::LOCAL_ERRORS;
 
 use super::{Conn, Phase, Reactor, Syscalls, Worker};
 
@@ -185,10 +192,23 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 }
                 Err(e) => {
                     conn.backend = None;
-                    self.report_failure(si, entry.address, ConnectFailure::from_io(&e));
+                    let address = entry.address;
+                    if self.local_failure(&e, address) {
+                        self.abort(slot, true, false);
+                        return;
+                    }
+                    self.report_failure(si, address, ConnectFailure::from_io(&e));
                 }
             }
         }
+    }
+
+    /// True when a connect to `address` failed for a local reason (then it
+    /// is counted and logged as such, and must not reach passive health).
+    fn local_failure(&self, e: &io::Error, address: SocketAddr) -> bool {
+        LOCAL_ERRORS
+            .record(e, &format_args!("connecting to backend {address}"))
+            .is_some()
     }
 
     /// Counts a failed connect and tells the control plane (never blocks).
@@ -255,6 +275,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         if let Some(e) = error {
             self.drop_backend(slot);
             if let Some(addr) = target {
+                if self.local_failure(&e, addr) {
+                    self.abort(slot, true, false);
+                    return;
+                }
                 self.report_failure(si, addr, ConnectFailure::from_io(&e));
             }
             self.next_attempt(slot);

@@ -1,7 +1,18 @@
 //! A worker's listeners and admission: accepting (or taking what the engine
-//! accepted), the service's `max_connections`, pausing a listener while its
-//! service is full or accepting hit a resource limit, resuming it, and
-//! closing them all on drain.
+//! accepted), the process's connection budget and the service's
+//! `max_connections`, pausing a listener while either is spent or accepting
+//! hit a resource limit, resuming it, and closing them all on drain.
+//!
+//! At the budget (or `max_connections`) a worker stops watching the
+//! listener and clients wait in the kernel's backlog, in order; nobody is
+//! accepted only to be reset. A paused listener is looked at again every
+//! turn (at most 100 ms apart, `timers.rs`), so places freed on any worker
+//! are used promptly. io_uring's multishot accept cannot be told to wait:
+//! what it accepts until its cancel lands is held, in order, costing one
+//! descriptor each. While fewer than a backlog's worth of places are free,
+//! the engine accepts one connection at a time (one request in flight per
+//! listener), so at most one per listener is held past the budget; the
+//! budget's margin covers it.
 //!
 //! Runs on the worker's thread.
 
@@ -16,7 +27,7 @@ use std::time::Duration;
 use socket2::Socket;
 
 use crate::conn;
-use crate::stats::ServiceStats;
+use crate::stats::{ServiceStats, LOCAL_ERRORS};
 
 use super::{Reactor, Syscalls, Token, Worker};
 
@@ -25,6 +36,20 @@ use super::{Reactor, Syscalls, Token, Worker};
 const ACCEPT_BATCH: usize = 64;
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Below this many free places in the budget, an engine that accepts by
+/// itself takes one connection at a time: a multishot accept drains the
+/// listen backlog (up to `sys::BACKLOG`) at once, which would overshoot.
+const ONE_AT_A_TIME_BELOW: usize = crate::sys::BACKLOG as usize;
+
+/// Why a client could not be admitted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// The process's connection budget is spent.
+    Budget,
+    /// The service is at its `max_connections`.
+    Service,
+}
 
 /// A listening socket given to a worker.
 pub struct Listener {
@@ -79,14 +104,15 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             let l = &self.listeners[li];
             let Some(socket) = &l.socket else { return };
             let Some(si) = l.service_index else { return };
-            if !self.reserve(li, si) {
-                self.pause_listener(li);
+            if let Err(full) = self.reserve(li, si) {
+                self.pause_full(li, full);
                 return;
             }
             match self.sys.accept(socket.as_raw_fd()) {
                 Ok((fd, peer)) => self.admit(li, si, fd, peer),
                 Err(e) => {
                     self.listeners[li].stats.release();
+                    self.budget.release();
                     if !self.accept_failed(&e) {
                         return;
                     }
@@ -130,8 +156,8 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             let Some(si) = self.listeners[li].service_index else {
                 return false;
             };
-            if !self.reserve(li, si) {
-                self.pause_listener(li);
+            if let Err(full) = self.reserve(li, si) {
+                self.pause_full(li, full);
                 return false;
             }
             let Some((fd, peer)) = self.listeners[li].held.pop_front() else {
@@ -142,10 +168,27 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         true
     }
 
-    /// Takes one of the service's `max_connections` places, if free.
-    fn reserve(&self, li: usize, si: usize) -> bool {
+    /// Takes a place in the process's budget and one of the service's
+    /// `max_connections` places, if both are free (else neither).
+    fn reserve(&self, li: usize, si: usize) -> Result<(), Full> {
+        if !self.budget.try_take() {
+            return Err(Full::Budget);
+        }
         let max = self.snapshot.services[si].settings.max_connections;
-        self.listeners[li].stats.try_reserve(max)
+        if !self.listeners[li].stats.try_reserve(max) {
+            self.budget.release();
+            return Err(Full::Service);
+        }
+        Ok(())
+    }
+
+    /// Pauses listener `li` for lack of room (counting a pause at the
+    /// budget).
+    fn pause_full(&mut self, li: usize, full: Full) {
+        if full == Full::Budget && !self.listeners[li].paused {
+            self.budget.count_full();
+        }
+        self.pause_listener(li);
     }
 
     /// After accept, with a place reserved: count it and open it. The one
@@ -161,7 +204,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         match e.raw_os_error() {
             Some(libc::EAGAIN) => false,
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                tracing::warn!(worker = self.id, error = %e, "accept failed: out of resources; pausing accepts for 100ms");
+                // Counted and logged at most once a second; clients wait in
+                // the backlog meanwhile.
+                LOCAL_ERRORS.record(e, &"accepting a client (accepts pause for 100ms)");
                 self.accept_backoff = Some(self.now + ACCEPT_BACKOFF);
                 for i in 0..self.listeners.len() {
                     self.pause_listener(i);
@@ -193,6 +238,33 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         if let Some(s) = &l.socket {
             self.reactor
                 .remove(s.as_raw_fd(), Token::listener(li), false);
+        }
+    }
+
+    /// With an engine that accepts by itself: accepts one connection at a
+    /// time while fewer than [`ONE_AT_A_TIME_BELOW`] places are free, so
+    /// what it takes past the budget before this worker pauses is one
+    /// connection per listener; in bulk otherwise. Re-arms the watched
+    /// listeners when that changes.
+    pub(crate) fn choose_accept_batch(&mut self) {
+        if !R::DELIVERS_ACCEPTS {
+            return;
+        }
+        let room = self.budget.limit().saturating_sub(self.budget.active());
+        if !self
+            .reactor
+            .accept_one_at_a_time(room < ONE_AT_A_TIME_BELOW)
+        {
+            return;
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let (false, Some(s)) = (l.paused, &l.socket) {
+                let fd = s.as_raw_fd();
+                self.reactor.remove(fd, Token::listener(i), false);
+                if let Err(e) = self.reactor.add(fd, Token::listener(i)) {
+                    tracing::error!(worker = self.id, error = %e, "cannot re-arm a listener");
+                }
+            }
         }
     }
 
@@ -236,6 +308,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             }
             return;
         }
+        self.choose_accept_batch();
         if let Some(until) = self.accept_backoff {
             if self.now < until {
                 return;
@@ -250,7 +323,8 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             let max = l
                 .service_index
                 .and_then(|si| self.snapshot.services[si].settings.max_connections);
-            let full = max.is_some_and(|m| l.stats.active.load(Relaxed) >= m);
+            let full =
+                self.budget.is_spent() || max.is_some_and(|m| l.stats.active.load(Relaxed) >= m);
             if full || !self.serve_held(i) {
                 continue;
             }

@@ -115,6 +115,15 @@ struct Rig<const ACCEPTS: bool> {
 /// Service "s" with `settings` (TOML lines) and `backends` backends
 /// b0, b1, … at 127.0.0.1:10000, :10001, …, all up (no health check).
 fn rig<const ACCEPTS: bool>(settings: &str, backends: usize) -> Rig<ACCEPTS> {
+    rig_with_budget(settings, backends, usize::MAX)
+}
+
+/// [`rig`] with a process connection budget of `budget`.
+fn rig_with_budget<const ACCEPTS: bool>(
+    settings: &str,
+    backends: usize,
+    budget: usize,
+) -> Rig<ACCEPTS> {
     let mut text = format!(
         "[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\n{settings}\n\
          [service.health]\nkind = \"none\"\n"
@@ -144,6 +153,7 @@ fn rig<const ACCEPTS: bool>(settings: &str, backends: usize) -> Rig<ACCEPTS> {
         pipe_size: 64 * 1024,
         pipe_pool: 4,
         forwarding: super::InlineForwarding::Splice.into(),
+        budget: Arc::new(ConnectionBudget::new(budget)),
     };
     let mut worker = Worker::with_syscalls(setup, FakeReactor::default(), FakeKernel::default());
     worker.start().expect("listeners registered");
@@ -512,4 +522,90 @@ fn draining_stops_accepting_and_lets_established_connections_finish() {
     assert!(!r.worker.should_exit());
     r.worker.control.stop.store(true, Relaxed);
     assert!(r.worker.should_exit());
+}
+
+#[test]
+fn at_the_process_budget_the_listener_pauses_and_resumes_when_a_connection_closes() {
+    let mut r = rig_with_budget::<false>("connect_attempts = 1", 1, 2);
+    for i in 0..3 {
+        r.queue_client([10, 0, 0, i + 1]);
+    }
+    r.listener_readable();
+    assert_eq!(r.worker.sys.accepted, 2, "no accept beyond the budget");
+    assert_eq!(
+        r.worker.sys.backlog.len(),
+        1,
+        "the third waits in the backlog"
+    );
+    assert!(!r.listening(), "at the budget the listener is not watched");
+    assert_eq!(r.worker.budget.full_total(), 1);
+    assert_eq!(r.worker.budget.active(), 2);
+    // The service's own count gave its place back: only the budget is full.
+    assert_eq!(r.snapshots.load().services[0].stats.active.load(Relaxed), 2);
+    r.after(Duration::ZERO);
+    assert!(!r.listening(), "still spent: stays paused");
+    assert_eq!(r.worker.budget.full_total(), 1, "one pause, counted once");
+
+    // A connection closes: the place is back and the waiting client served.
+    r.connect_fails(0, libc::ECONNREFUSED);
+    assert_eq!(r.worker.budget.active(), 1);
+    r.after(Duration::ZERO);
+    assert!(r.listening(), "resumed once the budget has room");
+    r.after(Duration::ZERO);
+    assert_eq!(r.worker.sys.accepted, 3);
+    assert_eq!(r.worker.budget.active(), 2);
+    assert!(!r.client_closed(1) && !r.client_closed(2), "nobody reset");
+}
+
+#[test]
+fn at_the_process_budget_engine_accepted_connections_are_held_not_reset() {
+    let mut r = rig_with_budget::<true>("connect_attempts = 1", 1, 1);
+    for i in 0..2 {
+        let (fd, peer) = r.client([10, 0, 0, i + 1]);
+        r.worker.on_accepted(0, fd, peer);
+    }
+    assert_eq!(r.worker.slab.len(), 1);
+    assert_eq!(r.worker.listeners[0].held.len(), 1, "the second is held");
+    assert!(!r.client_closed(1), "held, not refused");
+    r.connect_fails(0, libc::ECONNREFUSED);
+    r.after(Duration::ZERO);
+    assert!(r.worker.listeners[0].held.is_empty(), "served on resume");
+    assert_eq!(r.worker.slab.len(), 1);
+    assert_eq!(r.worker.budget.active(), 1);
+}
+
+#[test]
+fn a_local_connect_error_is_not_a_backend_failure_and_is_not_retried_elsewhere() {
+    use crate::stats::{LocalKind, LOCAL_ERRORS};
+    for errno in [libc::EADDRNOTAVAIL, libc::EMFILE, libc::ENOBUFS] {
+        let kind = LocalKind::of_errno(errno).expect("a local kind");
+        let before = LOCAL_ERRORS.count(kind);
+        let mut r = rig::<false>("connect_attempts = 3", 3);
+        let first = r.preference([10, 0, 0, 1])[0];
+        r.worker.sys.fail_at_once.insert(first, errno);
+        r.queue_client([10, 0, 0, 1]);
+        r.listener_readable();
+        assert_eq!(
+            r.worker.sys.connects,
+            vec![first],
+            "errno {errno}: one attempt only"
+        );
+        assert!(
+            r.failures().is_empty(),
+            "errno {errno}: reported as passive health"
+        );
+        assert!(r.client_closed(0), "errno {errno}: the client is closed");
+        assert_eq!(r.worker.slab.len(), 0);
+        assert_eq!(r.worker.budget.active(), 0, "its place is given back");
+        assert!(LOCAL_ERRORS.count(kind) > before, "errno {errno}: counted");
+        assert_eq!(r.backend_stats(first).connect_other.load(Relaxed), 0);
+    }
+    // The same errors when the connect completes (SO_ERROR).
+    let mut r = rig::<false>("connect_attempts = 3", 3);
+    r.queue_client([10, 0, 0, 1]);
+    r.listener_readable();
+    r.connect_fails(0, libc::EADDRNOTAVAIL);
+    assert!(r.failures().is_empty());
+    assert!(r.client_closed(0));
+    assert_eq!(r.worker.sys.connects.len(), 1, "no other backend tried");
 }

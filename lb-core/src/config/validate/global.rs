@@ -10,9 +10,9 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::{choice, convert_duration, convert_size, each, integer, resolve, Invalid, Zero};
-use crate::config::raw::{RawGlobal, RawSize, RawWorkers, Text};
+use crate::config::raw::{RawGlobal, RawMaxConnections, RawSize, RawWorkers, Text};
 use crate::config::value::parse_cidr;
-use crate::config::{EngineKind, Forwarding, Global, Workers};
+use crate::config::{EngineKind, Forwarding, Global, MaxConnections, Workers};
 
 /// Largest `workers` count: far above any machine this runs on, low enough
 /// to catch a typo before it spawns thousands of threads.
@@ -133,6 +133,10 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
         None => default.pipe_pool,
         Some(count) => integer(count, "global.pipe_pool", 0, i64::MAX)?,
     };
+    let max_connections = match &raw.max_connections {
+        None => default.max_connections,
+        Some(max) => convert_max_connections(max)?,
+    };
     Ok(Global {
         workers,
         engine,
@@ -144,6 +148,27 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
         shutdown_timeout,
         pipe_size,
         pipe_pool,
+        max_connections,
+    })
+}
+
+/// `[global] max_connections`: "auto" or an integer >= 1. Whether the
+/// open-files limit can honour it is a run-time question (`budget.rs`).
+fn convert_max_connections(max: &Spanned<RawMaxConnections>) -> Result<MaxConnections, Invalid> {
+    let count = match max.get_ref() {
+        RawMaxConnections::Text(text) if text == "auto" => return Ok(MaxConnections::Auto),
+        RawMaxConnections::Text(text) => Err(format!("{text:?} is not valid")),
+        RawMaxConnections::Count(n) => usize::try_from(*n)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or(format!("{n} is out of range")),
+    };
+    count.map(MaxConnections::Count).map_err(|what| {
+        Invalid::at(
+            max.span(),
+            "global.max_connections",
+            format!("{what} (expected \"auto\" or an integer >= 1)"),
+        )
     })
 }
 

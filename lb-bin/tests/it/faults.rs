@@ -1,0 +1,498 @@
+//! Local faults (issue 11): the host running short of file descriptors or
+//! of local ports is never blamed on a backend. Under a small open-files
+//! limit ringlb holds at most its connection budget and lets the other
+//! clients wait in the listen backlog (no reset, no backend marked down,
+//! the admin API answering throughout); when local ports run out, the
+//! failures are counted as local errors and no backend goes down.
+//! `ringlb check` refuses a `max_connections` the limit cannot honour.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    self, client_sources, connect_from, for_each_engine, ringlb_command, with_nofile, Backend,
+    Deadline, LbConfig, Ringlb, TempDir,
+};
+
+/// The open-files limit ringlb runs under: a budget of a few dozen.
+const NOFILE: u64 = 220;
+/// Idle clients connecting at once: several budgets' worth.
+const CLIENTS: usize = 150;
+/// ringlb's own health endpoint on the admin API.
+const HEALTH_PATH: &str = "/router/api/v1/system/health";
+/// Answers of the admin API must come within this.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// A place freed on the budget is used by a waiting client within this.
+const RECOVERY: Duration = Duration::from_secs(1);
+/// How long each round waits for the clients it expects to be served.
+const ROUND_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the clients beyond the budget are watched for a (wrong)
+/// answer, while the health endpoint and the backends' states are polled.
+const WAIT_WATCH: Duration = Duration::from_millis(500);
+
+/// TCP health checks every 200 ms; two failures take a backend down.
+const TCP_HEALTH: &str = "kind = \"tcp\"\ninterval = \"200ms\"\nfast_interval = \"100ms\"\n\
+                          timeout = \"200ms\"\nrise = 1\nfall = 2";
+
+/// A client of the test and what it read so far.
+struct Client {
+    stream: Option<TcpStream>,
+    read: Vec<u8>,
+    served: Option<Instant>,
+}
+
+/// Reads what each waiting client has; panics on a reset or an EOF (the
+/// clients are idle: ringlb must never close them). Returns how many were
+/// served by this call.
+fn poll_clients(clients: &mut [Client], lb: &Ringlb, tag: &str) -> usize {
+    let mut newly = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let Some(s) = &mut c.stream else { continue };
+        if c.served.is_some() {
+            continue;
+        }
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => panic!(
+                "[{tag}] client {i} was closed by ringlb (EOF) instead of waiting\n{}",
+                lb.report()
+            ),
+            Ok(n) => {
+                c.read.extend_from_slice(&buf[..n]);
+                if c.read.ends_with(b"\n") {
+                    let greeting = String::from_utf8_lossy(&c.read).into_owned();
+                    assert!(
+                        greeting == "b1\n" || greeting == "b2\n",
+                        "[{tag}] client {i} read {greeting:?}"
+                    );
+                    c.served = Some(Instant::now());
+                    newly += 1;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!(
+                "[{tag}] client {i} failed instead of waiting (a reset is an accept-then-reset \
+                 or a connection given up for a local shortage): {e}\n{}",
+                lb.report()
+            ),
+        }
+    }
+    newly
+}
+
+/// ringlb's health endpoint answers 200 and no backend is down (by the
+/// metrics and by the log).
+fn assert_healthy(lb: &Ringlb, tag: &str) {
+    let status = lb.admin_get(HEALTH_PATH, ADMIN_TIMEOUT);
+    assert!(
+        matches!(&status, Ok(line) if line.starts_with("HTTP/1.1 200")),
+        "[{tag}] the admin health endpoint answered {status:?}\n{}",
+        lb.report()
+    );
+    let healthy = lb.metrics().total("ringlb_backend_healthy");
+    assert_eq!(
+        healthy,
+        2,
+        "[{tag}] a backend was reported down for a local shortage\n{}",
+        lb.report()
+    );
+    assert!(
+        !lb.stderr().contains("backend is down"),
+        "[{tag}] a backend was logged down\n{}",
+        lb.report()
+    );
+}
+
+#[test]
+fn at_the_fd_limit_clients_wait_for_the_budget_and_no_backend_is_blamed() {
+    let _shared = harness::shared();
+    for_each_engine("faults::fd_budget", |engine| {
+        let b1 = Backend::named("b1");
+        let b2 = Backend::named("b2");
+        let mut config = LbConfig::over(engine, &[&b1, &b2]);
+        config.workers = 1;
+        config.admin = true;
+        config.nofile = Some(NOFILE);
+        config.global_extra = vec!["pipe_pool = 4".to_owned()];
+        config.service().health = TCP_HEALTH.to_owned();
+        let lb = Ringlb::start(&config);
+        let tag = engine;
+        // A ringlb without a budget (the code before it) is expected to
+        // serve every client at once.
+        let budget = match lb.metrics().value("ringlb_connections_budget") {
+            Some(b) => {
+                let b = b as usize;
+                assert!(
+                    (8..CLIENTS / 2).contains(&b),
+                    "[{tag}] budget {b} under nofile {NOFILE}\n{}",
+                    lb.report()
+                );
+                b
+            }
+            None => CLIENTS,
+        };
+        println!("[{tag}] nofile {NOFILE}: budget {budget} connections");
+
+        let sources = client_sources();
+        let mut clients: Vec<Client> = (0..CLIENTS)
+            .map(|i| {
+                let s = connect_from(sources[i % sources.len()], lb.addr()).unwrap_or_else(|e| {
+                    panic!("[{tag}] client {i} cannot connect: {e}\n{}", lb.report())
+                });
+                s.set_nonblocking(true).expect("non-blocking");
+                Client {
+                    stream: Some(s),
+                    read: Vec::new(),
+                    served: None,
+                }
+            })
+            .collect();
+
+        let mut served_total = 0;
+        let mut rounds = 0;
+        let mut worst_recovery = Duration::ZERO;
+        let mut freed_at: Option<Instant> = None;
+        while served_total < CLIENTS {
+            rounds += 1;
+            let expected = budget.min(CLIENTS - served_total);
+            let deadline = Deadline::after(ROUND_DEADLINE);
+            let mut this_round = 0;
+            let mut last_check = Instant::now() - Duration::from_secs(1);
+            while this_round < expected {
+                this_round += poll_clients(&mut clients, &lb, tag);
+                if last_check.elapsed() >= Duration::from_millis(100) {
+                    assert_healthy(&lb, tag);
+                    last_check = Instant::now();
+                }
+                assert!(
+                    !deadline.passed(),
+                    "[{tag}] round {rounds}: {this_round} of {expected} clients served within \
+                     {ROUND_DEADLINE:?} (budget {budget}, {served_total} served before)\n{}",
+                    lb.report()
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if let Some(freed) = freed_at {
+                let first = clients
+                    .iter()
+                    .filter_map(|c| c.served.filter(|t| *t >= freed))
+                    .min()
+                    .expect("a client served this round");
+                worst_recovery = worst_recovery.max(first - freed);
+            }
+            served_total += this_round;
+            // The others wait: unanswered, not reset, while the admin API
+            // answers and both backends stay up.
+            let watch = Deadline::after(WAIT_WATCH);
+            while !watch.passed() {
+                let extra = poll_clients(&mut clients, &lb, tag);
+                assert_eq!(
+                    extra,
+                    0,
+                    "[{tag}] round {rounds}: a client beyond the budget ({budget}) was served \
+                     while {budget} were held\n{}",
+                    lb.report()
+                );
+                assert_healthy(&lb, tag);
+            }
+            let m = lb.metrics();
+            if served_total < CLIENTS {
+                assert_eq!(
+                    m.value("ringlb_connections_active"),
+                    Some(budget as u64),
+                    "[{tag}] round {rounds}"
+                );
+            }
+            // Close this round's clients: the waiting ones take their places.
+            for c in clients.iter_mut().filter(|c| c.served.is_some()) {
+                c.stream = None;
+            }
+            freed_at = Some(Instant::now());
+        }
+        let m = lb.metrics();
+        assert!(
+            m.value("ringlb_connections_budget_full_total").unwrap_or(0) >= 1,
+            "[{tag}] the workers never paused at the budget"
+        );
+        assert_eq!(
+            m.labelled("ringlb_local_errors_total", "kind", "emfile"),
+            Some(0),
+            "[{tag}] ringlb ran out of descriptors despite its budget\n{}",
+            lb.report()
+        );
+        assert!(
+            worst_recovery < RECOVERY,
+            "[{tag}] waiting clients were served {worst_recovery:?} after places freed"
+        );
+        println!(
+            "[{tag}] {CLIENTS} clients: {CLIENTS} served, 0 reset, in {rounds} rounds; \
+             worst recovery after places freed: {} ms",
+            worst_recovery.as_millis()
+        );
+        drop(lb);
+        drop((b1, b2));
+    });
+}
+
+/// `ringlb check` under the open-files limit `nofile`.
+fn check_under(nofile: u64, config: &str) -> (bool, String) {
+    let dir = TempDir::new("faults-check");
+    let path = dir.write("ringlb.toml", config);
+    let mut cmd: Command = ringlb_command();
+    with_nofile(&mut cmd, nofile);
+    let out = cmd
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run ringlb check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_refuses_a_max_connections_the_fd_limit_cannot_honour() {
+    let _shared = harness::shared();
+    let config = |max: &str| {
+        format!(
+            "[global]\nworkers = 1\npipe_pool = 4\nadmin = \"127.0.0.1:0\"\n\
+             max_connections = {max}\n\n[[service]]\nname = \"web\"\n\
+             listen = [\"127.0.0.1:0\"]\n[service.health]\nkind = \"tcp\"\n\
+             [[service.backend]]\nname = \"b1\"\naddress = \"127.0.0.1:9\"\n\
+             [[service.backend]]\nname = \"b2\"\naddress = \"127.0.0.1:10\"\n"
+        )
+    };
+    let (ok, text) = check_under(NOFILE, &config("100000"));
+    assert!(
+        !ok,
+        "check accepted max_connections = 100000 under nofile {NOFILE}:\n{text}"
+    );
+    for part in [
+        "max_connections = 100000 cannot be honoured",
+        "open-files limit of 220",
+        "fds are reserved",
+        "costs 2 fds",
+        "at most 38 fit",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from:\n{text}");
+    }
+    println!("check under nofile {NOFILE}: {}", text.trim());
+    let (ok, text) = check_under(NOFILE, &config("30"));
+    assert!(
+        ok,
+        "check refused max_connections = 30 under nofile {NOFILE}:\n{text}"
+    );
+    assert!(
+        text.contains("connection budget: 30 client connections (max_connections = 30)"),
+        "{text}"
+    );
+    let (ok, text) = check_under(NOFILE, &config("\"auto\""));
+    assert!(
+        ok && text.contains("connection budget: 38 client connections"),
+        "{text}"
+    );
+    let (ok, text) = check_under(20_000, &config("\"auto\""));
+    assert!(ok, "{text}");
+    println!("check under nofile 20000: {}", text.trim());
+}
+
+// ---------------------------------------------------------------------------
+// Ephemeral ports
+
+/// Local ports of the namespace: a handful.
+const PORT_RANGE: (u16, u16) = (40_000, 40_007);
+/// Clients held open to use up the ports ringlb connects from.
+const PORT_CLIENTS: usize = 24;
+
+/// A network namespace made for one test, removed on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Makes `name` with its loopback up and `sysctls` set; None (with the
+    /// reason) where namespaces cannot be made.
+    fn make(name: &str, sysctls: &[String]) -> Result<Netns, String> {
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let _ = run(&["netns", "del", name]);
+        run(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        run(&["netns", "exec", name, "ip", "link", "set", "lo", "up"])?;
+        for s in sysctls {
+            run(&["netns", "exec", name, "sysctl", "-qw", s])?;
+        }
+        Ok(ns)
+    }
+
+    /// Runs `body` on a thread that joined the namespace (its sockets, its
+    /// child processes and the threads it starts are in it).
+    fn run<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let file = std::fs::File::open(&path).expect("open the namespace");
+                    // SAFETY: setns(2) with a namespace fd we own; it only
+                    // changes this thread's network namespace.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+                    body()
+                })
+                .join()
+                .expect("the namespace thread panicked")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Connects from 127.0.0.1 on a port of our own (outside the namespace's
+/// ephemeral range, which ringlb is meant to use up).
+fn client_on_port(port: u16, dst: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    socket.connect_timeout(&dst.into(), Duration::from_secs(2))?;
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(s)
+}
+
+#[test]
+fn out_of_local_ports_no_backend_goes_down_and_the_service_recovers() {
+    let _shared = harness::shared();
+    for_each_engine("faults::local_ports", |engine| {
+        // A fresh namespace per run: no TIME_WAIT of the one before.
+        let name = format!("ringlb-faults-{}-{engine}", std::process::id());
+        let range = format!(
+            "net.ipv4.ip_local_port_range={} {}",
+            PORT_RANGE.0, PORT_RANGE.1
+        );
+        let sysctls = [range, "net.ipv4.tcp_tw_reuse=1".to_owned()];
+        match Netns::make(&name, &sysctls) {
+            Ok(ns) => ns.run(|| local_ports(engine)),
+            Err(why) => {
+                println!("faults::local_ports: SKIPPED: cannot make a network namespace ({why})")
+            }
+        }
+    });
+}
+
+fn local_ports(engine: &'static str) {
+    let tag = engine;
+    let b1 = Backend::named("b1");
+    let b2 = Backend::named("b2");
+    let mut config = LbConfig::over(engine, &[&b1, &b2]);
+    config.workers = 1;
+    config.admin = true;
+    config.service().health = TCP_HEALTH.to_owned();
+    config.service().connect_attempts = 2;
+    let lb = Ringlb::start(&config);
+    let mut port = 50_000u16;
+    let mut next_port = || {
+        port += 1;
+        port
+    };
+    // Hold clients until connects from ringlb fail for want of a port:
+    // each client is either greeted (it holds a port) or reset.
+    let mut held = Vec::new();
+    let mut reset = 0;
+    for i in 0..PORT_CLIENTS {
+        // A reset may come before the connect returns (ringlb accepted,
+        // found no local port to reach a backend from, and reset it).
+        let mut s = match client_on_port(next_port(), lb.addr()) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                reset += 1;
+                continue;
+            }
+            Err(e) => panic!("[{tag}] client {i}: {e}\n{}", lb.report()),
+        };
+        let mut line = [0u8; 3];
+        match s.read_exact(&mut line) {
+            Ok(()) => held.push(s),
+            Err(_) => reset += 1,
+        }
+    }
+    let m = lb.metrics();
+    let local = m
+        .labelled("ringlb_local_errors_total", "kind", "eaddrnotavail")
+        .unwrap_or(0)
+        + m.labelled("ringlb_local_errors_total", "kind", "eaddrinuse")
+            .unwrap_or(0);
+    println!(
+        "[{tag}] ports {}-{}: {} clients held, {reset} refused for want of a port; \
+         local errors (eaddrnotavail + eaddrinuse): {local}",
+        PORT_RANGE.0,
+        PORT_RANGE.1,
+        held.len()
+    );
+    assert!(
+        reset > 0,
+        "[{tag}] {PORT_CLIENTS} clients all served: the ports were not used up\n{}",
+        lb.report()
+    );
+    // Let the health checks run into the shortage too (two rounds, as
+    // `fall = 2` needs), then no backend may be down.
+    let watch = Deadline::after(Duration::from_millis(600));
+    while !watch.passed() {
+        assert_healthy(&lb, tag);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        local > 0,
+        "[{tag}] connects failed without counting a local error\n{}",
+        lb.report()
+    );
+    let failures = lb.metrics().total("ringlb_backend_connect_failures_total");
+    assert_eq!(
+        failures,
+        0,
+        "[{tag}] a local shortage was counted as backend connect failures\n{}",
+        lb.report()
+    );
+    // Ports free up: the service is served again at once.
+    drop(held);
+    let deadline = Deadline::after(Duration::from_secs(5));
+    loop {
+        let served =
+            client_on_port(next_port(), lb.addr()).and_then(|mut s| s.read_exact(&mut [0u8; 3]));
+        if served.is_ok() {
+            break;
+        }
+        assert!(
+            !deadline.passed(),
+            "[{tag}] no client served 5 s after the ports were freed\n{}",
+            lb.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_healthy(&lb, tag);
+}
