@@ -13,6 +13,7 @@ mod control;
 mod demo;
 mod engine;
 mod error;
+mod failpoint;
 mod handover;
 mod hash;
 mod health;

@@ -21,6 +21,7 @@ use super::{Command, Health, Registry, RegistryError, ReloadSummary};
 use crate::config::{Config, ConfigError};
 use crate::handover;
 use crate::health::{BackendKey, ProbeReport, Prober};
+use crate::failpoint::failpoint;
 use crate::snapshot::SnapshotCell;
 use crate::sys;
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
@@ -312,6 +313,7 @@ impl ControlPlane {
     /// refused with the reason and changes nothing; established connections
     /// are never touched either way.
     fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {
+        failpoint!("control-panic-on-reload");
         // Under systemd: RELOADING=1 (with MONOTONIC_USEC) … READY=1.
         let _ = crate::notify::reloading();
         let result = self.try_reload(prober);
