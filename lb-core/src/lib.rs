@@ -25,6 +25,7 @@ mod policy;
 mod server;
 mod snapshot;
 mod stats;
+mod supervisor;
 mod sys;
 mod worker;
 

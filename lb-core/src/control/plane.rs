@@ -5,6 +5,9 @@
 //! the file, binds new listen addresses, applies the registry and hands
 //! listeners to the workers. Runs on the control-plane thread, which
 //! `server.rs` spawns at start-up; nothing here is touched from elsewhere.
+//! Every task it starts (the admin server, the probes, its heartbeat) goes
+//! through the [`Supervisor`], so a panic in one ends ringlb instead of
+//! vanishing into tokio.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -19,10 +22,11 @@ use tokio::sync::mpsc;
 use super::status::StatusView;
 use super::{Command, Health, Registry, RegistryError, ReloadSummary};
 use crate::config::{Config, ConfigError};
+use crate::failpoint::failpoint;
 use crate::handover;
 use crate::health::{BackendKey, ProbeReport, Prober};
-use crate::failpoint::failpoint;
 use crate::snapshot::SnapshotCell;
+use crate::supervisor::{Supervisor, ThreadResult};
 use crate::sys;
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
 
@@ -30,6 +34,9 @@ use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra wait for the first health round beyond the longest check timeout.
 const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
+/// How often the runtime bumps its heartbeat (the watchdog's evidence that
+/// the control plane still turns).
+const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// The admin server as a task for the control plane's runtime. Boxed, so
 /// that the control plane need not know the admin module (which sends it
@@ -38,6 +45,11 @@ pub(crate) type AdminTask = std::pin::Pin<Box<dyn std::future::Future<Output = (
 
 /// What start-up hands the control plane (see `server.rs`).
 pub(crate) struct ControlSetup {
+    /// Starts this thread's tasks, catching and reporting their panics.
+    pub(crate) supervisor: Supervisor,
+    /// Bumped every [`HEARTBEAT`] while the runtime turns; read by the
+    /// watchdog on the main thread.
+    pub(crate) heartbeat: Arc<AtomicU64>,
     /// Built from the config; its first snapshot is already published.
     pub(crate) registry: Registry,
     /// A copy of every listening socket, for binary upgrades.
@@ -104,6 +116,10 @@ pub(crate) struct ControlCounters {
 
 /// Everything the control-plane thread owns.
 pub(crate) struct ControlPlane {
+    /// Starts this thread's tasks (see `ControlSetup`).
+    supervisor: Supervisor,
+    /// The runtime's heartbeat, for the watchdog.
+    heartbeat: Arc<AtomicU64>,
     pub(super) registry: Registry,
     /// A copy of every listening socket, to hand to a new ringlb on upgrade
     /// (closed when draining, so the kernel stops queueing to them).
@@ -130,6 +146,8 @@ pub(crate) struct ControlPlane {
 impl ControlPlane {
     pub(crate) fn new(setup: ControlSetup) -> ControlPlane {
         ControlPlane {
+            supervisor: setup.supervisor,
+            heartbeat: setup.heartbeat,
             registry: setup.registry,
             handover: setup.handover,
             upgrade: setup.upgrade,
@@ -148,19 +166,15 @@ impl ControlPlane {
     }
 
     /// Runs the control plane on this thread until it has drained; `ready`
-    /// is told once the first snapshot is published.
-    pub(crate) fn run(self, ready: std::sync::mpsc::Sender<()>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
+    /// is told once the first snapshot is published. `Err` when it cannot
+    /// run at all.
+    pub(crate) fn run(self, ready: std::sync::mpsc::Sender<()>) -> ThreadResult {
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the control plane runtime");
-                return;
-            }
-        };
+            .map_err(|e| format!("cannot start the control plane's runtime: {e}"))?;
         rt.block_on(self.serve(ready));
+        Ok(())
     }
 
     async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
@@ -181,8 +195,18 @@ impl ControlPlane {
         // clients are neither sent to a dead node nor turned away for a
         // whole probe interval. Backends that have not answered by then stay
         // out until they do.
+        let heartbeat = self.heartbeat.clone();
+        self.supervisor
+            .spawn_task("control-plane heartbeat", async move {
+                let mut tick = tokio::time::interval(HEARTBEAT);
+                loop {
+                    tick.tick().await;
+                    heartbeat.fetch_add(1, Relaxed);
+                }
+            });
         let (reports_tx, mut reports) = mpsc::unbounded_channel::<ProbeReport>();
         let mut prober = Prober::new(reports_tx);
+        prober.supervise(self.supervisor.clone());
         prober.set_targets(self.registry.probe_targets());
         let longest = self
             .registry
@@ -216,9 +240,8 @@ impl ControlPlane {
                 });
         let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<()>>();
         if let Some(admin) = self.admin.take() {
-            tokio::spawn(admin);
+            self.supervisor.spawn_task("admin server", admin);
         }
-        tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
         loop {
             tokio::select! {
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
