@@ -34,5 +34,6 @@ mod reload;
 mod reset;
 mod stickiness;
 mod systemd;
+mod threads;
 mod time_wait;
 mod upgrade;
