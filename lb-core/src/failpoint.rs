@@ -6,21 +6,28 @@
 //!
 //! Driven by `RINGLB_FAILPOINT`, a comma-separated list of `name=N`: the
 //! Nth time (counted over the whole process) the code passes the named
-//! point, it panics. Known points:
+//! point, it panics (or, for a `stall` point, blocks its thread for good).
+//! Known points:
 //!
 //! - `worker-panic-after-accepts=N`: the worker that admits the Nth client
 //!   connection panics (both engines share that path).
+//! - `worker-stall-after-accepts=N`: that worker stops turning instead (a
+//!   stuck thread, for the watchdog).
 //! - `control-panic-on-reload=N`: the control plane panics on the Nth
 //!   reload (SIGHUP or the admin API).
 //!
 //! Runs on whichever thread passes a point; the list is read once.
 
-/// Passes the failpoint `$name`; with the `failpoints` feature off this is
-/// nothing at all.
+/// Passes the failpoint `$name` (`stall $name`: one that blocks instead
+/// of panicking); with the `failpoints` feature off this is nothing at all.
 macro_rules! failpoint {
     ($name:literal) => {
         #[cfg(feature = "failpoints")]
-        $crate::failpoint::pass($name);
+        $crate::failpoint::pass($name, false);
+    };
+    (stall $name:literal) => {
+        #[cfg(feature = "failpoints")]
+        $crate::failpoint::pass($name, true);
     };
 }
 pub(crate) use failpoint;
@@ -76,12 +83,20 @@ mod armed {
         (good, bad)
     }
 
-    /// Counts a pass of `name`; panics on the armed one.
-    pub(crate) fn pass(name: &str) {
+    /// Counts a pass of `name`; on the armed one panics, or with `stall`
+    /// parks the thread for good.
+    pub(crate) fn pass(name: &str, stall: bool) {
         for p in points().iter().filter(|p| p.name == name) {
             let n = p.passes.fetch_add(1, Relaxed) + 1;
-            if n == p.at {
+            if n != p.at {
+                continue;
+            }
+            if !stall {
                 panic!("failpoint {name}={} reached", p.at);
+            }
+            tracing::warn!(point = %name, "failpoint reached: this thread stops here for good");
+            loop {
+                std::thread::park();
             }
         }
     }

@@ -1,7 +1,9 @@
 //! No silent thread death (issue 11): a panic in a worker or in the
 //! control plane makes ringlb exit non-zero within a second, naming the
 //! thread and the panic in its log; no client is left waiting on a
-//! listener nobody accepts from, and SIGTERM is never ignored.
+//! listener nobody accepts from, and SIGTERM is never ignored. And systemd's
+//! watchdog is pinged while every thread turns, and no longer once one is
+//! stuck.
 //!
 //! The panics come from lb-core's test-only failpoints
 //! (`RINGLB_FAILPOINT`, compiled in because this suite's dev-dependency
@@ -9,6 +11,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::harness::{
-    self, client_sources, for_each_engine, Backend, Counter, Deadline, LbConfig, Ringlb,
-    SMALL_STACK,
+    self, client_sources, connect_from, for_each_engine, Backend, Counter, Deadline, LbConfig,
+    Ringlb, TempDir, SMALL_STACK,
 };
 
 /// The promise: from the panic to the process's exit.
@@ -347,6 +350,84 @@ fn a_control_plane_panic_on_reload_exits_ringlb_at_once() {
                 lb.report()
             );
         }
+    });
+}
+
+/// Receives notify datagrams until `want` `WATCHDOG=1` pings have come, or
+/// the deadline; returns how many came.
+fn pings(sock: &UnixDatagram, want: usize, within: Duration) -> usize {
+    let deadline = Deadline::after(within);
+    let mut buf = [0u8; 4096];
+    let mut seen = 0;
+    while seen < want && !deadline.passed() {
+        sock.set_read_timeout(Some(deadline.remaining().max(Duration::from_millis(1))))
+            .unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n)
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "WATCHDOG=1") =>
+            {
+                seen += 1
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
+#[test]
+fn the_watchdog_is_pinged_while_every_thread_turns_and_not_once_one_is_stuck() {
+    let _shared = harness::shared();
+    // WatchdogSec=1s: a ping every 500 ms; a heartbeat still for 1 s is stuck.
+    const PERIOD: Duration = Duration::from_millis(500);
+    for_each_engine("watchdog", |engine| {
+        let backend = Backend::echo("b1");
+        let dir = TempDir::new("watchdog");
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let mut lb = Ringlb::start_with_env(
+            &LbConfig::over(engine, &[&backend]),
+            &[
+                ("NOTIFY_SOCKET", path.as_os_str()),
+                ("WATCHDOG_USEC", "1000000".as_ref()),
+                ("RINGLB_FAILPOINT", "worker-stall-after-accepts=1".as_ref()),
+                ("RUST_BACKTRACE", "0".as_ref()),
+            ],
+        );
+        let got = pings(&sock, 3, 10 * PERIOD);
+        assert_eq!(
+            got,
+            3,
+            "[{engine}] {got} WATCHDOG=1 pings while all is well\n{}",
+            lb.report()
+        );
+        // The first client's accept stops its worker for good.
+        let _client = connect_from(client_sources()[0], lb.addr()).unwrap();
+        let line = lb
+            .wait_for_log("not pinging the systemd watchdog", 10 * PERIOD)
+            .unwrap_or_else(|| panic!("[{engine}] the pings did not stop\n{}", lb.report()));
+        assert!(
+            line.contains("ringlb-w") && line.contains("has not turned for"),
+            "[{engine}] {line:?}"
+        );
+        // Pings sent before that decision may still be queued: drop them.
+        sock.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        while sock.recv(&mut buf).is_ok() {}
+        sock.set_nonblocking(false).unwrap();
+        let late = pings(&sock, 1, 4 * PERIOD);
+        assert_eq!(
+            late,
+            0,
+            "[{engine}] WATCHDOG=1 with a worker stuck\n{}",
+            lb.report()
+        );
+        // A stuck worker holds the drain: systemd would kill it; so do we.
+        assert!(lb
+            .signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+            .is_some());
     });
 }
 

@@ -153,6 +153,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// path both engines take.
     fn admit(&mut self, li: usize, si: usize, fd: OwnedFd, peer: SocketAddr) {
         failpoint!("worker-panic-after-accepts");
+        failpoint!(stall "worker-stall-after-accepts");
         self.listeners[li].stats.accepted.fetch_add(1, Relaxed);
         self.control.accepted.fetch_add(1, Relaxed);
         self.open(li, si, fd, peer);
