@@ -96,7 +96,34 @@ fn init_logging() -> anyhow::Result<StderrLog> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+    std::panic::set_hook(Box::new(log_panic));
     Ok(log)
+}
+
+/// The panic hook: the panic (thread, place, message) goes to the log like
+/// every other line, through its writer thread, instead of std's default
+/// hook writing stderr itself (which blocks on a full pipe). What happens
+/// next is the supervisor's business: lb-core catches it at the thread's
+/// boundary and `main` exits non-zero.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let thread = std::thread::current();
+    let thread = thread.name().unwrap_or("unnamed");
+    let place = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)");
+    let backtrace = std::backtrace::Backtrace::capture();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        tracing::error!(thread, at = %place, "panic: {message}\n{backtrace}");
+    } else {
+        tracing::error!(thread, at = %place, "panic: {message}");
+    }
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
@@ -176,7 +203,8 @@ fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Resul
             }
         }
     }
-    server.wait();
+    // Err: a thread died; main exits non-zero (systemd restarts ringlb).
+    server.wait()?;
     tracing::info!("ringlb stopped");
     Ok(())
 }
@@ -231,7 +259,7 @@ fn demo(listen: SocketAddr, log: &StderrLog) -> anyhow::Result<()> {
     );
     // Through the log's writer thread, in order with the log lines.
     log.print(&banner);
-    server.wait();
+    server.wait()?;
     drop(backends);
     tracing::info!("demo stopped");
     Ok(())

@@ -47,6 +47,7 @@ use crate::config::{AdminState, Global, IpNet, Weight, MAX_WEIGHT};
 use crate::control::command::{self, Command};
 use crate::control::RegistryError;
 use crate::stats::{ConnectionBudget, LocalKind, LOCAL_ERRORS};
+use crate::supervisor::Supervisor;
 use crate::worker::WorkerControl;
 use auth::Credentials;
 use join::Membership;
@@ -105,6 +106,9 @@ pub(crate) struct AdminContext {
     /// Failed join-key attempts per peer. A std mutex: it is held for a
     /// few map operations, never across an await.
     join_failures: Mutex<FailureLimiter>,
+    /// Spawns the connection tasks, so that a panic in one is reported
+    /// (and ends ringlb) instead of vanishing into tokio.
+    supervisor: Supervisor,
 }
 
 impl AdminContext {
@@ -113,6 +117,7 @@ impl AdminContext {
         commands: mpsc::UnboundedSender<Command>,
         workers: Vec<Arc<WorkerControl>>,
         budget: Arc<ConnectionBudget>,
+        supervisor: Supervisor,
     ) -> AdminContext {
         AdminContext {
             allow: global.admin_allow.clone(),
@@ -128,6 +133,7 @@ impl AdminContext {
                 join::FAILURE_REFILL,
                 join::FAILURE_PEERS,
             )),
+            supervisor,
         }
     }
 
@@ -208,8 +214,9 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, ctx: AdminContext) 
             );
             continue;
         };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
+        let task = ctx.clone();
+        ctx.supervisor.spawn_task("admin connection", async move {
+            let ctx = task;
             let io = hyper_util::rt::TokioIo::new(stream);
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
@@ -248,7 +255,7 @@ fn refuse(ctx: &AdminContext, mut stream: TcpStream, status: &'static str, messa
          cache-control: no-store\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    tokio::spawn(async move {
+    ctx.supervisor.spawn_task("admin refusal", async move {
         let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
             stream.write_all(answer.as_bytes()).await?;
             stream.shutdown().await?;

@@ -27,6 +27,12 @@ pub enum Error {
     /// for (or any at all): the figures, and what to change.
     #[error(transparent)]
     Budget(#[from] crate::budget::BudgetError),
+    /// A ringlb thread or control-plane task ended when it should not have
+    /// (a panic, or its loop gave up). The process exits on this rather
+    /// than run without it: a dead worker's listeners would queue clients
+    /// nobody accepts, a dead control plane would ignore SIGTERM.
+    #[error("{thread} died: {reason}; ringlb stops rather than run without it (a service manager such as systemd with Restart=on-failure starts it again)")]
+    ThreadDied { thread: String, reason: String },
     /// Any other system call failure, with what was being done.
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },

@@ -42,6 +42,7 @@ pub use proxy::ProxySettings;
 pub use verdict::Reason;
 
 use crate::config::{HealthCheck, HealthKind};
+use crate::supervisor::Supervisor;
 
 /// Names a backend: its service and its name within the service (its stable
 /// identity; addresses may change on reload).
@@ -81,6 +82,10 @@ pub struct Prober {
     tasks: HashMap<BackendKey, BackendTask>,
     /// Backends with `kind = "none"`: no task, always `Up`.
     unprobed: HashSet<BackendKey>,
+    /// Spawns the probe tasks so that a panic in one is reported (ringlb's
+    /// control plane sets it); None: plain tokio tasks (the prober alone,
+    /// in tests).
+    supervisor: Option<Supervisor>,
 }
 
 impl fmt::Debug for Prober {
@@ -99,7 +104,13 @@ impl Prober {
             events,
             tasks: HashMap::new(),
             unprobed: HashSet::new(),
+            supervisor: None,
         }
+    }
+
+    /// Spawns the probe tasks through `supervisor` from now on.
+    pub(crate) fn supervise(&mut self, supervisor: Supervisor) {
+        self.supervisor = Some(supervisor);
     }
 
     /// Makes the probed set exactly `targets` (start-up and every reload).
@@ -223,7 +234,10 @@ impl Prober {
             state: state_tx,
             rng: XorShift::new(seed),
         };
-        let handle = tokio::spawn(run.run());
+        let handle = match &self.supervisor {
+            Some(s) => s.spawn_task(format!("prober {}", run.key), run.run()),
+            None => tokio::spawn(run.run()),
+        };
         BackendTask {
             addr,
             check,

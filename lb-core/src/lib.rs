@@ -14,6 +14,7 @@ mod control;
 mod demo;
 mod engine;
 mod error;
+mod failpoint;
 mod handover;
 mod hash;
 mod health;
@@ -25,6 +26,7 @@ mod policy;
 mod server;
 mod snapshot;
 mod stats;
+mod supervisor;
 mod sys;
 mod worker;
 

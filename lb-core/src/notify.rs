@@ -1,7 +1,9 @@
 //! systemd glue: `sd_notify` readiness and watchdog messages over
 //! `$NOTIFY_SOCKET`, and socket activation (`$LISTEN_FDS`). Called from the
-//! binary's main thread (ready, listen_fds) and the control-plane thread
-//! (reloading, stopping, watchdog). Without systemd every call is a no-op.
+//! binary's main thread (ready, listen_fds, and the watchdog pings from
+//! `Server::wait`, which decides them with `supervisor::watchdog_verdict`)
+//! and the control-plane thread (reloading, stopping). Without systemd
+//! every call is a no-op.
 //!
 //! The protocol is the one of `sd_notify(3)` and `sd_listen_fds(3)`, spoken
 //! directly (no libsystemd): one datagram of `KEY=VALUE` lines to the unix
@@ -15,11 +17,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
-
-use crate::worker::WorkerControl;
 
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -95,9 +94,14 @@ pub(crate) fn reloading() -> io::Result<bool> {
 /// `MAINPID=<pid>` and `READY=1`: a new ringlb took over (binary upgrade)
 /// and serves; it is the service's main process from now on. Sent by the
 /// old main process, as `NotifyAccess=main` requires.
+/// From then on this process pings the watchdog no more: the new one does.
 pub(crate) fn main_pid(pid: u32) -> io::Result<bool> {
+    HANDED_OVER.store(true, Relaxed);
     notify(&main_pid_message(pid))
 }
+
+/// Set once a new ringlb is the service's main process (binary upgrade).
+static HANDED_OVER: AtomicBool = AtomicBool::new(false);
 
 fn main_pid_message(pid: u32) -> String {
     format!("MAINPID={pid}\nREADY=1")
@@ -108,8 +112,12 @@ pub(crate) fn stopping() -> io::Result<bool> {
     notify("STOPPING=1")
 }
 
-/// `WATCHDOG=1`: still alive.
+/// `WATCHDOG=1`: still alive. Not sent once a new ringlb took over
+/// ([`main_pid`]): systemd watches that one now.
 pub(crate) fn watchdog() -> io::Result<bool> {
+    if HANDED_OVER.load(Relaxed) {
+        return Ok(false);
+    }
     notify("WATCHDOG=1")
 }
 
@@ -146,37 +154,6 @@ fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option<
     }
     let usec: u64 = usec?.trim().parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec))
-}
-
-/// Pings systemd's watchdog every half interval while every worker's event
-/// loop keeps turning (an idle worker still turns at least every 100 ms),
-/// so a stuck worker or control plane gets ringlb restarted. Returns at
-/// once when no watchdog is asked for. Runs on the control plane's runtime.
-pub(crate) async fn supervise_watchdog(workers: Vec<Arc<WorkerControl>>) {
-    let Some(interval) = watchdog_interval() else {
-        return;
-    };
-    let mut last: Vec<u64> = workers.iter().map(|w| w.turns.load(Relaxed)).collect();
-    let mut tick = tokio::time::interval(interval / 2);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate: skip it, so workers have a full period
-    // to show progress (they may not have started yet).
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let now: Vec<u64> = workers.iter().map(|w| w.turns.load(Relaxed)).collect();
-        let stuck: Vec<usize> = (0..workers.len())
-            .filter(|&i| now[i] == last[i] && !workers[i].stop.load(Relaxed))
-            .collect();
-        last = now;
-        if stuck.is_empty() {
-            if let Err(e) = watchdog() {
-                tracing::warn!(error = %e, "cannot ping the systemd watchdog");
-            }
-        } else {
-            tracing::error!(workers = ?stuck, "worker event loops stopped turning: not pinging the watchdog");
-        }
-    }
 }
 
 /// A socket systemd passed (socket activation).

@@ -10,9 +10,17 @@
 //! runs the first health round (bounded by the check timeout) and publishes
 //! the first snapshot; then start the workers and log `listening` per
 //! address.
+//!
+//! Every thread is started through the [`Supervisor`]: a panic is caught at
+//! the thread's boundary and reported, and [`Server::wait`] (the main
+//! thread) returns [`Error::ThreadDied`] at once, for the binary to exit
+//! non-zero. `wait` also pings systemd's watchdog while every thread's
+//! heartbeat moves ([`watchdog_verdict`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,11 +38,21 @@ use crate::engine::{self, EngineChoice};
 use crate::handover::Inherited;
 use crate::snapshot::SnapshotCell;
 use crate::stats::ConnectionBudget;
+use crate::supervisor::{watchdog_verdict, End, Ended, Heartbeat, Supervisor, Verdict};
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerSetup};
-use crate::{sys, Error, Result};
+use crate::{notify, sys, Error, Result};
 
 /// Passive-failure reports that may wait for the control plane.
 const FAILURE_QUEUE: usize = 4096;
+/// The control-plane thread's name (logs, `ThreadDied`, the watchdog).
+const CONTROL_THREAD: &str = "ringlb-control";
+/// Shortest time a heartbeat may stand still before the watchdog calls its
+/// thread stuck: several beats of the slowest one (an idle worker turns
+/// every 100 ms, the control plane beats every 250 ms).
+const STUCK_FLOOR: Duration = Duration::from_secs(1);
+/// How long start-up waits for a control plane that died before its first
+/// table to report why.
+const DEATH_REPORT_WAIT: Duration = Duration::from_secs(1);
 
 /// A way to talk to a running server from any thread.
 #[derive(Debug, Clone)]
@@ -110,6 +128,12 @@ pub struct Server {
     control_thread: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     worker_controls: Vec<Arc<WorkerControl>>,
+    /// How each supervised thread ended and which task died, as they do:
+    /// what `wait` watches.
+    ends: Receiver<End>,
+    /// The control plane's heartbeat (its runtime bumps it every 250 ms),
+    /// for the watchdog.
+    control_beat: Arc<AtomicU64>,
 }
 
 impl Server {
@@ -139,6 +163,7 @@ impl Server {
         let conn_budget = Arc::new(ConnectionBudget::new(fds.connections));
         let engine = engine::choose(config.global.engine)?;
 
+        let (supervisor, ends) = Supervisor::new();
         let mut registry = Registry::new(&config);
         // One set of listeners per worker, all bound (or inherited) now.
         let mut inherited = options.inherited;
@@ -207,6 +232,7 @@ impl Server {
                     commands_tx.clone(),
                     worker_controls.clone(),
                     conn_budget.clone(),
+                    supervisor.clone(),
                 );
                 Some((listener, ctx))
             }
@@ -236,7 +262,10 @@ impl Server {
         };
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let control_beat = Arc::new(AtomicU64::new(0));
         let plane = ControlPlane::new(ControlSetup {
+            supervisor: supervisor.clone(),
+            heartbeat: control_beat.clone(),
             registry,
             handover,
             admin_handover,
@@ -256,12 +285,21 @@ impl Server {
             admin: admin
                 .map(|(listener, ctx)| -> AdminTask { Box::pin(admin::run(listener, ctx)) }),
         });
-        let control_thread = std::thread::Builder::new()
-            .name("ringlb-control".into())
-            .spawn(move || plane.run(ready_tx))
+        let control_thread = supervisor
+            .spawn_thread(CONTROL_THREAD.into(), move || plane.run(ready_tx))
             .map_err(|e| Error::io("starting the control thread", e))?;
-        // The control plane says when its first table is published.
-        let _ = ready_rx.recv();
+        // The control plane says when its first table is published; if it
+        // drops the sender instead, it died.
+        if ready_rx.recv().is_err() {
+            let reason = match ends.recv_timeout(DEATH_REPORT_WAIT) {
+                Ok(end) => end.death().unwrap_or("ended").to_owned(),
+                Err(_) => "ended before publishing the first table".to_owned(),
+            };
+            return Err(Error::ThreadDied {
+                thread: CONTROL_THREAD.into(),
+                reason,
+            });
+        }
 
         let forwarding = engine.engine.forwarding(config.global.forwarding);
         tracing::info!(engine = engine.engine.name(), reason = %engine.reason, forwarding = ?Forwarding::from(forwarding), workers = worker_count, "starting workers");
@@ -290,14 +328,19 @@ impl Server {
                 .then(|| cores.get(id).copied())
                 .flatten();
             let choice = engine.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("ringlb-w{id}"))
-                .spawn(move || {
+            let control = worker_controls[id].clone();
+            let handle = supervisor
+                .spawn_thread(format!("ringlb-w{id}"), move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    if let Err(e) = engine::run(&choice, setup) {
-                        tracing::error!(worker = id, error = %e, "worker stopped");
+                    engine::run(&choice, setup).map_err(|e| e.to_string())?;
+                    // A worker's loop ends only when told to stop; any
+                    // other end leaves its listeners to nobody.
+                    if control.stop.load(Relaxed) {
+                        Ok(())
+                    } else {
+                        Err("its event loop ended without being asked to stop".into())
                     }
                 })
                 .map_err(|e| Error::io("starting a worker thread", e))?;
@@ -327,6 +370,8 @@ impl Server {
             control_thread: Some(control_thread),
             workers,
             worker_controls,
+            ends,
+            control_beat,
         })
     }
 
@@ -353,13 +398,108 @@ impl Server {
         &self.worker_controls
     }
 
-    /// Waits until the server has shut down (after `shutdown()` or a signal).
-    pub fn wait(mut self) {
+    /// Waits until the server has shut down (after `shutdown()` or a
+    /// signal): `Ok` once every thread has ended normally.
+    ///
+    /// Returns [`Error::ThreadDied`] as soon as any thread or control-plane
+    /// task dies (a panic, or a worker loop that gave up), without waiting
+    /// for the others: the caller is to exit the process, which closes
+    /// every listener (clients queued on a dead worker's socket are reset
+    /// instead of waiting forever) so that a fresh process can serve.
+    ///
+    /// Meanwhile, under systemd's watchdog (`WATCHDOG_USEC`), sends
+    /// `WATCHDOG=1` every half interval while [`watchdog_verdict`] says
+    /// every thread is alive and turning.
+    pub fn wait(mut self) -> Result<()> {
+        let ping_every = notify::watchdog_interval().map(|i| i / 2);
+        let stuck_after = ping_every.map_or(STUCK_FLOOR, |p| p.max(STUCK_FLOOR));
+        let start = Instant::now();
+        let mut beats = vec![Heartbeat::new(
+            CONTROL_THREAD,
+            self.control_beat.load(Relaxed),
+            start,
+        )];
+        for (i, w) in self.worker_controls.iter().enumerate() {
+            beats.push(Heartbeat::new(
+                format!("ringlb-w{i}"),
+                w.turns.load(Relaxed),
+                start,
+            ));
+        }
+        let mut next_ping = ping_every.map(|p| start + p);
+        let mut running = beats.len();
+        let mut withheld: Option<String> = None;
+        while running > 0 {
+            let end = match next_ping {
+                Some(at) => match self
+                    .ends
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                {
+                    Ok(end) => Some(end),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.ends.recv() {
+                    Ok(end) => Some(end),
+                    Err(_) => break,
+                },
+            };
+            let Some(end) = end else {
+                let now = Instant::now();
+                self.observe(&mut beats, now);
+                match watchdog_verdict(&beats, now, stuck_after) {
+                    Verdict::Ping => {
+                        withheld = None;
+                        if let Err(e) = notify::watchdog() {
+                            tracing::warn!(error = %e, "cannot ping the systemd watchdog");
+                        }
+                    }
+                    Verdict::Withhold(why) => {
+                        if withheld.as_ref() != Some(&why) {
+                            tracing::error!(reason = %why, "not pinging the systemd watchdog");
+                        }
+                        withheld = Some(why);
+                    }
+                }
+                next_ping = ping_every.map(|p| now + p);
+                continue;
+            };
+            if let Some(reason) = end.death().map(str::to_owned) {
+                // Leave the other threads as they are (the process is about
+                // to exit); dropping the handles detaches them, so the drop
+                // of `self` joins nothing.
+                self.control_thread = None;
+                self.workers.clear();
+                return Err(Error::ThreadDied {
+                    thread: end.name,
+                    reason,
+                });
+            }
+            if let Ended::Thread(_) = end.what {
+                running -= 1;
+                if let Some(beat) = beats.iter_mut().find(|b| b.name == end.name) {
+                    beat.ended(None);
+                }
+            }
+        }
+        // Every thread has ended (or reported its end): these return at once.
         if let Some(t) = self.control_thread.take() {
             let _ = t.join();
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        Ok(())
+    }
+
+    /// Reads every heartbeat at `now` (`beats` as `wait` built it: the
+    /// control plane, then the workers in order).
+    fn observe(&self, beats: &mut [Heartbeat], now: Instant) {
+        if let Some((control, workers)) = beats.split_first_mut() {
+            control.observe(self.control_beat.load(Relaxed), now);
+            for (beat, w) in workers.iter_mut().zip(&self.worker_controls) {
+                beat.observe(w.turns.load(Relaxed), now);
+            }
         }
     }
 }
@@ -370,6 +510,12 @@ impl Drop for Server {
             self.handle.shutdown();
             if let Some(t) = self.control_thread.take() {
                 let _ = t.join();
+            }
+            // The control plane stops the workers when it drains; if it
+            // died, nobody did.
+            for w in &self.worker_controls {
+                w.stop.store(true, Relaxed);
+                w.wake();
             }
             for w in self.workers.drain(..) {
                 let _ = w.join();

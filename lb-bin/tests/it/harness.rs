@@ -752,7 +752,9 @@ impl Ringlb {
         unsafe { libc::kill(self.pid, signal) };
     }
 
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    /// Waits up to `timeout` for ringlb to exit by itself; its status, or
+    /// None at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.exited.is_none() {
             self.exited = self.exit.recv_timeout(timeout).ok();
         }

@@ -35,5 +35,6 @@ mod reload;
 mod reset;
 mod stickiness;
 mod systemd;
+mod threads;
 mod time_wait;
 mod upgrade;

@@ -5,6 +5,9 @@
 //! the file, binds new listen addresses, applies the registry and hands
 //! listeners to the workers. Runs on the control-plane thread, which
 //! `server.rs` spawns at start-up; nothing here is touched from elsewhere.
+//! Every task it starts (the admin server, the probes, its heartbeat) goes
+//! through the [`Supervisor`], so a panic in one ends ringlb instead of
+//! vanishing into tokio.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -20,10 +23,12 @@ use super::status::StatusView;
 use super::{Command, Health, Registry, RegistryError, ReloadSummary};
 use crate::budget::{self, BudgetError};
 use crate::config::{Config, ConfigError};
+use crate::failpoint::failpoint;
 use crate::handover;
 use crate::health::{BackendKey, ProbeReport, Prober};
 use crate::snapshot::SnapshotCell;
 use crate::stats::ConnectionBudget;
+use crate::supervisor::{Supervisor, ThreadResult};
 use crate::sys;
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
 
@@ -33,6 +38,9 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 const LISTENERS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Extra wait for the first health round beyond the longest check timeout.
 const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
+/// How often the runtime bumps its heartbeat (the watchdog's evidence that
+/// the control plane still turns).
+const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// The admin server as a task for the control plane's runtime. Boxed, so
 /// that the control plane need not know the admin module (which sends it
@@ -41,6 +49,11 @@ pub(crate) type AdminTask = std::pin::Pin<Box<dyn std::future::Future<Output = (
 
 /// What start-up hands the control plane (see `server.rs`).
 pub(crate) struct ControlSetup {
+    /// Starts this thread's tasks, catching and reporting their panics.
+    pub(crate) supervisor: Supervisor,
+    /// Bumped every [`HEARTBEAT`] while the runtime turns; read by the
+    /// watchdog on the main thread.
+    pub(crate) heartbeat: Arc<AtomicU64>,
     /// Built from the config; its first snapshot is already published.
     pub(crate) registry: Registry,
     /// A copy of every listening socket, for binary upgrades.
@@ -118,6 +131,10 @@ pub(crate) struct ControlCounters {
 
 /// Everything the control-plane thread owns.
 pub(crate) struct ControlPlane {
+    /// Starts this thread's tasks (see `ControlSetup`).
+    supervisor: Supervisor,
+    /// The runtime's heartbeat, for the watchdog.
+    heartbeat: Arc<AtomicU64>,
     pub(super) registry: Registry,
     /// A copy of every listening socket, to hand to a new ringlb on upgrade
     /// (closed when draining, so the kernel stops queueing to them).
@@ -156,6 +173,8 @@ pub(crate) struct ControlPlane {
 impl ControlPlane {
     pub(crate) fn new(setup: ControlSetup) -> ControlPlane {
         ControlPlane {
+            supervisor: setup.supervisor,
+            heartbeat: setup.heartbeat,
             registry: setup.registry,
             handover: setup.handover,
             admin_handover: setup.admin_handover,
@@ -179,19 +198,15 @@ impl ControlPlane {
     }
 
     /// Runs the control plane on this thread until it has drained; `ready`
-    /// is told once the first snapshot is published.
-    pub(crate) fn run(self, ready: std::sync::mpsc::Sender<()>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
+    /// is told once the first snapshot is published. `Err` when it cannot
+    /// run at all.
+    pub(crate) fn run(self, ready: std::sync::mpsc::Sender<()>) -> ThreadResult {
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the control plane runtime");
-                return;
-            }
-        };
+            .map_err(|e| format!("cannot start the control plane's runtime: {e}"))?;
         rt.block_on(self.serve(ready));
+        Ok(())
     }
 
     async fn serve(mut self, ready: std::sync::mpsc::Sender<()>) {
@@ -213,8 +228,18 @@ impl ControlPlane {
         // clients are neither sent to a dead node nor turned away for a
         // whole probe interval. Backends that have not answered by then stay
         // out until they do.
+        let heartbeat = self.heartbeat.clone();
+        self.supervisor
+            .spawn_task("control-plane heartbeat", async move {
+                let mut tick = tokio::time::interval(HEARTBEAT);
+                loop {
+                    tick.tick().await;
+                    heartbeat.fetch_add(1, Relaxed);
+                }
+            });
         let (reports_tx, mut reports) = mpsc::unbounded_channel::<ProbeReport>();
         let mut prober = Prober::new(reports_tx);
+        prober.supervise(self.supervisor.clone());
         prober.set_targets(self.registry.probe_targets());
         let longest = self
             .registry
@@ -247,10 +272,12 @@ impl ControlPlane {
                     }
                 });
         let (upgraded_tx, mut upgraded) = mpsc::unbounded_channel::<std::io::Result<u32>>();
-        // Both end when a new ringlb takes over: it serves the admin API on
-        // the same socket, and it is the process systemd watches.
-        let admin_task = self.admin.take().map(tokio::spawn);
-        let watchdog_task = tokio::spawn(crate::notify::supervise_watchdog(self.workers.clone()));
+        // Ends when a new ringlb takes over: it serves the admin API on the
+        // same socket.
+        let admin_task = self
+            .admin
+            .take()
+            .map(|admin| self.supervisor.spawn_task("admin server", admin));
         loop {
             tokio::select! {
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
@@ -304,8 +331,8 @@ impl ControlPlane {
                             if let Some(t) = &admin_task {
                                 t.abort();
                             }
-                            watchdog_task.abort();
-                            // Under systemd the new process is the service now.
+                            // Under systemd the new process is the service
+                            // now (and pings the watchdog from here on).
                             if let Err(e) = crate::notify::main_pid(pid) {
                                 tracing::warn!(error = %e, pid, "cannot tell systemd the new main pid");
                             }
@@ -421,6 +448,7 @@ impl ControlPlane {
     /// refused with the reason and changes nothing; established connections
     /// are never touched either way.
     fn reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {
+        failpoint!("control-panic-on-reload");
         // Under systemd: RELOADING=1 (with MONOTONIC_USEC) … READY=1.
         let _ = crate::notify::reloading();
         let result = self.try_reload(prober);

@@ -27,6 +27,7 @@ use std::time::Duration;
 use socket2::Socket;
 
 use crate::conn;
+use crate::failpoint::failpoint;
 use crate::stats::{ServiceStats, LOCAL_ERRORS};
 
 use super::{Reactor, Syscalls, Token, Worker};
@@ -194,6 +195,8 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// After accept, with a place reserved: count it and open it. The one
     /// path both engines take.
     fn admit(&mut self, li: usize, si: usize, fd: OwnedFd, peer: SocketAddr) {
+        failpoint!("worker-panic-after-accepts");
+        failpoint!(stall "worker-stall-after-accepts");
         self.listeners[li].stats.accepted.fetch_add(1, Relaxed);
         self.control.accepted.fetch_add(1, Relaxed);
         self.open(li, si, fd, peer);
