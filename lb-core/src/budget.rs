@@ -163,41 +163,37 @@ impl Reserve {
         }
     }
 
+    /// Each part with the name the breakdown prints.
+    fn parts(&self) -> [(&'static str, u64); 9] {
+        [
+            ("stdio", self.stdio),
+            ("control plane", self.control),
+            ("workers", self.workers),
+            ("listeners", self.listeners),
+            ("health probes", self.probes),
+            ("admin API", self.admin),
+            ("idle pipes", self.pipes),
+            ("upgrade", self.upgrade),
+            ("margin", self.margin),
+        ]
+    }
+
     /// All of it.
     pub fn total(&self) -> u64 {
-        [
-            self.stdio,
-            self.control,
-            self.workers,
-            self.listeners,
-            self.probes,
-            self.admin,
-            self.pipes,
-            self.upgrade,
-            self.margin,
-        ]
-        .iter()
-        .fold(0u64, |a, b| a.saturating_add(*b))
+        self.parts()
+            .iter()
+            .fold(0u64, |a, (_, n)| a.saturating_add(*n))
     }
 }
 
 impl fmt::Display for Reserve {
     /// The breakdown: "stdio 3, control plane 8, …".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "stdio {}, control plane {}, workers {}, listeners {}, health probes {}, \
-             admin API {}, idle pipes {}, upgrade {}, margin {}",
-            self.stdio,
-            self.control,
-            self.workers,
-            self.listeners,
-            self.probes,
-            self.admin,
-            self.pipes,
-            self.upgrade,
-            self.margin
-        )
+        for (i, (name, n)) in self.parts().iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{name} {n}")?;
+        }
+        Ok(())
     }
 }
 
