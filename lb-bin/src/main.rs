@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lb_core::{Config, DemoBackends, Inherited, Server, StartOptions};
+use lb_core::{Config, DemoBackends, Inherited, ListenFd, Server, StartOptions};
 use stderr_log::StderrLog;
 
 /// Longest wait for the running ringlb during a takeover.
@@ -51,6 +51,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything opens a descriptor or starts a thread: the log
+    // writer's copy of stderr must not take a number systemd passed a
+    // socket at (were one missing), and the environment (LISTEN_*) is only
+    // changed while this is the process's one thread.
+    let passed = lb_core::listen_fds();
     // Lives until main returns, on every path: dropping it writes out the
     // last records (waiting a bounded time for a stuck reader).
     let log = match init_logging() {
@@ -65,7 +70,7 @@ fn main() -> ExitCode {
         Some(Cmd::Check { config }) => check(&config),
         Some(Cmd::Demo { listen }) => demo(listen, &log),
         None => match cli.config {
-            Some(config) => run(&config, cli.upgrade_socket),
+            Some(config) => run(&config, cli.upgrade_socket, passed),
             None => Err(anyhow::anyhow!(
                 "nothing to do: give --config FILE, or try `ringlb demo` (see --help)"
             )),
@@ -144,12 +149,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(
+    path: &std::path::Path,
+    upgrade_socket: Option<PathBuf>,
+    passed: std::io::Result<Vec<ListenFd>>,
+) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "ringlb starting");
     // Socket activation: systemd's sockets serve the listen addresses they
     // are bound to (matched by address), so they survive restarts.
-    let activated = socket_activation()?;
+    let activated = socket_activation(passed)?;
     let (mut inherited, takeover) = match &upgrade_socket {
         Some(sock) => match lb_core::take_over(sock, HANDOVER_TIMEOUT) {
             Ok((sockets, takeover)) => {
@@ -209,9 +218,10 @@ fn run(path: &std::path::Path, upgrade_socket: Option<PathBuf>) -> anyhow::Resul
     Ok(())
 }
 
-/// The listening sockets systemd passed (`LISTEN_FDS`), if any.
-fn socket_activation() -> anyhow::Result<Vec<Inherited>> {
-    let fds = lb_core::listen_fds().context("reading the sockets systemd passed (LISTEN_FDS)")?;
+/// The listening sockets systemd passed (`LISTEN_FDS`), if any, as
+/// [`lb_core::listen_fds`] took them.
+fn socket_activation(passed: std::io::Result<Vec<ListenFd>>) -> anyhow::Result<Vec<Inherited>> {
+    let fds = passed.context("reading the sockets systemd passed (LISTEN_FDS)")?;
     let mut out = Vec::new();
     for fd in fds {
         match fd.local {

@@ -552,10 +552,31 @@ fn a_failing_new_process_leaves_the_old_one_serving_and_the_next_upgrade_works()
     assert_eq!(files(dir.path()), before, "the socket is replaced in place");
 }
 
+/// Has `cmd`'s child get `fd` as fd 3, open across exec, as systemd passes
+/// a socket. When `fd` is 3 already, dup2 would change nothing (and leave
+/// it close-on-exec): the flag is cleared instead.
+fn pass_as_fd_3(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls run (dup2,
+    // fcntl) on descriptors of the child's own copy of the table.
+    unsafe {
+        cmd.pre_exec(move || {
+            let done = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if done == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn a_socket_activated_ringlb_upgrades_with_its_queued_clients() {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let _shared = harness::shared();
     for_each_engine("socket_activated_upgrade", |engine| {
         let b1 = Backend::named("b1");
@@ -581,16 +602,7 @@ fn a_socket_activated_ringlb_upgrades_with_its_queued_clients() {
             .arg(&sock)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
-        // SAFETY: between fork and exec only async-signal-safe dup2 runs; it
-        // puts the listener at fd 3 (clearing close-on-exec), as systemd does.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_as_fd_3(&mut cmd, fd);
         let mut old = Proc::spawn(cmd);
         assert_eq!(old.wait_listening(), addr);
         assert!(old.log().contains("socket activation"), "{}", old.log());
@@ -643,7 +655,6 @@ fn a_socket_activated_ringlb_upgrades_with_its_queued_clients() {
 #[test]
 fn socket_activation_serves_the_passed_socket_and_its_queued_clients() {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let _shared = harness::shared();
     let b1 = Backend::named("b1");
     // "systemd": the listening socket exists before ringlb does.
@@ -668,16 +679,7 @@ fn socket_activation_serves_the_passed_socket_and_its_queued_clients() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: between fork and exec only async-signal-safe dup2 runs; it
-    // puts the listener at fd 3 (clearing close-on-exec), as systemd does.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_as_fd_3(&mut cmd, fd);
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel::<String>();
@@ -715,4 +717,62 @@ fn socket_activation_serves_the_passed_socket_and_its_queued_clients() {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}\n{log}");
+}
+
+/// systemd says a socket was passed (LISTEN_FDS=1) but fd 3 is not open:
+/// ringlb says so and exits 1. It once started its log writer first, whose
+/// copy of stderr then took fd 3; taking that for the passed socket and
+/// dropping it closed the log, so ringlb exited without a word.
+#[test]
+fn a_passed_socket_that_is_not_there_is_reported() {
+    use std::os::unix::process::CommandExt;
+    let _shared = harness::shared();
+    let b1 = Backend::named("b1");
+    let dir = TempDir::new("activation-missing");
+    let path = dir.write("ringlb.toml", &LbConfig::over("epoll", &[&b1]).to_toml());
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_ringlb"))
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only the async-signal-safe close runs,
+    // on the child's own copy of the descriptor table.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(3);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let deadline = Deadline::after(READY);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if deadline.passed() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ringlb still runs {READY:?} after start without its passed socket; it logged {:?}",
+                reader.join().unwrap()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let log = reader.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("LISTEN_FDS") && log.contains("passed fd 3 is not usable"),
+        "the error must name the missing socket: {log:?}"
+    );
 }
