@@ -5,6 +5,8 @@
 //!
 //! - `command.rs`: the messages, and sending one to await its reply.
 //! - `plane.rs`: the thread's event loop, reload and drain.
+//! - `listeners.rs`: its copy of every listening socket (upgrades, drain,
+//!   a thread's death).
 //! - `registry.rs`: services, backends and their live state; building a
 //!   snapshot from them.
 //! - `status.rs`: the registry at one instant, for the admin API.
@@ -13,12 +15,14 @@
 
 pub(crate) mod command;
 mod join;
+mod listeners;
 mod plane;
 mod registry;
 pub(crate) mod status;
 
 pub(crate) use command::Command;
 pub(crate) use join::{JoinError, JoinOutcome};
+pub(crate) use listeners::ListenerCopies;
 pub(crate) use plane::{AdminTask, ControlPlane, ControlSetup};
 pub(crate) use plane::{ControlCounters, ReloadError};
 pub use registry::Registry;

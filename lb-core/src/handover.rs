@@ -27,13 +27,16 @@
 //!
 //! The old side runs on the control-plane thread's blocking pool (tokio);
 //! the new side runs at start-up on the main thread (blocking, with
-//! timeouts).
+//! timeouts). Start-up also takes the admin listener out of the inherited
+//! sockets ([`take_admin_listener`]) and binds the upgrade socket at a
+//! private path, published over the public one only once the new process
+//! serves ([`UpgradeSocket`]).
 
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -318,6 +321,100 @@ pub(crate) fn serve_takeover(
             "the new process went away before it was ready",
         ))
     }
+}
+
+/// The upgrade socket of a server while it starts: bound at a private path
+/// (`<path>.<pid>.new`) and moved over `<path>` by [`UpgradeSocket::publish`]
+/// once the server serves. Dropped unpublished (a failed start), it
+/// removes its private path and leaves `<path>` (the running ringlb's) alone.
+pub(crate) struct UpgradeSocket {
+    listener: std::os::unix::net::UnixListener,
+    /// Where it is bound until published.
+    private: PathBuf,
+    /// Where newer ringlbs look for it.
+    path: PathBuf,
+    published: bool,
+}
+
+impl UpgradeSocket {
+    pub(crate) fn bind(path: &Path) -> crate::Result<UpgradeSocket> {
+        let mut private = path.as_os_str().to_owned();
+        private.push(format!(".{}.new", std::process::id()));
+        let private = PathBuf::from(private);
+        // A leftover of an earlier process that had our pid.
+        let _ = std::fs::remove_file(&private);
+        let listener = std::os::unix::net::UnixListener::bind(&private).map_err(|e| {
+            crate::Error::io(
+                format!(
+                    "binding the upgrade socket {} (is its directory there and writable?)",
+                    private.display()
+                ),
+                e,
+            )
+        })?;
+        let socket = UpgradeSocket {
+            listener,
+            private,
+            path: path.to_path_buf(),
+            published: false,
+        };
+        socket
+            .listener
+            .set_nonblocking(true)
+            .map_err(|e| crate::Error::io("making the upgrade socket non-blocking", e))?;
+        Ok(socket)
+    }
+
+    /// A copy of the listener, for the control plane.
+    pub(crate) fn listener(&self) -> crate::Result<std::os::unix::net::UnixListener> {
+        self.listener
+            .try_clone()
+            .map_err(|e| crate::Error::io("copying the upgrade socket", e))
+    }
+
+    /// Moves the socket over the public path (atomically replacing the old
+    /// process's, or a stale file).
+    pub(crate) fn publish(mut self) -> crate::Result<()> {
+        std::fs::rename(&self.private, &self.path).map_err(|e| {
+            crate::Error::io(
+                format!(
+                    "moving the upgrade socket {} to {}",
+                    self.private.display(),
+                    self.path.display()
+                ),
+                e,
+            )
+        })?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for UpgradeSocket {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.private);
+        }
+    }
+}
+
+/// The admin API's listener among the inherited sockets: the old process's
+/// (handed over on upgrade; a port of 0 in the config takes it whatever its
+/// port), or one systemd passed for exactly `addr`.
+pub(crate) fn take_admin_listener(
+    addr: SocketAddr,
+    inherited: &mut Vec<Inherited>,
+) -> Option<socket2::Socket> {
+    let pos = inherited.iter().position(|i| {
+        if i.admin {
+            i.addr == addr || (addr.port() == 0 && i.addr.ip() == addr.ip())
+        } else {
+            i.service.is_none() && addr.port() != 0 && i.addr == addr
+        }
+    })?;
+    let found = inherited.swap_remove(pos);
+    tracing::info!(admin = %found.addr, "using the inherited admin listener");
+    Some(found.socket)
 }
 
 #[cfg(test)]

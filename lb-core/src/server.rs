@@ -32,10 +32,11 @@ use crate::budget::{self, FdBudget};
 use crate::config::{AdminState, Config, Forwarding, Workers};
 use crate::control::command::{self, Command};
 use crate::control::{
-    AdminTask, ControlPlane, ControlSetup, Registry, RegistryError, ReloadError, ReloadSummary,
+    AdminTask, ControlPlane, ControlSetup, ListenerCopies, Registry, RegistryError, ReloadError,
+    ReloadSummary,
 };
 use crate::engine::{self, EngineChoice};
-use crate::handover::Inherited;
+use crate::handover::{take_admin_listener, Inherited, UpgradeSocket};
 use crate::snapshot::SnapshotCell;
 use crate::stats::ConnectionBudget;
 use crate::supervisor::{watchdog_verdict, End, Ended, Heartbeat, Supervisor, Verdict};
@@ -134,6 +135,9 @@ pub struct Server {
     /// The control plane's heartbeat (its runtime bumps it every 250 ms),
     /// for the watchdog.
     control_beat: Arc<AtomicU64>,
+    /// The control plane's copies of the listening sockets, stopped when a
+    /// thread dies.
+    listeners: ListenerCopies,
 }
 
 impl Server {
@@ -176,7 +180,7 @@ impl Server {
         let mut per_worker: Vec<Vec<Listener>> = (0..worker_count).map(|_| Vec::new()).collect();
         let mut listening = Vec::new();
         let mut listen_table = Vec::new();
-        let mut handover = Vec::new();
+        let handover = ListenerCopies::default();
         for svc in &config.services {
             let stats = registry
                 .service_stats(&svc.name)
@@ -267,7 +271,7 @@ impl Server {
             supervisor: supervisor.clone(),
             heartbeat: control_beat.clone(),
             registry,
-            handover,
+            handover: handover.clone(),
             admin_handover,
             upgrade: upgrade_listener,
             upgrade_command: options
@@ -372,6 +376,7 @@ impl Server {
             worker_controls,
             ends,
             control_beat,
+            listeners: handover,
         })
     }
 
@@ -465,6 +470,9 @@ impl Server {
                 continue;
             };
             if let Some(reason) = end.death().map(str::to_owned) {
+                // New clients are refused from here on, not queued on
+                // sockets that live a little past the exit (io_uring).
+                self.listeners.stop_all();
                 // Leave the other threads as they are (the process is about
                 // to exit); dropping the handles detaches them, so the drop
                 // of `self` joins nothing.
@@ -522,100 +530,6 @@ impl Drop for Server {
             }
         }
     }
-}
-
-/// The upgrade socket while the server starts: bound at a private path
-/// (`<path>.<pid>.new`) and moved over `<path>` by [`UpgradeSocket::publish`]
-/// once the server serves. Dropped unpublished (a failed start), it
-/// removes its private path and leaves `<path>` (the running ringlb's) alone.
-struct UpgradeSocket {
-    listener: std::os::unix::net::UnixListener,
-    /// Where it is bound until published.
-    private: PathBuf,
-    /// Where newer ringlbs look for it.
-    path: PathBuf,
-    published: bool,
-}
-
-impl UpgradeSocket {
-    fn bind(path: &std::path::Path) -> Result<UpgradeSocket> {
-        let mut private = path.as_os_str().to_owned();
-        private.push(format!(".{}.new", std::process::id()));
-        let private = PathBuf::from(private);
-        // A leftover of an earlier process that had our pid.
-        let _ = std::fs::remove_file(&private);
-        let listener = std::os::unix::net::UnixListener::bind(&private).map_err(|e| {
-            Error::io(
-                format!(
-                    "binding the upgrade socket {} (is its directory there and writable?)",
-                    private.display()
-                ),
-                e,
-            )
-        })?;
-        let socket = UpgradeSocket {
-            listener,
-            private,
-            path: path.to_path_buf(),
-            published: false,
-        };
-        socket
-            .listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("making the upgrade socket non-blocking", e))?;
-        Ok(socket)
-    }
-
-    /// A copy of the listener, for the control plane.
-    fn listener(&self) -> Result<std::os::unix::net::UnixListener> {
-        self.listener
-            .try_clone()
-            .map_err(|e| Error::io("copying the upgrade socket", e))
-    }
-
-    /// Moves the socket over the public path (atomically replacing the old
-    /// process's, or a stale file).
-    fn publish(mut self) -> Result<()> {
-        std::fs::rename(&self.private, &self.path).map_err(|e| {
-            Error::io(
-                format!(
-                    "moving the upgrade socket {} to {}",
-                    self.private.display(),
-                    self.path.display()
-                ),
-                e,
-            )
-        })?;
-        self.published = true;
-        Ok(())
-    }
-}
-
-impl Drop for UpgradeSocket {
-    fn drop(&mut self) {
-        if !self.published {
-            let _ = std::fs::remove_file(&self.private);
-        }
-    }
-}
-
-/// The admin API's listener among the inherited sockets: the old process's
-/// (handed over on upgrade; a port of 0 in the config takes it whatever its
-/// port), or one systemd passed for exactly `addr`.
-fn take_admin_listener(
-    addr: SocketAddr,
-    inherited: &mut Vec<Inherited>,
-) -> Option<socket2::Socket> {
-    let pos = inherited.iter().position(|i| {
-        if i.admin {
-            i.addr == addr || (addr.port() == 0 && i.addr.ip() == addr.ip())
-        } else {
-            i.service.is_none() && addr.port() != 0 && i.addr == addr
-        }
-    })?;
-    let found = inherited.swap_remove(pos);
-    tracing::info!(admin = %found.addr, "using the inherited admin listener");
-    Some(found.socket)
 }
 
 /// Workers a config runs: its count, or one per core.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::status::StatusView;
-use super::{Command, Health, Registry, RegistryError, ReloadSummary};
+use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
 use crate::budget::{self, BudgetError};
 use crate::config::{Config, ConfigError};
 use crate::failpoint::failpoint;
@@ -56,8 +56,9 @@ pub(crate) struct ControlSetup {
     pub(crate) heartbeat: Arc<AtomicU64>,
     /// Built from the config; its first snapshot is already published.
     pub(crate) registry: Registry,
-    /// A copy of every listening socket, for binary upgrades.
-    pub(crate) handover: Vec<(String, SocketAddr, socket2::Socket)>,
+    /// A copy of every listening socket, for binary upgrades (shared with
+    /// the main thread, which stops them if a thread dies).
+    pub(crate) handover: ListenerCopies,
     /// A copy of the admin API's listener (and its address), for binary
     /// upgrades; None with `admin = "off"`.
     pub(crate) admin_handover: Option<(SocketAddr, socket2::Socket)>,
@@ -138,7 +139,7 @@ pub(crate) struct ControlPlane {
     pub(super) registry: Registry,
     /// A copy of every listening socket, to hand to a new ringlb on upgrade
     /// (closed when draining, so the kernel stops queueing to them).
-    handover: Vec<(String, SocketAddr, socket2::Socket)>,
+    handover: ListenerCopies,
     /// The same for the admin API's listener (closed when draining).
     admin_handover: Option<(SocketAddr, socket2::Socket)>,
     /// Where a new ringlb asks for the sockets.
@@ -366,11 +367,7 @@ impl ControlPlane {
             tracing::warn!("a second new ringlb asks for the listening sockets while one takes them over: refused");
             return;
         }
-        let sockets: Vec<(String, SocketAddr, socket2::Socket)> = self
-            .handover
-            .iter()
-            .filter_map(|(s, a, sock)| sock.try_clone().ok().map(|c| (s.clone(), *a, c)))
-            .collect();
+        let sockets = self.handover.duplicate();
         let admin: Option<(SocketAddr, socket2::Socket)> = self
             .admin_handover
             .as_ref()
