@@ -105,11 +105,13 @@ pub enum ReloadError {
     #[error(transparent)]
     Budget(#[from] BudgetError),
     /// A listen address new in the file cannot be bound.
-    #[error("cannot listen on {addr} for service {service}: {source}")]
+    /// (`cause`, not `source`: the message carries it, and an error chain
+    /// printer would print it a second time.)
+    #[error("cannot listen on {addr} for service {service}: {cause}")]
     Listen {
         service: String,
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The new backend tables cannot be built. (Unlike the others this one
     /// comes after the registry took the new file; the workers keep the last
@@ -504,11 +506,11 @@ impl ControlPlane {
             let mut bound = *addr;
             let mut sockets = Vec::with_capacity(self.workers.len());
             for _ in &self.workers {
-                let socket = sys::reuseport_listener(bound, sys::BACKLOG).map_err(|source| {
+                let socket = sys::reuseport_listener(bound, sys::BACKLOG).map_err(|cause| {
                     ReloadError::Listen {
                         service: service.clone(),
                         addr: *addr,
-                        source,
+                        cause,
                     }
                 })?;
                 if bound.port() == 0 {
@@ -753,12 +755,14 @@ mod tests {
         let listen = ReloadError::Listen {
             service: "web".into(),
             addr: SocketAddr::from(([127, 0, 0, 1], 80)),
-            source: std::io::Error::other("in use"),
+            cause: std::io::Error::other("in use"),
         };
         assert_eq!(
             listen.to_string(),
             "cannot listen on 127.0.0.1:80 for service web: in use"
         );
+        // Said once: a chain printer (`{:#}`) adds no second "in use".
+        assert!(std::error::Error::source(&listen).is_none());
         let refused = RegistryError::NoService("web".into());
         assert_eq!(
             ReloadError::from(refused.clone()).to_string(),
