@@ -27,6 +27,10 @@ mod stats;
 mod sys;
 mod worker;
 
+// Hostile-input property tests (test-only).
+#[cfg(test)]
+mod fuzz;
+
 pub use error::{Error, Result};
 
 // The public surface: what the binary, the benches and the tests use.
