@@ -130,14 +130,24 @@ pub(crate) fn judge(status: u16, body: &[u8], degraded: DegradedIs) -> Result<()
         state == "HEALTHY" || (degraded == DegradedIs::Healthy && state == "DEGRADED")
     };
     if !acceptable(&health.router.state) {
-        return Err(Reason::RouterState(health.router.state));
+        return Err(Reason::RouterState(cut(&health.router.state)));
     }
     match health.services.into_iter().find(|s| !acceptable(&s.state)) {
         None => Ok(()),
         Some(s) => Err(Reason::ServiceState {
-            id: s.service_id.unwrap_or_else(|| "?".to_owned()),
-            state: s.state,
+            id: s.service_id.as_deref().map_or_else(|| "?".to_owned(), cut),
+            state: cut(&s.state),
         }),
+    }
+}
+
+/// A string from the answer, cut to [`BODY_EXCERPT_CHARS`] characters
+/// (`…` marks a cut): a backend must not make the reasons about it, which
+/// are logged and kept, as long as its answer.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(BODY_EXCERPT_CHARS) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
     }
 }
 
