@@ -19,7 +19,7 @@
 //! The old side runs on the control-plane thread (tokio); the new side runs
 //! at start-up on the main thread (blocking, with timeouts).
 
-use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -36,6 +36,8 @@ const HELLO: &str = "takeover v1";
 const READY: &str = "ready";
 /// Room for one message's JSON body.
 const BODY_MAX: usize = 64 * 1024;
+/// Longest line read from the new process (`takeover v1`, `ready`).
+const LINE_MAX: u64 = 64;
 
 /// A listening socket received from another process (upgrade) or from
 /// systemd (socket activation).
@@ -84,22 +86,7 @@ pub fn take_over(path: &Path, timeout: Duration) -> io::Result<(Vec<Inherited>, 
     let mut out = Vec::new();
     loop {
         let (body, fds) = recv_batch(stream.as_raw_fd())?;
-        let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad handover message: {e}"),
-            )
-        })?;
-        if batch.listeners.len() != fds.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "handover message lists {} sockets but carries {}",
-                    batch.listeners.len(),
-                    fds.len()
-                ),
-            ));
-        }
+        let batch = decode_batch(&body, fds.len())?;
         for (entry, fd) in batch.listeners.into_iter().zip(fds) {
             out.push(Inherited {
                 service: Some(entry.service),
@@ -112,6 +99,27 @@ pub fn take_over(path: &Path, timeout: Duration) -> io::Result<(Vec<Inherited>, 
         }
     }
     Ok((out, Takeover { stream }))
+}
+
+/// Reads one message's JSON body, which must list as many sockets as it
+/// carries (`fds`).
+fn decode_batch(body: &[u8], fds: usize) -> io::Result<Batch> {
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad handover message: {e}"),
+        )
+    })?;
+    if batch.listeners.len() != fds {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "handover message lists {} sockets but carries {fds}",
+                batch.listeners.len(),
+            ),
+        ));
+    }
+    Ok(batch)
 }
 
 fn recv_batch(fd: RawFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
@@ -158,7 +166,9 @@ pub(crate) fn serve_takeover(
     stream.set_write_timeout(Some(timeout))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    // Lines are read bounded: whoever can reach the socket could
+    // otherwise send one endless line into memory.
+    (&mut reader).take(LINE_MAX).read_line(&mut line)?;
     if line.trim_end() != HELLO {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -193,7 +203,7 @@ pub(crate) fn serve_takeover(
         .map_err(io::Error::from)?;
     }
     line.clear();
-    reader.read_line(&mut line)?;
+    (&mut reader).take(LINE_MAX).read_line(&mut line)?;
     if line.trim_end() == READY {
         Ok(())
     } else {
@@ -203,6 +213,10 @@ pub(crate) fn serve_takeover(
         ))
     }
 }
+
+// Hostile-input property tests (src/fuzz.rs).
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
