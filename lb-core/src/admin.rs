@@ -570,7 +570,10 @@ async fn read_weight(body: Incoming) -> Result<NonZeroU32, Response<Full<Bytes>>
 /// Parses `{"weight": N}`; the error says what was wrong.
 fn parse_weight(bytes: &[u8]) -> Result<NonZeroU32, String> {
     let body: WeightBody = serde_json::from_slice(bytes).map_err(|e| {
-        format!("the body must be JSON {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}: {e}")
+        format!(
+            "the body must be JSON {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}: {}",
+            crate::excerpt::json_error(&e)
+        )
     })?;
     Weight::try_from(body.weight)
         .map(Weight::get)

@@ -107,7 +107,7 @@ fn decode_batch(body: &[u8], fds: usize) -> io::Result<Batch> {
     let batch: Batch = serde_json::from_slice(body).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("bad handover message: {e}"),
+            format!("bad handover message: {}", crate::excerpt::json_error(&e)),
         )
     })?;
     if batch.listeners.len() != fds {

@@ -13,6 +13,7 @@ mod control;
 mod demo;
 mod engine;
 mod error;
+mod excerpt;
 mod handover;
 mod hash;
 mod health;

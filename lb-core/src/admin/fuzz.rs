@@ -124,3 +124,16 @@ proptest! {
         }
     }
 }
+
+/// Found by the `admin` target (`{"wwww…": 1}`): serde's "unknown field"
+/// quoted the whole field name, so a 64 KiB body drew a 64 KiB error.
+#[test]
+fn a_long_unknown_field_is_cut_in_the_weight_error() {
+    let body = format!("{{\"{}\": 1}}", "w".repeat(60_000));
+    let message = parse_weight(body.as_bytes()).expect_err("not a weight body");
+    assert!(message.len() <= 300, "an error of {} bytes", message.len());
+    assert!(
+        message.ends_with("at line 1 column 60003"),
+        "{message:.300}"
+    );
+}

@@ -291,7 +291,8 @@ pub(crate) fn parse_join(body: &[u8]) -> Result<Backend, String> {
     let body: JoinBody = serde_json::from_slice(body).map_err(|e| {
         format!(
             "the body must be JSON {{\"name\": \"…\", \"address\": \"IP:port\", \"weight\": N}} \
-             (weight optional, 1 to {MAX_WEIGHT}): {e}"
+             (weight optional, 1 to {MAX_WEIGHT}): {}",
+            crate::excerpt::json_error(&e)
         )
     })?;
     let name = BackendName::parse(&body.name).map_err(|e| e.to_string())?;
@@ -305,8 +306,12 @@ pub(crate) fn parse_join(body: &[u8]) -> Result<Backend, String> {
 
 /// Parses a leave body into the backend's name.
 pub(crate) fn parse_leave(body: &[u8]) -> Result<String, String> {
-    let body: LeaveBody = serde_json::from_slice(body)
-        .map_err(|e| format!("the body must be JSON {{\"name\": \"…\"}}: {e}"))?;
+    let body: LeaveBody = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the body must be JSON {{\"name\": \"…\"}}: {}",
+            crate::excerpt::json_error(&e)
+        )
+    })?;
     let name = BackendName::parse(&body.name).map_err(|e| e.to_string())?;
     Ok(name.into_string())
 }

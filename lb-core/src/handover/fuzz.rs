@@ -115,3 +115,15 @@ fn an_endless_first_line_is_cut_short() {
     assert!(sent < 16 << 20, "the old side read all {sent} bytes");
     assert!(took < Duration::from_secs(2), "took {took:?}");
 }
+
+/// A bad batch's error quoted the message (up to 64 KiB) too.
+#[test]
+fn a_bad_batch_error_is_short() {
+    let body = format!("{{\"listeners\": \"{}\"}}", "z".repeat(60_000));
+    let e = decode_batch(body.as_bytes(), 0).expect_err("not a batch");
+    assert!(
+        e.to_string().len() <= 300,
+        "an error of {} bytes",
+        e.to_string().len()
+    );
+}

@@ -187,3 +187,12 @@ fn long_states_and_service_ids_are_cut_in_the_reason() {
         );
     }
 }
+
+/// A JSON error quoted the answer too (`invalid type: string "…"`).
+#[test]
+fn json_errors_in_health_answers_are_short() {
+    let body = format!(r#"{{"router":"{}"}}"#, "y".repeat(10_000));
+    let reason = judge(200, body.as_bytes(), DegradedIs::Unhealthy).expect_err("bad JSON");
+    let shown = reason.to_string();
+    assert!(shown.len() <= 300, "a reason of {} bytes", shown.len());
+}

@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::DegradedIs;
+use crate::excerpt::{self, json_error};
 
 /// Bytes of an unexpected body kept for the log line.
 const BODY_EXCERPT_CHARS: usize = 64;
@@ -125,7 +126,7 @@ pub(crate) fn judge(status: u16, body: &[u8], degraded: DegradedIs) -> Result<()
         return Err(Reason::UnexpectedBody(excerpt));
     }
     let health: RouterHealth =
-        serde_json::from_slice(trimmed).map_err(|e| Reason::BadJson(e.to_string()))?;
+        serde_json::from_slice(trimmed).map_err(|e| Reason::BadJson(json_error(&e)))?;
     let acceptable = |state: &str| {
         state == "HEALTHY" || (degraded == DegradedIs::Healthy && state == "DEGRADED")
     };
@@ -141,14 +142,11 @@ pub(crate) fn judge(status: u16, body: &[u8], degraded: DegradedIs) -> Result<()
     }
 }
 
-/// A string from the answer, cut to [`BODY_EXCERPT_CHARS`] characters
-/// (`…` marks a cut): a backend must not make the reasons about it, which
-/// are logged and kept, as long as its answer.
+/// A string from the answer, cut to [`BODY_EXCERPT_CHARS`] characters: a
+/// backend must not make the reasons about it, which are logged and kept,
+/// as long as its answer.
 fn cut(text: &str) -> String {
-    match text.char_indices().nth(BODY_EXCERPT_CHARS) {
-        None => text.to_owned(),
-        Some((end, _)) => format!("{}…", &text[..end]),
-    }
+    excerpt::cut(text, BODY_EXCERPT_CHARS)
 }
 
 #[cfg(test)]

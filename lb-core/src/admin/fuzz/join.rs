@@ -74,3 +74,16 @@ proptest! {
         }
     }
 }
+
+/// Found by the `join` target (`{",255.255,2…`, `{"name": ",0…`): the
+/// "unknown field" error quoted the whole field name back.
+#[test]
+fn long_unknown_fields_are_cut_in_join_and_leave_errors() {
+    let body = format!("{{\"{}\": 1}}", "x".repeat(60_000));
+    let join = parse_join(body.as_bytes()).expect_err("not a join body");
+    let leave = parse_leave(body.as_bytes()).expect_err("not a leave body");
+    for message in [join, leave] {
+        assert!(message.len() <= 400, "an error of {} bytes", message.len());
+        assert!(message.contains("at line 1 column"), "{message:.300}");
+    }
+}
