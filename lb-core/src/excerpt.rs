@@ -15,6 +15,19 @@ pub(crate) fn cut(text: &str, max: usize) -> String {
     }
 }
 
+/// `text` cut in the middle to about `max` characters: both ends kept
+/// (a config error starts with the key and ends with its hint).
+pub(crate) fn cut_middle(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_owned();
+    }
+    let half = max / 2;
+    let head: String = text.chars().take(half).collect();
+    let tail: String = text.chars().skip(count - half).collect();
+    format!("{head} … {tail}")
+}
+
 /// A serde_json error as one short line: what it says, cut (it may quote
 /// the input: a field name, a string), then where (`at line L column C`),
 /// kept whole.
@@ -39,6 +52,8 @@ mod tests {
         assert_eq!(cut("abc", 3), "abc");
         assert_eq!(cut("abcd", 3), "abc…");
         assert_eq!(cut("ééé", 2), "éé…");
+        assert_eq!(cut_middle("abcdef", 6), "abcdef");
+        assert_eq!(cut_middle("abcdefg", 4), "ab … fg");
     }
 
     #[test]
