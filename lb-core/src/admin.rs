@@ -122,8 +122,8 @@ impl AdminContext {
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             join_failures: Mutex::new(FailureLimiter::new(
-                join::FAILURE_BURST,
-                join::FAILURE_REFILL,
+                join::PEER_FAILURES,
+                join::GLOBAL_FAILURES,
                 join::FAILURE_PEERS,
             )),
         }
