@@ -193,7 +193,7 @@ fn garbage(rng: &mut StdRng) -> Vec<u8> {
         }
         2 => {
             let mut r = b"GET / HTTP/1.1\r\nHost: ringlb\r\nX-Big: ".to_vec();
-            r.extend(std::iter::repeat(b'a').take(20 << 10));
+            r.extend(std::iter::repeat_n(b'a', 20 << 10));
             r.extend_from_slice(b"\r\n\r\n");
             r
         }
