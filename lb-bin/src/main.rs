@@ -131,8 +131,32 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     }
 }
 
+/// Shortest join key that `ringlb check` and the start-up accept without a
+/// warning: 16 random characters are out of reach of the join endpoint's
+/// guess budget (60 a minute), a word is not.
+const MIN_JOIN_KEY_CHARS: usize = 16;
+
+/// What is valid but unwise in a config, one line each.
+fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(key) = &config.global.join_key {
+        let chars = key.chars().count();
+        if chars < MIN_JOIN_KEY_CHARS {
+            out.push(format!(
+                "the join key is {chars} characters long: use at least {MIN_JOIN_KEY_CHARS} random \
+                 ones (e.g. `openssl rand -hex 16`); a short key can be guessed"
+            ));
+        }
+    }
+    out
+}
+
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
+    for warning in warnings(&config) {
+        // Not eprintln!: it panics when stderr is closed.
+        let _ = writeln!(std::io::stderr(), "{}: warning: {warning}", path.display());
+    }
     let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
     // What start-up would compute under this process's open-files limit.
     let budget = lb_core::connection_budget(&config)
@@ -156,6 +180,9 @@ fn run(
 ) -> anyhow::Result<()> {
     let config = Config::from_file(path)?;
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "ringlb starting");
+    for warning in warnings(&config) {
+        tracing::warn!(config = %path.display(), "{warning}");
+    }
     // Socket activation: systemd's sockets serve the listen addresses they
     // are bound to (matched by address), so they survive restarts.
     let activated = socket_activation(passed)?;

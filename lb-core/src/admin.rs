@@ -25,6 +25,10 @@ pub(crate) mod join;
 pub(crate) mod limit;
 pub(crate) mod view;
 
+// Hostile-input property tests (src/fuzz.rs).
+#[cfg(test)]
+mod fuzz;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -129,8 +133,8 @@ impl AdminContext {
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             join_failures: Mutex::new(FailureLimiter::new(
-                join::FAILURE_BURST,
-                join::FAILURE_REFILL,
+                join::PEER_FAILURES,
+                join::GLOBAL_FAILURES,
                 join::FAILURE_PEERS,
             )),
             supervisor,
@@ -599,15 +603,20 @@ async fn read_body(body: Incoming) -> Result<Bytes, Response<Full<Bytes>>> {
 /// Reads and checks `{"weight": N}`; the error is the answer to send.
 async fn read_weight(body: Incoming) -> Result<NonZeroU32, Response<Full<Bytes>>> {
     let bytes = read_body(body).await?;
-    let body: WeightBody = serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the body must be JSON {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}: {e}"),
+    parse_weight(&bytes).map_err(|message| error(StatusCode::BAD_REQUEST, message))
+}
+
+/// Parses `{"weight": N}`; the error says what was wrong.
+fn parse_weight(bytes: &[u8]) -> Result<NonZeroU32, String> {
+    let body: WeightBody = serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "the body must be JSON {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}: {}",
+            crate::excerpt::json_error(&e)
         )
     })?;
     Weight::try_from(body.weight)
         .map(Weight::get)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 fn page() -> Response<Full<Bytes>> {

@@ -15,6 +15,8 @@
 //! types below are the contract other modules code against.
 
 mod backend;
+#[cfg(test)]
+mod fuzz;
 mod locate;
 mod raw;
 mod validate;

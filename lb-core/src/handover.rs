@@ -32,7 +32,7 @@
 //! private path, published over the public one only once the new process
 //! serves ([`UpgradeSocket`]).
 
-use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -53,6 +53,8 @@ const HELLO_V1: &str = "takeover v1";
 const READY: &str = "ready";
 /// Room for one message's JSON body.
 const BODY_MAX: usize = 64 * 1024;
+/// Longest line read from the new process (`takeover v2`, `ready`).
+const LINE_MAX: u64 = 64;
 
 /// A listening socket received from another process (upgrade) or from
 /// systemd (socket activation).
@@ -170,22 +172,7 @@ fn take_over_as(
             Err(e) => return Err(e),
         };
         first = false;
-        let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad handover message: {e}"),
-            )
-        })?;
-        if batch.listeners.len() != fds.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "handover message lists {} sockets but carries {}",
-                    batch.listeners.len(),
-                    fds.len()
-                ),
-            ));
-        }
+        let batch = decode_batch(&body, fds.len())?;
         for (entry, fd) in batch.listeners.into_iter().zip(fds) {
             let admin = entry.kind == Kind::Admin;
             out.push(Inherited {
@@ -200,6 +187,27 @@ fn take_over_as(
         }
     }
     Ok((out, Takeover { stream }))
+}
+
+/// Reads one message's JSON body, which must list as many sockets as it
+/// carries (`fds`).
+fn decode_batch(body: &[u8], fds: usize) -> io::Result<Batch> {
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad handover message: {}", crate::excerpt::json_error(&e)),
+        )
+    })?;
+    if batch.listeners.len() != fds {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "handover message lists {} sockets but carries {fds}",
+                batch.listeners.len(),
+            ),
+        ));
+    }
+    Ok(batch)
 }
 
 fn recv_batch(fd: RawFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
@@ -259,7 +267,9 @@ pub(crate) fn serve_takeover(
     }
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    // Lines are read bounded: whoever can reach the socket could
+    // otherwise send one endless line into memory.
+    (&mut reader).take(LINE_MAX).read_line(&mut line)?;
     let with_admin = match line.trim_end() {
         HELLO => true,
         HELLO_V1 => false,
@@ -312,7 +322,7 @@ pub(crate) fn serve_takeover(
         .map_err(io::Error::from)?;
     }
     line.clear();
-    reader.read_line(&mut line)?;
+    (&mut reader).take(LINE_MAX).read_line(&mut line)?;
     if line.trim_end() == READY {
         Ok(peer.pid() as u32)
     } else {
@@ -416,6 +426,10 @@ pub(crate) fn take_admin_listener(
     tracing::info!(admin = %found.addr, "using the inherited admin listener");
     Some(found.socket)
 }
+
+// Hostile-input property tests (src/fuzz.rs).
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

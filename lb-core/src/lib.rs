@@ -14,6 +14,7 @@ mod control;
 mod demo;
 mod engine;
 mod error;
+mod excerpt;
 mod failpoint;
 mod handover;
 mod hash;
@@ -29,6 +30,10 @@ mod stats;
 mod supervisor;
 mod sys;
 mod worker;
+
+// Hostile-input property tests (test-only).
+#[cfg(test)]
+mod fuzz;
 
 pub use budget::{BudgetError, FdBudget, Reserve};
 pub use error::{Error, Result};

@@ -130,8 +130,9 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     worker_controls: Vec<Arc<WorkerControl>>,
     /// How each supervised thread ended and which task died, as they do:
-    /// what `wait` watches.
-    ends: Receiver<End>,
+    /// what `wait` watches. (In a Mutex only so that a `&Server` can be
+    /// shared between threads; `wait` takes it out.)
+    ends: std::sync::Mutex<Receiver<End>>,
     /// The control plane's heartbeat (its runtime bumps it every 250 ms),
     /// for the watchdog.
     control_beat: Arc<AtomicU64>,
@@ -374,7 +375,7 @@ impl Server {
             control_thread: Some(control_thread),
             workers,
             worker_controls,
-            ends,
+            ends: std::sync::Mutex::new(ends),
             control_beat,
             listeners: handover,
         })
@@ -431,20 +432,19 @@ impl Server {
                 start,
             ));
         }
+        let ends = self.ends.get_mut().unwrap_or_else(|p| p.into_inner());
+        let ends = std::mem::replace(ends, std::sync::mpsc::channel().1);
         let mut next_ping = ping_every.map(|p| start + p);
         let mut running = beats.len();
         let mut withheld: Option<String> = None;
         while running > 0 {
             let end = match next_ping {
-                Some(at) => match self
-                    .ends
-                    .recv_timeout(at.saturating_duration_since(Instant::now()))
-                {
+                Some(at) => match ends.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(end) => Some(end),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
-                None => match self.ends.recv() {
+                None => match ends.recv() {
                     Ok(end) => Some(end),
                     Err(_) => break,
                 },

@@ -158,6 +158,44 @@ fn check_accepts_a_good_config() {
     );
 }
 
+/// A join key shorter than 16 characters is valid but draws a warning
+/// (the config stays good: exit 0); a long one draws none.
+#[test]
+fn check_warns_about_a_short_join_key() {
+    let short = GOOD.replacen("[global]\n", "[global]\njoin_key = \"guessable\"\n", 1);
+    let (finished, path) = check(&short);
+    assert!(
+        finished.status.success(),
+        "exit {:?}: {}",
+        finished.status,
+        finished.stderr
+    );
+    assert!(
+        finished.stderr.contains(&format!(
+            "{path}: warning: the join key is 9 characters long"
+        )) && finished.stderr.contains("at least 16"),
+        "no warning about the short join key; stderr: {:?}",
+        finished.stderr
+    );
+    let long = GOOD.replacen(
+        "[global]\n",
+        "[global]\njoin_key = \"3f9a1c0d7e2b4a6f8c1d\"\n",
+        1,
+    );
+    let (finished, _) = check(&long);
+    assert!(
+        finished.status.success(),
+        "exit {:?}: {}",
+        finished.status,
+        finished.stderr
+    );
+    assert!(
+        !finished.stderr.contains("warning"),
+        "a 20-character key drew a warning: {:?}",
+        finished.stderr
+    );
+}
+
 #[test]
 fn check_rejects_an_unknown_key() {
     assert_rejected(

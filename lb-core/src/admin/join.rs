@@ -31,19 +31,30 @@ use hyper::{Request, Response};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{constant_time_eq, Credentials};
+use super::limit::{Budget, Refusal};
 use super::view::BackendDoc;
 use super::{error, json, read_body, unavailable, AdminContext, Unavailable};
 use crate::config::{Backend, BackendAddr, BackendName, Weight, MAX_WEIGHT};
 use crate::control::command::Command;
 use crate::control::{JoinError, JoinOutcome};
 
-/// Failed key attempts a peer may make at once…
-pub(crate) const FAILURE_BURST: NonZeroU32 = match NonZeroU32::new(5) {
-    Some(n) => n,
-    None => NonZeroU32::MIN,
+/// Failed key attempts a peer may make: 5 at once, then one per 10 s.
+pub(crate) const PEER_FAILURES: Budget = Budget {
+    burst: match NonZeroU32::new(5) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    },
+    refill: Duration::from_secs(10),
 };
-/// …and then one per this period.
-pub(crate) const FAILURE_REFILL: Duration = Duration::from_secs(10);
+/// Failed key attempts all peers together may make: 30 at once, then one
+/// per 2 s; so at most 60 in any minute, however many addresses guess.
+pub(crate) const GLOBAL_FAILURES: Budget = Budget {
+    burst: match NonZeroU32::new(30) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    },
+    refill: Duration::from_secs(2),
+};
 /// Peers whose failures are remembered at once (an entry is a few dozen
 /// bytes: the table stays under a megabyte).
 pub(crate) const FAILURE_PEERS: usize = 4096;
@@ -161,16 +172,21 @@ impl AdminContext {
             .join_failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Err(wait) = failures.check(peer, now) {
+        if let Err(refusal) = failures.check(peer, now) {
             drop(failures);
+            let (Refusal::Peer(wait) | Refusal::Everyone(wait)) = refusal;
             let secs = wait
                 .as_secs()
                 .saturating_add(u64::from(wait.subsec_nanos() > 0))
                 .max(1);
-            tracing::debug!(peer = %peer, retry_after = secs, "join refused: too many failed attempts");
+            let whose = match refusal {
+                Refusal::Peer(_) => "from your address",
+                Refusal::Everyone(_) => "from all addresses together (a guessing attack?)",
+            };
+            tracing::debug!(peer = %peer, retry_after = secs, whose, "join refused: too many failed attempts");
             let mut resp = error(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("too many failed join-key attempts from your address; retry in {secs} s"),
+                format!("too many failed join-key attempts {whose}; retry in {secs} s"),
             );
             if let Ok(value) = HeaderValue::try_from(secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, value);
@@ -291,7 +307,8 @@ pub(crate) fn parse_join(body: &[u8]) -> Result<Backend, String> {
     let body: JoinBody = serde_json::from_slice(body).map_err(|e| {
         format!(
             "the body must be JSON {{\"name\": \"…\", \"address\": \"IP:port\", \"weight\": N}} \
-             (weight optional, 1 to {MAX_WEIGHT}): {e}"
+             (weight optional, 1 to {MAX_WEIGHT}): {}",
+            crate::excerpt::json_error(&e)
         )
     })?;
     let name = BackendName::parse(&body.name).map_err(|e| e.to_string())?;
@@ -305,8 +322,12 @@ pub(crate) fn parse_join(body: &[u8]) -> Result<Backend, String> {
 
 /// Parses a leave body into the backend's name.
 pub(crate) fn parse_leave(body: &[u8]) -> Result<String, String> {
-    let body: LeaveBody = serde_json::from_slice(body)
-        .map_err(|e| format!("the body must be JSON {{\"name\": \"…\"}}: {e}"))?;
+    let body: LeaveBody = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the body must be JSON {{\"name\": \"…\"}}: {}",
+            crate::excerpt::json_error(&e)
+        )
+    })?;
     let name = BackendName::parse(&body.name).map_err(|e| e.to_string())?;
     Ok(name.into_string())
 }

@@ -5,6 +5,12 @@
 //! Successes cost nothing. Pure (the caller passes the time); owned by the
 //! admin server on the control-plane thread.
 //!
+//! Failures are also bounded for all peers together, by one more bucket:
+//! many addresses (a botnet, or every 127.0.0.x of a local user) guessing
+//! in parallel get no more guesses than the global budget, whatever each
+//! one's own bucket holds. The price: while the global budget is spent,
+//! a node with the right key is refused (429) too, until it refills.
+//!
 //! Memory is bounded: at most `max_peers` peers are tracked. A peer whose
 //! bucket has refilled holds no entry; when the table is full of peers
 //! still paying off failures, the one closest to a full bucket is
@@ -16,14 +22,52 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-/// The failure budget of every peer.
+/// How many failures a bucket allows: `burst` at once, then one per
+/// `refill`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub(crate) burst: NonZeroU32,
+    pub(crate) refill: Duration,
+}
+
+impl Budget {
+    /// How long a full bucket's worth of failures takes to be forgiven.
+    fn window(self) -> Duration {
+        self.refill.saturating_mul(self.burst.get())
+    }
+
+    /// How long until a bucket that is full at `full_at` allows one more
+    /// failure; None: now.
+    fn wait(self, full_at: Instant, now: Instant) -> Option<Duration> {
+        let owed = full_at.saturating_duration_since(now) + self.refill;
+        owed.checked_sub(self.window()).filter(|w| !w.is_zero())
+    }
+
+    /// Where `full_at` moves with one more failure at `now`.
+    fn charge(self, full_at: Option<Instant>, now: Instant) -> Instant {
+        let from = full_at.map_or(now, |t| t.max(now));
+        from.checked_add(self.refill).unwrap_or(from)
+    }
+}
+
+/// Why a join attempt is refused before its key is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// This peer spent its own budget; it may try again after this long.
+    Peer(Duration),
+    /// All peers together spent the global budget.
+    Everyone(Duration),
+}
+
+/// The failure budget of every peer, and of all peers together.
 #[derive(Debug)]
 pub(crate) struct FailureLimiter {
-    /// How long a full bucket's worth of failures takes to be forgiven:
-    /// `burst × refill`.
-    window: Duration,
-    /// One failure is forgiven per `refill`.
-    refill: Duration,
+    /// Each peer's budget.
+    peer: Budget,
+    /// The budget of all peers together.
+    global: Budget,
+    /// The instant the global bucket is full again (None: full).
+    global_full_at: Option<Instant>,
     /// Most peers tracked at once.
     max_peers: usize,
     /// Peer → the instant its bucket is full again. Absent: full. Each
@@ -33,36 +77,42 @@ pub(crate) struct FailureLimiter {
 }
 
 impl FailureLimiter {
-    pub(crate) fn new(burst: NonZeroU32, refill: Duration, max_peers: usize) -> FailureLimiter {
+    pub(crate) fn new(peer: Budget, global: Budget, max_peers: usize) -> FailureLimiter {
         FailureLimiter {
-            window: refill.saturating_mul(burst.get()),
-            refill,
+            peer,
+            global,
+            global_full_at: None,
             max_peers: max_peers.max(1),
             full_at: HashMap::new(),
         }
     }
 
-    /// Ok if `peer` may try its key now; otherwise how long until it may.
-    pub(crate) fn check(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
-        let Some(full_at) = self.full_at.get(&bucket_of(peer)) else {
-            return Ok(());
-        };
-        let owed = full_at.saturating_duration_since(now) + self.refill;
-        match owed.checked_sub(self.window) {
-            Some(wait) if !wait.is_zero() => Err(wait),
-            _ => Ok(()),
+    /// Ok if `peer` may try its key now; otherwise whose budget is spent
+    /// and how long until it may.
+    pub(crate) fn check(&self, peer: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if let Some(wait) = self
+            .full_at
+            .get(&bucket_of(peer))
+            .and_then(|&full_at| self.peer.wait(full_at, now))
+        {
+            return Err(Refusal::Peer(wait));
+        }
+        match self.global_full_at.and_then(|t| self.global.wait(t, now)) {
+            Some(wait) => Err(Refusal::Everyone(wait)),
+            None => Ok(()),
         }
     }
 
-    /// Counts a failed attempt of `peer`.
+    /// Counts a failed attempt of `peer` (against its budget and the
+    /// global one).
     pub(crate) fn fail(&mut self, peer: IpAddr, now: Instant) {
+        self.global_full_at = Some(self.global.charge(self.global_full_at, now));
         let key = bucket_of(peer);
         if !self.full_at.contains_key(&key) && self.full_at.len() >= self.max_peers {
             self.make_room(now);
         }
-        let from = self.full_at.get(&key).map_or(now, |&t| t.max(now));
-        self.full_at
-            .insert(key, from.checked_add(self.refill).unwrap_or(from));
+        let full_at = self.peer.charge(self.full_at.get(&key).copied(), now);
+        self.full_at.insert(key, full_at);
     }
 
     /// Peers tracked now.
@@ -106,7 +156,16 @@ mod tests {
     const REFILL: Duration = Duration::from_secs(10);
 
     fn limiter(max_peers: usize) -> FailureLimiter {
-        FailureLimiter::new(NonZeroU32::new(5).unwrap(), REFILL, max_peers)
+        let peer = Budget {
+            burst: NonZeroU32::new(5).unwrap(),
+            refill: REFILL,
+        };
+        // Out of the way of the per-peer tests.
+        let global = Budget {
+            burst: NonZeroU32::new(100_000).unwrap(),
+            refill: Duration::from_millis(1),
+        };
+        FailureLimiter::new(peer, global, max_peers)
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -122,16 +181,16 @@ mod tests {
             assert_eq!(l.check(peer, t0), Ok(()));
             l.fail(peer, t0);
         }
-        assert_eq!(l.check(peer, t0), Err(REFILL));
+        assert_eq!(l.check(peer, t0), Err(Refusal::Peer(REFILL)));
         assert_eq!(
             l.check(peer, t0 + Duration::from_secs(4)),
-            Err(Duration::from_secs(6))
+            Err(Refusal::Peer(Duration::from_secs(6)))
         );
         // One failure forgiven after one refill period, not two.
         let t1 = t0 + REFILL;
         assert_eq!(l.check(peer, t1), Ok(()));
         l.fail(peer, t1);
-        assert_eq!(l.check(peer, t1), Err(REFILL));
+        assert_eq!(l.check(peer, t1), Err(Refusal::Peer(REFILL)));
         // Another peer is not affected.
         assert_eq!(l.check(ip("10.0.0.2"), t1), Ok(()));
         // After the whole window the bucket is full again.
@@ -171,6 +230,46 @@ mod tests {
         }
         assert!(l.check(ip("10.0.0.9"), t0).is_err());
         assert_eq!(l.tracked(), 2);
+    }
+
+    #[test]
+    fn many_peers_together_get_no_more_than_the_global_budget() {
+        let peer = Budget {
+            burst: NonZeroU32::new(5).unwrap(),
+            refill: REFILL,
+        };
+        let global = Budget {
+            burst: NonZeroU32::new(30).unwrap(),
+            refill: Duration::from_secs(2),
+        };
+        let mut l = FailureLimiter::new(peer, global, 4096);
+        let t0 = Instant::now();
+        // 250 peers, one failure each at once: 30 get through.
+        let mut allowed = 0;
+        for i in 0..250u32 {
+            let p = IpAddr::from([127, 0, (i / 250) as u8, (i % 250) as u8 + 1]);
+            if l.check(p, t0).is_ok() {
+                allowed += 1;
+                l.fail(p, t0);
+            }
+        }
+        assert_eq!(allowed, 30);
+        // A fresh peer is refused for all, for one refill.
+        assert_eq!(
+            l.check(ip("10.9.9.9"), t0),
+            Err(Refusal::Everyone(Duration::from_secs(2)))
+        );
+        // Over a whole minute: at most burst + 60 s / refill.
+        let mut in_minute = allowed;
+        for ms in (0..60_000u64).step_by(100) {
+            let now = t0 + Duration::from_millis(ms);
+            let p = IpAddr::from([10, 1, (ms / 25_600) as u8, (ms / 100 % 256) as u8]);
+            if l.check(p, now).is_ok() {
+                in_minute += 1;
+                l.fail(p, now);
+            }
+        }
+        assert!(in_minute <= 60, "{in_minute} failures in a minute");
     }
 
     #[test]

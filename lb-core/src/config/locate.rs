@@ -44,6 +44,9 @@ impl Invalid {
     }
 }
 
+/// Longest config error message, in characters.
+const MAX_MESSAGE_CHARS: usize = 512;
+
 /// The text being loaded, and the file it came from.
 pub(super) struct Source<'a> {
     pub text: &'a str,
@@ -64,7 +67,9 @@ impl Source<'_> {
             file: self.file.map(Path::to_path_buf),
             line,
             col,
-            message: invalid.message,
+            // A value is quoted whole in some messages; line:col locates
+            // it, so a long one is cut.
+            message: crate::excerpt::cut_middle(&invalid.message, MAX_MESSAGE_CHARS),
         }
     }
 

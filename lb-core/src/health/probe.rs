@@ -537,6 +537,11 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+// Hostile-input property tests (src/fuzz.rs).
+#[cfg(test)]
+#[path = "fuzz.rs"]
+mod fuzz;
+
 #[cfg(test)]
 mod tests {
     use super::*;

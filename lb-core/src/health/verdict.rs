@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::DegradedIs;
+use crate::excerpt::{self, json_error};
 
 /// Bytes of an unexpected body kept for the log line.
 const BODY_EXCERPT_CHARS: usize = 64;
@@ -130,20 +131,27 @@ pub(crate) fn judge(status: u16, body: &[u8], degraded: DegradedIs) -> Result<()
         return Err(Reason::UnexpectedBody(excerpt));
     }
     let health: RouterHealth =
-        serde_json::from_slice(trimmed).map_err(|e| Reason::BadJson(e.to_string()))?;
+        serde_json::from_slice(trimmed).map_err(|e| Reason::BadJson(json_error(&e)))?;
     let acceptable = |state: &str| {
         state == "HEALTHY" || (degraded == DegradedIs::Healthy && state == "DEGRADED")
     };
     if !acceptable(&health.router.state) {
-        return Err(Reason::RouterState(health.router.state));
+        return Err(Reason::RouterState(cut(&health.router.state)));
     }
     match health.services.into_iter().find(|s| !acceptable(&s.state)) {
         None => Ok(()),
         Some(s) => Err(Reason::ServiceState {
-            id: s.service_id.unwrap_or_else(|| "?".to_owned()),
-            state: s.state,
+            id: s.service_id.as_deref().map_or_else(|| "?".to_owned(), cut),
+            state: cut(&s.state),
         }),
     }
+}
+
+/// A string from the answer, cut to [`BODY_EXCERPT_CHARS`] characters: a
+/// backend must not make the reasons about it, which are logged and kept,
+/// as long as its answer.
+fn cut(text: &str) -> String {
+    excerpt::cut(text, BODY_EXCERPT_CHARS)
 }
 
 #[cfg(test)]

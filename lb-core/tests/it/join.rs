@@ -501,6 +501,69 @@ fn failed_attempts_are_rate_limited_per_peer() {
     assert!(lb.backend("n1").is_some());
 }
 
+/// Key guessing is bounded for all addresses together: 60 loopback
+/// sources (127.0.0.10 …) guess 4 times each, 6 threads in parallel; each
+/// source stays inside its own budget (5), so only the global one (30 at
+/// once, then one per 2 s: at most 60 a minute) stops them. Without it all
+/// 240 guesses were looked at.
+#[test]
+fn key_guessing_from_many_addresses_is_bounded_globally() {
+    let lb = start_with_key("");
+    let n1 = named_echo_backend("n1");
+    let before = lb.fingerprint();
+    let started = Instant::now();
+    let statuses: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..6)
+            .map(|t| {
+                let lb = &lb;
+                scope.spawn(move || {
+                    let mut seen = Vec::new();
+                    for i in 0..10 {
+                        let source = format!("127.0.0.{}", 10 + t * 10 + i);
+                        for g in 0..4 {
+                            let guess = format!("guess-{t}-{i}-{g}");
+                            let r =
+                                lb.join_as(&source, "web", Key::Header(&guess), &node("n1", n1));
+                            seen.push((r.status, r.text()));
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("guessing thread"))
+            .collect()
+    });
+    let took = started.elapsed();
+    let looked_at = statuses.iter().filter(|(s, _)| *s == 401).count();
+    let limited: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(
+        looked_at + limited.len(),
+        240,
+        "only 401 and 429: {statuses:?}"
+    );
+    // 30 at once, one more per 2 s of the run.
+    let allowed = 30 + (took.as_secs() / 2) as usize + 1;
+    eprintln!(
+        "global join cap: {looked_at} of 240 guesses from 60 addresses looked at in {took:?} \
+         (cap {allowed} for this run, 60 per minute)"
+    );
+    assert!(
+        looked_at <= allowed.min(60),
+        "{looked_at} guesses looked at in {took:?} (cap {allowed})"
+    );
+    assert!(
+        limited
+            .iter()
+            .all(|(_, body)| body.contains("all addresses")),
+        "the 429 says the global budget is spent: {:?}",
+        limited.first()
+    );
+    assert_eq!(lb.fingerprint(), before, "a guess changed something");
+}
+
 #[test]
 fn the_allow_list_comes_before_the_key() {
     let lb = start_with_key("admin_allow = [\"127.0.0.2/32\"]");

@@ -20,5 +20,6 @@ mod support;
 mod admin;
 mod cluster;
 mod health;
+mod hostile;
 mod join;
 mod uring;

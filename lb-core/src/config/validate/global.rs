@@ -3,6 +3,7 @@
 //! Runs on the thread loading the config; its only I/O is reading
 //! `join_key_file`.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -229,18 +230,37 @@ fn convert_secret(secret: &Text, path: &str, what: &str) -> Result<String, Inval
     Ok(text.clone())
 }
 
+/// Longest `join_key_file` read: a key is a line of text.
+const MAX_JOIN_KEY_FILE: u64 = 4096;
+
 /// Reads `join_key_file` (relative to the config file's directory): its
 /// content, trimmed, is the key.
 fn read_join_key(file: &Text, base_dir: &Path) -> Result<String, Invalid> {
     let path = "global.join_key_file";
     let resolved = resolve(file, path, base_dir)?;
-    let bytes = std::fs::read(&resolved).map_err(|e| {
-        Invalid::at(
+    // Bounded: the path may name a device or a huge file (`/dev/zero`
+    // would otherwise be read until memory runs out).
+    let mut bytes = Vec::new();
+    std::fs::File::open(&resolved)
+        .and_then(|f| f.take(MAX_JOIN_KEY_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| {
+            Invalid::at(
+                file.span(),
+                path,
+                format!("cannot read the join key file {}: {e}", resolved.display()),
+            )
+        })?;
+    if bytes.len() as u64 > MAX_JOIN_KEY_FILE {
+        return Err(Invalid::at(
             file.span(),
             path,
-            format!("cannot read the join key file {}: {e}", resolved.display()),
-        )
-    })?;
+            format!(
+                "the join key file {} is longer than {MAX_JOIN_KEY_FILE} bytes \
+                 (it should hold only the shared secret)",
+                resolved.display()
+            ),
+        ));
+    }
     let text = String::from_utf8(bytes).map_err(|_| {
         Invalid::at(
             file.span(),

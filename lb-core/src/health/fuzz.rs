@@ -1,0 +1,198 @@
+//! Hostile input, target `health`: what a backend (or a proxy) answers a
+//! probe. Three parsers: the verdict on a body ([`judge`]: text or the
+//! router's JSON), the proxy's answer to CONNECT ([`connect_status`]), and
+//! a whole HTTP answer (status line, headers, chunked or sized body) read
+//! by [`probe`] from a real loopback server. Holds: no panic, an answer
+//! within the probe's timeout, a [`Reason`] of bounded length, JSON error
+//! positions inside the body. Test-only (see `src/fuzz.rs`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::super::verdict::{judge, Reason};
+use super::{connect_status, probe};
+use crate::config::{DegradedIs, HealthCheck, HealthKind};
+use crate::fuzz::{check_message, config, inputs, timed, MAX_MESSAGE};
+use crate::health::ProxySettings;
+
+static BODY_SEEDS: &[&[u8]] = &[
+    include_bytes!("../fuzz/corpus/health/router.json"),
+    include_bytes!("../fuzz/corpus/health/ok.txt"),
+];
+
+static ANSWER_SEEDS: &[&[u8]] = &[
+    include_bytes!("../fuzz/corpus/health/answer_ok.http"),
+    include_bytes!("../fuzz/corpus/health/answer_chunked.http"),
+    include_bytes!("../fuzz/corpus/health/connect.http"),
+];
+
+static DICT: &[&[u8]] = &[
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b",",
+    b":",
+    b"\\u0000",
+    b"\\ud800",
+    b"\"state\":",
+    b"\"router\":",
+    b"\"services\":",
+    b"\"service_id\":",
+    b"\"HEALTHY\"",
+    b"\"DEGRADED\"",
+    b"\"UNHEALTHY\"",
+    b"null",
+    b"1e999",
+    b"-0.0",
+    b"OK",
+    b"\xff\xfe",
+    b"\r\n",
+    b"\r\n\r\n",
+    b"HTTP/1.1 ",
+    b"HTTP/1.0 200 ",
+    b"HTTP/2 200",
+    b"content-length: ",
+    b"content-length: 99999999999999999999\r\n",
+    b"content-length: -1\r\n",
+    b"transfer-encoding: chunked\r\n",
+    b"ffffffffffffffff\r\n",
+    b"0\r\n\r\n",
+    b"connection: keep-alive\r\n",
+    b"x: \x01\r\n",
+    b" ",
+    b"000",
+    b"999",
+];
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn health_bodies_are_judged_briefly(
+        body in inputs(BODY_SEEDS, DICT),
+        status in prop_oneof![4 => Just(200u16), 1 => any::<u16>()],
+        degraded_healthy in any::<bool>(),
+    ) {
+        let degraded = if degraded_healthy { DegradedIs::Healthy } else { DegradedIs::Unhealthy };
+        let verdict = timed("judge", || judge(status, &body, degraded))?;
+        if let Err(reason) = verdict {
+            let shown = reason.to_string();
+            prop_assert!(shown.len() <= MAX_MESSAGE, "a reason of {} bytes", shown.len());
+            if let Reason::BadJson(why) = &reason {
+                check_message(why, body.trim_ascii())?;
+            }
+        }
+    }
+
+    #[test]
+    fn connect_answers_give_a_three_digit_status_or_none(answer in inputs(ANSWER_SEEDS, DICT)) {
+        if let Some(code) = timed("connect_status", || connect_status(&answer))? {
+            prop_assert!(code <= 999, "status {code} from {answer:?}");
+        }
+    }
+}
+
+/// A loopback server that answers each connection with the next of
+/// `answers` (after reading the request head), then closes it.
+fn answering_server(answers: std::sync::mpsc::Receiver<Vec<u8>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    std::thread::spawn(move || {
+        for answer in answers {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(&answer);
+        }
+    });
+    addr
+}
+
+proptest! {
+    #![proptest_config({
+        // A socket round trip per case: a quarter of the cases.
+        let mut c = config();
+        c.cases = (c.cases / 4).max(1);
+        c
+    })]
+
+    #[test]
+    fn whole_http_answers_end_in_a_verdict_within_the_timeout(answer in inputs(ANSWER_SEEDS, DICT)) {
+        thread_local! {
+            static SERVER: (std::sync::mpsc::Sender<Vec<u8>>, SocketAddr, tokio::runtime::Runtime) = {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let addr = answering_server(rx);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime");
+                (tx, addr, rt)
+            };
+        }
+        let check = HealthCheck {
+            kind: HealthKind::Http,
+            timeout: Duration::from_millis(500),
+            max_body: 4096,
+            ..HealthCheck::default()
+        };
+        let verdict = SERVER.with(|(tx, addr, rt)| {
+            tx.send(answer.clone()).expect("the answering server runs");
+            timed("probe", || rt.block_on(probe(&check, *addr, None, &ProxySettings::default())))
+        })?;
+        if let Err(reason) = verdict {
+            let shown = reason.to_string();
+            prop_assert!(shown.len() <= MAX_MESSAGE, "a reason of {} bytes: {shown:.200}", shown.len());
+        }
+    }
+}
+
+/// The router's JSON names states and services with strings of any
+/// length; the reason (logged, shown on the status page, kept per
+/// backend) quoted them whole: a backend could make every log line about
+/// it up to `max_body` long. They are cut like an unexpected body.
+#[test]
+fn long_states_and_service_ids_are_cut_in_the_reason() {
+    let long = "x".repeat(10_000);
+    let bodies = [
+        format!(r#"{{"router":{{"state":"{long}"}}}}"#),
+        format!(
+            r#"{{"router":{{"state":"HEALTHY"}},"services":[{{"service_id":"{long}","state":"DOWN"}}]}}"#
+        ),
+        format!(
+            r#"{{"router":{{"state":"HEALTHY"}},"services":[{{"service_id":"a","state":"{long}"}}]}}"#
+        ),
+    ];
+    for body in bodies {
+        let reason = judge(200, body.as_bytes(), DegradedIs::Unhealthy)
+            .expect_err("a bad state is unhealthy");
+        let shown = reason.to_string();
+        assert!(
+            shown.len() <= 200,
+            "a reason of {} bytes: {shown:.120}…",
+            shown.len()
+        );
+    }
+}
+
+/// A JSON error quoted the answer too (`invalid type: string "…"`).
+#[test]
+fn json_errors_in_health_answers_are_short() {
+    let body = format!(r#"{{"router":"{}"}}"#, "y".repeat(10_000));
+    let reason = judge(200, body.as_bytes(), DegradedIs::Unhealthy).expect_err("bad JSON");
+    let shown = reason.to_string();
+    assert!(shown.len() <= 300, "a reason of {} bytes", shown.len());
+}
