@@ -509,8 +509,8 @@ const PER_CONNECTION: u64 = 2 * KIB;
 const FIXED: u64 = 32 * MIB;
 /// Fresh clients that connect and echo while the slow ones read, one per
 /// [`FRESH_EVERY`], and the bound on their p99 (issue 12).
-const FRESH_CLIENTS: usize = 200;
-const FRESH_EVERY: Duration = Duration::from_millis(20);
+const FRESH_CLIENTS: usize = 400;
+const FRESH_EVERY: Duration = Duration::from_millis(10);
 const FRESH_P99: Duration = Duration::from_millis(50);
 /// The slow readers must each have had this many reads before the fresh
 /// clients start: their streams are flowing and ringlb's buffers are
