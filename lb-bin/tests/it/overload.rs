@@ -912,3 +912,87 @@ fn serve_fed(fed: &mut Fed, buf: &mut [u8], period: &[u8]) -> bool {
     }
     true
 }
+
+// ---------------------------------------------------------------------------
+// A reload that closes a listener
+
+/// Connections tried after a reload that rebinds the listen address: with
+/// a stale socket left in the SO_REUSEPORT group beside the workers' two
+/// new ones, each has a one-in-three chance of landing in it.
+const REBIND_TRIES: usize = 30;
+/// A connection through ringlb echoes within this, or it hangs in a queue
+/// nobody accepts from.
+const REBIND_ECHO_WITHIN: Duration = Duration::from_secs(2);
+
+/// Found by the reload storm, two bugs. (1) A reload that closed a
+/// listener closed the workers' sockets but kept the copy held for binary
+/// upgrades: the kernel went on completing handshakes into that copy's
+/// queue, which nobody accepts from, so clients hung instead of being
+/// refused (or, for an address bound again, served), and an upgrade would
+/// have handed the dead listener on. (2) A `:0` listen address written
+/// out with the port it got was taken for a new address: the listener was
+/// closed and bound again, resetting the connections in its queue.
+#[test]
+fn a_reload_that_closes_a_listener_leaves_nothing_queueing_behind() {
+    let _alone = harness::exclusive();
+    let a = Backend::echo("a");
+    let config = LbConfig::over(ENGINE, &[&a]);
+    let mut lb = Ringlb::start(&config);
+    let first = lb.addr();
+    let sources = client_sources();
+    let echo_within = |src: IpAddr, addr: SocketAddr, i: usize| -> Result<(), String> {
+        let mut s = connect_from(src, addr).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(REBIND_ECHO_WITHIN))
+            .map_err(|e| e.to_string())?;
+        let message = (i as u64).to_le_bytes();
+        s.write_all(&message).map_err(|e| format!("send: {e}"))?;
+        let mut echo = [0u8; 8];
+        s.read_exact(&mut echo).map_err(|e| {
+            format!("no echo within {REBIND_ECHO_WITHIN:?} ({e}): the connection hangs")
+        })?;
+        harness::reset(s);
+        Ok(())
+    };
+
+    // The listen address written with the port it got: the listener is
+    // closed and bound again.
+    let mut rebound = config.clone();
+    rebound.service().listen = vec![first.to_string()];
+    lb.rewrite_config(&rebound.to_toml());
+    lb.signal(libc::SIGHUP);
+    assert!(
+        lb.wait_for_log("config reloaded", RELOAD_TIMEOUT).is_some(),
+        "{}",
+        lb.report()
+    );
+    for i in 0..REBIND_TRIES {
+        let src = sources[i % sources.len()];
+        echo_within(src, first, i).unwrap_or_else(|e| {
+            panic!(
+                "connection {i} from {src} after a reload rebound {first}: {e}\n{}",
+                lb.report()
+            )
+        });
+    }
+
+    // The address removed (the service moves to another address): it
+    // must refuse connections, not complete their handshakes.
+    let mut moved = config.clone();
+    moved.service().listen = vec!["127.0.0.254:0".to_owned()];
+    lb.rewrite_config(&moved.to_toml());
+    lb.signal(libc::SIGHUP);
+    assert!(
+        lb.wait_for_log("config reloaded", RELOAD_TIMEOUT).is_some(),
+        "{}",
+        lb.report()
+    );
+    match connect_from(sources[0], first) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+        Err(e) => panic!("a connect to the removed {first} failed with {e}, not refused"),
+        Ok(_) => panic!(
+            "{first} was removed by a reload, but a connect there still completes its \
+             handshake: a socket still listens on it that nobody accepts from\n{}",
+            lb.report()
+        ),
+    }
+}
