@@ -495,6 +495,8 @@ const SLOW: usize = HELD / 2;
 /// What a slow reader takes per [`SLOW_TICK`]: 1 KiB/s (issue 12).
 const SLOW_READ: usize = 1024;
 const SLOW_TICK: Duration = Duration::from_secs(1);
+/// The slices of a tick the slow readers' reads are spread over.
+const SLOW_SLICES: usize = 10;
 /// The slow readers' and the feeding backend's socket buffers, kept small
 /// so 4 000 stalled streams do not park hundreds of MiB in the kernel.
 const SLOW_SOCKET_BUFFER: usize = 4 * 1024;
@@ -715,9 +717,11 @@ fn fed_byte(k: u64) -> u8 {
     (k % 251) as u8
 }
 
-/// The slow readers' thread: every [`SLOW_TICK`] reads [`SLOW_READ`] bytes
-/// from each and checks them, until `stop` (or [`SLOW_LIMIT`]); counts the
-/// rounds. Returns the sockets and the errors seen.
+/// The slow readers' thread: each reads [`SLOW_READ`] bytes per
+/// [`SLOW_TICK`] and checks them, until `stop` (or [`SLOW_LIMIT`]); counts
+/// the rounds. A round is spread over [`SLOW_SLICES`] slices of the tick,
+/// as slow clients' reads are spread in time, rather than all 4 000 at
+/// once. Returns the sockets and the errors seen.
 fn read_slowly(
     mut slow: Vec<TcpStream>,
     stop: &AtomicBool,
@@ -727,9 +731,14 @@ fn read_slowly(
     let mut offsets = vec![0u64; slow.len()];
     let mut errors = Vec::new();
     let mut buf = [0u8; SLOW_READ];
+    let slice_every = SLOW_TICK / SLOW_SLICES as u32;
+    let started = Instant::now();
+    let mut slice = 0usize;
     while !stop.load(Ordering::SeqCst) && !deadline.passed() && errors.is_empty() {
-        let round = Instant::now();
         for (k, s) in slow.iter_mut().enumerate() {
+            if k % SLOW_SLICES != slice % SLOW_SLICES {
+                continue;
+            }
             if let Err(e) = s.read_exact(&mut buf) {
                 errors.push(format!("slow reader {k} after {} bytes: {e}", offsets[k]));
                 continue;
@@ -742,8 +751,12 @@ fn read_slowly(
             }
             offsets[k] += SLOW_READ as u64;
         }
-        rounds.fetch_add(1, Ordering::SeqCst);
-        thread::sleep(SLOW_TICK.saturating_sub(round.elapsed()));
+        slice += 1;
+        if slice % SLOW_SLICES == 0 {
+            rounds.fetch_add(1, Ordering::SeqCst);
+        }
+        let due = started + slice_every * slice as u32;
+        thread::sleep(due.saturating_duration_since(Instant::now()));
     }
     (slow, errors)
 }
