@@ -797,6 +797,15 @@ impl Metrics {
             .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
     }
 
+    /// The value of the sample written exactly `selector` (name and label
+    /// set as ringlb writes them, e.g. `f{service="web",backend="a"}`).
+    pub fn sample(&self, selector: &str) -> Option<u64> {
+        self.text.lines().find_map(|line| {
+            let rest = line.strip_prefix(selector)?.strip_prefix(' ')?;
+            rest.trim().parse().ok()
+        })
+    }
+
     /// The sum of every sample of `family` over all its label sets (e.g.
     /// the connections of all workers); panics if there is none.
     pub fn total(&self, family: &str) -> u64 {

@@ -30,6 +30,7 @@ mod lifecycle;
 mod limits;
 mod logging;
 mod memory;
+mod overload;
 mod policies;
 mod reload;
 mod reset;

@@ -29,8 +29,8 @@ use crate::harness::{
     Counter, Deadline, LbConfig, Metrics, Ringlb, LOCALHOST,
 };
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
 
 /// Both tests run with each way of moving bytes: the inline ones on both
 /// engines, the completion-driven ones (ring RECV/SEND through a provided
@@ -298,12 +298,12 @@ fn echo_a_byte(tag: &str, group: &mut [TcpStream], first: usize) {
 /// A backend that holds every connection it accepts and echoes what
 /// arrives, all on one thread (mio): 5 000 connections must not mean 5 000
 /// threads. A connection is closed when ringlb ends it (EOF or error).
-struct HeldEcho {
-    addr: SocketAddr,
+pub struct HeldEcho {
+    pub addr: SocketAddr,
     /// Connections accepted so far.
-    accepted: Arc<Counter>,
+    pub accepted: Arc<Counter>,
     /// Connections ringlb has ended so far.
-    closed: Arc<Counter>,
+    pub closed: Arc<Counter>,
     stop: Arc<AtomicBool>,
     /// Wakes the thread to see `stop`.
     waker: Arc<Waker>,
@@ -314,7 +314,7 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 
 impl HeldEcho {
-    fn spawn() -> HeldEcho {
+    pub fn spawn() -> HeldEcho {
         let listener = harness::listen(SocketAddr::new(LOCALHOST, 0));
         let addr = listener.local_addr().expect("backend addr");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -769,7 +769,7 @@ fn streaming_backend(pattern: &Arc<Pattern>, writers: &Writers) -> Backend {
 // Reading ringlb from outside
 
 /// ringlb's resident memory (VmRSS), in bytes.
-fn vm_rss(pid: u32) -> u64 {
+pub fn vm_rss(pid: u32) -> u64 {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     status
@@ -782,7 +782,7 @@ fn vm_rss(pid: u32) -> u64 {
 }
 
 /// Descriptors ringlb holds open.
-fn open_fds(pid: u32) -> usize {
+pub fn open_fds(pid: u32) -> usize {
     let path = format!("/proc/{pid}/fd");
     std::fs::read_dir(&path)
         .unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -790,7 +790,7 @@ fn open_fds(pid: u32) -> usize {
 }
 
 /// (pipes, copy buffers) lent to connections, over all workers.
-fn lent(m: &Metrics) -> (u64, u64) {
+pub fn lent(m: &Metrics) -> (u64, u64) {
     (
         m.total("ringlb_worker_pipes_lent"),
         m.total("ringlb_worker_buffers_lent"),
@@ -799,7 +799,10 @@ fn lent(m: &Metrics) -> (u64, u64) {
 
 /// Scrapes ringlb until `settled` holds (Ok with that scrape) or
 /// [`SETTLE_DEADLINE`] passes (Err with the last scrape).
-fn wait_for_gauges(lb: &Ringlb, settled: impl Fn(&Metrics) -> bool) -> Result<Metrics, Metrics> {
+pub fn wait_for_gauges(
+    lb: &Ringlb,
+    settled: impl Fn(&Metrics) -> bool,
+) -> Result<Metrics, Metrics> {
     let deadline = Deadline::after(SETTLE_DEADLINE);
     loop {
         let m = lb.metrics();
@@ -815,7 +818,7 @@ fn wait_for_gauges(lb: &Ringlb, settled: impl Fn(&Metrics) -> bool) -> Result<Me
 
 /// Why this process cannot hold `needed` descriptors, if it cannot: raises
 /// the soft RLIMIT_NOFILE to the hard limit first. (ringlb raises its own.)
-fn fd_budget_missing(needed: u64) -> Option<String> {
+pub fn fd_budget_missing(needed: u64) -> Option<String> {
     match lb_core::raise_nofile_limit() {
         Ok((_, limit)) if limit >= needed => None,
         Ok((_, limit)) => Some(format!(

@@ -1,5 +1,6 @@
 //! The control plane's copy of every service's listening socket: handed to
-//! a new ringlb on a binary upgrade, closed when draining, and shut down
+//! a new ringlb on a binary upgrade, closed when a reload stops listening
+//! on its address and when draining, and shut down
 //! by the main thread when a thread dies (see [`ListenerCopies::stop_all`]).
 //! Shared by the control-plane thread and the main thread; the lock is held
 //! only to copy, add, clear or shut the list, never across I/O that waits.
@@ -25,6 +26,13 @@ impl ListenerCopies {
 
     pub(crate) fn push(&self, copy: ListenerCopy) {
         self.list().push(copy);
+    }
+
+    /// Closes the copies of `addr` of `service` (a reload stopped listening
+    /// there).
+    pub(crate) fn remove(&self, service: &str, addr: SocketAddr) {
+        self.list()
+            .retain(|(s, a, _)| !(s == service && *a == addr));
     }
 
     /// Fresh copies of every socket, to hand over.

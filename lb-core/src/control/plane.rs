@@ -499,7 +499,7 @@ impl ControlPlane {
             if self
                 .listeners
                 .iter()
-                .any(|(s, a, _)| s == service && a == addr)
+                .any(|(s, a, b)| serves(s, *a, *b, service, *addr))
             {
                 continue;
             }
@@ -530,10 +530,15 @@ impl ControlPlane {
         let removed: Vec<(String, SocketAddr, SocketAddr)> = self
             .listeners
             .iter()
-            .filter(|(s, a, _)| !wanted.iter().any(|(ws, wa)| ws == s && wa == a))
+            .filter(|(s, a, b)| !wanted.iter().any(|(ws, wa)| serves(s, *a, *b, ws, *wa)))
             .cloned()
             .collect();
         for (service, _, bound) in &removed {
+            // Our upgrade copy too: left open, it would keep the address
+            // listening, the kernel completing handshakes into a queue
+            // nobody accepts from (and in the SO_REUSEPORT group of a
+            // listener bound again at the same address).
+            self.handover.remove(service, *bound);
             for w in &self.workers {
                 w.send(WorkerMessage::CloseListener {
                     service: Arc::from(service.as_str()),
@@ -543,7 +548,7 @@ impl ControlPlane {
             tracing::info!(service = %service, listen = %bound, "stopped listening");
         }
         self.listeners
-            .retain(|(s, a, _)| wanted.iter().any(|(ws, wa)| ws == s && wa == a));
+            .retain(|(s, a, b)| wanted.iter().any(|(ws, wa)| serves(s, *a, *b, ws, *wa)));
         for (service, addr, bound, sockets) in added {
             let Some(stats) = self.registry.service_stats(&service) else {
                 continue;
@@ -740,6 +745,21 @@ async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()
         Some(s) => s.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether the running listener of `service` configured as `configured`
+/// and bound at `bound` is the one a new config asks for with
+/// (`wanted_service`, `wanted`): the same text, or the port a `:0` got
+/// written out. Closing and binding it again would reset the connections
+/// in its accept queue.
+fn serves(
+    service: &str,
+    configured: SocketAddr,
+    bound: SocketAddr,
+    wanted_service: &str,
+    wanted: SocketAddr,
+) -> bool {
+    service == wanted_service && (configured == wanted || bound == wanted)
 }
 
 #[cfg(test)]
