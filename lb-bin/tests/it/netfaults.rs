@@ -593,19 +593,22 @@ fn phase_deadline() -> Duration {
 
 /// Sends `len` seeded bytes through ringlb to an echo backend, half-closes,
 /// reads the echo until EOF; Err says what differed.
-fn transfer(mut s: TcpStream, seed: u64, len: usize) -> Result<(), String> {
+/// The data is made before the connection opens: making 8 MiB on a busy
+/// debug build can take longer than the idle timeout.
+fn transfer(mut s: TcpStream, data: Arc<Vec<u8>>) -> Result<(), String> {
+    let len = data.len();
     s.set_read_timeout(Some(phase_deadline()))
         .map_err(|e| e.to_string())?;
     s.write_all(b"hi\n").map_err(|e| format!("hi: {e}"))?;
     read_line(&mut s).map_err(|e| format!("greeting: {e}"))?;
-    let data = seeded_bytes(seed, len);
+    let sent = Arc::clone(&data);
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(phase_deadline()))
         .map_err(|e| e.to_string())?;
     w.set_write_timeout(Some(phase_deadline()))
         .map_err(|e| e.to_string())?;
     let writer = thread::spawn(move || -> io::Result<()> {
-        w.write_all(&data)?;
+        w.write_all(&sent)?;
         w.shutdown(std::net::Shutdown::Write)
     });
     let mut got = Vec::with_capacity(len);
@@ -615,9 +618,8 @@ fn transfer(mut s: TcpStream, seed: u64, len: usize) -> Result<(), String> {
         .map_err(|_| "writer panicked".to_owned())?
         .map_err(|e| format!("write: {e}"))?;
     read.map_err(|e| format!("read after {} bytes: {e}", got.len()))?;
-    let want = seeded_bytes(seed, len);
-    if got != want {
-        let at = got.iter().zip(&want).position(|(a, b)| a != b);
+    if got != *data {
+        let at = got.iter().zip(data.iter()).position(|(a, b)| a != b);
         return Err(format!(
             "echo differs: {} bytes back of {len}, first difference at {at:?}",
             got.len()
@@ -675,16 +677,21 @@ fn transfers_stay_byte_exact_under_loss_and_a_bandwidth_cap() {
                     t.cap(rate, latency).expect("tc tbf");
                 }
                 let sources = t.client_sources();
+                let data: Vec<Arc<Vec<u8>>> = (0..TRANSFERS)
+                    .map(|i| Arc::new(seeded_bytes(i as u64 + 1, len)))
+                    .collect();
                 let start = Instant::now();
-                let handles: Vec<_> = (0..TRANSFERS)
-                    .map(|i| {
+                let handles: Vec<_> = data
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, data)| {
                         let src = sources[i % sources.len()];
                         let addr = lb.addr();
                         let s = t
                             .client
                             .run(|| connect_from(src, addr))
                             .unwrap_or_else(|e| panic!("[{phase}] client {i}: {e}"));
-                        thread::spawn(move || transfer(s, i as u64 + 1, len))
+                        thread::spawn(move || transfer(s, data))
                     })
                     .collect();
                 for (i, h) in handles.into_iter().enumerate() {
