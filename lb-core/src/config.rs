@@ -195,10 +195,50 @@ pub struct Service {
     /// `source_address = "10.0.0.5"` (default none): local address for
     /// backend connections (bound with IP_BIND_ADDRESS_NO_PORT).
     pub source_address: Option<IpAddr>,
+    /// `tcp_user_timeout` and `tcp_keepalive_*`: how soon a backend that
+    /// vanished (no RST, no answer) ends its connections.
+    pub liveness: TcpLiveness,
     /// `[service.health]`.
     pub health: HealthCheck,
     /// `[[service.backend]]`: at least one; names unique within the service.
     pub backends: Vec<Backend>,
+}
+
+/// Socket options on the backend-side socket of every connection of a
+/// service, so a backend host that vanishes without a reset (power loss, a
+/// dropped link, a firewall that drops everything) ends its connections in
+/// a bounded time instead of the kernel's ~15 minutes of retransmissions.
+/// A connection with data in flight ends at most `user_timeout` after the
+/// backend stopped acknowledging; an idle one at most `keepalive_idle` +
+/// `keepalive_interval` × `keepalive_count` (and, with a user timeout, no
+/// later than the first keepalive probe + `user_timeout`). Its client then
+/// gets a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLiveness {
+    /// `tcp_user_timeout = "30s"` (default; `"0s"` leaves the kernel's):
+    /// sent data unacknowledged this long ends the connection
+    /// (TCP_USER_TIMEOUT).
+    pub user_timeout: Duration,
+    /// `tcp_keepalive_idle = "60s"` (default, 1s..=32767s): silence before
+    /// the first keepalive probe (TCP_KEEPIDLE).
+    pub keepalive_idle: Duration,
+    /// `tcp_keepalive_interval = "10s"` (default, 1s..=32767s): between
+    /// unanswered probes (TCP_KEEPINTVL).
+    pub keepalive_interval: Duration,
+    /// `tcp_keepalive_count = 3` (default, 1..=127): unanswered probes that
+    /// end the connection (TCP_KEEPCNT).
+    pub keepalive_count: u32,
+}
+
+impl Default for TcpLiveness {
+    fn default() -> Self {
+        TcpLiveness {
+            user_timeout: Duration::from_secs(30),
+            keepalive_idle: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_count: 3,
+        }
+    }
 }
 
 /// Backend selection policy.
@@ -441,6 +481,7 @@ impl Service {
             hash_prefix_v6: 128,
             bounded_load: None,
             source_address: None,
+            liveness: TcpLiveness::default(),
             health: HealthCheck::default(),
             backends,
         }
@@ -506,6 +547,42 @@ address = "10.0.0.1:80"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Some(Path::new("ringlb.toml")))
+    }
+
+    #[test]
+    fn tcp_liveness_keys_are_read_defaulted_and_validated() {
+        let s = &parse(&service_with("")).unwrap().services[0];
+        assert_eq!(s.liveness, TcpLiveness::default());
+        let text = service_with(
+            "tcp_user_timeout = \"2500ms\"\ntcp_keepalive_idle = \"5s\"\n\
+             tcp_keepalive_interval = \"2s\"\ntcp_keepalive_count = 4",
+        );
+        let s = &parse(&text).unwrap().services[0];
+        assert_eq!(
+            s.liveness,
+            TcpLiveness {
+                user_timeout: Duration::from_millis(2500),
+                keepalive_idle: Duration::from_secs(5),
+                keepalive_interval: Duration::from_secs(2),
+                keepalive_count: 4,
+            }
+        );
+        let off = parse(&service_with("tcp_user_timeout = \"0s\"")).unwrap();
+        assert_eq!(off.services[0].liveness.user_timeout, Duration::ZERO);
+        for (line, needle) in [
+            ("tcp_user_timeout = \"10ms\"", "100ms..=24h"),
+            ("tcp_user_timeout = \"25h\"", "100ms..=24h"),
+            ("tcp_keepalive_idle = \"0s\"", "longer than zero"),
+            ("tcp_keepalive_idle = \"1500ms\"", "whole seconds"),
+            ("tcp_keepalive_interval = \"40000s\"", "1s..=32767s"),
+            ("tcp_keepalive_count = 0", "1..=127"),
+            ("tcp_keepalive_count = 200", "1..=127"),
+        ] {
+            let err = parse(&service_with(line)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{line}: {err}");
+            let key = line.split(' ').next().unwrap();
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 
     /// `[global]` on line 1, `extra` from line 2, then [`MINIMAL`].

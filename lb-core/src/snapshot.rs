@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Balance;
+use crate::config::{Balance, TcpLiveness};
 use crate::hash;
 use crate::maglev::{EffectiveTable, MaglevTable};
 use crate::policy::{self, P2c, RoundRobin};
@@ -48,6 +48,8 @@ pub struct ServiceSettings {
     pub hash_prefix_v6: u8,
     pub bounded_load: Option<f64>,
     pub source_address: Option<IpAddr>,
+    /// TCP_USER_TIMEOUT and keepalive of backend-side sockets.
+    pub liveness: TcpLiveness,
 }
 
 /// One backend as the workers see it.
@@ -276,6 +278,7 @@ mod tests {
             hash_prefix_v6: 128,
             bounded_load: None,
             source_address: None,
+            liveness: TcpLiveness::default(),
         };
         let backends = (0..usable.len())
             .map(|i| BackendEntry {

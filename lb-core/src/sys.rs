@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::config::TcpLiveness;
+
 /// Turns a libc return value into `io::Result`, reading errno on -1.
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
@@ -77,7 +79,11 @@ pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<S
 
 /// Starts a non-blocking connect to `addr` (from `source` if given).
 /// Returns the socket; completion is signalled by writability.
-pub(crate) fn start_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
+pub(crate) fn start_connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    liveness: &TcpLiveness,
+) -> io::Result<Socket> {
     // Non-blocking and close-on-exec from socket(2) itself (socket2 adds
     // SOCK_CLOEXEC): no fcntl calls per connection.
     let sock = Socket::new(
@@ -86,7 +92,7 @@ pub(crate) fn start_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Res
         Some(Protocol::TCP),
     )?;
     sock.set_tcp_nodelay(true)?;
-    sock.set_keepalive(true)?;
+    set_liveness(&sock, liveness)?;
     if let Some(src) = source {
         // Let connect() pick the port: without this, bind() reserves a port
         // per source address and the ephemeral range runs out much sooner.
@@ -98,6 +104,22 @@ pub(crate) fn start_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Res
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
         Err(e) => Err(e),
     }
+}
+
+/// SO_KEEPALIVE with the service's probe timing, and TCP_USER_TIMEOUT
+/// (left at the kernel's when zero): a peer that vanished without a reset
+/// ends the connection in a bounded time ([`TcpLiveness`]).
+pub(crate) fn set_liveness(sock: &Socket, liveness: &TcpLiveness) -> io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(liveness.keepalive_idle)
+        .with_interval(liveness.keepalive_interval)
+        .with_retries(liveness.keepalive_count);
+    sock.set_tcp_keepalive(&keepalive)?;
+    sock.set_keepalive(true)?;
+    if !liveness.user_timeout.is_zero() {
+        sock.set_tcp_user_timeout(Some(liveness.user_timeout))?;
+    }
+    Ok(())
 }
 
 fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
@@ -342,7 +364,12 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let s = start_connect(SocketAddr::from(([127, 0, 0, 1], port)), None).unwrap();
+        let s = start_connect(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            None,
+            &TcpLiveness::default(),
+        )
+        .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             if let Some(e) = take_socket_error(s.as_raw_fd()).unwrap() {
@@ -355,5 +382,31 @@ mod tests {
             );
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn backend_sockets_carry_the_services_user_timeout_and_keepalive() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let liveness = TcpLiveness {
+            user_timeout: std::time::Duration::from_millis(2500),
+            keepalive_idle: std::time::Duration::from_secs(7),
+            keepalive_interval: std::time::Duration::from_secs(3),
+            keepalive_count: 4,
+        };
+        let s = start_connect(l.local_addr().unwrap(), None, &liveness).unwrap();
+        assert!(s.keepalive().unwrap());
+        assert_eq!(
+            s.tcp_user_timeout().unwrap(),
+            Some(std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(s.tcp_keepalive_time().unwrap().as_secs(), 7);
+        assert_eq!(s.tcp_keepalive_interval().unwrap().as_secs(), 3);
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        let off = TcpLiveness {
+            user_timeout: std::time::Duration::ZERO,
+            ..liveness
+        };
+        let s = start_connect(l.local_addr().unwrap(), None, &off).unwrap();
+        assert_eq!(s.tcp_user_timeout().unwrap(), None);
     }
 }

@@ -8,7 +8,6 @@
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use crate::harness::{
     self, client_sources, connect_from, for_each_engine, ringlb_command, with_nofile, Backend,
     Deadline, LbConfig, Ringlb, TempDir,
 };
+use crate::netns::Netns;
 
 /// The open-files limit ringlb runs under: a budget of a few dozen.
 const NOFILE: u64 = 220;
@@ -308,70 +308,6 @@ const PORT_RANGE: (u16, u16) = (40_000, 40_007);
 /// Clients held open to use up the ports ringlb connects from.
 const PORT_CLIENTS: usize = 24;
 
-/// A network namespace made for one test, removed on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Makes `name` with its loopback up and `sysctls` set; None (with the
-    /// reason) where namespaces cannot be made.
-    fn make(name: &str, sysctls: &[String]) -> Result<Netns, String> {
-        let run = |args: &[&str]| -> Result<(), String> {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .map_err(|e| format!("cannot run ip: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        };
-        let _ = run(&["netns", "del", name]);
-        run(&["netns", "add", name])?;
-        let ns = Netns {
-            name: name.to_owned(),
-        };
-        run(&["netns", "exec", name, "ip", "link", "set", "lo", "up"])?;
-        for s in sysctls {
-            run(&["netns", "exec", name, "sysctl", "-qw", s])?;
-        }
-        Ok(ns)
-    }
-
-    /// Runs `body` on a thread that joined the namespace (its sockets, its
-    /// child processes and the threads it starts are in it).
-    fn run<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    let file = std::fs::File::open(&path).expect("open the namespace");
-                    // SAFETY: setns(2) with a namespace fd we own; it only
-                    // changes this thread's network namespace.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
-                    body()
-                })
-                .join()
-                .expect("the namespace thread panicked")
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// Connects from 127.0.0.1 on a port of our own (outside the namespace's
 /// ephemeral range, which ringlb is meant to use up).
 fn client_on_port(port: u16, dst: SocketAddr) -> io::Result<TcpStream> {
@@ -398,9 +334,7 @@ fn out_of_local_ports_no_backend_goes_down_and_the_service_recovers() {
         let sysctls = [range, "net.ipv4.tcp_tw_reuse=1".to_owned()];
         match Netns::make(&name, &sysctls) {
             Ok(ns) => ns.run(|| local_ports(engine)),
-            Err(why) => {
-                println!("faults::local_ports: SKIPPED: cannot make a network namespace ({why})")
-            }
+            Err(why) => crate::netns::skipped("faults::local_ports", &why),
         }
     });
 }

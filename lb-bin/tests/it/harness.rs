@@ -312,6 +312,8 @@ pub struct ServiceConfig {
     pub idle_timeout: String,
     pub max_connections: Option<u32>,
     pub connect_attempts: u32,
+    /// More service lines, as written (`tcp_user_timeout = "2s"`, …).
+    pub extra: Vec<String>,
     /// The `[service.health]` table's lines (default `kind = "none"`).
     pub health: String,
     pub backends: Vec<BackendConfig>,
@@ -361,6 +363,7 @@ impl LbConfig {
                 idle_timeout: "15m".to_owned(),
                 max_connections: None,
                 connect_attempts: 3,
+                extra: Vec::new(),
                 health: "kind = \"none\"".to_owned(),
                 backends,
             }],
@@ -401,6 +404,9 @@ impl LbConfig {
                 let _ = writeln!(t, "max_connections = {max}");
             }
             let _ = writeln!(t, "connect_attempts = {}", s.connect_attempts);
+            for line in &s.extra {
+                let _ = writeln!(t, "{line}");
+            }
             let _ = writeln!(t, "\n[service.health]\n{}", s.health);
             for b in &s.backends {
                 let _ = writeln!(t, "\n[[service.backend]]");
@@ -803,6 +809,19 @@ impl Metrics {
         self.text.lines().find_map(|line| {
             let rest = line.strip_prefix(selector)?.strip_prefix(' ')?;
             rest.trim().parse().ok()
+        })
+    }
+
+    /// The value of `family{…,backend="name"}` (the first such sample).
+    pub fn for_backend(&self, family: &str, backend: &str) -> Option<u64> {
+        let label = format!("backend=\"{backend}\"");
+        self.text.lines().find_map(|line| {
+            let rest = line.strip_prefix(family)?.strip_prefix('{')?;
+            let (labels, value) = rest.rsplit_once("} ")?;
+            labels
+                .split(',')
+                .any(|l| l == label)
+                .then(|| value.trim().parse().ok())?
         })
     }
 

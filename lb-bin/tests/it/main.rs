@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+mod netns;
 
 mod config;
 mod failover;
@@ -30,6 +31,7 @@ mod lifecycle;
 mod limits;
 mod logging;
 mod memory;
+mod netfaults;
 mod overload;
 mod policies;
 mod reload;

@@ -58,6 +58,10 @@ pub(super) struct RawService {
     pub hash_prefix_v6: Option<Spanned<i64>>,
     pub bounded_load: Option<Spanned<f64>>,
     pub source_address: Option<Text>,
+    pub tcp_user_timeout: Option<Spanned<DurationText>>,
+    pub tcp_keepalive_idle: Option<Spanned<DurationText>>,
+    pub tcp_keepalive_interval: Option<Spanned<DurationText>>,
+    pub tcp_keepalive_count: Option<Spanned<i64>>,
     pub health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,

@@ -323,6 +323,7 @@ impl Registry {
                 hash_prefix_v6: c.hash_prefix_v6,
                 bounded_load: c.bounded_load,
                 source_address: c.source_address,
+                liveness: c.liveness,
             };
             let backends: Vec<BackendEntry> = svc
                 .backends

@@ -173,10 +173,11 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             let deadline = *deadline;
             let entry = &svc.backends[b as usize];
             *target = Some(entry.address);
-            match self
-                .sys
-                .start_connect(entry.address, svc.settings.source_address)
-            {
+            match self.sys.start_connect(
+                entry.address,
+                svc.settings.source_address,
+                &svc.settings.liveness,
+            ) {
                 Ok(sock) => {
                     let fd = sock.as_raw_fd();
                     conn.backend = Some(sock);

@@ -14,6 +14,7 @@ use std::os::fd::{OwnedFd, RawFd};
 
 use socket2::Socket;
 
+use crate::config::TcpLiveness;
 use crate::sys;
 
 /// Accept, connect and connect outcome, as the worker needs them.
@@ -22,7 +23,12 @@ pub(crate) trait Syscalls {
     /// ([`sys::accept`]).
     fn accept(&mut self, listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)>;
     /// Starts a non-blocking connect ([`sys::start_connect`]).
-    fn start_connect(&mut self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket>;
+    fn start_connect(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        liveness: &TcpLiveness,
+    ) -> io::Result<Socket>;
     /// The pending error of a socket, cleared ([`sys::take_socket_error`]).
     fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>>;
 }
@@ -38,8 +44,13 @@ impl Syscalls for Kernel {
     }
 
     #[inline]
-    fn start_connect(&mut self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
-        sys::start_connect(addr, source)
+    fn start_connect(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        liveness: &TcpLiveness,
+    ) -> io::Result<Socket> {
+        sys::start_connect(addr, source, liveness)
     }
 
     #[inline]

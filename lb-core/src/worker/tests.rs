@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::connect::ConnectFailure;
 use super::*;
-use crate::config::Config;
+use crate::config::{Config, TcpLiveness};
 use crate::control::Registry;
 use crate::snapshot::{PickState, SnapshotCell};
 
@@ -69,7 +69,12 @@ impl Syscalls for FakeKernel {
         Ok(client)
     }
 
-    fn start_connect(&mut self, addr: SocketAddr, _source: Option<IpAddr>) -> io::Result<Socket> {
+    fn start_connect(
+        &mut self,
+        addr: SocketAddr,
+        _source: Option<IpAddr>,
+        _liveness: &TcpLiveness,
+    ) -> io::Result<Socket> {
         self.connects.push(addr);
         if let Some(&errno) = self.fail_at_once.get(&addr) {
             return Err(io::Error::from_raw_os_error(errno));

@@ -9,17 +9,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::{
-    choice, each, integer, optional_duration, positive_u32, positive_usize, required, Invalid, Seen,
+    choice, convert_duration, each, integer, optional_duration, positive_u32, positive_usize,
+    required, Invalid, Seen, Zero,
 };
 use crate::config::backend::{BackendAddr, BackendName, Weight};
-use crate::config::raw::{RawBackend, RawService, Text};
+use crate::config::raw::{DurationText, RawBackend, RawService, Text};
 use crate::config::value::{is_valid_name, parse_socket_addr};
 use crate::config::{
-    AdminState, Backend, Balance, HealthCheck, Service, DEFAULT_MAGLEV_TABLE_SIZE,
+    AdminState, Backend, Balance, HealthCheck, Service, TcpLiveness, DEFAULT_MAGLEV_TABLE_SIZE,
 };
 use crate::maglev::{is_prime, MIN_TABLE_SIZE};
 
@@ -121,6 +123,7 @@ impl Seen {
                 )
             })?),
         };
+        let liveness = convert_liveness(&raw, &path)?;
         let health = match &raw.health {
             None => HealthCheck::default(),
             Some(health) => super::health::convert_health(health, &at("health"), base_dir)?,
@@ -142,6 +145,7 @@ impl Seen {
             hash_prefix_v6,
             bounded_load,
             source_address,
+            liveness,
             health,
             backends,
         })
@@ -380,4 +384,71 @@ fn convert_name(name: &Text, path: &str) -> Result<String, Invalid> {
         ));
     }
     Ok(text.clone())
+}
+
+/// The largest TCP_KEEPIDLE and TCP_KEEPINTVL Linux takes, in seconds.
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+/// The most TCP_KEEPCNT probes Linux takes.
+const MAX_KEEPALIVE_COUNT: i64 = 127;
+/// The longest TCP_USER_TIMEOUT we take (a day; the kernel takes ~24 days).
+const MAX_USER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// `tcp_user_timeout` and `tcp_keepalive_*` of a service.
+fn convert_liveness(raw: &RawService, path: &str) -> Result<TcpLiveness, Invalid> {
+    let at = |key: &str| format!("{path}.{key}");
+    let default = TcpLiveness::default();
+    let user_timeout = match &raw.tcp_user_timeout {
+        None => default.user_timeout,
+        Some(value) => {
+            let d = convert_duration(value, &at("tcp_user_timeout"), Zero::Allowed)?;
+            if d > MAX_USER_TIMEOUT || (!d.is_zero() && d < Duration::from_millis(100)) {
+                return Err(Invalid::at(
+                    value.span(),
+                    at("tcp_user_timeout"),
+                    format!(
+                        "{:?} is out of range (expected \"0s\" for the kernel's default, or 100ms..=24h, e.g. \"30s\")",
+                        value.get_ref().0
+                    ),
+                ));
+            }
+            d
+        }
+    };
+    let seconds = |value: &Option<Spanned<DurationText>>, key: &str, default: Duration| {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let d = convert_duration(value, &at(key), Zero::Refused)?;
+        if d.subsec_nanos() != 0 || d.as_secs() > MAX_KEEPALIVE_SECS {
+            return Err(Invalid::at(
+                value.span(),
+                at(key),
+                format!(
+                    "{:?} is not valid (expected whole seconds, 1s..={MAX_KEEPALIVE_SECS}s, e.g. \"10s\")",
+                    value.get_ref().0
+                ),
+            ));
+        }
+        Ok(d)
+    };
+    let keepalive_idle = seconds(
+        &raw.tcp_keepalive_idle,
+        "tcp_keepalive_idle",
+        default.keepalive_idle,
+    )?;
+    let keepalive_interval = seconds(
+        &raw.tcp_keepalive_interval,
+        "tcp_keepalive_interval",
+        default.keepalive_interval,
+    )?;
+    let keepalive_count = match &raw.tcp_keepalive_count {
+        None => default.keepalive_count,
+        Some(count) => integer(count, &at("tcp_keepalive_count"), 1, MAX_KEEPALIVE_COUNT)?,
+    };
+    Ok(TcpLiveness {
+        user_timeout,
+        keepalive_idle,
+        keepalive_interval,
+        keepalive_count,
+    })
 }
