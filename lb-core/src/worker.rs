@@ -38,7 +38,7 @@ pub(crate) use syscalls::{Kernel, Syscalls};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -158,7 +158,9 @@ enum Phase {
 
 struct Conn {
     client: OwnedFd,
-    client_ip: IpAddr,
+    /// The client's address and port as accepted: what the service hashes
+    /// and what a connection's records name.
+    peer: SocketAddr,
     client_ready: Readiness,
     /// The backend socket: connecting, then established.
     backend: Option<Socket>,

@@ -84,7 +84,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let client_fd = client.as_raw_fd();
         let slot = self.slab.insert(Conn {
             client,
-            client_ip: peer.ip(),
+            peer,
             client_ready: Readiness::default(),
             backend: None,
             backend_ready: Readiness::default(),
@@ -142,7 +142,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 let left = usize::from(*count).saturating_sub(usize::from(*tried));
                 let mut fresh = [0u32; MAX_ATTEMPTS];
                 let got =
-                    svc.candidates(conn.client_ip, &mut self.picks[si], &mut fresh[..attempts]);
+                    svc.candidates(conn.peer.ip(), &mut self.picks[si], &mut fresh[..attempts]);
                 let failed = *target;
                 let mut n = 0;
                 for i in 0..got {
