@@ -24,6 +24,7 @@ mod metrics;
 mod notify;
 mod pipe;
 mod policy;
+mod proxy_header;
 mod server;
 mod snapshot;
 mod stats;

@@ -1,0 +1,20 @@
+//! The PROXY protocol (HAProxy's specification, versions 1 and 2): the
+//! header ringlb writes to a backend before any client byte (`send_proxy`,
+//! `encode.rs`) and the one it reads from a trusted balancer in front of
+//! it (`accept_proxy`, `parse.rs`). Pure: no I/O; a worker thread (and the
+//! control plane's health probes) call it.
+
+#![allow(dead_code)] // Filled by the send_proxy and accept_proxy work.
+
+mod encode;
+mod parse;
+
+/// Which header ringlb writes to a backend (`send_proxy = "v1" | "v2"`;
+/// `"off"` is `None` where this is held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyVersion {
+    /// The text form: `PROXY TCP4 <src> <dst> <sport> <dport>\r\n`.
+    V1,
+    /// The binary form: a 16-byte preamble and the addresses.
+    V2,
+}
