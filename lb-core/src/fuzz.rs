@@ -1,6 +1,7 @@
 //! Hostile input: property tests of every parser of bytes from outside
 //! (the config text, health answers, admin requests, join bodies, the
-//! upgrade handover, PROXY headers). Test-only; runs on the test harness's threads.
+//! upgrade handover, PROXY headers). Test-only; runs on the test
+//! harness's threads.
 //!
 //! Stable Rust has no libFuzzer, so this is proptest driving a mutational
 //! fuzzer: each case is a seed from `fuzz/corpus/<target>/` (or random
