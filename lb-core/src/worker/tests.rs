@@ -718,7 +718,11 @@ fn a_v2_local_header_is_served_with_the_peers_own_address() {
     // The header was there at accept: judged at once, no edge needed.
     r.worker.on_accepted(0, fd, addr);
     assert_eq!(r.worker.sys.connects, vec![r.preference(peer)[0]]);
-    assert_eq!(r.worker.slab.get(0).map(|c| c.peer), Some(addr));
+    let conn = r.worker.slab.get(0).expect("the connection");
+    assert_eq!(conn.peer, addr);
+    // The header was taken off the socket: the backend gets none of it.
+    let left = crate::sys::peek(conn.client.as_raw_fd(), &mut [0u8; 16]);
+    assert_eq!(left.map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));
 }
 
 #[test]
