@@ -314,25 +314,24 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
-        if let Phase::Preamble { .. } = conn.phase {
-            if !backend {
-                conn.client_ready.merge(event);
-                self.read_preamble(slot);
-            }
-            return;
-        }
-        let connecting = matches!(conn.phase, Phase::Connecting { .. });
         // Recorded in every phase: an edge is reported once (a request sent
         // while the backend connects, a server greeting with the connect).
         if backend {
             conn.backend_ready.merge(event);
-            if connecting {
-                self.connect_done(slot);
-                return;
-            }
         } else {
             conn.client_ready.merge(event);
-            if connecting {
+        }
+        match conn.phase {
+            Phase::Established { .. } => {}
+            Phase::Connecting { .. } => {
+                if backend {
+                    self.connect_done(slot);
+                }
+                return;
+            }
+            // No backend socket yet: only the client's can report.
+            Phase::Preamble { .. } => {
+                self.read_preamble(slot);
                 return;
             }
         }
