@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Long runs of the hostile-input targets (lb-core/src/fuzz.rs).
-#   scripts/fuzz.sh TARGET [CASES]     TARGET: config health admin join handover all
+#   scripts/fuzz.sh TARGET [CASES]     TARGET: config health admin join handover proxy_header all
 # CASES per property (default 100000; `cargo test` runs 512). A failure
 # prints the shrunk input: commit it as a regression test next to the
 # target. RINGLB_FUZZ_PROFILE=release builds optimised (more cases/s,
 # longer build).
 set -euo pipefail
-target=${1:?usage: scripts/fuzz.sh TARGET [CASES] (config health admin join handover all)}
+target=${1:?usage: scripts/fuzz.sh TARGET [CASES] (config health admin join handover proxy_header all)}
 cases=${2:-100000}
 cd "$(dirname "$0")/.."
 profile=()
@@ -19,7 +19,8 @@ filter_of() {
     admin) echo "admin::fuzz:: --skip admin::fuzz::join::" ;;
     join) echo "admin::fuzz::join::" ;;
     handover) echo "handover::fuzz::" ;;
-    *) echo "unknown target $1 (config health admin join handover all)" >&2; exit 2 ;;
+    proxy_header) echo "proxy_header::parse::fuzz::" ;;
+    *) echo "unknown target $1 (config health admin join handover proxy_header all)" >&2; exit 2 ;;
     esac
 }
 
@@ -31,7 +32,7 @@ run() {
 }
 
 if [[ $target == all ]]; then
-    for t in config health admin join handover; do run "$t"; done
+    for t in config health admin join handover proxy_header; do run "$t"; done
 else
     run "$target"
 fi

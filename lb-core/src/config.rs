@@ -198,10 +198,33 @@ pub struct Service {
     /// `tcp_user_timeout` and `tcp_keepalive_*`: how soon a backend that
     /// vanished (no RST, no answer) ends its connections.
     pub liveness: TcpLiveness,
+    /// `accept_proxy = true` with `proxy_trusted` and
+    /// `proxy_header_timeout` (default off): clients must start with a
+    /// PROXY header, whose address then stands for the client.
+    pub accept_proxy: Option<AcceptProxy>,
     /// `[service.health]`.
     pub health: HealthCheck,
     /// `[[service.backend]]`: at least one; names unique within the service.
     pub backends: Vec<Backend>,
+}
+
+/// `accept_proxy = true`: the service sits behind balancers that send a
+/// PROXY header (v1 or v2) first; the address in it is the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// `proxy_trusted = ["CIDR", …]` (required, non-empty): the balancers
+    /// allowed to speak for a client. Any other peer is closed at once:
+    /// it could claim any address.
+    pub trusted: Vec<IpNet>,
+    /// `proxy_header_timeout = "3s"` (default, > 0): a trusted peer whose
+    /// header is not whole by then is closed.
+    pub header_timeout: Duration,
+}
+
+impl AcceptProxy {
+    /// The default `proxy_header_timeout` (the spec asks for at least 3 s,
+    /// to cover a TCP retransmit).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 }
 
 /// Socket options on the backend-side socket of every connection of a
@@ -482,6 +505,7 @@ impl Service {
             bounded_load: None,
             source_address: None,
             liveness: TcpLiveness::default(),
+            accept_proxy: None,
             health: HealthCheck::default(),
             backends,
         }
@@ -586,6 +610,75 @@ address = "10.0.0.1:80"
     }
 
     /// `[global]` on line 1, `extra` from line 2, then [`MINIMAL`].
+    #[test]
+    fn accept_proxy_needs_trusted_balancers_and_takes_a_timeout() {
+        let s = &parse(&service_with("")).unwrap().services[0];
+        assert_eq!(s.accept_proxy, None);
+        let text = service_with("accept_proxy = true\nproxy_trusted = [\"10.1.2.3/24\", \"::1\"]");
+        let s = &parse(&text).unwrap().services[0];
+        assert_eq!(
+            s.accept_proxy,
+            Some(AcceptProxy {
+                trusted: vec!["10.1.2.0/24".parse().unwrap(), "::1/128".parse().unwrap()],
+                header_timeout: Duration::from_secs(3),
+            })
+        );
+        let text = service_with(
+            "accept_proxy = true\nproxy_trusted = [\"127.0.0.1\"]\nproxy_header_timeout = \"500ms\"",
+        );
+        let s = &parse(&text).unwrap().services[0];
+        let on = s.accept_proxy.as_ref().unwrap();
+        assert_eq!(on.header_timeout, Duration::from_millis(500));
+        assert_eq!(
+            parse(&service_with("accept_proxy = false"))
+                .unwrap()
+                .services[0]
+                .accept_proxy,
+            None
+        );
+
+        assert_refused(
+            &service_with("accept_proxy = true"),
+            (1, 1),
+            &["services[0]: missing key `proxy_trusted`", "CIDRs"],
+        );
+        assert_refused(
+            &service_with("accept_proxy = true\nproxy_trusted = []"),
+            (5, 17),
+            &[
+                "services[0].proxy_trusted: is empty",
+                "every client would be refused",
+            ],
+        );
+        assert_refused(
+            &service_with("accept_proxy = true\nproxy_trusted = [\"10.0.0.0/8\", \"10.0.0.0/33\"]"),
+            (5, 32),
+            &["services[0].proxy_trusted[1]: \"10.0.0.0/33\" is not a CIDR"],
+        );
+        assert_refused(
+            &service_with(
+                "accept_proxy = true\nproxy_trusted = [\"::1\"]\nproxy_header_timeout = \"0s\"",
+            ),
+            (6, 24),
+            &["services[0].proxy_header_timeout"],
+        );
+        assert_refused(
+            &service_with("proxy_trusted = [\"10.0.0.0/8\"]"),
+            (4, 17),
+            &["services[0].proxy_trusted: is set but accept_proxy is not true"],
+        );
+        assert_refused(
+            &service_with("accept_proxy = false\nproxy_header_timeout = \"1s\""),
+            (5, 24),
+            &["services[0].proxy_header_timeout: is set but accept_proxy is not true"],
+        );
+        assert_refused(
+            &service_with("accept_proxy = \"yes\""),
+            (4, 16),
+            &["accept_proxy"],
+        );
+    }
+
     fn global_with(extra: &str) -> String {
         format!("[global]\n{extra}\n\n{MINIMAL}")
     }

@@ -1,6 +1,7 @@
 //! Hostile input: property tests of every parser of bytes from outside
 //! (the config text, health answers, admin requests, join bodies, the
-//! upgrade handover). Test-only; runs on the test harness's threads.
+//! upgrade handover, PROXY headers). Test-only; runs on the test
+//! harness's threads.
 //!
 //! Stable Rust has no libFuzzer, so this is proptest driving a mutational
 //! fuzzer: each case is a seed from `fuzz/corpus/<target>/` (or random
@@ -14,7 +15,8 @@
 //! `RINGLB_FUZZ_CASES`). The targets sit next to what they test (a child
 //! module sees its parent's private parsers): `config/fuzz.rs`,
 //! `health/fuzz.rs`, `admin/fuzz.rs`, `admin/join_fuzz.rs`,
-//! `handover_fuzz.rs`.
+//! `handover_fuzz.rs`, `proxy_header/parse_fuzz.rs` (target
+//! `proxy_header`: the PROXY header a trusted balancer sends first).
 
 use std::time::{Duration, Instant};
 

@@ -45,7 +45,8 @@ pub use error::{Error, Result};
 
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
-    AdminState, Config, DegradedIs, HealthCheck, HealthKind, MaxConnections, DEFAULT_HEALTH_PATH,
+    AcceptProxy, AdminState, Config, DegradedIs, HealthCheck, HealthKind, MaxConnections,
+    DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::admin::view::{admin_str, StatusView};
 use crate::config::AdminState;
 use crate::control::Health;
-use crate::stats::{ConnectionBudget, LocalKind, LOCAL_ERRORS, LOG_LOSS};
+use crate::stats::{ConnectionBudget, LocalKind, ProxyRefused, LOCAL_ERRORS, LOG_LOSS};
 use crate::worker::WorkerControl;
 
 /// `Content-Type` of the exposition.
@@ -124,6 +124,7 @@ pub(crate) fn render(
     e.sample("ringlb_snapshot_generation", &[], view.generation);
 
     render_services(&mut e, view);
+    render_proxy_refusals(&mut e, view);
     render_backends(&mut e, view);
     render_workers(&mut e, workers);
     render_latencies(&mut e, workers);
@@ -206,6 +207,26 @@ fn render_services(e: &mut Exposition, view: &StatusView) {
         e.family(name, kind, help);
         for s in &view.services {
             e.sample(name, &[("service", &s.name)], read(s));
+        }
+    }
+}
+
+/// `accept_proxy`: clients closed before a backend was chosen, by reason
+/// (every service, so a series exists before its first refusal).
+fn render_proxy_refusals(e: &mut Exposition, view: &StatusView) {
+    let name = "ringlb_proxy_header_refused_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Clients of an accept_proxy service closed without a backend connection, by reason: untrusted (not in proxy_trusted), malformed, oversized, version, command, family (the header), timeout (not whole within proxy_header_timeout), closed (the client left first).",
+    );
+    for s in &view.services {
+        for reason in ProxyRefused::all() {
+            e.sample(
+                name,
+                &[("service", &s.name), ("reason", reason.label())],
+                s.stats.proxy_refused(reason),
+            );
         }
     }
 }
@@ -532,6 +553,9 @@ mod tests {
             "ringlb_backend_admin_state{service=\"we\\\"b\",backend=\"a\",state=\"drain\"} 1\n"
         ));
         assert!(text.contains("ringlb_worker_info{worker=\"0\",engine=\"starting\"} 1\n"));
+        assert!(text.contains(
+            "ringlb_proxy_header_refused_total{service=\"we\\\"b\",reason=\"untrusted\"} 0\n"
+        ));
         // Every family's samples come right after its TYPE line.
         let mut seen = std::collections::HashSet::new();
         let mut current = String::new();

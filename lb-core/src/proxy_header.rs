@@ -9,6 +9,8 @@
 mod encode;
 mod parse;
 
+pub(crate) use parse::{parse, Parsed, Refusal, MAX_HEADER};
+
 /// Which header ringlb writes to a backend (`send_proxy = "v1" | "v2"`;
 /// `"off"` is `None` where this is held).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Balance, TcpLiveness};
+use crate::config::{AcceptProxy, Balance, TcpLiveness};
 use crate::hash;
 use crate::maglev::{EffectiveTable, MaglevTable};
 use crate::policy::{self, P2c, RoundRobin};
@@ -50,6 +50,9 @@ pub struct ServiceSettings {
     pub source_address: Option<IpAddr>,
     /// TCP_USER_TIMEOUT and keepalive of backend-side sockets.
     pub liveness: TcpLiveness,
+    /// Clients must start with a PROXY header (`accept_proxy = true`):
+    /// who may send one and how long it may take.
+    pub accept_proxy: Option<AcceptProxy>,
 }
 
 /// One backend as the workers see it.
@@ -279,6 +282,7 @@ mod tests {
             bounded_load: None,
             source_address: None,
             liveness: TcpLiveness::default(),
+            accept_proxy: None,
         };
         let backends = (0..usable.len())
             .map(|i| BackendEntry {

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::proxy_header::Refusal;
+
 /// Log records that never reached the log, since the process started.
 /// Written by the binary's log writer (it owns stderr), read by /metrics;
 /// a static because the writer exists before any server does.
@@ -293,6 +295,67 @@ pub struct ServiceStats {
     pub no_backend: AtomicU64,
     /// Connect retries on another backend.
     pub retries: AtomicU64,
+    /// Clients closed before a backend was chosen because their PROXY
+    /// header was missing, bad or late (`accept_proxy`), by
+    /// [`ProxyRefused::index`].
+    pub(crate) proxy_refused: [AtomicU64; ProxyRefused::COUNT],
+}
+
+/// Why a client of an `accept_proxy` service was closed before a backend
+/// was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyRefused {
+    /// Its address is not in `proxy_trusted`.
+    Untrusted,
+    /// What it sent is not a header ringlb takes.
+    Header(Refusal),
+    /// No whole header within `proxy_header_timeout`.
+    Timeout,
+    /// It closed (or reset) before its header was whole.
+    Closed,
+}
+
+impl ProxyRefused {
+    pub(crate) const COUNT: usize = 3 + Refusal::ALL.len();
+
+    /// Every reason, in [`index`](ProxyRefused::index) order.
+    pub(crate) fn all() -> impl Iterator<Item = ProxyRefused> {
+        [ProxyRefused::Untrusted]
+            .into_iter()
+            .chain(Refusal::ALL.into_iter().map(ProxyRefused::Header))
+            .chain([ProxyRefused::Timeout, ProxyRefused::Closed])
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            ProxyRefused::Untrusted => 0,
+            ProxyRefused::Header(r) => 1 + r as usize,
+            ProxyRefused::Timeout => 1 + Refusal::ALL.len(),
+            ProxyRefused::Closed => 2 + Refusal::ALL.len(),
+        }
+    }
+
+    /// The `reason` label of `ringlb_proxy_header_refused_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ProxyRefused::Untrusted => "untrusted",
+            ProxyRefused::Header(r) => r.label(),
+            ProxyRefused::Timeout => "timeout",
+            ProxyRefused::Closed => "closed",
+        }
+    }
+}
+
+impl ServiceStats {
+    /// Counts a client refused for `reason`.
+    pub(crate) fn count_proxy_refused(&self, reason: ProxyRefused) {
+        self.proxy_refused[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Clients refused for `reason` so far.
+    pub(crate) fn proxy_refused(&self, reason: ProxyRefused) -> u64 {
+        self.proxy_refused[reason.index()].load(Relaxed)
+    }
 }
 
 impl ServiceStats {
@@ -316,6 +379,17 @@ impl ServiceStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_refusals_have_distinct_indices_and_labels() {
+        let all: Vec<ProxyRefused> = ProxyRefused::all().collect();
+        assert_eq!(all.len(), ProxyRefused::COUNT);
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), ProxyRefused::COUNT);
+    }
 
     #[test]
     fn reserve_stops_at_max_and_release_frees() {

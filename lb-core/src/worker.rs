@@ -12,14 +12,16 @@
 //! established connection (forwarding, close). The rest, by concern:
 //! `listeners` (accept and admission), `slab` (connections by slot and the
 //! [`Token`]s naming them), `connect` (backend choice and retries),
-//! `timers` (connect and idle timeouts), `mailbox` (the link with the
-//! control plane), `forwarding` (how bytes move, resolved at start-up) and
-//! `syscalls` (the kernel calls, a seam for tests).
+//! `preamble` (what a client sends before a backend is chosen: a PROXY
+//! header), `timers` (preamble, connect and idle timeouts), `mailbox` (the
+//! link with the control plane), `forwarding` (how bytes move, resolved at
+//! start-up) and `syscalls` (the kernel calls, a seam for tests).
 
 mod connect;
 mod forwarding;
 mod listeners;
 mod mailbox;
+mod preamble;
 mod slab;
 mod syscalls;
 mod timers;
@@ -129,6 +131,9 @@ pub(crate) struct WorkerSetup {
 }
 
 enum Phase {
+    /// Before a backend is chosen: the client's PROXY header is awaited
+    /// (`preamble.rs`) until `deadline`.
+    Preamble { deadline: Instant },
     Connecting {
         /// Backend being tried (u32::MAX before the first attempt), by index
         /// in the snapshot of `generation` and by address.
@@ -209,6 +214,9 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     latencies: Latencies,
     latencies_dirty: bool,
     latencies_published: Instant,
+    /// Where preambles are peeked (one per worker, never per connection;
+    /// empty until a service reads PROXY headers).
+    scratch: Vec<u8>,
 }
 
 impl<R: Reactor> Worker<R> {
@@ -255,6 +263,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             latencies: Latencies::new(),
             latencies_dirty: false,
             latencies_published: Instant::now(),
+            scratch: Vec::new(),
         }
     }
 
@@ -305,18 +314,24 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
-        let connecting = matches!(conn.phase, Phase::Connecting { .. });
         // Recorded in every phase: an edge is reported once (a request sent
         // while the backend connects, a server greeting with the connect).
         if backend {
             conn.backend_ready.merge(event);
-            if connecting {
-                self.connect_done(slot);
-                return;
-            }
         } else {
             conn.client_ready.merge(event);
-            if connecting {
+        }
+        match conn.phase {
+            Phase::Established { .. } => {}
+            Phase::Connecting { .. } => {
+                if backend {
+                    self.connect_done(slot);
+                }
+                return;
+            }
+            // No backend socket yet: only the client's can report.
+            Phase::Preamble { .. } => {
+                self.read_preamble(slot);
                 return;
             }
         }

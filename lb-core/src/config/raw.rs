@@ -62,6 +62,10 @@ pub(super) struct RawService {
     pub tcp_keepalive_idle: Option<Spanned<DurationText>>,
     pub tcp_keepalive_interval: Option<Spanned<DurationText>>,
     pub tcp_keepalive_count: Option<Spanned<i64>>,
+    // PROXY protocol in (validate/proxy_in.rs).
+    pub accept_proxy: Option<Spanned<bool>>,
+    pub proxy_trusted: Option<TextList>,
+    pub proxy_header_timeout: Option<Spanned<DurationText>>,
     pub health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,

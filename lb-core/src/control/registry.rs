@@ -324,6 +324,7 @@ impl Registry {
                 bounded_load: c.bounded_load,
                 source_address: c.source_address,
                 liveness: c.liveness,
+                accept_proxy: c.accept_proxy.clone(),
             };
             let backends: Vec<BackendEntry> = svc
                 .backends

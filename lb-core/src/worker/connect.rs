@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::conn::{Pair, Readiness};
 use crate::stats::LOCAL_ERRORS;
@@ -74,13 +75,14 @@ impl ConnectFailure {
 pub(crate) type FailureSender = tokio::sync::mpsc::Sender<PassiveFailure>;
 
 impl<R: Reactor, S: Syscalls> Worker<R, S> {
-    /// An admitted client: its slot, its candidates, its first connect.
+    /// An admitted client: its slot, its candidates, its first connect;
+    /// or, when the service reads PROXY headers, its preamble first.
     pub(crate) fn open(&mut self, li: usize, si: usize, client: OwnedFd, peer: SocketAddr) {
-        let service = &self.snapshot.services[si];
-        let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
-        let mut candidates = [0u32; MAX_ATTEMPTS];
-        let count = service.candidates(peer.ip(), &mut self.picks[si], &mut candidates[..attempts]);
-        let deadline = self.now + service.settings.connect_timeout;
+        if self.snapshot.services[si].settings.accept_proxy.is_some() {
+            self.open_preamble(li, si, client, peer);
+            return;
+        }
+        let (phase, deadline) = self.connecting(si, peer);
         let client_fd = client.as_raw_fd();
         let slot = self.slab.insert(Conn {
             client,
@@ -89,16 +91,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             backend: None,
             backend_ready: Readiness::default(),
             listener: li,
-            phase: Phase::Connecting {
-                backend_index: u32::MAX,
-                target: None,
-                candidates,
-                count: count as u8,
-                tried: 0,
-                generation: self.snapshot.generation,
-                deadline,
-                started: self.now,
-            },
+            phase,
             last_active: self.now,
             timer_at: deadline,
         });
@@ -108,6 +101,27 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             return;
         }
         self.next_attempt(slot);
+    }
+
+    /// The connecting phase of a client of service `si` from `peer`: its
+    /// candidates, none tried yet; and its first deadline.
+    pub(super) fn connecting(&mut self, si: usize, peer: SocketAddr) -> (Phase, Instant) {
+        let service = &self.snapshot.services[si];
+        let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
+        let mut candidates = [0u32; MAX_ATTEMPTS];
+        let count = service.candidates(peer.ip(), &mut self.picks[si], &mut candidates[..attempts]);
+        let deadline = self.now + service.settings.connect_timeout;
+        let phase = Phase::Connecting {
+            backend_index: u32::MAX,
+            target: None,
+            candidates,
+            count: count as u8,
+            tried: 0,
+            generation: self.snapshot.generation,
+            deadline,
+            started: self.now,
+        };
+        (phase, deadline)
     }
 
     /// Starts a connect to the next untried candidate, or gives up with a

@@ -5,8 +5,9 @@
 //! type the worker takes as a generic parameter (its default), so every call
 //! is static and inlined exactly as the direct `sys::` calls were; no
 //! pointer, no vtable, no state. Only the calls whose results steer the
-//! worker (accept, connect, the outcome of a connect) go through here; the
-//! byte pumps and socket options do not decide anything and stay direct.
+//! worker (accept, connect, the outcome of a connect, the reads of a
+//! preamble) go through here; the byte pumps and socket options do not
+//! decide anything and stay direct.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +32,12 @@ pub(crate) trait Syscalls {
     ) -> io::Result<Socket>;
     /// The pending error of a socket, cleared ([`sys::take_socket_error`]).
     fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>>;
+    /// Copies what a client socket holds without consuming it
+    /// ([`sys::peek`]): a preamble is judged before it is taken.
+    fn peek(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize>;
+    /// Non-blocking read ([`sys::recv`]): takes a judged preamble off the
+    /// socket.
+    fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 /// The kernel's own calls.
@@ -56,5 +63,15 @@ impl Syscalls for Kernel {
     #[inline]
     fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>> {
         sys::take_socket_error(fd)
+    }
+
+    #[inline]
+    fn peek(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+        sys::peek(fd, buf)
+    }
+
+    #[inline]
+    fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv(fd, buf)
     }
 }

@@ -1,6 +1,7 @@
-//! A worker's deadlines: the connect timeout of a connecting connection
-//! (then the next candidate is tried) and the idle timeout of an
-//! established one (then both sides are reset), and how long the engine
+//! A worker's deadlines: the header timeout of a connection in its
+//! preamble (then it is refused), the connect timeout of a connecting
+//! connection (then the next candidate is tried) and the idle timeout of
+//! an established one (then both sides are reset), and how long the engine
 //! may sleep before the next one is due.
 //!
 //! Runs on the worker's thread. Each connection has at most one live entry
@@ -11,6 +12,8 @@
 
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
+
+use crate::stats::ProxyRefused;
 
 use super::connect::ConnectFailure;
 use super::{Phase, Reactor, Syscalls, Worker};
@@ -55,7 +58,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 continue;
             }
             let due = match &conn.phase {
-                Phase::Connecting { deadline, .. } => *deadline,
+                Phase::Preamble { deadline } | Phase::Connecting { deadline, .. } => *deadline,
                 Phase::Established { .. } => {
                     let idle = self.listeners[conn.listener]
                         .service_index
@@ -71,6 +74,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 continue;
             }
             match conn.phase {
+                Phase::Preamble { .. } => self.refuse(slot, ProxyRefused::Timeout),
                 Phase::Connecting { target, .. } => {
                     let si = self.listeners[conn.listener].service_index;
                     self.drop_backend(slot);

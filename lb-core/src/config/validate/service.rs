@@ -124,6 +124,7 @@ impl Seen {
             })?),
         };
         let liveness = convert_liveness(&raw, &path)?;
+        let accept_proxy = super::proxy_in::convert_accept_proxy(&raw, &table, &path)?;
         let health = match &raw.health {
             None => HealthCheck::default(),
             Some(health) => super::health::convert_health(health, &at("health"), base_dir)?,
@@ -146,6 +147,7 @@ impl Seen {
             bounded_load,
             source_address,
             liveness,
+            accept_proxy,
             health,
             backends,
         })
