@@ -97,13 +97,26 @@ pub(crate) fn render(
     );
     e.sample("ringlb_config_generation", &[], view.config_generation);
     e.family(
-        "ringlb_reloads_total",
+        "ringlb_config_reloads_total",
         Kind::Counter,
-        "Config reloads (SIGHUP or the admin API), by result: ok (applied) or failed (refused; the running config kept serving).",
+        "Config reloads (SIGHUP or the admin API), by result: success (applied) or failure (refused; the running config kept serving).",
     );
-    for (result, n) in [("ok", view.reloads_ok), ("failed", view.reloads_failed)] {
-        e.sample("ringlb_reloads_total", &[("result", result)], n);
+    for (result, n) in [
+        ("success", view.reloads_ok),
+        ("failure", view.reloads_failed),
+    ] {
+        e.sample("ringlb_config_reloads_total", &[("result", result)], n);
     }
+    e.family(
+        "ringlb_config_last_reload_successful",
+        Kind::Gauge,
+        "1 if the last reload was applied (or none was asked for since start), 0 if it was refused.",
+    );
+    e.sample(
+        "ringlb_config_last_reload_successful",
+        &[],
+        u64::from(view.last_reload_successful),
+    );
     e.family(
         "ringlb_log_records_lost_total",
         Kind::Counter,
@@ -505,6 +518,7 @@ mod tests {
             config_generation: 2,
             reloads_ok: 1,
             reloads_failed: 3,
+            last_reload_successful: false,
             services: vec![ServiceView {
                 name: "we\"b".into(),
                 listen: vec![],
@@ -518,10 +532,11 @@ mod tests {
         assert!(text.ends_with('\n'));
         assert!(text.contains("ringlb_snapshot_generation 7\n"));
         assert!(text.contains(
-            "# TYPE ringlb_reloads_total counter\n\
-             ringlb_reloads_total{result=\"ok\"} 1\n\
-             ringlb_reloads_total{result=\"failed\"} 3\n"
+            "# TYPE ringlb_config_reloads_total counter\n\
+             ringlb_config_reloads_total{result=\"success\"} 1\n\
+             ringlb_config_reloads_total{result=\"failure\"} 3\n"
         ));
+        assert!(text.contains("ringlb_config_last_reload_successful 0\n"));
         assert!(text.contains("# TYPE ringlb_log_records_lost_total counter\n"));
         assert!(text.contains("ringlb_connections_budget 12\n"));
         assert!(text.contains("ringlb_connections_active 0\n"));

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::status::StatusView;
+use super::status::{ControlCounters, StatusView};
 use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
 use crate::budget::{self, BudgetError};
 use crate::config::{Config, ConfigError};
@@ -121,15 +121,6 @@ pub enum ReloadError {
     /// The control plane is shutting down: the request was not taken.
     #[error("ringlb is shutting down")]
     ShuttingDown,
-}
-
-/// Control-plane figures, shown by `/metrics` (through the `StatusView`).
-#[derive(Debug, Default)]
-pub(crate) struct ControlCounters {
-    /// Reloads applied (SIGHUP or the admin API).
-    pub reloads_ok: AtomicU64,
-    /// Reloads refused; the running config kept serving.
-    pub reloads_failed: AtomicU64,
 }
 
 /// Everything the control-plane thread owns.
@@ -454,7 +445,7 @@ impl ControlPlane {
         let _ = crate::notify::ready();
         match &result {
             Ok(summary) => {
-                self.counters.reloads_ok.fetch_add(1, Relaxed);
+                self.counters.record_reload(None);
                 tracing::info!(
                     services_added = ?summary.services_added,
                     services_removed = ?summary.services_removed,
@@ -464,7 +455,7 @@ impl ControlPlane {
                 );
             }
             Err(reason) => {
-                self.counters.reloads_failed.fetch_add(1, Relaxed);
+                self.counters.record_reload(Some(reason.to_string()));
                 tracing::error!(reason = %reason, "reload refused; the running config keeps serving");
             }
         }

@@ -669,7 +669,7 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
     }
     // Started without a config file: a reload is refused, and counted.
     assert_eq!(
-        metric(&before, "ringlb_reloads_total{result=\"failed\"}"),
+        metric(&before, "ringlb_config_reloads_total{result=\"failure\"}"),
         0.0
     );
     let refused = lb.send(req("POST", "/api/v1/reload"));
@@ -677,11 +677,19 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
     assert!(refused.text().contains("started without a config file"));
     let reloaded = parse_exposition(&lb.get("/metrics").text());
     assert_eq!(
-        metric(&reloaded, "ringlb_reloads_total{result=\"failed\"}"),
+        metric(&reloaded, "ringlb_config_reloads_total{result=\"failure\"}"),
         1.0
     );
     assert_eq!(
-        metric(&reloaded, "ringlb_reloads_total{result=\"ok\"}"),
+        metric(&reloaded, "ringlb_config_reloads_total{result=\"success\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&before, "ringlb_config_last_reload_successful{}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&reloaded, "ringlb_config_last_reload_successful{}"),
         0.0
     );
     assert_eq!(
