@@ -1,6 +1,7 @@
 //! `GET /metrics`: the Prometheus text exposition format 0.0.4, rendered
 //! at scrape time from a [`StatusView`] and the workers' counters. Runs in
-//! the admin server on the control-plane thread.
+//! the admin server on the control-plane thread. `process`: the standard
+//! process collector's families, from /proc.
 //!
 //! Written by hand rather than with `prometheus-client`: every counter here
 //! is an atomic owned by a worker or the registry, so a registry of metric
@@ -10,6 +11,8 @@
 //! scrape expects. The format rules kept here: one `# HELP` and one
 //! `# TYPE` per family, before its samples; a family's samples contiguous;
 //! label values escaped (`\\`, `\"`, `\n`); one series per label set.
+
+mod process;
 
 use std::fmt::{Display, Write};
 use std::sync::atomic::Ordering::Relaxed;
@@ -90,6 +93,7 @@ pub(crate) fn render(
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    process::ProcessFigures::read().render(&mut e);
     e.family(
         "ringlb_config_generation",
         Kind::Gauge,
