@@ -21,7 +21,9 @@ use std::sync::Arc;
 use crate::admin::view::{admin_str, StatusView};
 use crate::config::AdminState;
 use crate::control::Health;
-use crate::stats::{ConnectionBudget, LocalKind, LOCAL_ERRORS, LOG_LOSS};
+use crate::stats::{
+    ConnectionBudget, LocalKind, CONNECT_BUCKETS_US, HEALTH_STATES, LOCAL_ERRORS, LOG_LOSS,
+};
 use crate::worker::WorkerControl;
 
 /// `Content-Type` of the exposition.
@@ -297,7 +299,7 @@ fn render_backends(e: &mut Exposition, view: &StatusView) {
     e.family(
         "ringlb_backend_bytes_total",
         Kind::Counter,
-        "Bytes forwarded, by direction; added when a connection closes.",
+        "Bytes forwarded, by direction; an open connection's are added at least once a second, the rest when it closes.",
     );
     for (svc, b) in each() {
         for (direction, v) in [
@@ -333,6 +335,51 @@ fn render_backends(e: &mut Exposition, view: &StatusView) {
                 v.load(Relaxed),
             );
         }
+    }
+
+    e.family(
+        "ringlb_backend_health_transitions_total",
+        Kind::Counter,
+        "Changes of the backend's health, by the state entered: up, down, or unknown (probed anew after its address or check kind changed). Kept across reloads while the backend stays.",
+    );
+    for (svc, b) in each() {
+        for to in HEALTH_STATES {
+            e.sample(
+                "ringlb_backend_health_transitions_total",
+                &[("service", svc), ("backend", &b.name), ("to", to.as_str())],
+                b.stats.health_changes(to),
+            );
+        }
+    }
+
+    let name = "ringlb_backend_connect_seconds";
+    e.family(
+        name,
+        Kind::Histogram,
+        "Time to establish a connection to the backend (successful attempts).",
+    );
+    let bounds: Vec<String> = CONNECT_BUCKETS_US
+        .iter()
+        .map(|&us| (us as f64 / 1e6).to_string())
+        .chain(["+Inf".to_string()])
+        .collect();
+    for (svc, b) in each() {
+        let (cumulative, sum_us) = b.stats.connect_time.read();
+        for (le, n) in bounds.iter().zip(cumulative) {
+            e.sample(
+                "ringlb_backend_connect_seconds_bucket",
+                &[("service", svc), ("backend", &b.name), ("le", le)],
+                n,
+            );
+        }
+        let labels = [("service", svc), ("backend", b.name.as_str())];
+        e.sample(
+            "ringlb_backend_connect_seconds_sum",
+            &labels,
+            sum_us as f64 / 1e6,
+        );
+        let count = cumulative.last().copied().unwrap_or(0);
+        e.sample("ringlb_backend_connect_seconds_count", &labels, count);
     }
 
     e.family(
@@ -424,16 +471,14 @@ fn escape_label_into(out: &mut String, s: &str) {
     }
 }
 
-/// Upper bounds (seconds) of the histogram buckets.
-const CONNECT_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+/// Upper bounds (seconds) of the connection-duration buckets.
 const DURATION_BUCKETS: [f64; 11] = [
     0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0, 604800.0,
 ];
 
-/// Connect time and connection duration over all workers: each worker's
-/// last published copy (at most a second old), merged here.
+/// Connection duration over all workers: each worker's last published
+/// copy (at most a second old), merged here. (Connect times are per
+/// backend, in `render_backends`.)
 fn render_latencies(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
     let mut all = crate::stats::Latencies::new();
     for w in workers {
@@ -441,14 +486,6 @@ fn render_latencies(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
             all.add(&l);
         }
     }
-    histogram(
-        e,
-        "ringlb_backend_connect_seconds",
-        "Time to establish the backend connection (successful attempts).",
-        &all.connect_us,
-        1e-6,
-        &CONNECT_BUCKETS,
-    );
     histogram(
         e,
         "ringlb_connection_duration_seconds",
