@@ -55,6 +55,44 @@ impl ControlCounters {
     }
 }
 
+/// The line systemd shows for the service (`STATUS=`): how many client
+/// connections and services are served, and how the last reload went
+/// (times in UTC).
+pub(crate) fn status_line(
+    connections: usize,
+    services: usize,
+    last: Option<&LastReload>,
+) -> String {
+    let plural = |n: usize, one: &str| {
+        if n == 1 {
+            format!("{n} {one}")
+        } else {
+            format!("{n} {one}s")
+        }
+    };
+    let serving = format!(
+        "serving {}, {}",
+        plural(connections, "connection"),
+        plural(services, "service")
+    );
+    match last {
+        None => format!("{serving}; no reload since start"),
+        Some(r) => {
+            let secs = r
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+            match &r.refused {
+                None => format!("{serving}; last reload ok at {h:02}:{m:02}:{s:02} UTC"),
+                Some(reason) => format!(
+                    "{serving}; last reload refused at {h:02}:{m:02}:{s:02} UTC: {reason}"
+                ),
+            }
+        }
+    }
+}
+
 /// The registry at one instant, for the admin API and metrics.
 #[derive(Debug)]
 pub(crate) struct StatusView {
