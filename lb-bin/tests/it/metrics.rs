@@ -206,9 +206,8 @@ fn reload_results_are_counted_and_the_last_one_shown() {
     config.admin = true;
     let good = config.to_toml();
     let mut lb = Ringlb::start(&config);
-    let reloads = |m: &Metrics, result: &str| {
-        m.labelled("ringlb_config_reloads_total", "result", result)
-    };
+    let reloads =
+        |m: &Metrics, result: &str| m.labelled("ringlb_config_reloads_total", "result", result);
     let m = lb.metrics();
     assert_eq!(
         (
@@ -402,7 +401,10 @@ fn process_metrics_match_what_proc_says() {
         .unwrap()
         .as_secs_f64();
     let start = value("process_start_time_seconds");
-    assert!(start <= now + 1.0 && start > now - 120.0, "start {start}, now {now}");
+    assert!(
+        start <= now + 1.0 && start > now - 120.0,
+        "start {start}, now {now}"
+    );
     assert!(value("process_cpu_seconds_total") >= 0.0);
     assert_eq!(m.value("ringlb_connections_active"), Some(5));
     drop(clients);

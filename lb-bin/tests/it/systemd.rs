@@ -142,11 +142,19 @@ fn status_says_what_is_served_and_how_the_last_reload_went() {
     let good = config.to_toml();
     lb.rewrite_config("[[service]]\nname = \"web\"\nlisten = [\"not an address\"]\n");
     lb.signal(libc::SIGHUP);
-    let refused = expect_status(&sock, &["last reload refused at", "not an address"], &mut seen);
+    let refused = expect_status(
+        &sock,
+        &["last reload refused at", "not an address"],
+        &mut seen,
+    );
     assert!(refused.is_some(), "{seen:?}\n{}", lb.report());
     lb.rewrite_config(&good);
     lb.signal(libc::SIGHUP);
-    let ok = expect_status(&sock, &["serving 1 connection", "last reload ok at"], &mut seen);
+    let ok = expect_status(
+        &sock,
+        &["serving 1 connection", "last reload ok at"],
+        &mut seen,
+    );
     assert!(ok.is_some(), "{seen:?}\n{}", lb.report());
     drop(client);
 }

@@ -473,7 +473,11 @@ impl ControlPlane {
     /// Refreshes systemd's `STATUS=` line if it changed.
     fn send_status(&mut self) {
         let services = self.registry.services().len();
-        let line = status_line(self.budget.active(), services, self.counters.last_reload.as_ref());
+        let line = status_line(
+            self.budget.active(),
+            services,
+            self.counters.last_reload.as_ref(),
+        );
         if line != self.status_sent && crate::notify::status(&line).unwrap_or(false) {
             self.status_sent = line;
         }

@@ -484,8 +484,10 @@ mod tests {
             Health::Unknown,
             "a new backend waits for its probe"
         );
-        r.set_health("s", "a", Health::Down, "refused".into()).unwrap();
-        r.set_health("s", "a", Health::Down, "refused again".into()).unwrap();
+        r.set_health("s", "a", Health::Down, "refused".into())
+            .unwrap();
+        r.set_health("s", "a", Health::Down, "refused again".into())
+            .unwrap();
         r.set_health("s", "a", Health::Up, "ok".into()).unwrap();
         let a = &r.service("s").unwrap().backends[0];
         assert_eq!(

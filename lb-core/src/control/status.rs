@@ -78,16 +78,15 @@ pub(crate) fn status_line(
     match last {
         None => format!("{serving}; no reload since start"),
         Some(r) => {
-            let secs = r
-                .at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let secs =
+                r.at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
             let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
             match &r.refused {
                 None => format!("{serving}; last reload ok at {h:02}:{m:02}:{s:02} UTC"),
-                Some(reason) => format!(
-                    "{serving}; last reload refused at {h:02}:{m:02}:{s:02} UTC: {reason}"
-                ),
+                Some(reason) => {
+                    format!("{serving}; last reload refused at {h:02}:{m:02}:{s:02} UTC: {reason}")
+                }
             }
         }
     }

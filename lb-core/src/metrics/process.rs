@@ -150,7 +150,12 @@ mod tests {
                 starttime: 123456
             })
         );
-        for bad in ["", "4242 (x S 1", "4242 (x) S 1 2 3", "1 (x) S a b c d e f g h i j k l"] {
+        for bad in [
+            "",
+            "4242 (x S 1",
+            "4242 (x) S 1 2 3",
+            "1 (x) S a b c d e f g h i j k l",
+        ] {
             assert_eq!(parse_stat(bad), None, "{bad:?}");
         }
     }
@@ -161,7 +166,10 @@ mod tests {
         assert_eq!(parse_btime(stat), Some(1_764_850_000));
         assert_eq!(parse_btime("cpu 1 2\n"), None);
         assert_eq!(parse_btime("btime x\n"), None);
-        assert_eq!(parse_statm_resident("5000 2500 300 10 0 400 0\n"), Some(2500));
+        assert_eq!(
+            parse_statm_resident("5000 2500 300 10 0 400 0\n"),
+            Some(2500)
+        );
         assert_eq!(parse_statm_resident("5000\n"), None);
     }
 

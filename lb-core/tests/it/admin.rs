@@ -551,10 +551,16 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
         let kind = typed[family.as_str()].as_str();
         if kind == "counter" {
             assert!(v >= 0.0, "{at}: negative counter");
-            assert!(name.ends_with("_total"), "{at}: a counter's name ends in _total");
+            assert!(
+                name.ends_with("_total"),
+                "{at}: a counter's name ends in _total"
+            );
         }
         if kind == "histogram" {
-            assert!(histogram_base.is_some(), "{at}: not a _bucket, _sum or _count");
+            assert!(
+                histogram_base.is_some(),
+                "{at}: not a _bucket, _sum or _count"
+            );
             let rest: Vec<String> = labels
                 .iter()
                 .filter(|(k, _)| k != "le")
@@ -562,8 +568,14 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
                 .collect();
             let group = (family.clone(), rest.join(","));
             if name.ends_with("_bucket") {
-                let le = labels.iter().find(|(k, _)| k == "le").map(|(_, v)| value(v));
-                buckets.entry(group).or_default().push((le.unwrap_or(f64::NAN), v));
+                let le = labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .map(|(_, v)| value(v));
+                buckets
+                    .entry(group)
+                    .or_default()
+                    .push((le.unwrap_or(f64::NAN), v));
             } else if name.ends_with("_count") {
                 counts.insert(group, v);
             }
@@ -578,7 +590,11 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
         );
         let last = b.last().copied().unwrap_or((0.0, 0.0));
         assert_eq!(last.0, f64::INFINITY, "{group:?}: no +Inf bucket");
-        assert_eq!(Some(&last.1), counts.get(group), "{group:?}: +Inf != _count");
+        assert_eq!(
+            Some(&last.1),
+            counts.get(group),
+            "{group:?}: +Inf != _count"
+        );
     }
     assert_eq!(
         counts.keys().collect::<Vec<_>>(),
@@ -782,7 +798,10 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
         metric(&after, "ringlb_connection_duration_seconds_count{}") == 3.0
     });
     // Connect times: per backend, counted as the connect completes.
-    assert_eq!(total(&after, "ringlb_backend_connect_seconds_count", ""), 3.0);
+    assert_eq!(
+        total(&after, "ringlb_backend_connect_seconds_count", ""),
+        3.0
+    );
     assert_eq!(
         total(
             &after,
