@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::health::State as Health;
 use crate::proxy_header::Refusal;
 
 /// Log records that never reached the log, since the process started.
@@ -267,19 +268,87 @@ pub struct BackendStats {
     pub active: AtomicU64,
     /// Connections ever established to it.
     pub total: AtomicU64,
-    /// Bytes client → backend and backend → client, added when a
-    /// connection ends.
+    /// Bytes client → backend and backend → client: an open
+    /// connection's are added once a second by its worker, the rest when
+    /// it closes.
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
     /// Failed connects, by reason.
     pub connect_refused: AtomicU64,
     pub connect_timeout: AtomicU64,
     pub connect_other: AtomicU64,
+    /// Time of the successful connects (`ringlb_backend_connect_seconds`),
+    /// recorded by the worker that connected.
+    pub connect_time: ConnectHistogram,
+    /// Health state changes, by the state entered (indexed as
+    /// [`HEALTH_STATES`]): counted by the control plane, kept across
+    /// reloads with the rest of these counters.
+    health_transitions: [AtomicU64; 3],
 }
+
+/// The states a backend's health moves to, in the order of
+/// `BackendStats::health_transitions`.
+pub(crate) const HEALTH_STATES: [Health; 3] = [Health::Up, Health::Down, Health::Unknown];
 
 impl BackendStats {
     pub fn active(&self) -> u64 {
         self.active.load(Relaxed)
+    }
+
+    /// Counts a change of the backend's health to `to`.
+    pub(crate) fn count_health_change(&self, to: Health) {
+        if let Some(i) = HEALTH_STATES.iter().position(|&s| s == to) {
+            self.health_transitions[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Changes of health to `to` so far.
+    pub(crate) fn health_changes(&self, to: Health) -> u64 {
+        HEALTH_STATES
+            .iter()
+            .position(|&s| s == to)
+            .map_or(0, |i| self.health_transitions[i].load(Relaxed))
+    }
+}
+
+/// Upper bounds (µs) of the connect-time buckets, then +Inf. From
+/// loopback and same-rack connects (100 µs to 1 ms) through cross-site
+/// ones (10 to 100 ms) to connects that needed a SYN retransmit (Linux
+/// resends after 1 s, then 3 s): 12 buckets, Prometheus-style 1-2.5-5
+/// steps where they matter.
+pub(crate) const CONNECT_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
+/// A fixed-bucket histogram of connect times: one bucket's relaxed add and
+/// the sum's per connect, written by any worker, read by scrapes. Each
+/// bucket counts its own range (not cumulative); the last one is +Inf.
+#[derive(Debug, Default)]
+pub struct ConnectHistogram {
+    buckets: [AtomicU64; CONNECT_BUCKETS_US.len() + 1],
+    /// Sum of the recorded times, µs.
+    sum_us: AtomicU64,
+}
+
+impl ConnectHistogram {
+    /// Records one connect that took `d`.
+    pub(crate) fn record(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = CONNECT_BUCKETS_US.partition_point(|&le| le < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// The cumulative counts (`le` each bound of [`CONNECT_BUCKETS_US`],
+    /// then +Inf, which is the count) and the sum in µs.
+    pub(crate) fn read(&self) -> ([u64; CONNECT_BUCKETS_US.len() + 1], u64) {
+        let mut out = [0u64; CONNECT_BUCKETS_US.len() + 1];
+        let mut total = 0u64;
+        for (o, b) in out.iter_mut().zip(&self.buckets) {
+            total += b.load(Relaxed);
+            *o = total;
+        }
+        (out, self.sum_us.load(Relaxed))
     }
 }
 
@@ -449,6 +518,34 @@ mod tests {
     }
 
     #[test]
+    fn connect_times_fall_in_their_buckets_cumulatively() {
+        use std::time::Duration;
+        let h = ConnectHistogram::default();
+        let (empty, sum) = h.read();
+        assert_eq!((empty, sum), ([0; 13], 0));
+        for us in [0, 100, 101, 900, 1_000_000, 7_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let (cum, sum) = h.read();
+        // le 100 µs: 0 and 100 (bounds are inclusive); le 250: + 101;
+        // le 1 ms: + 900; le 1 s: + 1 s; +Inf: + 7 s.
+        assert_eq!(cum, [2, 3, 3, 4, 4, 4, 4, 4, 4, 4, 5, 5, 6]);
+        assert_eq!(sum, 100 + 101 + 900 + 1_000_000 + 7_000_000);
+        assert!(CONNECT_BUCKETS_US.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn health_changes_count_by_state_entered() {
+        let b = BackendStats::default();
+        b.count_health_change(Health::Up);
+        b.count_health_change(Health::Down);
+        b.count_health_change(Health::Up);
+        assert_eq!(b.health_changes(Health::Up), 2);
+        assert_eq!(b.health_changes(Health::Down), 1);
+        assert_eq!(b.health_changes(Health::Unknown), 0);
+    }
+
+    #[test]
     fn a_kind_is_logged_at_most_once_a_second() {
         let errors = LocalErrors {
             counts: [const { AtomicU64::new(0) }; 6],
@@ -470,29 +567,21 @@ mod tests {
 /// `WorkerControl::histograms`), so readers never touch the live one.
 #[derive(Debug, Clone)]
 pub struct Latencies {
-    /// Time from starting a connect to the backend to its completion, µs.
-    pub connect_us: hdrhistogram::Histogram<u64>,
     /// Lifetime of forwarded connections (backend established → closed), ms.
     pub duration_ms: hdrhistogram::Histogram<u64>,
 }
 
 impl Latencies {
-    /// Up to 1 minute of connect time and ~11.5 days of connection life, at
-    /// 2 significant digits (a few KiB each).
+    /// Up to ~11.5 days of connection life, at 2 significant digits (a
+    /// few KiB). (Connect times are per backend: `ConnectHistogram`.)
     pub fn new() -> Latencies {
         // Constant, valid bounds: creation cannot fail.
         let h = |max| {
             hdrhistogram::Histogram::new_with_bounds(1, max, 2).expect("valid histogram bounds")
         };
         Latencies {
-            connect_us: h(60_000_000),
             duration_ms: h(1_000_000_000),
         }
-    }
-
-    pub fn record_connect(&mut self, d: std::time::Duration) {
-        self.connect_us
-            .saturating_record(d.as_micros().try_into().unwrap_or(u64::MAX).max(1));
     }
 
     pub fn record_duration(&mut self, d: std::time::Duration) {
@@ -502,7 +591,6 @@ impl Latencies {
 
     /// Adds another worker's figures (scrape-time merge).
     pub fn add(&mut self, other: &Latencies) {
-        let _ = self.connect_us.add(&other.connect_us);
         let _ = self.duration_ms.add(&other.duration_ms);
     }
 }

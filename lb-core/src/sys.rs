@@ -49,6 +49,24 @@ pub(crate) fn nofile_limit() -> io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
+/// A `sysconf(3)` value; None when the system does not say.
+fn sysconf(name: libc::c_int) -> Option<u64> {
+    // SAFETY: sysconf reads a system constant; it takes no pointers.
+    let v = unsafe { libc::sysconf(name) };
+    u64::try_from(v).ok().filter(|&v| v > 0)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of CPU times in
+/// `/proc/PID/stat`.
+pub(crate) fn clock_ticks() -> Option<u64> {
+    sysconf(libc::_SC_CLK_TCK)
+}
+
+/// The memory page size in bytes (the unit of `/proc/PID/statm`).
+pub(crate) fn page_size() -> Option<u64> {
+    sysconf(libc::_SC_PAGESIZE)
+}
+
 /// TCP_NODELAY and SO_KEEPALIVE on a listener: Linux copies both to every
 /// socket it accepts, which saves two setsockopt calls per connection.
 pub(crate) fn set_accepted_defaults(listener: &Socket) -> io::Result<()> {

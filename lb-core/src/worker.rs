@@ -63,6 +63,10 @@ const DRIVE_BUDGET: u32 = 16;
 /// Most often a worker publishes its latency histograms for scrapes.
 const LATENCY_PUBLISH: Duration = Duration::from_secs(1);
 
+/// How often the bytes open connections moved are added to their
+/// backends' counters (so a long transfer shows in rates while it runs).
+const BYTES_FLUSH: Duration = Duration::from_secs(1);
+
 /// How an engine watches sockets for the worker. Registrations are
 /// edge-triggered for read and write readiness.
 pub(crate) trait Reactor {
@@ -217,6 +221,9 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     /// Where preambles are peeked (one per worker, never per connection;
     /// empty until a service reads PROXY headers).
     scratch: Vec<u8>,
+    /// When the bytes of open connections were last added to their
+    /// backends' counters (every `BYTES_FLUSH`; a close adds its rest).
+    bytes_flushed: Instant,
 }
 
 impl<R: Reactor> Worker<R> {
@@ -264,6 +271,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             latencies_dirty: false,
             latencies_published: Instant::now(),
             scratch: Vec::new(),
+            bytes_flushed: Instant::now(),
         }
     }
 
@@ -375,6 +383,32 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 .store(Some(Arc::new(self.latencies.clone())));
             self.latencies_dirty = false;
             self.latencies_published = self.now;
+        }
+        if self.now.duration_since(self.bytes_flushed) >= BYTES_FLUSH {
+            self.flush_bytes();
+        }
+    }
+
+    /// Adds what every open connection moved since the last flush to its
+    /// backend's byte counters: O(connections) once a second, nothing per
+    /// byte. Engine-forwarded connections count too: their completions
+    /// add to the same `Pair` (`on_forwarded`).
+    fn flush_bytes(&mut self) {
+        self.bytes_flushed = self.now;
+        for slot in 0..self.slab.slots() {
+            if let Some(Conn {
+                phase: Phase::Established { pair, stats, .. },
+                ..
+            }) = self.slab.get_mut(slot)
+            {
+                let (up, down) = pair.take_uncounted();
+                if up > 0 {
+                    stats.bytes_to_backend.fetch_add(up, Relaxed);
+                }
+                if down > 0 {
+                    stats.bytes_to_client.fetch_add(down, Relaxed);
+                }
+            }
         }
     }
 
@@ -555,8 +589,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             pair.release(&mut self.pool);
             pair.release_buffers(&mut self.buffers);
             stats.active.fetch_sub(1, Relaxed);
-            stats.bytes_to_backend.fetch_add(pair.up.bytes, Relaxed);
-            stats.bytes_to_client.fetch_add(pair.down.bytes, Relaxed);
+            // What the last flush (`flush_bytes`) did not add yet.
+            let (up, down) = pair.take_uncounted();
+            stats.bytes_to_backend.fetch_add(up, Relaxed);
+            stats.bytes_to_client.fetch_add(down, Relaxed);
         }
         self.listeners[conn.listener].stats.release();
         self.budget.release();

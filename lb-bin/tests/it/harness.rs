@@ -787,6 +787,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The whole exposition, as scraped.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// The value of the unlabelled sample `name`, if /metrics has one.
     pub fn value(&self, name: &str) -> Option<u64> {
         self.text.lines().find_map(|line| {

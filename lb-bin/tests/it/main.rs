@@ -31,6 +31,7 @@ mod lifecycle;
 mod limits;
 mod logging;
 mod memory;
+mod metrics;
 mod netfaults;
 mod overload;
 mod policies;

@@ -222,7 +222,7 @@ pub(super) fn keep_joined(
         }
         if kind_changed {
             let fresh = new_backend(service.health.kind, &record.config);
-            record.health = fresh.health;
+            record.change_health(fresh.health);
             record.reason = fresh.reason;
             record.last_change = fresh.last_change;
         }

@@ -312,9 +312,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let stats = entry.stats.clone();
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
-        self.latencies
-            .record_connect(self.now.saturating_duration_since(started));
-        self.latencies_dirty = true;
+        stats
+            .connect_time
+            .record(self.now.saturating_duration_since(started));
         conn.phase = Phase::Established {
             pair: Pair::default(),
             stats,
