@@ -5,7 +5,8 @@
 //! type the worker takes as a generic parameter (its default), so every call
 //! is static and inlined exactly as the direct `sys::` calls were; no
 //! pointer, no vtable, no state. Only the calls whose results steer the
-//! worker (accept, connect, the outcome of a connect) go through here; the
+//! worker (accept, connect, the outcome of a connect, the PROXY header that
+//! completes a connect) go through here; the
 //! byte pumps and socket options do not decide anything and stay direct.
 
 use std::io;
@@ -31,6 +32,12 @@ pub(crate) trait Syscalls {
     ) -> io::Result<Socket>;
     /// The pending error of a socket, cleared ([`sys::take_socket_error`]).
     fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>>;
+    /// The address a client connected to: its socket's local address
+    /// ([`sys::local_addr`]), what a PROXY header names as destination.
+    fn local_addr(&mut self, client: &OwnedFd) -> io::Result<SocketAddr>;
+    /// Writes a PROXY header on a freshly connected backend socket
+    /// ([`sys::send`], non-blocking); the bytes written.
+    fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize>;
 }
 
 /// The kernel's own calls.
@@ -56,5 +63,15 @@ impl Syscalls for Kernel {
     #[inline]
     fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>> {
         sys::take_socket_error(fd)
+    }
+
+    #[inline]
+    fn local_addr(&mut self, client: &OwnedFd) -> io::Result<SocketAddr> {
+        sys::local_addr(client)
+    }
+
+    #[inline]
+    fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize> {
+        sys::send(fd, header)
     }
 }

@@ -47,6 +47,7 @@ fn check(kind: HealthKind) -> HealthCheck {
         https_proxy: None,
         no_proxy: None,
         max_body: 64 * 1024,
+        send_proxy: None,
     }
 }
 
