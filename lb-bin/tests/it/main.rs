@@ -34,6 +34,7 @@ mod memory;
 mod netfaults;
 mod overload;
 mod policies;
+mod proxy_out;
 mod reload;
 mod reset;
 mod stickiness;
