@@ -497,3 +497,58 @@ fn health_probes_with_send_proxy_pass_against_an_nginx_that_requires_it() {
         }
     });
 }
+
+#[test]
+fn a_reload_turns_the_header_on_for_new_connections_only() {
+    let _shared = harness::shared();
+    for_each_engine("proxy_out reload", |engine| {
+        let echo = Backend::echo("echo");
+        let mut config = LbConfig::over(engine, &[&echo]);
+        let mut lb = Ringlb::start(&config);
+        let mut before = connect_from(IpAddr::from([127, 0, 0, 2]), lb.addr()).unwrap();
+        before.write_all(b"a\n").unwrap();
+        let mut got = [0u8; 2];
+        before.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"a\n", "[{engine}] off: no header");
+
+        config
+            .service()
+            .extra
+            .push("send_proxy = \"v1\"".to_owned());
+        lb.rewrite_config(&config.to_toml());
+        lb.signal(libc::SIGHUP);
+        assert!(
+            lb.wait_for_log("config reloaded", Duration::from_secs(10))
+                .is_some(),
+            "[{engine}] no `config reloaded` after SIGHUP\n{}",
+            lb.report()
+        );
+
+        let mut after = connect_from(IpAddr::from([127, 0, 0, 3]), lb.addr()).unwrap();
+        let me = after.local_addr().unwrap();
+        after.write_all(b"b\n").unwrap();
+        let want = format!(
+            "PROXY TCP4 127.0.0.3 127.0.0.1 {} {}\r\nb\n",
+            me.port(),
+            lb.addr().port()
+        );
+        let mut got = vec![0u8; want.len()];
+        after
+            .read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("[{engine}] after the reload: {e}\n{}", lb.report()));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            want,
+            "[{engine}] a new connection"
+        );
+
+        // The connection from before carries on as it began: no header.
+        before.write_all(b"c\n").unwrap();
+        let mut got = [0u8; 2];
+        before.read_exact(&mut got).unwrap();
+        assert_eq!(
+            &got, b"c\n",
+            "[{engine}] an established connection is untouched"
+        );
+    });
+}

@@ -19,6 +19,14 @@
 //! `host` (without port), else the backend's IP. `insecure_skip_verify`
 //! accepts any certificate but still checks the handshake signatures.
 //!
+//! PROXY header (`[service.health] send_proxy = true`, for backends that
+//! require one on every connection): written first on every probe, before
+//! the request and before a TLS handshake, in the probed backend's version
+//! (v2 `LOCAL`; v1 a line of the probe socket's own addresses, or
+//! `UNKNOWN` through a proxy's tunnel: see `proxy_header::encode`).
+//! Through an outbound proxy it needs a tunnel to reach the backend, so
+//! plain HTTP then uses `CONNECT` too.
+//!
 //! Proxy ([`ProxySettings`]): plain HTTP sends the request in absolute form
 //! (`GET http://10.0.0.11:8081/path`) to the proxy; HTTPS opens a tunnel with
 //! `CONNECT 10.0.0.11:8081` (a 2xx answer expected), then TLS through it.
