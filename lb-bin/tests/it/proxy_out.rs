@@ -174,9 +174,36 @@ impl Receiver {
 /// answers `"$proxy_protocol_addr $proxy_protocol_port"`, `/health` `OK`;
 /// the access log names the header's address too.
 fn nginx(binary: &Path) -> Receiver {
+    nginx_with(binary, false)
+}
+
+/// [`nginx`], with `tls`: TLS on both listeners (after the PROXY header),
+/// a self-signed certificate made by the openssl command.
+fn nginx_with(binary: &Path, tls: bool) -> Receiver {
     start_receiver("nginx", |dir, v4, v6| {
         let d = dir.display();
-        let v6_listen = v6.map_or(String::new(), |a| format!("listen {a} proxy_protocol;"));
+        let ssl = if tls { "ssl " } else { "" };
+        let v6_listen = v6.map_or(String::new(), |a| {
+            format!("listen {a} {ssl}proxy_protocol;")
+        });
+        let certificate = if tls {
+            let made = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl");
+            assert!(made.success(), "openssl could not make a certificate");
+            format!("ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;")
+        } else {
+            String::new()
+        };
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log notice;\n\
@@ -187,8 +214,9 @@ fn nginx(binary: &Path) -> Receiver {
                client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
                server {{\n\
-                 listen {v4} proxy_protocol;\n\
+                 listen {v4} {ssl}proxy_protocol;\n\
                  {v6_listen}\n\
+                 {certificate}\n\
                  location = /health {{ return 200 \"OK\"; }}\n\
                  location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }}\n\
                }}\n\
@@ -550,5 +578,46 @@ fn a_reload_turns_the_header_on_for_new_connections_only() {
             &got, b"c\n",
             "[{engine}] an established connection is untouched"
         );
+    });
+}
+
+#[test]
+fn tls_passes_through_after_the_header_and_https_probes_send_it_before_the_handshake() {
+    let _shared = harness::shared();
+    let (Some(binary), Some(_), Some(_)) =
+        (installed("nginx"), installed("openssl"), installed("curl"))
+    else {
+        println!("proxy_out tls: SKIPPED: needs nginx, openssl and curl");
+        return;
+    };
+    let nginx = nginx_with(&binary, true);
+    for_each_engine("proxy_out tls", |engine| {
+        for version in ["v1", "v2"] {
+            let mut config = over(&nginx, Variant::from(engine), version);
+            config.service().health = "kind = \"https\"\npath = \"/health\"\ninsecure_skip_verify = true\n\
+                 interval = \"1s\"\nfast_interval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n\
+                 send_proxy = true"
+                .to_owned();
+            let lb = Ringlb::start(&config);
+            // The probe's header came before its handshake, or nginx
+            // would have refused it.
+            wait_health(&lb, "v4", "up", Duration::from_secs(10));
+            // A TLS client through ringlb: the ClientHello follows the
+            // header, and nginx, terminating TLS, names the client.
+            let out = Command::new("curl")
+                .args(["-sS", "-k", "--max-time", "10", "--interface", "127.0.0.2"])
+                .arg(format!("https://{}/", lb.addr()))
+                .output()
+                .expect("run curl");
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let (ip, port) = body.split_once(' ').unwrap_or_default();
+            assert!(
+                out.status.success() && ip == "127.0.0.2" && port.parse::<u16>().is_ok(),
+                "[{engine} {version}] curl: {body:?} {}\n{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                nginx.logs(),
+                lb.report()
+            );
+        }
     });
 }
