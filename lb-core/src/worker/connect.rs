@@ -349,9 +349,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.next_attempt(slot);
             return;
         }
-        let Some(send_proxy) = self
+        let Some((stats, send_proxy)) = self
             .entry(si, backend_index, target, generation)
-            .map(|e| e.send_proxy)
+            .map(|e| (e.stats.clone(), e.send_proxy))
         else {
             self.abort(slot, true, true);
             return;
@@ -363,11 +363,6 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 return;
             }
         }
-        let Some(entry) = self.entry(si, backend_index, target, generation) else {
-            self.abort(slot, true, true);
-            return;
-        };
-        let stats = entry.stats.clone();
         let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
