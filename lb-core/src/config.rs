@@ -28,6 +28,8 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::proxy_header::ProxyVersion;
+
 pub(crate) use backend::{BackendAddr, BackendName, Weight, MAX_WEIGHT};
 pub(crate) use ipnet::IpNet;
 
@@ -206,6 +208,11 @@ pub struct Service {
     pub health: HealthCheck,
     /// `[[service.backend]]`: at least one; names unique within the service.
     pub backends: Vec<Backend>,
+    /// `send_proxy = "off"` (default) | `"v1"` | `"v2"`: the PROXY protocol
+    /// header written to each backend before any client byte, carrying the
+    /// client's address and port and the address it connected to (a
+    /// backend's own `send_proxy` overrides it).
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// `accept_proxy = true`: the service sits behind balancers that send a
@@ -287,6 +294,17 @@ pub struct Backend {
     /// `state = "enabled"` (default) | "drain" | "disabled": the initial
     /// admin state.
     pub state: AdminState,
+    /// `send_proxy = "off" | "v1" | "v2"`: this backend's own choice; None
+    /// (the key absent, and every joined node) takes the service's.
+    pub send_proxy: Option<Option<ProxyVersion>>,
+}
+
+impl Backend {
+    /// The PROXY header this backend gets: its own choice, else the
+    /// service's `send_proxy`.
+    pub fn proxy_header(&self, service_default: Option<ProxyVersion>) -> Option<ProxyVersion> {
+        self.send_proxy.unwrap_or(service_default)
+    }
 }
 
 /// Operator's state for a backend, independent of health.
@@ -338,6 +356,14 @@ pub struct HealthCheck {
     pub no_proxy: Option<Vec<String>>,
     /// `max_body = "64KiB"` (default): bytes of health answer read at most.
     pub max_body: usize,
+    /// `send_proxy = true` (default false): every probe (TCP, HTTP, HTTPS
+    /// before its handshake) first writes a PROXY header (v2 `LOCAL`, v1 a
+    /// line of the probe's own addresses), for backends that require one on
+    /// every connection. Holds the version: the file's `true` is validated
+    /// against every backend having a `send_proxy` version, and the
+    /// registry sets each backend's own when it hands the check to the
+    /// prober (`Registry::probe_targets`). None: no header.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// Kind of health check.
@@ -482,6 +508,7 @@ impl Default for HealthCheck {
             https_proxy: None,
             no_proxy: None,
             max_body: 64 << 10,
+            send_proxy: None,
         }
     }
 }
@@ -508,6 +535,7 @@ impl Service {
             accept_proxy: None,
             health: HealthCheck::default(),
             backends,
+            send_proxy: None,
         }
     }
 }
@@ -520,6 +548,7 @@ impl Backend {
             address,
             weight: Weight::DEFAULT.get(),
             state: AdminState::Enabled,
+            send_proxy: None,
         }
     }
 }
@@ -607,6 +636,75 @@ address = "10.0.0.1:80"
             let key = line.split(' ').next().unwrap();
             assert!(err.contains(key), "{line}: {err}");
         }
+    }
+
+    // PROXY protocol out.
+    #[test]
+    fn send_proxy_defaults_off_and_a_backend_overrides_the_service() {
+        let s = &parse(&service_with("")).unwrap().services[0];
+        assert_eq!((s.send_proxy, s.health.send_proxy), (None, None));
+        assert_eq!(s.backends[0].proxy_header(s.send_proxy), None);
+        let text = "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8080\"]\nsend_proxy = \"v2\"\n\
+                    [[service.backend]]\nname = \"a\"\naddress = \"10.0.0.1:80\"\n\
+                    [[service.backend]]\nname = \"b\"\naddress = \"10.0.0.2:80\"\nsend_proxy = \"v1\"\n\
+                    [[service.backend]]\nname = \"c\"\naddress = \"10.0.0.3:80\"\nsend_proxy = \"off\"\n";
+        let s = &parse(text).unwrap().services[0];
+        assert_eq!(s.send_proxy, Some(ProxyVersion::V2));
+        let resolved: Vec<_> = s
+            .backends
+            .iter()
+            .map(|b| b.proxy_header(s.send_proxy))
+            .collect();
+        assert_eq!(
+            resolved,
+            [Some(ProxyVersion::V2), Some(ProxyVersion::V1), None]
+        );
+        // A joined node (Backend::new) takes the service's.
+        let joined = Backend::new("d", "10.0.0.4:80".parse().unwrap());
+        assert_eq!(joined.proxy_header(s.send_proxy), Some(ProxyVersion::V2));
+
+        assert_refused(
+            &service_with("send_proxy = \"v3\""),
+            (4, 14),
+            &[
+                "services[0].send_proxy",
+                "\"v3\" is not valid",
+                "\"off\", \"v1\", \"v2\"",
+            ],
+        );
+        assert_refused(&service_with("send_proxy = true"), (4, 14), &["send_proxy"]);
+    }
+
+    #[test]
+    fn health_send_proxy_needs_a_version_for_every_backend() {
+        let on = parse(
+            &health_with("send_proxy = true")
+                .replace("[service.health]", "send_proxy = \"v1\"\n[service.health]"),
+        )
+        .unwrap();
+        assert_eq!(on.services[0].health.send_proxy, Some(ProxyVersion::V1));
+        let off = parse(&health_with("send_proxy = false")).unwrap();
+        assert_eq!(off.services[0].health.send_proxy, None);
+        let err = assert_refused(
+            &health_with("send_proxy = true"),
+            (5, 14),
+            &[
+                "services[0].health.send_proxy",
+                "backend \"app1\" gets no PROXY header",
+            ],
+        );
+        assert!(
+            err.message.contains("send_proxy = \"v1\" or \"v2\""),
+            "{err}"
+        );
+        // Every backend's own version is enough without the service's.
+        let text = "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8080\"]\n\
+                    [service.health]\nsend_proxy = true\n\
+                    [[service.backend]]\nname = \"a\"\naddress = \"10.0.0.1:80\"\nsend_proxy = \"v2\"\n";
+        assert_eq!(
+            parse(text).unwrap().services[0].health.send_proxy,
+            Some(ProxyVersion::V2)
+        );
     }
 
     /// `[global]` on line 1, `extra` from line 2, then [`MINIMAL`].

@@ -53,6 +53,7 @@ pub use engine::uring::self_test as uring_self_test;
 pub use engine::{Engine, EngineChoice, RingMode};
 pub use handover::{take_over, Inherited};
 pub use notify::{listen_fds, ready, ListenFd};
+pub use proxy_header::ProxyVersion;
 pub use server::{connection_budget, Server, ServerHandle, StartOptions};
 pub use stats::LOG_LOSS;
 pub use sys::raise_nofile_limit;

@@ -17,6 +17,7 @@ use crate::config::{AcceptProxy, Balance, TcpLiveness};
 use crate::hash;
 use crate::maglev::{EffectiveTable, MaglevTable};
 use crate::policy::{self, P2c, RoundRobin};
+use crate::proxy_header::ProxyVersion;
 use crate::stats::{BackendStats, ServiceStats};
 
 /// Everything a worker needs to place new connections, at one instant.
@@ -63,6 +64,9 @@ pub struct BackendEntry {
     pub weight: u32,
     /// Shared with every other snapshot listing this backend.
     pub stats: Arc<BackendStats>,
+    /// The PROXY header its connections begin with (the backend's
+    /// `send_proxy`, else the service's): the one field a worker reads.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// A service's backends, which of them take new connections, and the
@@ -290,6 +294,7 @@ mod tests {
                 address: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
                 weight: 1,
                 stats: Arc::default(),
+                send_proxy: None,
             })
             .collect();
         ServiceTable::new(

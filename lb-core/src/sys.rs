@@ -187,6 +187,15 @@ pub(crate) fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP socket"))
 }
 
+/// The local address of a connected socket (getsockname): for a client,
+/// the address it connected to.
+pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a non-IP socket"))
+}
+
 /// A non-blocking, close-on-exec eventfd (an engine's wake-up source).
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with no pointers.

@@ -36,6 +36,7 @@ mod netfaults;
 mod overload;
 mod policies;
 mod proxy_in;
+mod proxy_out;
 mod reload;
 mod reset;
 mod stickiness;

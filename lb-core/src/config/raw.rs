@@ -69,6 +69,8 @@ pub(super) struct RawService {
     pub health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,
+    // PROXY protocol out.
+    pub send_proxy: Option<Text>,
 }
 
 /// `[service.health]`.
@@ -92,6 +94,8 @@ pub(super) struct RawHealth {
     pub https_proxy: Option<Text>,
     pub no_proxy: Option<TextList>,
     pub max_body: Option<Spanned<RawSize>>,
+    // PROXY protocol out.
+    pub send_proxy: Option<Spanned<bool>>,
 }
 
 /// `[[service.backend]]`.
@@ -102,6 +106,8 @@ pub(super) struct RawBackend {
     pub address: Option<Text>,
     pub weight: Option<Spanned<i64>>,
     pub state: Option<Text>,
+    // PROXY protocol out.
+    pub send_proxy: Option<Text>,
 }
 
 /// `workers`: `"auto"` or an integer, checked by validation.

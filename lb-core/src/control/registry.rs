@@ -342,6 +342,7 @@ impl Registry {
                     address: b.config.address,
                     weight: b.config.weight.get(),
                     stats: b.stats.clone(),
+                    send_proxy: b.config.proxy_header(c.send_proxy),
                 })
                 .collect();
             let usable = svc.backends.iter().map(BackendRecord::usable).collect();
@@ -381,7 +382,19 @@ impl Registry {
                     service: s.config.name.clone(),
                     backend: b.config.name.clone(),
                 };
-                out.push((key, b.config.address, check.clone()));
+                // With `health.send_proxy`, a probe speaks the version of the
+                // backend it probes (the prober shares one context among
+                // equal checks, so backends of one version still share).
+                let header = b.config.proxy_header(s.config.send_proxy);
+                let check = if check.send_proxy.is_some() && check.send_proxy != header {
+                    Arc::new(HealthCheck {
+                        send_proxy: header,
+                        ..(*check).clone()
+                    })
+                } else {
+                    check.clone()
+                };
+                out.push((key, b.config.address, check));
             }
         }
         out

@@ -15,12 +15,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::conn::{Pair, Readiness};
+use crate::proxy_header::{self, ProxyVersion};
+use crate::snapshot::BackendEntry;
 use crate::stats::LOCAL_ERRORS;
 
 use super::{Conn, Phase, Reactor, Syscalls, Worker};
@@ -255,6 +257,68 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         }
     }
 
+    /// Writes the PROXY header on the just connected backend socket `fd`.
+    /// False when it could not be: the connection went on to the next
+    /// backend, or was closed.
+    fn send_proxy_header(
+        &mut self,
+        slot: usize,
+        si: usize,
+        fd: RawFd,
+        version: ProxyVersion,
+    ) -> bool {
+        let Some(conn) = self.slab.get_mut(slot) else {
+            return false;
+        };
+        let Phase::Connecting {
+            target: Some(address),
+            ..
+        } = conn.phase
+        else {
+            return false;
+        };
+        let Ok(local) = self.sys.local_addr(&conn.client) else {
+            // The client's socket, not the backend, failed.
+            self.abort(slot, true, true);
+            return false;
+        };
+        let header = proxy_header::relayed_header(version, conn.peer, local);
+        // A fresh socket's send buffer is empty: all of it or nothing.
+        let e = match self.sys.send_header(fd, header.as_bytes()) {
+            Ok(n) if n == header.as_bytes().len() => return true,
+            Ok(_) => io::Error::from_raw_os_error(libc::EAGAIN),
+            Err(e) => e,
+        };
+        // A connect failure of this backend: an error the network gave
+        // (EPIPE, ECONNRESET: the backend closed at once) counts for its
+        // passive health, a local shortage does not.
+        self.drop_backend(slot);
+        if self.local_failure(&e, address) {
+            self.abort(slot, true, false);
+            return false;
+        }
+        self.report_failure(si, address, ConnectFailure::from_io(&e));
+        self.next_attempt(slot);
+        false
+    }
+
+    /// The entry of the backend a connect went to: by index in the table it
+    /// was chosen from, by address if a new table came since.
+    fn entry(
+        &self,
+        si: usize,
+        backend_index: u32,
+        target: Option<SocketAddr>,
+        generation: u64,
+    ) -> Option<&BackendEntry> {
+        let backends = &self.snapshot.services[si].backends;
+        if generation == self.snapshot.generation {
+            backends.get(backend_index as usize)
+        } else {
+            backends.iter().find(|b| Some(b.address) == target)
+        }
+    }
+
     /// The backend socket of a connecting connection reported readiness:
     /// established, or on to the next candidate.
     pub(crate) fn connect_done(&mut self, slot: usize) {
@@ -299,17 +363,23 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.next_attempt(slot);
             return;
         }
-        let backends = &self.snapshot.services[si].backends;
-        let entry = if generation == self.snapshot.generation {
-            backends.get(backend_index as usize)
-        } else {
-            backends.iter().find(|b| Some(b.address) == target)
-        };
-        let Some(entry) = entry else {
+        let Some((stats, send_proxy)) = self
+            .entry(si, backend_index, target, generation)
+            .map(|e| (e.stats.clone(), e.send_proxy))
+        else {
             self.abort(slot, true, true);
             return;
         };
-        let stats = entry.stats.clone();
+        if let Some(version) = send_proxy {
+            // The header goes first, before any client byte (and before a
+            // TLS ClientHello). Off: this branch is all it costs.
+            if !self.send_proxy_header(slot, si, fd, version) {
+                return;
+            }
+        }
+        let Some(conn) = self.slab.get_mut(slot) else {
+            return;
+        };
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
         stats

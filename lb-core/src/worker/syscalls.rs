@@ -6,8 +6,9 @@
 //! is static and inlined exactly as the direct `sys::` calls were; no
 //! pointer, no vtable, no state. Only the calls whose results steer the
 //! worker (accept, connect, the outcome of a connect, the reads of a
-//! preamble) go through here; the byte pumps and socket options do not
-//! decide anything and stay direct.
+//! preamble, the PROXY header that completes a connect) go through here;
+//! the byte pumps and socket options do not decide anything and stay
+//! direct.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +39,12 @@ pub(crate) trait Syscalls {
     /// Non-blocking read ([`sys::recv`]): takes a judged preamble off the
     /// socket.
     fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize>;
+    /// The address a client connected to: its socket's local address
+    /// ([`sys::local_addr`]), what a PROXY header names as destination.
+    fn local_addr(&mut self, client: &OwnedFd) -> io::Result<SocketAddr>;
+    /// Writes a PROXY header on a freshly connected backend socket
+    /// ([`sys::send`], non-blocking); the bytes written.
+    fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize>;
 }
 
 /// The kernel's own calls.
@@ -73,5 +80,15 @@ impl Syscalls for Kernel {
     #[inline]
     fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         sys::recv(fd, buf)
+    }
+
+    #[inline]
+    fn local_addr(&mut self, client: &OwnedFd) -> io::Result<SocketAddr> {
+        sys::local_addr(client)
+    }
+
+    #[inline]
+    fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize> {
+        sys::send(fd, header)
     }
 }

@@ -61,7 +61,15 @@ struct FakeKernel {
     peek_error: i32,
     /// Peeks made.
     peeks: usize,
+    /// PROXY headers written, in order: (backend socket, bytes).
+    headers: Vec<(RawFd, Vec<u8>)>,
+    /// The next header writes end this way, in order: Ok(n) writes only n
+    /// bytes, Err(errno) fails; when empty, a write takes everything.
+    header_outcomes: VecDeque<Result<usize, i32>>,
 }
+
+/// The address every fake client connected to (its socket's local address).
+const LISTEN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 8080);
 
 impl Syscalls for FakeKernel {
     fn accept(&mut self, _listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
@@ -104,6 +112,20 @@ impl Syscalls for FakeKernel {
 
     fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         crate::sys::recv(fd, buf)
+    }
+
+    fn local_addr(&mut self, _client: &OwnedFd) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::from(LISTEN_ADDR))
+    }
+
+    fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize> {
+        let n = match self.header_outcomes.pop_front() {
+            None => header.len(),
+            Some(Ok(n)) => n.min(header.len()),
+            Some(Err(errno)) => return Err(io::Error::from_raw_os_error(errno)),
+        };
+        self.headers.push((fd, header[..n].to_vec()));
+        Ok(n)
     }
 }
 
@@ -804,4 +826,108 @@ fn a_service_without_accept_proxy_never_peeks() {
     r.worker.on_accepted(0, fd, addr);
     assert_eq!(r.worker.sys.peeks, 0);
     assert_eq!(r.worker.sys.connects, vec![r.preference([10, 0, 0, 5])[0]]);
+}
+
+#[test]
+fn with_send_proxy_the_header_is_written_once_on_connect_and_off_writes_nothing() {
+    let mut r = rig::<false>("send_proxy = \"v1\"\nconnect_attempts = 1", 1);
+    r.queue_client([10, 0, 0, 7]);
+    r.listener_readable();
+    assert!(
+        r.worker.sys.headers.is_empty(),
+        "nothing before the connect completes"
+    );
+    r.connect_succeeds(0);
+    let headers: Vec<Vec<u8>> = r
+        .worker
+        .sys
+        .headers
+        .iter()
+        .map(|(_, h)| h.clone())
+        .collect();
+    assert_eq!(
+        headers,
+        vec![b"PROXY TCP4 10.0.0.7 127.0.0.1 40000 8080\r\n".to_vec()]
+    );
+    assert!(!r.client_closed(0));
+    assert_eq!(
+        r.backend_stats(r.worker.sys.connects[0])
+            .active
+            .load(Relaxed),
+        1
+    );
+
+    let mut off = rig::<false>("connect_attempts = 1", 1);
+    off.queue_client([10, 0, 0, 7]);
+    off.listener_readable();
+    off.connect_succeeds(0);
+    assert!(
+        off.worker.sys.headers.is_empty(),
+        "send_proxy off: no header"
+    );
+    assert!(!off.client_closed(0));
+}
+
+#[test]
+fn a_failed_or_short_header_write_is_a_connect_failure_and_the_next_backend_serves() {
+    let mut r = rig::<false>("send_proxy = \"v2\"\nconnect_attempts = 3", 3);
+    let ip = [10, 9, 8, 7];
+    let expected = r.preference(ip);
+    assert_eq!(expected.len(), 3);
+    // The first backend resets at once; the second takes 5 bytes of 28.
+    r.worker.sys.header_outcomes = VecDeque::from([Err(libc::ECONNRESET), Ok(5)]);
+    r.queue_client(ip);
+    r.listener_readable();
+    r.connect_succeeds(0);
+    assert!(
+        !r.client_closed(0),
+        "the client waits while backends are left"
+    );
+    r.connect_succeeds(0);
+    assert!(!r.client_closed(0));
+    r.connect_succeeds(0);
+
+    assert_eq!(
+        r.worker.sys.connects, expected,
+        "on to the next in preference order"
+    );
+    let written: Vec<usize> = r.worker.sys.headers.iter().map(|(_, h)| h.len()).collect();
+    assert_eq!(
+        written,
+        vec![5, 28],
+        "the short write, then the whole v2 IPv4 header"
+    );
+    assert_eq!(
+        r.failures(),
+        vec![
+            (expected[0], ConnectFailure::Other(libc::ECONNRESET)),
+            (expected[1], ConnectFailure::Other(libc::EAGAIN)),
+        ],
+        "both count as the backends' connect failures"
+    );
+    assert_eq!(r.backend_stats(expected[0]).connect_other.load(Relaxed), 1);
+    assert_eq!(r.backend_stats(expected[0]).active.load(Relaxed), 0);
+    assert_eq!(r.backend_stats(expected[1]).active.load(Relaxed), 0);
+    assert_eq!(
+        r.backend_stats(expected[2]).active.load(Relaxed),
+        1,
+        "served by the third"
+    );
+    assert_eq!(r.service_stat(|s| s.retries.load(Relaxed)), 2);
+    assert!(!r.client_closed(0));
+}
+
+#[test]
+fn a_local_shortage_writing_the_header_resets_the_client_without_blaming_the_backend() {
+    let mut r = rig::<false>("send_proxy = \"v1\"\nconnect_attempts = 3", 3);
+    r.worker.sys.header_outcomes = VecDeque::from([Err(libc::ENOBUFS)]);
+    r.queue_client([10, 0, 0, 9]);
+    r.listener_readable();
+    r.connect_succeeds(0);
+    assert!(
+        r.failures().is_empty(),
+        "no passive failure for a local shortage"
+    );
+    assert_eq!(r.worker.sys.connects.len(), 1, "no other backend tried");
+    assert!(r.client_closed(0));
 }
