@@ -6,9 +6,8 @@
 //!
 //! The balancer in front is a real HAProxy (`send-proxy`,
 //! `send-proxy-v2`; skipped with a message where it is not installed), or
-//! the test client writing the header itself over a real socket (what a
-//! ringlb with `send_proxy` in front would send: that side is not built
-//! yet). Which backend a client "should" reach is asked of a plain ringlb
+//! another ringlb with `send_proxy` in front, or the test client writing
+//! the header itself over a real socket. Which backend a client "should" reach is asked of a plain ringlb
 //! over the same backends (Maglev depends only on the backends' names).
 
 use std::io::{Read, Write};
@@ -19,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     self, client_sources, connect_from, for_each_engine, for_each_variant, read_line, read_outcome,
-    seeded_bytes, Backend, Deadline, LbConfig, Metrics, ReadOutcome, Ringlb, TempDir, Variant,
+    seeded_bytes, Backend, BackendConfig, Deadline, LbConfig, Metrics, ReadOutcome, Ringlb,
+    TempDir, Variant,
 };
 
 /// A ringlb over `backends` that takes PROXY headers from `trusted`.
@@ -238,6 +238,62 @@ fn behind_haproxy_ringlb_hashes_the_original_client_v1_and_v2() {
         assert_eq!(m.total("ringlb_proxy_header_refused_total"), 0);
     });
 }
+
+#[test]
+fn behind_another_ringlb_with_send_proxy_the_inner_one_hashes_the_original_client() {
+    let _shared = harness::shared();
+    for_each_engine("proxy_in::ringlb_behind_ringlb", |engine| {
+        let backends = backends();
+        let plain = Ringlb::start(&LbConfig::over(engine, &backends.each_ref()));
+        let inner = Ringlb::start(&proxied(engine, &backends.each_ref(), "127.0.0.1/32"));
+        let sources: Vec<IpAddr> = client_sources().into_iter().take(12).collect();
+        for version in SEND_PROXY {
+            let outer_backend = vec![BackendConfig::new("inner", inner.addr())];
+            let mut config = LbConfig::single(engine, outer_backend);
+            config
+                .service()
+                .extra
+                .push(format!("send_proxy = {version:?}"));
+            let outer = Ringlb::start(&config);
+            let mut used = std::collections::BTreeSet::new();
+            for src in &sources {
+                let expected = direct(*src, plain.addr());
+                let mut s = connect_from(*src, outer.addr())
+                    .unwrap_or_else(|e| panic!("[{engine}] connect to the outer ringlb: {e}"));
+                let got = read_line(&mut s).unwrap_or_else(|e| {
+                    panic!(
+                        "[{engine}] {version} greeting for {src}: {e}\nouter: {}\ninner: {}",
+                        outer.report(),
+                        inner.report()
+                    )
+                });
+                assert_eq!(
+                    got, expected,
+                    "[{engine}] {src} through ringlb ({version}) reached {got}, directly {expected}"
+                );
+                s.write_all(b"ping\n").unwrap();
+                assert_eq!(read_line(&mut s).unwrap(), "ping");
+                used.insert(got);
+            }
+            // The outer ringlb connects from 127.0.0.1: had the inner one
+            // hashed that, every client would have landed on one backend.
+            assert!(
+                used.len() > 1,
+                "[{engine}] {version}: all {} clients on {used:?}",
+                sources.len()
+            );
+        }
+        let m = wait_refusals(
+            &inner,
+            &[("untrusted", 0), ("malformed", 0)],
+            Duration::ZERO,
+        );
+        assert_eq!(m.total("ringlb_proxy_header_refused_total"), 0);
+    });
+}
+
+/// The outer ringlb's `send_proxy` in the ringlb-behind-ringlb test.
+const SEND_PROXY: [&str; 2] = ["v1", "v2"];
 
 // ---------------------------------------------------------------------------
 // Headers written by the client (what a ringlb with send_proxy would send)
