@@ -27,6 +27,7 @@ mod policy;
 mod proxy_header;
 mod server;
 mod snapshot;
+mod source_limits;
 mod stats;
 mod supervisor;
 mod sys;
@@ -46,7 +47,7 @@ pub use error::{Error, Result};
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
     AcceptProxy, AdminState, Config, DegradedIs, HealthCheck, HealthKind, MaxConnections,
-    DEFAULT_HEALTH_PATH,
+    SourceLimits, DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;

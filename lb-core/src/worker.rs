@@ -52,6 +52,7 @@ use crate::buffer::BufferPool;
 use crate::conn::{self, Outcome, Pair, Readiness};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
+use crate::source_limits::SourceHold;
 use crate::stats::{BackendStats, ConnectionBudget, Latencies};
 
 use listeners::ListenerState;
@@ -179,6 +180,10 @@ struct Conn {
     last_active: Instant,
     /// When this connection's one live timer entry fires.
     timer_at: Instant,
+    /// Its count in the service's per-source connection table
+    /// (`max_connections_per_source`), taken back when the connection is
+    /// dropped, whatever ended it. None when connections are not counted.
+    source: Option<SourceHold>,
 }
 
 /// The worker's event-driven core. `S` is the kernel ([`Kernel`]) except in

@@ -23,6 +23,7 @@ use std::time::Instant;
 use crate::conn::{Pair, Readiness};
 use crate::proxy_header::{self, ProxyVersion};
 use crate::snapshot::BackendEntry;
+use crate::source_limits::{SourceHold, SourceRefused};
 use crate::stats::LOCAL_ERRORS;
 
 use super::{Conn, Phase, Reactor, Syscalls, Worker};
@@ -84,6 +85,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.open_preamble(li, si, client, peer);
             return;
         }
+        let Ok(source) = self.admit_source(si, peer) else {
+            self.refuse_unopened(li, client);
+            return;
+        };
         let (phase, deadline) = self.connecting(si, peer);
         let client_fd = client.as_raw_fd();
         let slot = self.slab.insert(Conn {
@@ -96,6 +101,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             phase,
             last_active: self.now,
             timer_at: deadline,
+            source,
         });
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
@@ -103,6 +109,34 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             return;
         }
         self.next_attempt(slot);
+    }
+
+    /// The per-source rules of service `si` (`allow`, `deny`, the
+    /// per-source limits) for a client from `peer`, its final address:
+    /// what its connection holds while open, or why it is refused (then
+    /// counted). With no rule set, one branch.
+    pub(super) fn admit_source(
+        &self,
+        si: usize,
+        peer: SocketAddr,
+    ) -> Result<Option<SourceHold>, SourceRefused> {
+        let service = &self.snapshot.services[si];
+        let Some(policy) = &service.settings.sources else {
+            return Ok(None);
+        };
+        policy.admit(peer.ip(), self.now).inspect_err(|reason| {
+            service.stats.count_source_refused(*reason);
+        })
+    }
+
+    /// Closes a just accepted client of listener `li` that its service
+    /// refused, with a reset, before it had a slot: gives back the places
+    /// its admission took.
+    fn refuse_unopened(&mut self, li: usize, client: OwnedFd) {
+        crate::conn::prepare_reset(client.as_raw_fd());
+        drop(client);
+        self.listeners[li].stats.release();
+        self.budget.release();
     }
 
     /// The connecting phase of a client of service `si` from `peer`: its

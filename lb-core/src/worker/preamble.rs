@@ -58,6 +58,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             phase: Phase::Preamble { deadline },
             last_active: self.now,
             timer_at: deadline,
+            source: None,
         });
         if !trusted {
             self.refuse(slot, ProxyRefused::Untrusted);
@@ -153,10 +154,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.abort(slot, true, false);
             return;
         };
-        let (phase, deadline) = self.connecting(si, conn.peer);
+        let peer = conn.peer;
+        let Ok(source) = self.admit_source(si, peer) else {
+            // Refused by the per-source rules (counted): no backend.
+            self.abort(slot, true, false);
+            return;
+        };
+        let (phase, deadline) = self.connecting(si, peer);
         let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
+        conn.source = source;
         conn.phase = phase;
         conn.timer_at = deadline;
         conn.last_active = self.now;
