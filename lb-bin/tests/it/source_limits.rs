@@ -261,3 +261,51 @@ fn with_accept_proxy_the_headers_client_is_the_source() {
         assert_eq!(refused(&lb, "denied"), 1);
     });
 }
+
+#[test]
+fn a_reload_keeps_the_counts_of_open_connections() {
+    let _shared = harness::shared();
+    const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+    for_each_engine("source_limits::reload", |engine| {
+        let backend = Backend::named("b1");
+        let mut config = LbConfig::over(engine, &[&backend]);
+        config.admin = true;
+        config
+            .service()
+            .extra
+            .push("max_connections_per_source = 2".to_owned());
+        let mut lb = Ringlb::start(&config);
+        let one = client_sources()[0];
+        let mut held: Vec<TcpStream> = (0..2).map(|_| served(engine, one, lb.addr())).collect();
+        assert_eq!(first_answer(one, lb.addr(), b""), ReadOutcome::Reset);
+
+        let reload = |lb: &mut Ringlb, config: &LbConfig, what: &str| {
+            lb.rewrite_config(&config.to_toml());
+            lb.signal(libc::SIGHUP);
+            assert!(
+                lb.wait_for_log("config reloaded", RELOAD_TIMEOUT).is_some(),
+                "[{engine}] no `config reloaded` after SIGHUP ({what})\n{}",
+                lb.report()
+            );
+        };
+        // An unrelated change: the two open connections still count.
+        config.service().idle_timeout = "14m".to_owned();
+        reload(&mut lb, &config, "idle_timeout");
+        assert_eq!(
+            first_answer(one, lb.addr(), b""),
+            ReadOutcome::Reset,
+            "[{engine}] a reload forgot the source's open connections"
+        );
+        // A higher limit keeps the counts too: one more, not three more.
+        config.service().extra = vec!["max_connections_per_source = 3".to_owned()];
+        reload(&mut lb, &config, "limit 3");
+        held.push(served(engine, one, lb.addr()));
+        assert_eq!(
+            first_answer(one, lb.addr(), b""),
+            ReadOutcome::Reset,
+            "[{engine}] at 3 of 3 after the reload"
+        );
+        assert_eq!(backend.accepted(), 3);
+        assert_eq!(refused(&lb, "per_source_connections"), 3);
+    });
+}
