@@ -311,3 +311,27 @@ fn a_reload_keeps_the_counts_of_open_connections() {
         assert_eq!(refused(&lb, "per_source_connections"), 3);
     });
 }
+
+#[test]
+fn hash_prefix_v4_makes_one_network_one_source() {
+    let _shared = harness::shared();
+    for_each_engine("source_limits::prefix", |engine| {
+        let backend = Backend::named("b1");
+        let lb = limited(
+            engine,
+            &backend,
+            &["hash_prefix_v4 = 24", "max_connections_per_source = 1"],
+        );
+        let sources = client_sources();
+        let _first = served(engine, sources[0], lb.addr());
+        assert_eq!(
+            first_answer(sources[1], lb.addr(), b""),
+            ReadOutcome::Reset,
+            "[{engine}] {} is in the same /24 as {}: one source",
+            sources[1],
+            sources[0]
+        );
+        assert_eq!(backend.accepted(), 1);
+        assert_eq!(refused(&lb, "per_source_connections"), 1);
+    });
+}
