@@ -77,6 +77,32 @@ pub struct Global {
     /// limit can hold (`budget.rs`); a number the limit cannot honour is
     /// refused at check, start and reload.
     pub max_connections: MaxConnections,
+    /// `access_log = "off"` (default) `| "stderr" | "/path/to/file"`: one
+    /// line per connection at its end (`access_log.rs`). Changes only at
+    /// restart.
+    pub access_log: AccessLog,
+    /// `access_log_format = "text"` (default) `| "json"`.
+    pub access_log_format: AccessLogFormat,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// No access log: no queue, no thread.
+    Off,
+    /// The process's stderr (the journal under systemd).
+    Stderr,
+    /// A file, opened for appending (created 0640), reopened on SIGUSR1.
+    File(std::path::PathBuf),
+}
+
+/// How an access log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One line of space-separated `key=value`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The process-wide connection budget asked for.
@@ -434,6 +460,8 @@ impl Default for Global {
             pipe_size: NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN),
             pipe_pool: 256,
             max_connections: MaxConnections::Auto,
+            access_log: AccessLog::Off,
+            access_log_format: AccessLogFormat::Text,
         }
     }
 }

@@ -494,6 +494,9 @@ pub(crate) struct Pair {
     pub up: Flow,
     /// Backend → client.
     pub down: Flow,
+    /// The side whose FIN came first (client: the up flow read EOF
+    /// first), for the access log's end cause.
+    pub first_fin: Option<Side>,
 }
 
 /// What the engine should do after driving a connection.
@@ -609,6 +612,9 @@ impl Pair {
             Ok(p) => p,
             Err(e) => return e.abort(Side::Client),
         };
+        if self.up.eof && self.first_fin.is_none() {
+            self.first_fin = Some(Side::Client);
+        }
         let mut down_budget = budget;
         self.down.fin_on_close = self.up.shut;
         let down = match pump(
@@ -622,6 +628,9 @@ impl Pair {
             Ok(p) => p,
             Err(e) => return e.abort(Side::Backend),
         };
+        if self.down.eof && self.first_fin.is_none() {
+            self.first_fin = Some(Side::Backend);
+        }
         self.outcome(up, down)
     }
 

@@ -293,6 +293,8 @@ pub struct ServiceStats {
     pub no_backend: AtomicU64,
     /// Connect retries on another backend.
     pub retries: AtomicU64,
+    /// Connection ends by cause, with and without a backend reached.
+    pub ends: crate::access_log::EndCounts,
 }
 
 impl ServiceStats {

@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use crate::access_log::EndCause;
 use crate::conn::{Pair, Readiness};
 use crate::stats::LOCAL_ERRORS;
 
@@ -95,16 +96,18 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 candidates,
                 count: count as u8,
                 tried: 0,
+                attempts: 0,
                 generation: self.snapshot.generation,
                 deadline,
                 started: self.now,
             },
+            accepted: self.now,
             last_active: self.now,
             timer_at: deadline,
         });
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::LocalError);
             return;
         }
         self.next_attempt(slot);
@@ -118,7 +121,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 return;
             };
             let Some(si) = self.listeners[conn.listener].service_index else {
-                self.abort(slot, true, false);
+                self.abort(slot, EndCause::NoBackend);
                 return;
             };
             let svc = &self.snapshot.services[si];
@@ -126,6 +129,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 candidates,
                 count,
                 tried,
+                attempts,
                 generation,
                 deadline,
                 backend_index,
@@ -159,11 +163,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             if *tried >= *count {
                 svc.stats.no_backend.fetch_add(1, Relaxed);
                 // No backend left: the client learns it by a reset.
-                self.abort(slot, true, false);
+                let cause = if *attempts == 0 {
+                    EndCause::NoBackend
+                } else {
+                    EndCause::ConnectFailed
+                };
+                self.abort(slot, cause);
                 return;
             }
             let b = candidates[usize::from(*tried)];
             *tried += 1;
+            *attempts = attempts.saturating_add(1);
             if *tried > 1 {
                 svc.stats.retries.fetch_add(1, Relaxed);
             }
@@ -185,7 +195,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     conn.timer_at = deadline;
                     let token = self.slab.token(slot, true);
                     if self.reactor.add(fd, token).is_err() {
-                        self.abort(slot, true, false);
+                        self.abort(slot, EndCause::LocalError);
                         return;
                     }
                     self.arm_timer(deadline, slot);
@@ -195,7 +205,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     conn.backend = None;
                     let address = entry.address;
                     if self.local_failure(&e, address) {
-                        self.abort(slot, true, false);
+                        self.abort(slot, EndCause::LocalError);
                         return;
                     }
                     self.report_failure(si, address, ConnectFailure::from_io(&e));
@@ -252,6 +262,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             target,
             generation,
             started,
+            attempts,
             ..
         } = conn.phase
         else {
@@ -270,14 +281,14 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.sys.take_socket_error(fd).unwrap_or_else(Some)
         };
         let Some(si) = self.listeners[conn.listener].service_index else {
-            self.abort(slot, true, true);
+            self.abort(slot, EndCause::NoBackend);
             return;
         };
         if let Some(e) = error {
             self.drop_backend(slot);
             if let Some(addr) = target {
                 if self.local_failure(&e, addr) {
-                    self.abort(slot, true, false);
+                    self.abort(slot, EndCause::LocalError);
                     return;
                 }
                 self.report_failure(si, addr, ConnectFailure::from_io(&e));
@@ -292,20 +303,27 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             backends.iter().find(|b| Some(b.address) == target)
         };
         let Some(entry) = entry else {
-            self.abort(slot, true, true);
+            // Removed from the table while connecting.
+            self.abort(slot, EndCause::NoBackend);
             return;
         };
         let stats = entry.stats.clone();
+        let name = self.access_log.as_ref().map(|_| entry.name.clone());
+        let address = entry.address;
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
-        self.latencies
-            .record_connect(self.now.saturating_duration_since(started));
+        let connect_time = self.now.saturating_duration_since(started);
+        self.latencies.record_connect(connect_time);
         self.latencies_dirty = true;
         conn.phase = Phase::Established {
             pair: Pair::default(),
             stats,
             since: self.now,
             flows: None,
+            address,
+            name,
+            attempts,
+            connect_time,
         };
         conn.last_active = self.now;
         if self.reactor.forwards() {

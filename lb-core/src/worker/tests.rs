@@ -159,6 +159,7 @@ fn rig_with_budget<const ACCEPTS: bool>(
         pipe_pool: 4,
         forwarding: super::InlineForwarding::Splice.into(),
         budget: Arc::new(ConnectionBudget::new(budget)),
+        access_log: None,
     };
     let mut worker = Worker::with_syscalls(setup, FakeReactor::default(), FakeKernel::default());
     worker.start().expect("listeners registered");
