@@ -673,6 +673,6 @@ pub(crate) fn unadmitted(
 fn seed(worker: usize, service: usize) -> u64 {
     0x9E37_79B9_7F4A_7C15u64
         .wrapping_mul(worker as u64 + 1)
-        .wrapping_add(service as u64 * 0xD1B5_4A32_D192_ED03)
+        .wrapping_add((service as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
         | 1
 }

@@ -615,3 +615,14 @@ fn a_local_connect_error_is_not_a_backend_failure_and_is_not_retried_elsewhere()
     assert!(r.client_closed(0));
     assert_eq!(r.worker.sys.connects.len(), 1, "no other backend tried");
 }
+
+#[test]
+fn pick_seeds_exist_for_any_number_of_services_and_workers() {
+    // A config with three services or more once overflowed this in debug
+    // builds (a worker panic at start).
+    let seeds: Vec<u64> = (0..64)
+        .flat_map(|w| (0..64).map(move |s| super::seed(w, s)))
+        .collect();
+    assert!(seeds.iter().all(|s| s & 1 == 1), "seeds are odd");
+    assert_ne!(super::seed(0, 1), super::seed(0, 2));
+}
