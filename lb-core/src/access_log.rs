@@ -35,9 +35,10 @@ use crate::supervisor::Supervisor;
 use crate::{Error, Result};
 
 /// Records one worker's queue holds before new ones are dropped: at the
-/// writer's slowest poll (every 10 ms) that is 400 000 connection ends a
-/// second per worker, and about 0.5 MiB of memory.
-const QUEUE_RECORDS: usize = 4096;
+/// writer's slowest poll (every 10 ms) that is 100 000 connection ends a
+/// second per worker, several times what one worker closes, in about
+/// 120 KiB of memory.
+const QUEUE_RECORDS: usize = 1024;
 
 /// The writer thread's name (logs, `ThreadDied`).
 pub(crate) const WRITER_THREAD: &str = "ringlb-access-log";
