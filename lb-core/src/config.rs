@@ -578,6 +578,48 @@ address = "10.0.0.1:80"
     }
 
     #[test]
+    fn the_access_log_is_off_stderr_or_a_path_from_the_config_directory() {
+        let g = parse(&global_with("")).unwrap().global;
+        assert_eq!(
+            (g.access_log, g.access_log_format),
+            (AccessLog::Off, AccessLogFormat::Text)
+        );
+        let g = parse(&global_with(
+            "access_log = \"stderr\"\naccess_log_format = \"json\"",
+        ))
+        .unwrap()
+        .global;
+        assert_eq!(
+            (g.access_log, g.access_log_format),
+            (AccessLog::Stderr, AccessLogFormat::Json)
+        );
+        let in_dir = Config::parse(
+            &global_with("access_log = \"logs/access.log\""),
+            Some(Path::new("/etc/ringlb/ringlb.toml")),
+        )
+        .unwrap();
+        assert_eq!(
+            in_dir.global.access_log,
+            AccessLog::File("/etc/ringlb/logs/access.log".into())
+        );
+        let absolute = parse(&global_with("access_log = \"/var/log/ringlb/a.log\"")).unwrap();
+        assert_eq!(
+            absolute.global.access_log,
+            AccessLog::File("/var/log/ringlb/a.log".into())
+        );
+        assert_refused(
+            &global_with("access_log_format = \"xml\""),
+            (2, 21),
+            &["global.access_log_format: \"xml\" is not valid (expected one of \"text\", \"json\")"],
+        );
+        assert_refused(
+            &global_with("access_log = \"\""),
+            (2, 14),
+            &["global.access_log: is empty"],
+        );
+    }
+
+    #[test]
     fn tcp_liveness_keys_are_read_defaulted_and_validated() {
         let s = &parse(&service_with("")).unwrap().services[0];
         assert_eq!(s.liveness, TcpLiveness::default());
