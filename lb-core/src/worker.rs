@@ -458,8 +458,8 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         };
         pair.up.bytes += up;
         pair.down.bytes += down;
-        if pair.first_fin.is_none() {
-            pair.first_fin = fin_from;
+        if let Some(side) = fin_from {
+            pair.note_fin(side);
         }
         match outcome {
             Outcome::Open { progressed, .. } => {
@@ -533,7 +533,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// keeps it. Only an RST would avoid it, and that breaks half-close.)
     fn finish(&mut self, slot: usize) {
         let cause = match self.slab.get(slot).map(|c| &c.phase) {
-            Some(Phase::Established { pair, .. }) if pair.first_fin == Some(Side::Backend) => {
+            Some(Phase::Established { pair, .. }) if pair.first_fin() == Some(Side::Backend) => {
                 EndCause::BackendClosed
             }
             _ => EndCause::ClientClosed,
