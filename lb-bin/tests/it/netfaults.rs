@@ -20,8 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    self, connect_from, echo_until_eof, engines, read_line, seeded_bytes, Backend, BackendConfig,
-    Deadline, LbConfig, Ringlb,
+    self, connect_from, echo_until_eof, for_each_engine, read_line, seeded_bytes, Backend,
+    BackendConfig, Deadline, LbConfig, Ringlb,
 };
 use crate::netns::{skipped, Topology, LB_CLIENT_SIDE};
 
@@ -79,19 +79,32 @@ fn backend(name: &str, ip: IpAddr, behaviour: Behaviour) -> Backend {
     })
 }
 
-/// Makes the topology and runs `body`, or says why it is skipped.
-fn in_topology(test: &str, tag: &str, backends: u8, body: impl FnOnce(&Topology) + Send) {
+/// Runs `body` once per engine, each in a fresh topology (no TIME_WAIT or
+/// rule of the run before), or says why it is skipped.
+fn in_topology(
+    test: &str,
+    tag: &str,
+    backends: u8,
+    mut body: impl FnMut(&Topology, &'static str) + Send,
+) {
     let _shared = harness::shared();
-    match Topology::make(tag, backends) {
-        Ok(t) => body(&t),
-        Err(why) => skipped(test, &why),
-    }
+    for_each_engine(test, |engine| {
+        match Topology::make(&format!("{tag}{}", &engine[..1]), backends) {
+            Ok(t) => body(&t, engine),
+            Err(why) => skipped(test, &why),
+        }
+    });
 }
 
 /// A config on ringlb's client-side address over `backends`.
-fn config_over(backends: &[(&str, SocketAddr)], health: &str, idle: &str) -> LbConfig {
+fn config_over(
+    engine: &'static str,
+    backends: &[(&str, SocketAddr)],
+    health: &str,
+    idle: &str,
+) -> LbConfig {
     let mut config = LbConfig::single(
-        engines()[0],
+        engine,
         backends
             .iter()
             .map(|(n, a)| BackendConfig::new(n, *a))
@@ -201,7 +214,7 @@ const VANISH_BOUND: Duration = Duration::from_secs(5);
 
 #[test]
 fn clients_of_a_vanished_host_learn_it_within_the_user_timeout_and_its_fds_are_freed() {
-    in_topology("netfaults::vanished", "vanish", 2, |t| {
+    in_topology("netfaults::vanished", "vanish", 2, |t, engine| {
         let (ip1, ip2) = (t.backend_ip(0), t.backend_ip(1));
         let held = Held::start(t, || {
             (
@@ -210,7 +223,12 @@ fn clients_of_a_vanished_host_learn_it_within_the_user_timeout_and_its_fds_are_f
             )
         });
         let (b1, b2) = &*held;
-        let mut config = config_over(&[("b1", b1.addr()), ("b2", b2.addr())], TCP_HEALTH, "60s");
+        let mut config = config_over(
+            engine,
+            &[("b1", b1.addr()), ("b2", b2.addr())],
+            TCP_HEALTH,
+            "60s",
+        );
         config.service().extra = LIVENESS.iter().map(|l| (*l).to_owned()).collect();
         t.lb.run(|| {
             let lb = Ringlb::start(&config);
@@ -220,13 +238,14 @@ fn clients_of_a_vanished_host_learn_it_within_the_user_timeout_and_its_fds_are_f
             let fds_before = fd_count(pid);
             let addr = lb.addr();
             let sources = t.client_sources();
-            vanish_clients(&lb, addr, &sources, pid, fds_before, t);
+            vanish_clients(&lb, engine, addr, &sources, pid, fds_before, t);
         });
     });
 }
 
 fn vanish_clients(
     lb: &Ringlb,
+    engine: &str,
     addr: SocketAddr,
     sources: &[IpAddr],
     pid: u32,
@@ -355,7 +374,7 @@ fn vanish_clients(
         lb.report()
     );
     println!(
-        "netfaults::vanished: b2 down by health checks after {} ms; its clients learnt it \
+        "netfaults::vanished [{engine}]: b2 down by health checks after {} ms; its clients learnt it \
          within {} ms (idle) / {} ms (sending); ringlb fds {fds_before} before the clients, \
          {fds_after} after (= 2 × {} live), RSS {} → {} KiB",
         down.as_millis(),
@@ -377,13 +396,16 @@ const BLACKHOLE_CLIENTS: usize = 48;
 #[test]
 fn with_syns_to_one_backend_dropped_every_client_is_served_by_another_in_time() {
     for (kind, health) in [("tcp", TCP_HEALTH), ("http", HTTP_HEALTH)] {
-        in_topology("netfaults::syn_blackhole", &format!("syn{kind}"), 3, |t| {
-            syn_blackhole(t, kind, health)
-        });
+        in_topology(
+            "netfaults::syn_blackhole",
+            &format!("syn{kind}"),
+            3,
+            |t, engine| syn_blackhole(t, engine, kind, health),
+        );
     }
 }
 
-fn syn_blackhole(t: &Topology, kind: &str, health: &str) {
+fn syn_blackhole(t: &Topology, engine: &'static str, kind: &str, health: &str) {
     let ips = [t.backend_ip(0), t.backend_ip(1), t.backend_ip(2)];
     let backends = Held::start(t, || {
         ["b1", "b2", "b3"]
@@ -393,7 +415,7 @@ fn syn_blackhole(t: &Topology, kind: &str, health: &str) {
             .collect::<Vec<_>>()
     });
     let named: Vec<(&str, SocketAddr)> = backends.iter().map(|b| (b.name(), b.addr())).collect();
-    let config = config_over(&named, health, "60s");
+    let config = config_over(engine, &named, health, "60s");
     t.lb.run(|| {
         let lb = Ringlb::start(&config);
         for b in ["b1", "b2", "b3"] {
@@ -442,7 +464,7 @@ fn syn_blackhole(t: &Topology, kind: &str, health: &str) {
             lb.report()
         );
         println!(
-            "netfaults::syn_blackhole [{kind}]: {BLACKHOLE_CLIENTS} clients, none on b2, the \
+            "netfaults::syn_blackhole [{engine} {kind}]: {BLACKHOLE_CLIENTS} clients, none on b2, the \
              slowest served in {} ms (bound {} ms); b2 marked down by its probes {} ms after \
              the cut; {logged} log lines",
             worst.as_millis(),
@@ -467,13 +489,13 @@ fn a_silent_or_gray_backend_holds_clients_no_longer_than_the_idle_timeout() {
         ("silent", Behaviour::Silent, TCP_HEALTH),
         ("gray", Behaviour::Gray, HTTP_HEALTH),
     ] {
-        in_topology("netfaults::silent", what, 2, |t| {
-            silent(t, what, behaviour, health)
+        in_topology("netfaults::silent", what, 2, |t, engine| {
+            silent(t, engine, what, behaviour, health)
         });
     }
 }
 
-fn silent(t: &Topology, what: &str, behaviour: Behaviour, health: &str) {
+fn silent(t: &Topology, engine: &'static str, what: &str, behaviour: Behaviour, health: &str) {
     let (ip1, ip2) = (t.backend_ip(0), t.backend_ip(1));
     let held = Held::start(t, || {
         (
@@ -483,6 +505,7 @@ fn silent(t: &Topology, what: &str, behaviour: Behaviour, health: &str) {
     });
     let (b1, b2) = &*held;
     let config = config_over(
+        engine,
         &[("b1", b1.addr()), ("b2", b2.addr())],
         health,
         &format!("{}s", SILENT_IDLE.as_secs()),
@@ -555,7 +578,7 @@ fn silent(t: &Topology, what: &str, behaviour: Behaviour, health: &str) {
         assert!(stalled > 0, "[{what}] no client reached b2");
         let b2_up = lb.metrics().for_backend("ringlb_backend_healthy", "b2");
         println!(
-            "netfaults::silent [{what}]: {SILENT_CLIENTS} clients one per {} ms: {served} \
+            "netfaults::silent [{engine} {what}]: {SILENT_CLIENTS} clients one per {} ms: {served} \
              served by b1, {stalled} held by b2 and reset after at most {} ms (idle timeout \
              {} ms); at most {most} on b2 at once (bound {bound}); b2 healthy={b2_up:?}",
             SILENT_PACE.as_millis(),
@@ -630,7 +653,7 @@ fn transfer(mut s: TcpStream, data: Arc<Vec<u8>>) -> Result<(), String> {
 
 #[test]
 fn transfers_stay_byte_exact_under_loss_and_a_bandwidth_cap() {
-    in_topology("netfaults::loss", "loss", 2, |t| {
+    in_topology("netfaults::loss", "loss", 2, |t, engine| {
         let (ip1, ip2) = (t.backend_ip(0), t.backend_ip(1));
         let held = Held::start(t, || {
             (
@@ -642,6 +665,7 @@ fn transfers_stay_byte_exact_under_loss_and_a_bandwidth_cap() {
         // An idle timeout far below a phase: a stalled-but-alive transfer
         // closed by mistake would fail its checksum.
         let config = config_over(
+            engine,
             &[("b1", b1.addr()), ("b2", b2.addr())],
             "kind = \"none\"",
             "10s",
@@ -706,7 +730,7 @@ fn transfers_stay_byte_exact_under_loss_and_a_bandwidth_cap() {
                     clean = mib_s;
                 }
                 println!(
-                    "netfaults::loss [{phase}]: {TRANSFERS} × {} KiB each way byte-exact in \
+                    "netfaults::loss [{engine} {phase}]: {TRANSFERS} × {} KiB each way byte-exact in \
                      {} ms: {mib_s:.1} MiB/s ({:.0} % of clean)",
                     len >> 10,
                     took.as_millis(),
