@@ -12,10 +12,11 @@
 //! Runs on the test harness's threads: the body in the ringlb namespace,
 //! backends' threads in the backends' namespace, clients in the clients'.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone, Copy, PartialEq)]
 enum Behaviour {
     /// Answers `GET` with 200; otherwise reads "hi\n", answers its name
-    /// and a newline, then echoes until EOF.
+    /// and a newline, then echoes until EOF; or, to "rc\n" / "rb\n" and
+    /// an id, takes part in a reset exchange ([`reset_exchange`]).
     Serve,
     /// Accepts and reads, never writes (TCP health passes).
     Silent,
@@ -65,6 +67,9 @@ fn backend(name: &str, ip: IpAddr, behaviour: Behaviour) -> Backend {
             return;
         }
         match behaviour {
+            Behaviour::Serve if &first == b"rc\n" || &first == b"rb\n" => {
+                reset_exchange(s, &greeting, first[1] == b'b');
+            }
             Behaviour::Serve => {
                 if s.write_all(greeting.as_bytes()).is_ok() {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
@@ -736,6 +741,18 @@ fn transfers_stay_byte_exact_under_loss_and_a_bandwidth_cap() {
                     took.as_millis(),
                     100.0 * mib_s / clean
                 );
+                if loss == 10 {
+                    let [by_client, by_backend] = resets_under_loss(t, &lb, engine);
+                    println!(
+                        "netfaults::loss [{engine} {phase}]: {RESET_CLIENTS} clients reset \
+                         mid-transfer, their backends saw ECONNRESET within {} ms; \
+                         {RESET_CLIENTS} backends reset, their clients saw ECONNRESET within \
+                         {} ms (bound {} ms)",
+                        by_client.as_millis(),
+                        by_backend.as_millis(),
+                        RESET_BOUND.as_millis()
+                    );
+                }
                 if cap.is_some() {
                     t.uncap().expect("tc del");
                 }
@@ -745,4 +762,214 @@ fn transfers_stay_byte_exact_under_loss_and_a_bandwidth_cap() {
             assert_eq!(lb.metrics().value("ringlb_connections_active"), Some(0));
         });
     });
+}
+
+// ---------------------------------------------------------------------------
+// Resets under loss
+
+/// How one side of a connection saw it end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum End {
+    /// ECONNRESET (or EPIPE on a send: the socket was reset, this side
+    /// never shut its own writing).
+    Reset,
+    /// A clean FIN: a reset softened into an orderly close.
+    Eof,
+    /// Nothing ended it within the exchange's deadline.
+    Hung,
+    /// Another error.
+    Other(io::ErrorKind),
+}
+
+/// The backends' side of the reset exchanges, by the client's id: how a
+/// backend connection whose client reset ended (and when), and when a
+/// backend reset its own. Shared by every backend of the process; ids are
+/// unique ([`NEXT_RESET_ID`]).
+static RESET_LOG: Mutex<BTreeMap<u64, (End, Instant)>> = Mutex::new(BTreeMap::new());
+static NEXT_RESET_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Bytes each way before a side resets: data is in flight both ways.
+const RESET_AFTER: usize = 64 << 10;
+/// A side still open after this is a hang.
+const RESET_HANG: Duration = Duration::from_secs(30);
+/// The other side must see the reset within this: an RST the loss rule
+/// drops is not retransmitted, it is repeated by the peer's kernel at the
+/// next segment (data flows both ways, so there is one within a
+/// retransmission timeout or two).
+const RESET_BOUND: Duration = Duration::from_secs(5);
+/// Exchanges of each kind (client resets, backend resets) per engine.
+const RESET_CLIENTS: usize = 8;
+
+/// Sends and reads at once on `s` until `enough(sent, read)` (Ok), or the
+/// connection ends: Err with how and when ([`End::Hung`] after `within`).
+fn pump(
+    s: &TcpStream,
+    enough: impl Fn(usize, usize) -> bool,
+    within: Duration,
+) -> Result<(), (End, Instant)> {
+    let ended = |e: io::Error| {
+        let end = match e.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => End::Reset,
+            k => End::Other(k),
+        };
+        (end, Instant::now())
+    };
+    s.set_nonblocking(true).map_err(ended)?;
+    let chunk = [0x5au8; 16 << 10];
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut sent, mut read) = (0, 0);
+    let deadline = Deadline::after(within);
+    while !enough(sent, read) {
+        let mut moved = false;
+        match (&*s).write(&chunk) {
+            Ok(n) => {
+                sent += n;
+                moved = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(ended(e)),
+        }
+        match (&*s).read(&mut buf) {
+            Ok(0) => return Err((End::Eof, Instant::now())),
+            Ok(n) => {
+                read += n;
+                moved = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(ended(e)),
+        }
+        if deadline.passed() {
+            return Err((End::Hung, Instant::now()));
+        }
+        if !moved {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    s.set_nonblocking(false).map_err(ended)?;
+    Ok(())
+}
+
+/// The backend's side of a reset exchange ("rc\n" or "rb\n", then the
+/// id): greets, then sends and reads at once. `backend_resets`: after
+/// [`RESET_AFTER`] each way it notes the time and resets (SO_LINGER 0);
+/// otherwise it runs until the connection ends and notes how and when.
+fn reset_exchange(mut s: TcpStream, greeting: &str, backend_resets: bool) {
+    let Ok(id) = read_line(&mut s).map(|l| l.parse::<u64>().unwrap_or(0)) else {
+        return;
+    };
+    if s.write_all(greeting.as_bytes()).is_err() {
+        return;
+    }
+    if backend_resets {
+        let enough = |sent: usize, read: usize| sent >= RESET_AFTER && read >= RESET_AFTER;
+        if pump(&s, enough, RESET_HANG).is_ok() {
+            let mut log = RESET_LOG.lock().unwrap_or_else(|p| p.into_inner());
+            log.insert(id, (End::Reset, Instant::now()));
+            drop(log);
+            harness::reset(s);
+        }
+    } else {
+        let end = pump(&s, |_, _| false, RESET_HANG).err();
+        if let Some(end) = end {
+            let mut log = RESET_LOG.lock().unwrap_or_else(|p| p.into_inner());
+            log.insert(id, end);
+        }
+    }
+}
+
+/// Waits for the backend's note of exchange `id`.
+fn backend_note(id: u64, within: Duration) -> Option<(End, Instant)> {
+    let deadline = Deadline::after(within);
+    loop {
+        if let Some(note) = RESET_LOG
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        {
+            return Some(note);
+        }
+        if deadline.passed() {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One client of a reset exchange: `client_resets` resets after
+/// [`RESET_AFTER`] each way and returns how late the backend saw it;
+/// otherwise it runs until the backend's reset reaches it and returns how
+/// late. Err says what went wrong (a FIN for a reset, a hang, …).
+fn reset_client(s: TcpStream, client_resets: bool) -> Result<Duration, String> {
+    let id = NEXT_RESET_ID.fetch_add(1, Ordering::Relaxed);
+    let mut s = s;
+    let kind = if client_resets { "rc" } else { "rb" };
+    s.write_all(format!("{kind}\n{id}\n").as_bytes())
+        .map_err(|e| format!("request: {e}"))?;
+    read_line(&mut s).map_err(|e| format!("greeting: {e}"))?;
+    if client_resets {
+        let enough = |sent: usize, read: usize| sent >= RESET_AFTER && read >= RESET_AFTER;
+        pump(&s, enough, RESET_HANG)
+            .map_err(|(end, _)| format!("ended before the client reset: {end:?}"))?;
+        let reset_at = Instant::now();
+        harness::reset(s);
+        match backend_note(id, RESET_HANG + Duration::from_secs(5)) {
+            Some((End::Reset, at)) => Ok(at.saturating_duration_since(reset_at)),
+            Some((end, at)) => Err(format!(
+                "the client reset; its backend saw {end:?} after {:?}",
+                at.saturating_duration_since(reset_at)
+            )),
+            None => Err("the client reset; its backend noted nothing".to_owned()),
+        }
+    } else {
+        match pump(&s, |_, _| false, RESET_HANG) {
+            Ok(()) => Err("the exchange ended without an end".to_owned()),
+            Err((End::Reset, at)) => {
+                let (_, reset_at) = backend_note(id, Duration::from_secs(1))
+                    .ok_or("the client saw a reset its backend never sent")?;
+                Ok(at.saturating_duration_since(reset_at))
+            }
+            Err((end, _)) => Err(format!("the backend reset; the client saw {end:?}")),
+        }
+    }
+}
+
+/// Under the loss phase's rules: [`RESET_CLIENTS`] clients that reset
+/// mid-transfer and as many whose backend resets, all at once. Every reset
+/// must reach the other side as a reset within [`RESET_BOUND`]; the
+/// slowest of each kind is returned.
+fn resets_under_loss(t: &Topology, lb: &Ringlb, engine: &str) -> [Duration; 2] {
+    let sources = t.client_sources();
+    let addr = lb.addr();
+    let handles: Vec<_> = (0..2 * RESET_CLIENTS)
+        .map(|i| {
+            let client_resets = i % 2 == 0;
+            let src = sources[i % sources.len()];
+            let s = t
+                .client
+                .run(|| connect_from(src, addr))
+                .unwrap_or_else(|e| panic!("[{engine}] reset client {i}: {e}"));
+            (
+                client_resets,
+                thread::spawn(move || reset_client(s, client_resets)),
+            )
+        })
+        .collect();
+    let mut worst = [Duration::ZERO; 2];
+    for (i, (client_resets, h)) in handles.into_iter().enumerate() {
+        let who = if client_resets { "client" } else { "backend" };
+        let took = h.join().unwrap().unwrap_or_else(|e| {
+            panic!(
+                "[{engine}] exchange {i} ({who} resets): {e}\n{}",
+                lb.report()
+            )
+        });
+        assert!(
+            took <= RESET_BOUND,
+            "[{engine}] exchange {i}: the {who}'s reset reached the other side after {took:?} \
+             (bound {RESET_BOUND:?})"
+        );
+        let w = &mut worst[usize::from(!client_resets)];
+        *w = (*w).max(took);
+    }
+    worst
 }
