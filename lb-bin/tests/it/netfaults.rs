@@ -40,7 +40,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 enum Behaviour {
     /// Answers `GET` with 200; otherwise reads "hi\n", answers its name
     /// and a newline, then echoes until EOF; or, to "rc\n" / "rb\n" and
-    /// an id, takes part in a reset exchange ([`reset_exchange`]).
+    /// an id, takes part in a reset exchange ([`reset_exchange`]); to
+    /// "dl\n", an id and a length, sends a download ([`download`]).
     Serve,
     /// Accepts and reads, never writes (TCP health passes).
     Silent,
@@ -70,6 +71,7 @@ fn backend(name: &str, ip: IpAddr, behaviour: Behaviour) -> Backend {
             Behaviour::Serve if &first == b"rc\n" || &first == b"rb\n" => {
                 reset_exchange(s, &greeting, first[1] == b'b');
             }
+            Behaviour::Serve if &first == b"dl\n" => download(s),
             Behaviour::Serve => {
                 if s.write_all(greeting.as_bytes()).is_ok() {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
@@ -972,4 +974,220 @@ fn resets_under_loss(t: &Topology, lb: &Ringlb, engine: &str) -> [Duration; 2] {
         *w = (*w).max(took);
     }
     worst
+}
+
+// ---------------------------------------------------------------------------
+// A client host that vanishes mid-download
+
+/// ringlb's idle timeout in this scenario: what bounds a vanished client.
+const VANISH_IDLE: Duration = Duration::from_secs(2);
+/// The vanished client's download: far more than the buffers on the way.
+const VANISH_DOWNLOAD: usize = 1 << 30;
+/// Downloads of the other clients, one after another during the scenario.
+const OTHER_DOWNLOAD: usize = 1 << 20;
+/// Other clients (each from its own source address).
+const OTHER_CLIENTS: usize = 3;
+
+/// The backend's side of a download ("dl\n", then "<id> <len>\n"): sends
+/// `len` bytes of [`seeded_bytes`]`(id)` and a FIN; if the connection ends
+/// first it notes how and when in [`RESET_LOG`].
+fn download(mut s: TcpStream) {
+    let Ok(line) = read_line(&mut s) else { return };
+    let mut parts = line.split(' ').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (id, len) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0) as usize,
+    );
+    let _ = s.set_write_timeout(Some(RESET_HANG));
+    let chunk_len = 64 << 10;
+    let pattern = seeded_bytes(id, len.min(chunk_len * 16));
+    let mut sent = 0;
+    while sent < len {
+        // Long downloads repeat their first MiB: only short ones are
+        // checked byte for byte.
+        let at = sent % pattern.len();
+        let n = (len - sent).min(chunk_len).min(pattern.len() - at);
+        if let Err(e) = s.write_all(&pattern[at..at + n]) {
+            let end = match e.kind() {
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => End::Reset,
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => End::Hung,
+                k => End::Other(k),
+            };
+            let mut log = RESET_LOG.lock().unwrap_or_else(|p| p.into_inner());
+            log.insert(id, (end, Instant::now()));
+            return;
+        }
+        sent += n;
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = io::copy(&mut s, &mut io::sink());
+}
+
+/// Asks for a download of `len` bytes with a fresh id; the id.
+fn ask_download(s: &mut TcpStream, len: usize) -> io::Result<u64> {
+    let id = NEXT_RESET_ID.fetch_add(1, Ordering::Relaxed);
+    s.write_all(format!("dl\n{id} {len}\n").as_bytes())?;
+    Ok(id)
+}
+
+/// Socket descriptors of process `pid` (pipes a pool keeps are not
+/// counted).
+fn socket_fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Sockets of the calling thread's namespace whose remote address is `ip`.
+fn sockets_to(ip: IpAddr) -> usize {
+    let IpAddr::V4(v4) = ip else { return 0 };
+    // /proc/net/tcp writes the address as the hex of its in-memory u32.
+    let hex = format!("{:08X}", u32::from_ne_bytes(v4.octets()));
+    std::fs::read_to_string("/proc/thread-self/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|remote| remote.starts_with(&hex))
+        })
+        .count()
+}
+
+#[test]
+fn a_client_host_that_vanishes_mid_download_is_let_go_within_the_idle_timeout() {
+    in_topology("netfaults::vanished_client", "vclient", 1, |t, engine| {
+        let ip = t.backend_ip(0);
+        let held = Held::start(t, || backend("b1", ip, Behaviour::Serve));
+        let config = config_over(
+            engine,
+            &[("b1", held.addr())],
+            "kind = \"none\"",
+            &format!("{}s", VANISH_IDLE.as_secs()),
+        );
+        t.lb.run(|| {
+            let lb = Ringlb::start(&config);
+            vanished_client(t, &lb, engine);
+        });
+    });
+}
+
+fn vanished_client(t: &Topology, lb: &Ringlb, engine: &str) {
+    let pid = lb.pid();
+    let fds_before = socket_fd_count(pid);
+    let sources = t.client_sources();
+    let gone = sources[0];
+    let addr = lb.addr();
+    // The client that will vanish: mid-download when it does.
+    let mut s = t.client.run(|| connect_from(gone, addr)).unwrap();
+    let id = ask_download(&mut s, VANISH_DOWNLOAD).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < 1 << 20 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("[{engine}] the download ended after {got} bytes"),
+            Ok(n) => got += n,
+        }
+    }
+    // Its host vanishes: nothing in or out of its address, no RST ever.
+    t.client
+        .set_faults(&[
+            &format!("ip saddr {gone} drop"),
+            &format!("ip daddr {gone} drop"),
+        ])
+        .expect("nft: drop everything of one client");
+    let cut = Instant::now();
+    let noted = AtomicBool::new(false);
+    let (note, results) = thread::scope(|scope| {
+        // The other clients download one MiB after another meanwhile.
+        let others: Vec<_> = (1..=OTHER_CLIENTS)
+            .map(|i| {
+                let (src, noted) = (sources[i], &noted);
+                scope.spawn(move || -> Result<usize, String> {
+                    let mut done = 0;
+                    while done < 100 && !noted.load(Ordering::Relaxed) {
+                        let mut c = t
+                            .client
+                            .run(|| connect_from(src, addr))
+                            .map_err(|e| format!("connect {done}: {e}"))?;
+                        let id = ask_download(&mut c, OTHER_DOWNLOAD).map_err(|e| e.to_string())?;
+                        let mut data = Vec::with_capacity(OTHER_DOWNLOAD);
+                        c.read_to_end(&mut data).map_err(|e| {
+                            format!("download {done}: {e} after {} bytes", data.len())
+                        })?;
+                        if data != seeded_bytes(id, OTHER_DOWNLOAD) {
+                            return Err(format!(
+                                "download {done}: {} bytes, not the ones sent",
+                                data.len()
+                            ));
+                        }
+                        done += 1;
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        let note = backend_note(id, VANISH_IDLE * 5);
+        noted.store(true, Ordering::Relaxed);
+        let results: Vec<_> = others.into_iter().map(|h| h.join().unwrap()).collect();
+        (note, results)
+    });
+    let (end, at) = note.unwrap_or_else(|| {
+        panic!(
+            "[{engine}] the vanished client's backend connection still open {:?} after the \
+             cut\n{}",
+            VANISH_IDLE * 5,
+            lb.report()
+        )
+    });
+    let took = at.saturating_duration_since(cut);
+    assert_eq!(
+        end,
+        End::Reset,
+        "[{engine}] the vanished client's backend connection ended with {end:?} after {took:?}"
+    );
+    let bound = VANISH_IDLE + Duration::from_secs(1);
+    assert!(
+        took <= bound,
+        "[{engine}] the vanished client's backend connection reset after {took:?} (bound \
+         {bound:?}: idle timeout {VANISH_IDLE:?} + 1 s to fill the buffers)"
+    );
+    let mut downloads = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        downloads +=
+            r.unwrap_or_else(|e| panic!("[{engine}] other client {i}: {e}\n{}", lb.report()));
+    }
+    assert!(
+        downloads >= OTHER_CLIENTS,
+        "[{engine}] {downloads} other downloads"
+    );
+    // ringlb let go of everything of the vanished client: its fds, and the
+    // kernel socket (no retransmissions to the dead host for ~15 min).
+    let deadline = Deadline::after(Duration::from_secs(2));
+    while (socket_fd_count(pid) > fds_before || sockets_to(gone) > 0) && !deadline.passed() {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (fds_after, sockets) = (socket_fd_count(pid), sockets_to(gone));
+    assert!(
+        fds_after <= fds_before && sockets == 0,
+        "[{engine}] ringlb holds {fds_after} sockets ({fds_before} before), {sockets} sockets to \
+         the vanished client\n{}",
+        lb.report()
+    );
+    assert_eq!(lb.metrics().value("ringlb_connections_active"), Some(0));
+    println!(
+        "netfaults::vanished_client [{engine}]: the client vanished 1 MiB into a download; \
+         ringlb reset its backend connection {} ms after the cut (idle timeout {} ms, bound \
+         {} ms); socket fds {fds_before} → {fds_after}, 0 sockets left to it; {downloads} downloads \
+         of 1 MiB by {OTHER_CLIENTS} other clients meanwhile, all byte-exact",
+        took.as_millis(),
+        VANISH_IDLE.as_millis(),
+        bound.as_millis()
+    );
+    drop(s);
 }
