@@ -1117,7 +1117,7 @@ fn vanished_client(t: &Topology, lb: &Ringlb, engine: &str) {
                 let (src, noted) = (sources[i], &noted);
                 scope.spawn(move || -> Result<usize, String> {
                     let mut done = 0;
-                    while done < 100 && !noted.load(Ordering::Relaxed) {
+                    while done == 0 || (done < 100 && !noted.load(Ordering::Relaxed)) {
                         let mut c = t
                             .client
                             .run(|| connect_from(src, addr))
