@@ -646,12 +646,30 @@ fn transfer(mut s: TcpStream, data: Arc<Vec<u8>>) -> Result<(), String> {
         w.shutdown(std::net::Shutdown::Write)
     });
     let mut got = Vec::with_capacity(len);
-    let read = s.read_to_end(&mut got);
-    writer
-        .join()
-        .map_err(|_| "writer panicked".to_owned())?
-        .map_err(|e| format!("write: {e}"))?;
-    read.map_err(|e| format!("read after {} bytes: {e}", got.len()))?;
+    let mut buf = vec![0u8; 64 << 10];
+    // When the last byte came: tells a timeout on a stalled connection
+    // from a reset of a live one.
+    let mut last = Instant::now();
+    let read = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                last = Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let wrote = writer.join().map_err(|_| "writer panicked".to_owned())?;
+    read.map_err(|e| {
+        format!(
+            "read after {} bytes: {e}, {:?} after the last byte came (writer: {wrote:?})",
+            got.len(),
+            last.elapsed()
+        )
+    })?;
+    wrote.map_err(|e| format!("write: {e}"))?;
     if got != *data {
         let at = got.iter().zip(data.iter()).position(|(a, b)| a != b);
         return Err(format!(
