@@ -167,7 +167,12 @@ struct Conn {
     backend_ready: Readiness,
     listener: usize,
     phase: Phase,
+    /// When ringlb last moved a byte of it (read or write).
     last_active: Instant,
+    /// Bytes both peers had acknowledged (TCP_INFO) when the idle timer
+    /// last found ringlb idle: more since then are bytes the kernel
+    /// delivered from its send buffers, so the connection is not idle.
+    acked: u64,
     /// When this connection's one live timer entry fires.
     timer_at: Instant,
 }

@@ -100,6 +100,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 started: self.now,
             },
             last_active: self.now,
+            acked: 0,
             timer_at: deadline,
         });
         let token = self.slab.token(slot, false);

@@ -5,7 +5,8 @@
 //! type the worker takes as a generic parameter (its default), so every call
 //! is static and inlined exactly as the direct `sys::` calls were; no
 //! pointer, no vtable, no state. Only the calls whose results steer the
-//! worker (accept, connect, the outcome of a connect) go through here; the
+//! worker (accept, connect, the outcome of a connect, what the kernel still
+//! delivers when the idle timeout is due) go through here; the
 //! byte pumps and socket options do not decide anything and stay direct.
 
 use std::io;
@@ -31,6 +32,12 @@ pub(crate) trait Syscalls {
     ) -> io::Result<Socket>;
     /// The pending error of a socket, cleared ([`sys::take_socket_error`]).
     fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>>;
+    /// What the kernel delivered of a socket's bytes ([`sys::delivery`]);
+    /// None where it cannot say (then only ringlb's own reads and writes
+    /// count as activity).
+    fn delivery(&mut self, _fd: RawFd) -> Option<sys::Delivery> {
+        None
+    }
 }
 
 /// The kernel's own calls.
@@ -56,5 +63,10 @@ impl Syscalls for Kernel {
     #[inline]
     fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>> {
         sys::take_socket_error(fd)
+    }
+
+    #[inline]
+    fn delivery(&mut self, fd: RawFd) -> Option<sys::Delivery> {
+        sys::delivery(fd).ok()
     }
 }
