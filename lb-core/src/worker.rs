@@ -176,9 +176,40 @@ struct Conn {
     backend_ready: Readiness,
     listener: usize,
     phase: Phase,
+    /// When ringlb last moved a byte of it (read or write).
     last_active: Instant,
+    /// Bytes both peers had acknowledged (TCP_INFO) when the idle timer
+    /// last found ringlb idle: more since then are bytes the kernel
+    /// delivered from its send buffers, so the connection is not idle.
+    acked: u64,
     /// When this connection's one live timer entry fires.
     timer_at: Instant,
+}
+
+impl Conn {
+    /// A client just admitted on listener `li`, in `phase` until `deadline`
+    /// (its first timer), with no backend socket yet.
+    fn new(
+        client: OwnedFd,
+        peer: SocketAddr,
+        li: usize,
+        phase: Phase,
+        now: Instant,
+        deadline: Instant,
+    ) -> Conn {
+        Conn {
+            client,
+            peer,
+            client_ready: Readiness::default(),
+            backend: None,
+            backend_ready: Readiness::default(),
+            listener: li,
+            phase,
+            last_active: now,
+            acked: 0,
+            timer_at: deadline,
+        }
+    }
 }
 
 /// The worker's event-driven core. `S` is the kernel ([`Kernel`]) except in

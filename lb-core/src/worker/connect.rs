@@ -86,17 +86,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         }
         let (phase, deadline) = self.connecting(si, peer);
         let client_fd = client.as_raw_fd();
-        let slot = self.slab.insert(Conn {
-            client,
-            peer,
-            client_ready: Readiness::default(),
-            backend: None,
-            backend_ready: Readiness::default(),
-            listener: li,
-            phase,
-            last_active: self.now,
-            timer_at: deadline,
-        });
+        let slot = self
+            .slab
+            .insert(Conn::new(client, peer, li, phase, self.now, deadline));
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
             self.abort(slot, true, false);

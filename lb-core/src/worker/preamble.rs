@@ -24,7 +24,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use crate::conn::Readiness;
 use crate::proxy_header::{parse, Parsed, MAX_HEADER};
 use crate::stats::ProxyRefused;
 use crate::sys;
@@ -48,17 +47,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let trusted = proxy.trusted.iter().any(|net| net.contains(&ip));
         let deadline = self.now + proxy.header_timeout;
         let client_fd = client.as_raw_fd();
-        let slot = self.slab.insert(Conn {
-            client,
-            peer,
-            client_ready: Readiness::default(),
-            backend: None,
-            backend_ready: Readiness::default(),
-            listener: li,
-            phase: Phase::Preamble { deadline },
-            last_active: self.now,
-            timer_at: deadline,
-        });
+        let phase = Phase::Preamble { deadline };
+        let slot = self
+            .slab
+            .insert(Conn::new(client, peer, li, phase, self.now, deadline));
         if !trusted {
             self.refuse(slot, ProxyRefused::Untrusted);
             return;
