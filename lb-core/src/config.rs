@@ -394,7 +394,7 @@ impl Config {
     }
 
     /// [`Config::parse`] for bytes that may not be UTF-8.
-    fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
         match std::str::from_utf8(bytes) {
             Ok(text) => Config::parse(text, file),
             Err(e) => {
