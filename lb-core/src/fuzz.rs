@@ -13,8 +13,10 @@
 //! `scripts/fuzz.sh TARGET CASES` runs one target long (release build,
 //! `RINGLB_FUZZ_CASES`). The targets sit next to what they test (a child
 //! module sees its parent's private parsers): `config/fuzz.rs`,
-//! `health/fuzz.rs`, `admin/fuzz.rs`, `admin/join_fuzz.rs`,
-//! `handover_fuzz.rs`.
+//! `health/fuzz.rs`, `admin/fuzz.rs`, `admin/fuzz/join.rs`,
+//! `handover/fuzz.rs`. The same properties, as functions of bytes for a
+//! coverage-guided fuzzer (afl, `scripts/fuzz.sh --afl`), are in
+//! `src/fuzz_entry.rs`, which this module shares its checks with.
 
 use std::time::{Duration, Instant};
 

@@ -21,12 +21,20 @@ use crate::health::ProxySettings;
 static BODY_SEEDS: &[&[u8]] = &[
     include_bytes!("../fuzz/corpus/health/router.json"),
     include_bytes!("../fuzz/corpus/health/ok.txt"),
+    // What afl found (`afl-*`: the queue entries that added the most
+    // coverage over the seeds; `scripts/fuzz.sh --afl health`).
+    include_bytes!("../fuzz/corpus/health/afl-body-1.json"),
+    include_bytes!("../fuzz/corpus/health/afl-body-2.json"),
 ];
 
 static ANSWER_SEEDS: &[&[u8]] = &[
     include_bytes!("../fuzz/corpus/health/answer_ok.http"),
     include_bytes!("../fuzz/corpus/health/answer_chunked.http"),
     include_bytes!("../fuzz/corpus/health/connect.http"),
+    include_bytes!("../fuzz/corpus/health/afl-answer-1.http"),
+    include_bytes!("../fuzz/corpus/health/afl-answer-2.http"),
+    include_bytes!("../fuzz/corpus/health/afl-answer-3.http"),
+    include_bytes!("../fuzz/corpus/health/afl-answer-4.http"),
 ];
 
 static DICT: &[&[u8]] = &[
