@@ -35,6 +35,10 @@ mod worker;
 // Hostile-input property tests (test-only).
 #[cfg(test)]
 mod fuzz;
+// The same targets' entry points for a coverage-guided fuzzer (the `fuzz/`
+// crate); lb-core's tests run them on the committed corpora.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_entry;
 
 pub use budget::{BudgetError, FdBudget, Reserve};
 pub use error::{Error, Result};
