@@ -285,7 +285,7 @@ fn refuse(ctx: &AdminContext, mut stream: TcpStream, status: &'static str, messa
 
 /// An admin endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     /// `GET /`: the status page.
     StatusPage,
     /// `GET /router/api/v1/system/health`.
@@ -310,7 +310,7 @@ enum Route<'a> {
 
 /// What an action route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub(crate) enum Action {
     /// POST: set the admin state.
     Set(AdminState),
     /// PUT `{"weight": N}`.
@@ -319,7 +319,7 @@ enum Action {
 
 impl<'a> Route<'a> {
     /// Matches a request path (query already split off by `Uri::path`).
-    fn parse(path: &'a str) -> Option<Route<'a>> {
+    pub(crate) fn parse(path: &'a str) -> Option<Route<'a>> {
         let rest = path.strip_prefix('/')?;
         let segments: Vec<&str> = rest.split('/').collect();
         match segments.as_slice() {
@@ -358,7 +358,7 @@ impl<'a> Route<'a> {
     }
 
     /// The method the route answers (GET routes answer HEAD too).
-    fn method(&self) -> Method {
+    pub(crate) fn method(&self) -> Method {
         match self {
             Route::Backend {
                 action: Action::Set(_),
@@ -375,7 +375,7 @@ impl<'a> Route<'a> {
         }
     }
 
-    fn accepts(&self, method: &Method) -> bool {
+    pub(crate) fn accepts(&self, method: &Method) -> bool {
         let want = self.method();
         *method == want || (want == Method::GET && *method == Method::HEAD)
     }
@@ -642,7 +642,7 @@ async fn read_weight(body: Incoming) -> Result<NonZeroU32, Response<Full<Bytes>>
 }
 
 /// Parses `{"weight": N}`; the error says what was wrong.
-fn parse_weight(bytes: &[u8]) -> Result<NonZeroU32, String> {
+pub(crate) fn parse_weight(bytes: &[u8]) -> Result<NonZeroU32, String> {
     let body: WeightBody = serde_json::from_slice(bytes).map_err(|e| {
         format!(
             "the body must be JSON {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}: {}",

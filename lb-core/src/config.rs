@@ -28,6 +28,8 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::proxy_header::ProxyVersion;
+
 pub(crate) use backend::{BackendAddr, BackendName, Weight, MAX_WEIGHT};
 pub(crate) use ipnet::IpNet;
 
@@ -224,10 +226,38 @@ pub struct Service {
     /// `tcp_user_timeout` and `tcp_keepalive_*`: how soon a backend that
     /// vanished (no RST, no answer) ends its connections.
     pub liveness: TcpLiveness,
+    /// `accept_proxy = true` with `proxy_trusted` and
+    /// `proxy_header_timeout` (default off): clients must start with a
+    /// PROXY header, whose address then stands for the client.
+    pub accept_proxy: Option<AcceptProxy>,
     /// `[service.health]`.
     pub health: HealthCheck,
     /// `[[service.backend]]`: at least one; names unique within the service.
     pub backends: Vec<Backend>,
+    /// `send_proxy = "off"` (default) | `"v1"` | `"v2"`: the PROXY protocol
+    /// header written to each backend before any client byte, carrying the
+    /// client's address and port and the address it connected to (a
+    /// backend's own `send_proxy` overrides it).
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// `accept_proxy = true`: the service sits behind balancers that send a
+/// PROXY header (v1 or v2) first; the address in it is the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// `proxy_trusted = ["CIDR", …]` (required, non-empty): the balancers
+    /// allowed to speak for a client. Any other peer is closed at once:
+    /// it could claim any address.
+    pub trusted: Vec<IpNet>,
+    /// `proxy_header_timeout = "3s"` (default, > 0): a trusted peer whose
+    /// header is not whole by then is closed.
+    pub header_timeout: Duration,
+}
+
+impl AcceptProxy {
+    /// The default `proxy_header_timeout` (the spec asks for at least 3 s,
+    /// to cover a TCP retransmit).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 }
 
 /// Socket options on the backend-side socket of every connection of a
@@ -290,6 +320,17 @@ pub struct Backend {
     /// `state = "enabled"` (default) | "drain" | "disabled": the initial
     /// admin state.
     pub state: AdminState,
+    /// `send_proxy = "off" | "v1" | "v2"`: this backend's own choice; None
+    /// (the key absent, and every joined node) takes the service's.
+    pub send_proxy: Option<Option<ProxyVersion>>,
+}
+
+impl Backend {
+    /// The PROXY header this backend gets: its own choice, else the
+    /// service's `send_proxy`.
+    pub fn proxy_header(&self, service_default: Option<ProxyVersion>) -> Option<ProxyVersion> {
+        self.send_proxy.unwrap_or(service_default)
+    }
 }
 
 /// Operator's state for a backend, independent of health.
@@ -341,6 +382,14 @@ pub struct HealthCheck {
     pub no_proxy: Option<Vec<String>>,
     /// `max_body = "64KiB"` (default): bytes of health answer read at most.
     pub max_body: usize,
+    /// `send_proxy = true` (default false): every probe (TCP, HTTP, HTTPS
+    /// before its handshake) first writes a PROXY header (v2 `LOCAL`, v1 a
+    /// line of the probe's own addresses), for backends that require one on
+    /// every connection. Holds the version: the file's `true` is validated
+    /// against every backend having a `send_proxy` version, and the
+    /// registry sets each backend's own when it hands the check to the
+    /// prober (`Registry::probe_targets`). None: no header.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// Kind of health check.
@@ -393,12 +442,15 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads and validates a config file. Relative paths in it
     /// (`join_key_file`, `ca_file`) are resolved against its directory.
+    /// The file must be a regular file of at most [`MAX_CONFIG_FILE`]
+    /// bytes: a FIFO, a device (`-c /dev/zero`) or a directory is refused
+    /// before it is opened, and no more than the limit is ever read.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|e| ConfigError {
+        let bytes = read_config_file(path).map_err(|message| ConfigError {
             file: Some(path.to_path_buf()),
             line: None,
             col: None,
-            message: format!("cannot read the config file: {e}"),
+            message,
         })?;
         Config::parse_bytes(&bytes, Some(path))
     }
@@ -420,7 +472,7 @@ impl Config {
     }
 
     /// [`Config::parse`] for bytes that may not be UTF-8.
-    fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
         match std::str::from_utf8(bytes) {
             Ok(text) => Config::parse(text, file),
             Err(e) => {
@@ -434,6 +486,72 @@ impl Config {
             }
         }
     }
+}
+
+/// Largest config file read: a config of thousands of services is a few
+/// hundred KiB; anything bigger is a wrong path (or a hostile one).
+pub(crate) const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// Reads the config file, bounded; the error says what was wrong and what
+/// to do. Checks the type before opening (opening a FIFO would wait for a
+/// writer) and again on the open file (the path may have been swapped in
+/// between; `O_NONBLOCK` keeps that open from waiting either).
+fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let cannot = |e: std::io::Error| format!("cannot read the config file: {e}");
+    check_regular(&std::fs::metadata(path).map_err(cannot)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    check_regular(&file.metadata().map_err(cannot)?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(too_big(None));
+    }
+    Ok(bytes)
+}
+
+/// Refuses anything but a regular file of at most [`MAX_CONFIG_FILE`].
+fn check_regular(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return match meta.len() {
+            len if len > MAX_CONFIG_FILE => Err(too_big(Some(len))),
+            _ => Ok(()),
+        };
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Err(format!(
+        "the config path is not a regular file ({what}): point -c at the TOML config file"
+    ))
+}
+
+fn too_big(len: Option<u64>) -> String {
+    let size = len.map_or_else(|| "more".to_owned(), |len| format!("{len} bytes"));
+    format!(
+        "the config file is larger than 1 MiB ({size}; the limit is {MAX_CONFIG_FILE} bytes): \
+         is -c pointing at the right file?"
+    )
 }
 
 impl Default for Global {
@@ -487,6 +605,7 @@ impl Default for HealthCheck {
             https_proxy: None,
             no_proxy: None,
             max_body: 64 << 10,
+            send_proxy: None,
         }
     }
 }
@@ -510,8 +629,10 @@ impl Service {
             bounded_load: None,
             source_address: None,
             liveness: TcpLiveness::default(),
+            accept_proxy: None,
             health: HealthCheck::default(),
             backends,
+            send_proxy: None,
         }
     }
 }
@@ -524,6 +645,7 @@ impl Backend {
             address,
             weight: Weight::DEFAULT.get(),
             state: AdminState::Enabled,
+            send_proxy: None,
         }
     }
 }
@@ -655,7 +777,145 @@ address = "10.0.0.1:80"
         }
     }
 
+    // PROXY protocol out.
+    #[test]
+    fn send_proxy_defaults_off_and_a_backend_overrides_the_service() {
+        let s = &parse(&service_with("")).unwrap().services[0];
+        assert_eq!((s.send_proxy, s.health.send_proxy), (None, None));
+        assert_eq!(s.backends[0].proxy_header(s.send_proxy), None);
+        let text = "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8080\"]\nsend_proxy = \"v2\"\n\
+                    [[service.backend]]\nname = \"a\"\naddress = \"10.0.0.1:80\"\n\
+                    [[service.backend]]\nname = \"b\"\naddress = \"10.0.0.2:80\"\nsend_proxy = \"v1\"\n\
+                    [[service.backend]]\nname = \"c\"\naddress = \"10.0.0.3:80\"\nsend_proxy = \"off\"\n";
+        let s = &parse(text).unwrap().services[0];
+        assert_eq!(s.send_proxy, Some(ProxyVersion::V2));
+        let resolved: Vec<_> = s
+            .backends
+            .iter()
+            .map(|b| b.proxy_header(s.send_proxy))
+            .collect();
+        assert_eq!(
+            resolved,
+            [Some(ProxyVersion::V2), Some(ProxyVersion::V1), None]
+        );
+        // A joined node (Backend::new) takes the service's.
+        let joined = Backend::new("d", "10.0.0.4:80".parse().unwrap());
+        assert_eq!(joined.proxy_header(s.send_proxy), Some(ProxyVersion::V2));
+
+        assert_refused(
+            &service_with("send_proxy = \"v3\""),
+            (4, 14),
+            &[
+                "services[0].send_proxy",
+                "\"v3\" is not valid",
+                "\"off\", \"v1\", \"v2\"",
+            ],
+        );
+        assert_refused(&service_with("send_proxy = true"), (4, 14), &["send_proxy"]);
+    }
+
+    #[test]
+    fn health_send_proxy_needs_a_version_for_every_backend() {
+        let on = parse(
+            &health_with("send_proxy = true")
+                .replace("[service.health]", "send_proxy = \"v1\"\n[service.health]"),
+        )
+        .unwrap();
+        assert_eq!(on.services[0].health.send_proxy, Some(ProxyVersion::V1));
+        let off = parse(&health_with("send_proxy = false")).unwrap();
+        assert_eq!(off.services[0].health.send_proxy, None);
+        let err = assert_refused(
+            &health_with("send_proxy = true"),
+            (5, 14),
+            &[
+                "services[0].health.send_proxy",
+                "backend \"app1\" gets no PROXY header",
+            ],
+        );
+        assert!(
+            err.message.contains("send_proxy = \"v1\" or \"v2\""),
+            "{err}"
+        );
+        // Every backend's own version is enough without the service's.
+        let text = "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:8080\"]\n\
+                    [service.health]\nsend_proxy = true\n\
+                    [[service.backend]]\nname = \"a\"\naddress = \"10.0.0.1:80\"\nsend_proxy = \"v2\"\n";
+        assert_eq!(
+            parse(text).unwrap().services[0].health.send_proxy,
+            Some(ProxyVersion::V2)
+        );
+    }
+
     /// `[global]` on line 1, `extra` from line 2, then [`MINIMAL`].
+    #[test]
+    fn accept_proxy_needs_trusted_balancers_and_takes_a_timeout() {
+        let s = &parse(&service_with("")).unwrap().services[0];
+        assert_eq!(s.accept_proxy, None);
+        let text = service_with("accept_proxy = true\nproxy_trusted = [\"10.1.2.3/24\", \"::1\"]");
+        let s = &parse(&text).unwrap().services[0];
+        assert_eq!(
+            s.accept_proxy,
+            Some(AcceptProxy {
+                trusted: vec!["10.1.2.0/24".parse().unwrap(), "::1/128".parse().unwrap()],
+                header_timeout: Duration::from_secs(3),
+            })
+        );
+        let text = service_with(
+            "accept_proxy = true\nproxy_trusted = [\"127.0.0.1\"]\nproxy_header_timeout = \"500ms\"",
+        );
+        let s = &parse(&text).unwrap().services[0];
+        let on = s.accept_proxy.as_ref().unwrap();
+        assert_eq!(on.header_timeout, Duration::from_millis(500));
+        assert_eq!(
+            parse(&service_with("accept_proxy = false"))
+                .unwrap()
+                .services[0]
+                .accept_proxy,
+            None
+        );
+
+        assert_refused(
+            &service_with("accept_proxy = true"),
+            (1, 1),
+            &["services[0]: missing key `proxy_trusted`", "CIDRs"],
+        );
+        assert_refused(
+            &service_with("accept_proxy = true\nproxy_trusted = []"),
+            (5, 17),
+            &[
+                "services[0].proxy_trusted: is empty",
+                "every client would be refused",
+            ],
+        );
+        assert_refused(
+            &service_with("accept_proxy = true\nproxy_trusted = [\"10.0.0.0/8\", \"10.0.0.0/33\"]"),
+            (5, 32),
+            &["services[0].proxy_trusted[1]: \"10.0.0.0/33\" is not a CIDR"],
+        );
+        assert_refused(
+            &service_with(
+                "accept_proxy = true\nproxy_trusted = [\"::1\"]\nproxy_header_timeout = \"0s\"",
+            ),
+            (6, 24),
+            &["services[0].proxy_header_timeout"],
+        );
+        assert_refused(
+            &service_with("proxy_trusted = [\"10.0.0.0/8\"]"),
+            (4, 17),
+            &["services[0].proxy_trusted: is set but accept_proxy is not true"],
+        );
+        assert_refused(
+            &service_with("accept_proxy = false\nproxy_header_timeout = \"1s\""),
+            (5, 24),
+            &["services[0].proxy_header_timeout: is set but accept_proxy is not true"],
+        );
+        assert_refused(
+            &service_with("accept_proxy = \"yes\""),
+            (4, 16),
+            &["accept_proxy"],
+        );
+    }
+
     fn global_with(extra: &str) -> String {
         format!("[global]\n{extra}\n\n{MINIMAL}")
     }
@@ -1290,6 +1550,119 @@ state = "disabled"
         assert_eq!((err.line, err.col), (Some(2), Some(17)));
         assert!(err.message.contains("is empty"), "{err}");
         assert_eq!(err.file.as_deref(), Some(file.as_path()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A key travels in an HTTP header (`X-Join-Key`, `Authorization:
+    /// Bearer`): one holding a control character could never be sent, and
+    /// the old code took it silently (a NUL or a BEL in the file, a `\u0007`
+    /// in the TOML string). The trailing newline an editor adds is trimmed.
+    #[test]
+    fn join_keys_with_control_characters_are_refused() {
+        let dir = scratch_dir("control-key");
+        let file = dir.join("ringlb.toml");
+        std::fs::write(&file, global_with("join_key_file = \"key\"")).unwrap();
+        for (content, what) in [
+            (&b"s3cret\x07key\n"[..], "a BEL"),
+            (b"s3cret\x00\n", "a trailing NUL"),
+            (b"s3c\tret\n", "a tab inside"),
+            (b"s3cret\x1b[0m\n", "an escape sequence"),
+            (b"s3cret\x7f\n", "a DEL"),
+            ("s3c\u{85}ret\n".as_bytes(), "a C1 control"),
+        ] {
+            std::fs::write(dir.join("key"), content).unwrap();
+            let err = match Config::from_file(&file) {
+                Ok(c) => panic!("{what} in the key file was taken: {:?}", c.global.join_key),
+                Err(e) => e,
+            };
+            assert_eq!((err.line, err.col), (Some(2), Some(17)), "{what}: {err}");
+            assert!(
+                err.message.contains("control character")
+                    && err.message.contains("HTTP header")
+                    && !err.message.contains("s3c"),
+                "{what}: {err}"
+            );
+        }
+        for content in ["s3cret\n", "s3cret\r\n", "s3cret"] {
+            std::fs::write(dir.join("key"), content).unwrap();
+            let config = Config::from_file(&file).unwrap();
+            assert_eq!(
+                config.global.join_key.as_deref(),
+                Some("s3cret"),
+                "{content:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_refused(
+            &global_with("join_key = \"s3cret\\u0007\""),
+            (2, 12),
+            &["global.join_key", "control character", "HTTP header"],
+        );
+    }
+
+    /// The config file was read whole, whatever its size: refused above
+    /// [`MAX_CONFIG_FILE`] (a valid config padded with comments to 2 MiB
+    /// was accepted by the old code).
+    #[test]
+    fn a_config_file_over_the_limit_is_refused() {
+        let dir = scratch_dir("huge-config");
+        let file = dir.join("ringlb.toml");
+        let padding = format!("# {}\n", "x".repeat(1021)).repeat(2048);
+        std::fs::write(&file, format!("{MINIMAL}{padding}")).unwrap();
+        let err = match Config::from_file(&file) {
+            Ok(_) => panic!("a config file of 2 MiB was read and accepted"),
+            Err(e) => e,
+        };
+        assert_eq!((err.line, err.col), (None, None), "{err}");
+        assert_eq!(err.file.as_deref(), Some(file.as_path()));
+        assert!(
+            err.message.contains("larger than 1 MiB")
+                && err
+                    .message
+                    .contains(&format!("({} bytes;", MINIMAL.len() + padding.len())),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `-c` naming a FIFO, a device or a directory: the old code opened a
+    /// FIFO and waited for a writer forever (and read `/dev/zero` until
+    /// memory ran out). Refused at once, before opening it.
+    #[test]
+    fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() {
+        let dir = scratch_dir("fifo-config");
+        let fifo = dir.join("ringlb.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Config::from_file(&path));
+        });
+        let answer = rx.recv_timeout(Duration::from_secs(5));
+        if answer.is_err() {
+            // Unblock the reader (a writer opens and closes), then fail.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("Config::from_file on a FIFO had no answer in 5 s");
+        }
+        let err = answer.unwrap().expect_err("a FIFO is not a config file");
+        assert!(
+            err.message.contains("not a regular file") && err.message.contains("a FIFO"),
+            "{err}"
+        );
+        for (path, kind) in [("/dev/zero", "a character device"), ("/tmp", "a directory")] {
+            let start = std::time::Instant::now();
+            let err = Config::from_file(Path::new(path)).expect_err(path);
+            assert!(start.elapsed() < Duration::from_secs(2), "{path} took long");
+            assert!(
+                err.message.contains("not a regular file") && err.message.contains(kind),
+                "{path}: {err}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -23,7 +23,7 @@ pub(crate) mod status;
 pub(crate) use command::Command;
 pub(crate) use join::{JoinError, JoinOutcome};
 pub(crate) use listeners::ListenerCopies;
+pub(crate) use plane::ReloadError;
 pub(crate) use plane::{AdminTask, ControlPlane, ControlSetup};
-pub(crate) use plane::{ControlCounters, ReloadError};
 pub use registry::Registry;
 pub(crate) use registry::{BackendRecord, Health, RegistryError, ReloadSummary};

@@ -517,6 +517,7 @@ pub(crate) mod tests {
             https_proxy: None,
             no_proxy: None,
             max_body: 64 * 1024,
+            send_proxy: None,
         }
     }
 

@@ -36,6 +36,10 @@ mod worker;
 // Hostile-input property tests (test-only).
 #[cfg(test)]
 mod fuzz;
+// The same targets' entry points for a coverage-guided fuzzer (the `fuzz/`
+// crate); lb-core's tests run them on the committed corpora.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_entry;
 
 pub use access_log::{AccessLogHandle, EndCause, EndCounts};
 pub use budget::{BudgetError, FdBudget, Reserve};
@@ -47,14 +51,15 @@ pub use error::{Error, Result};
 
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
-    AccessLog, AccessLogFormat, AdminState, Config, DegradedIs, HealthCheck, HealthKind,
-    MaxConnections, DEFAULT_HEALTH_PATH,
+    AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, DegradedIs, HealthCheck,
+    HealthKind, MaxConnections, DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;
 pub use engine::{Engine, EngineChoice, RingMode};
 pub use handover::{take_over, Inherited};
 pub use notify::{listen_fds, ready, ListenFd};
+pub use proxy_header::ProxyVersion;
 pub use server::{connection_budget, Server, ServerHandle, StartOptions};
 pub use stats::LOG_LOSS;
 pub use sys::raise_nofile_limit;

@@ -1,6 +1,7 @@
 //! `GET /metrics`: the Prometheus text exposition format 0.0.4, rendered
 //! at scrape time from a [`StatusView`] and the workers' counters. Runs in
-//! the admin server on the control-plane thread.
+//! the admin server on the control-plane thread. `process`: the standard
+//! process collector's families, from /proc.
 //!
 //! Written by hand rather than with `prometheus-client`: every counter here
 //! is an atomic owned by a worker or the registry, so a registry of metric
@@ -11,6 +12,8 @@
 //! `# TYPE` per family, before its samples; a family's samples contiguous;
 //! label values escaped (`\\`, `\"`, `\n`); one series per label set.
 
+mod process;
+
 use std::fmt::{Display, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -19,7 +22,10 @@ use crate::access_log::{AccessLogHandle, EndCause};
 use crate::admin::view::{admin_str, StatusView};
 use crate::config::AdminState;
 use crate::control::Health;
-use crate::stats::{ConnectionBudget, LocalKind, LOCAL_ERRORS, LOG_LOSS};
+use crate::stats::{
+    ConnectionBudget, LocalKind, ProxyRefused, CONNECT_BUCKETS_US, HEALTH_STATES, LOCAL_ERRORS,
+    LOG_LOSS,
+};
 use crate::worker::WorkerControl;
 
 /// `Content-Type` of the exposition.
@@ -92,6 +98,7 @@ pub(crate) fn render(
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    process::ProcessFigures::read().render(&mut e);
     e.family(
         "ringlb_config_generation",
         Kind::Gauge,
@@ -99,13 +106,26 @@ pub(crate) fn render(
     );
     e.sample("ringlb_config_generation", &[], view.config_generation);
     e.family(
-        "ringlb_reloads_total",
+        "ringlb_config_reloads_total",
         Kind::Counter,
-        "Config reloads (SIGHUP or the admin API), by result: ok (applied) or failed (refused; the running config kept serving).",
+        "Config reloads (SIGHUP or the admin API), by result: success (applied) or failure (refused; the running config kept serving).",
     );
-    for (result, n) in [("ok", view.reloads_ok), ("failed", view.reloads_failed)] {
-        e.sample("ringlb_reloads_total", &[("result", result)], n);
+    for (result, n) in [
+        ("success", view.reloads_ok),
+        ("failure", view.reloads_failed),
+    ] {
+        e.sample("ringlb_config_reloads_total", &[("result", result)], n);
     }
+    e.family(
+        "ringlb_config_last_reload_successful",
+        Kind::Gauge,
+        "1 if the last reload was applied (or none was asked for since start), 0 if it was refused.",
+    );
+    e.sample(
+        "ringlb_config_last_reload_successful",
+        &[],
+        u64::from(view.last_reload_successful),
+    );
     e.family(
         "ringlb_log_records_lost_total",
         Kind::Counter,
@@ -130,6 +150,7 @@ pub(crate) fn render(
     if let Some(log) = access_log {
         render_access_log(&mut e, log);
     }
+    render_proxy_refusals(&mut e, view);
     render_backends(&mut e, view);
     render_workers(&mut e, workers);
     render_latencies(&mut e, workers);
@@ -248,6 +269,26 @@ fn render_ends(e: &mut Exposition, view: &StatusView) {
     }
 }
 
+/// `accept_proxy`: clients closed before a backend was chosen, by reason
+/// (every service, so a series exists before its first refusal).
+fn render_proxy_refusals(e: &mut Exposition, view: &StatusView) {
+    let name = "ringlb_proxy_header_refused_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Clients of an accept_proxy service closed without a backend connection, by reason: untrusted (not in proxy_trusted), malformed, oversized, version, command, family (the header), timeout (not whole within proxy_header_timeout), closed (the client left first).",
+    );
+    for s in &view.services {
+        for reason in ProxyRefused::all() {
+            e.sample(
+                name,
+                &[("service", &s.name), ("reason", reason.label())],
+                s.stats.proxy_refused(reason),
+            );
+        }
+    }
+}
+
 /// The access log's own counters (only with the log on).
 fn render_access_log(e: &mut Exposition, log: &AccessLogHandle) {
     let families: [(&str, &str, u64); 3] = [
@@ -343,7 +384,7 @@ fn render_backends(e: &mut Exposition, view: &StatusView) {
     e.family(
         "ringlb_backend_bytes_total",
         Kind::Counter,
-        "Bytes forwarded, by direction; added when a connection closes.",
+        "Bytes forwarded, by direction; an open connection's are added at least once a second, the rest when it closes.",
     );
     for (svc, b) in each() {
         for (direction, v) in [
@@ -379,6 +420,51 @@ fn render_backends(e: &mut Exposition, view: &StatusView) {
                 v.load(Relaxed),
             );
         }
+    }
+
+    e.family(
+        "ringlb_backend_health_transitions_total",
+        Kind::Counter,
+        "Changes of the backend's health, by the state entered: up, down, or unknown (probed anew after its address or check kind changed). Kept across reloads while the backend stays.",
+    );
+    for (svc, b) in each() {
+        for to in HEALTH_STATES {
+            e.sample(
+                "ringlb_backend_health_transitions_total",
+                &[("service", svc), ("backend", &b.name), ("to", to.as_str())],
+                b.stats.health_changes(to),
+            );
+        }
+    }
+
+    let name = "ringlb_backend_connect_seconds";
+    e.family(
+        name,
+        Kind::Histogram,
+        "Time to establish a connection to the backend (successful attempts).",
+    );
+    let bounds: Vec<String> = CONNECT_BUCKETS_US
+        .iter()
+        .map(|&us| (us as f64 / 1e6).to_string())
+        .chain(["+Inf".to_string()])
+        .collect();
+    for (svc, b) in each() {
+        let (cumulative, sum_us) = b.stats.connect_time.read();
+        for (le, n) in bounds.iter().zip(cumulative) {
+            e.sample(
+                "ringlb_backend_connect_seconds_bucket",
+                &[("service", svc), ("backend", &b.name), ("le", le)],
+                n,
+            );
+        }
+        let labels = [("service", svc), ("backend", b.name.as_str())];
+        e.sample(
+            "ringlb_backend_connect_seconds_sum",
+            &labels,
+            sum_us as f64 / 1e6,
+        );
+        let count = cumulative.last().copied().unwrap_or(0);
+        e.sample("ringlb_backend_connect_seconds_count", &labels, count);
     }
 
     e.family(
@@ -470,16 +556,14 @@ fn escape_label_into(out: &mut String, s: &str) {
     }
 }
 
-/// Upper bounds (seconds) of the histogram buckets.
-const CONNECT_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+/// Upper bounds (seconds) of the connection-duration buckets.
 const DURATION_BUCKETS: [f64; 11] = [
     0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0, 604800.0,
 ];
 
-/// Connect time and connection duration over all workers: each worker's
-/// last published copy (at most a second old), merged here.
+/// Connection duration over all workers: each worker's last published
+/// copy (at most a second old), merged here. (Connect times are per
+/// backend, in `render_backends`.)
 fn render_latencies(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
     let mut all = crate::stats::Latencies::new();
     for w in workers {
@@ -487,14 +571,6 @@ fn render_latencies(e: &mut Exposition, workers: &[Arc<WorkerControl>]) {
             all.add(&l);
         }
     }
-    histogram(
-        e,
-        "ringlb_backend_connect_seconds",
-        "Time to establish the backend connection (successful attempts).",
-        &all.connect_us,
-        1e-6,
-        &CONNECT_BUCKETS,
-    );
     histogram(
         e,
         "ringlb_connection_duration_seconds",
@@ -568,6 +644,7 @@ mod tests {
             config_generation: 2,
             reloads_ok: 1,
             reloads_failed: 3,
+            last_reload_successful: false,
             services: vec![ServiceView {
                 name: "we\"b".into(),
                 listen: vec![],
@@ -581,10 +658,11 @@ mod tests {
         assert!(text.ends_with('\n'));
         assert!(text.contains("ringlb_snapshot_generation 7\n"));
         assert!(text.contains(
-            "# TYPE ringlb_reloads_total counter\n\
-             ringlb_reloads_total{result=\"ok\"} 1\n\
-             ringlb_reloads_total{result=\"failed\"} 3\n"
+            "# TYPE ringlb_config_reloads_total counter\n\
+             ringlb_config_reloads_total{result=\"success\"} 1\n\
+             ringlb_config_reloads_total{result=\"failure\"} 3\n"
         ));
+        assert!(text.contains("ringlb_config_last_reload_successful 0\n"));
         assert!(text.contains("# TYPE ringlb_log_records_lost_total counter\n"));
         assert!(text.contains("ringlb_connections_budget 12\n"));
         assert!(text.contains("ringlb_connections_active 0\n"));
@@ -595,6 +673,9 @@ mod tests {
             "ringlb_backend_admin_state{service=\"we\\\"b\",backend=\"a\",state=\"drain\"} 1\n"
         ));
         assert!(text.contains("ringlb_worker_info{worker=\"0\",engine=\"starting\"} 1\n"));
+        assert!(text.contains(
+            "ringlb_proxy_header_refused_total{service=\"we\\\"b\",reason=\"untrusted\"} 0\n"
+        ));
         // Every family's samples come right after its TYPE line.
         let mut seen = std::collections::HashSet::new();
         let mut current = String::new();

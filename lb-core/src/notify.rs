@@ -121,6 +121,31 @@ pub(crate) fn watchdog() -> io::Result<bool> {
     notify("WATCHDOG=1")
 }
 
+/// `STATUS=<line>`: the one line `systemctl status` shows. Not sent once
+/// a new ringlb took over ([`main_pid`]): its line is the one that counts.
+pub(crate) fn status(line: &str) -> io::Result<bool> {
+    if HANDED_OVER.load(Relaxed) {
+        return Ok(false);
+    }
+    notify(&status_message(line))
+}
+
+/// One line, at most [`STATUS_MAX`] bytes (cut at a character boundary).
+fn status_message(line: &str) -> String {
+    let mut line = line.replace(['\n', '\r'], " ");
+    if line.len() > STATUS_MAX {
+        let mut cut = STATUS_MAX;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    format!("STATUS={line}")
+}
+
+/// Longest `STATUS=` text sent: one terminal line's worth and a bit.
+const STATUS_MAX: usize = 240;
+
 fn reloading_message(monotonic_usec: u64) -> String {
     format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
 }
@@ -346,6 +371,16 @@ mod tests {
         assert_eq!(recv(&server), "WATCHDOG=1");
         std::env::remove_var("NOTIFY_SOCKET");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn status_is_one_bounded_line() {
+        assert_eq!(status_message("serving 1"), "STATUS=serving 1");
+        assert_eq!(status_message("a\nb\rc"), "STATUS=a b c");
+        let long = "é".repeat(200);
+        let m = status_message(&long);
+        assert!(m.len() <= "STATUS=".len() + STATUS_MAX, "{}", m.len());
+        assert!(m.ends_with('é'));
     }
 
     #[test]

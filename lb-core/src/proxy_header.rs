@@ -4,15 +4,16 @@
 //! it (`accept_proxy`, `parse.rs`). Pure: no I/O; a worker thread (and the
 //! control plane's health probes) call it.
 
-#![allow(dead_code)] // Filled by the send_proxy and accept_proxy work.
-
 mod encode;
 mod parse;
+
+pub(crate) use encode::{probe as probe_header, relayed as relayed_header};
+pub(crate) use parse::{parse, Parsed, Refusal, MAX_HEADER};
 
 /// Which header ringlb writes to a backend (`send_proxy = "v1" | "v2"`;
 /// `"off"` is `None` where this is held).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ProxyVersion {
+pub enum ProxyVersion {
     /// The text form: `PROXY TCP4 <src> <dst> <sport> <dport>\r\n`.
     V1,
     /// The binary form: a 16-byte preamble and the addresses.

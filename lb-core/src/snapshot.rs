@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Balance, TcpLiveness};
+use crate::config::{AcceptProxy, Balance, TcpLiveness};
 use crate::hash;
 use crate::maglev::{EffectiveTable, MaglevTable};
 use crate::policy::{self, P2c, RoundRobin};
+use crate::proxy_header::ProxyVersion;
 use crate::stats::{BackendStats, ServiceStats};
 
 /// Everything a worker needs to place new connections, at one instant.
@@ -50,6 +51,9 @@ pub struct ServiceSettings {
     pub source_address: Option<IpAddr>,
     /// TCP_USER_TIMEOUT and keepalive of backend-side sockets.
     pub liveness: TcpLiveness,
+    /// Clients must start with a PROXY header (`accept_proxy = true`):
+    /// who may send one and how long it may take.
+    pub accept_proxy: Option<AcceptProxy>,
 }
 
 /// One backend as the workers see it.
@@ -60,6 +64,9 @@ pub struct BackendEntry {
     pub weight: u32,
     /// Shared with every other snapshot listing this backend.
     pub stats: Arc<BackendStats>,
+    /// The PROXY header its connections begin with (the backend's
+    /// `send_proxy`, else the service's): the one field a worker reads.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// A service's backends, which of them take new connections, and the
@@ -279,6 +286,7 @@ mod tests {
             bounded_load: None,
             source_address: None,
             liveness: TcpLiveness::default(),
+            accept_proxy: None,
         };
         let backends = (0..usable.len())
             .map(|i| BackendEntry {
@@ -286,6 +294,7 @@ mod tests {
                 address: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
                 weight: 1,
                 stats: Arc::default(),
+                send_proxy: None,
             })
             .collect();
         ServiceTable::new(

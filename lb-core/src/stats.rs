@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::health::State as Health;
+use crate::proxy_header::Refusal;
+
 /// Log records that never reached the log, since the process started.
 /// Written by the binary's log writer (it owns stderr), read by /metrics;
 /// a static because the writer exists before any server does.
@@ -265,19 +268,87 @@ pub struct BackendStats {
     pub active: AtomicU64,
     /// Connections ever established to it.
     pub total: AtomicU64,
-    /// Bytes client → backend and backend → client, added when a
-    /// connection ends.
+    /// Bytes client → backend and backend → client: an open
+    /// connection's are added once a second by its worker, the rest when
+    /// it closes.
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
     /// Failed connects, by reason.
     pub connect_refused: AtomicU64,
     pub connect_timeout: AtomicU64,
     pub connect_other: AtomicU64,
+    /// Time of the successful connects (`ringlb_backend_connect_seconds`),
+    /// recorded by the worker that connected.
+    pub connect_time: ConnectHistogram,
+    /// Health state changes, by the state entered (indexed as
+    /// [`HEALTH_STATES`]): counted by the control plane, kept across
+    /// reloads with the rest of these counters.
+    health_transitions: [AtomicU64; 3],
 }
+
+/// The states a backend's health moves to, in the order of
+/// `BackendStats::health_transitions`.
+pub(crate) const HEALTH_STATES: [Health; 3] = [Health::Up, Health::Down, Health::Unknown];
 
 impl BackendStats {
     pub fn active(&self) -> u64 {
         self.active.load(Relaxed)
+    }
+
+    /// Counts a change of the backend's health to `to`.
+    pub(crate) fn count_health_change(&self, to: Health) {
+        if let Some(i) = HEALTH_STATES.iter().position(|&s| s == to) {
+            self.health_transitions[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Changes of health to `to` so far.
+    pub(crate) fn health_changes(&self, to: Health) -> u64 {
+        HEALTH_STATES
+            .iter()
+            .position(|&s| s == to)
+            .map_or(0, |i| self.health_transitions[i].load(Relaxed))
+    }
+}
+
+/// Upper bounds (µs) of the connect-time buckets, then +Inf. From
+/// loopback and same-rack connects (100 µs to 1 ms) through cross-site
+/// ones (10 to 100 ms) to connects that needed a SYN retransmit (Linux
+/// resends after 1 s, then 3 s): 12 buckets, Prometheus-style 1-2.5-5
+/// steps where they matter.
+pub(crate) const CONNECT_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
+/// A fixed-bucket histogram of connect times: one bucket's relaxed add and
+/// the sum's per connect, written by any worker, read by scrapes. Each
+/// bucket counts its own range (not cumulative); the last one is +Inf.
+#[derive(Debug, Default)]
+pub struct ConnectHistogram {
+    buckets: [AtomicU64; CONNECT_BUCKETS_US.len() + 1],
+    /// Sum of the recorded times, µs.
+    sum_us: AtomicU64,
+}
+
+impl ConnectHistogram {
+    /// Records one connect that took `d`.
+    pub(crate) fn record(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = CONNECT_BUCKETS_US.partition_point(|&le| le < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// The cumulative counts (`le` each bound of [`CONNECT_BUCKETS_US`],
+    /// then +Inf, which is the count) and the sum in µs.
+    pub(crate) fn read(&self) -> ([u64; CONNECT_BUCKETS_US.len() + 1], u64) {
+        let mut out = [0u64; CONNECT_BUCKETS_US.len() + 1];
+        let mut total = 0u64;
+        for (o, b) in out.iter_mut().zip(&self.buckets) {
+            total += b.load(Relaxed);
+            *o = total;
+        }
+        (out, self.sum_us.load(Relaxed))
     }
 }
 
@@ -295,6 +366,67 @@ pub struct ServiceStats {
     pub retries: AtomicU64,
     /// Connection ends by cause, with and without a backend reached.
     pub ends: crate::access_log::EndCounts,
+    /// Clients closed before a backend was chosen because their PROXY
+    /// header was missing, bad or late (`accept_proxy`), by
+    /// [`ProxyRefused::index`].
+    pub(crate) proxy_refused: [AtomicU64; ProxyRefused::COUNT],
+}
+
+/// Why a client of an `accept_proxy` service was closed before a backend
+/// was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyRefused {
+    /// Its address is not in `proxy_trusted`.
+    Untrusted,
+    /// What it sent is not a header ringlb takes.
+    Header(Refusal),
+    /// No whole header within `proxy_header_timeout`.
+    Timeout,
+    /// It closed (or reset) before its header was whole.
+    Closed,
+}
+
+impl ProxyRefused {
+    pub(crate) const COUNT: usize = 3 + Refusal::ALL.len();
+
+    /// Every reason, in [`index`](ProxyRefused::index) order.
+    pub(crate) fn all() -> impl Iterator<Item = ProxyRefused> {
+        [ProxyRefused::Untrusted]
+            .into_iter()
+            .chain(Refusal::ALL.into_iter().map(ProxyRefused::Header))
+            .chain([ProxyRefused::Timeout, ProxyRefused::Closed])
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            ProxyRefused::Untrusted => 0,
+            ProxyRefused::Header(r) => 1 + r as usize,
+            ProxyRefused::Timeout => 1 + Refusal::ALL.len(),
+            ProxyRefused::Closed => 2 + Refusal::ALL.len(),
+        }
+    }
+
+    /// The `reason` label of `ringlb_proxy_header_refused_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ProxyRefused::Untrusted => "untrusted",
+            ProxyRefused::Header(r) => r.label(),
+            ProxyRefused::Timeout => "timeout",
+            ProxyRefused::Closed => "closed",
+        }
+    }
+}
+
+impl ServiceStats {
+    /// Counts a client refused for `reason`.
+    pub(crate) fn count_proxy_refused(&self, reason: ProxyRefused) {
+        self.proxy_refused[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Clients refused for `reason` so far.
+    pub(crate) fn proxy_refused(&self, reason: ProxyRefused) -> u64 {
+        self.proxy_refused[reason.index()].load(Relaxed)
+    }
 }
 
 impl ServiceStats {
@@ -318,6 +450,17 @@ impl ServiceStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_refusals_have_distinct_indices_and_labels() {
+        let all: Vec<ProxyRefused> = ProxyRefused::all().collect();
+        assert_eq!(all.len(), ProxyRefused::COUNT);
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), ProxyRefused::COUNT);
+    }
 
     #[test]
     fn reserve_stops_at_max_and_release_frees() {
@@ -377,6 +520,34 @@ mod tests {
     }
 
     #[test]
+    fn connect_times_fall_in_their_buckets_cumulatively() {
+        use std::time::Duration;
+        let h = ConnectHistogram::default();
+        let (empty, sum) = h.read();
+        assert_eq!((empty, sum), ([0; 13], 0));
+        for us in [0, 100, 101, 900, 1_000_000, 7_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let (cum, sum) = h.read();
+        // le 100 µs: 0 and 100 (bounds are inclusive); le 250: + 101;
+        // le 1 ms: + 900; le 1 s: + 1 s; +Inf: + 7 s.
+        assert_eq!(cum, [2, 3, 3, 4, 4, 4, 4, 4, 4, 4, 5, 5, 6]);
+        assert_eq!(sum, 100 + 101 + 900 + 1_000_000 + 7_000_000);
+        assert!(CONNECT_BUCKETS_US.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn health_changes_count_by_state_entered() {
+        let b = BackendStats::default();
+        b.count_health_change(Health::Up);
+        b.count_health_change(Health::Down);
+        b.count_health_change(Health::Up);
+        assert_eq!(b.health_changes(Health::Up), 2);
+        assert_eq!(b.health_changes(Health::Down), 1);
+        assert_eq!(b.health_changes(Health::Unknown), 0);
+    }
+
+    #[test]
     fn a_kind_is_logged_at_most_once_a_second() {
         let errors = LocalErrors {
             counts: [const { AtomicU64::new(0) }; 6],
@@ -398,29 +569,21 @@ mod tests {
 /// `WorkerControl::histograms`), so readers never touch the live one.
 #[derive(Debug, Clone)]
 pub struct Latencies {
-    /// Time from starting a connect to the backend to its completion, µs.
-    pub connect_us: hdrhistogram::Histogram<u64>,
     /// Lifetime of forwarded connections (backend established → closed), ms.
     pub duration_ms: hdrhistogram::Histogram<u64>,
 }
 
 impl Latencies {
-    /// Up to 1 minute of connect time and ~11.5 days of connection life, at
-    /// 2 significant digits (a few KiB each).
+    /// Up to ~11.5 days of connection life, at 2 significant digits (a
+    /// few KiB). (Connect times are per backend: `ConnectHistogram`.)
     pub fn new() -> Latencies {
         // Constant, valid bounds: creation cannot fail.
         let h = |max| {
             hdrhistogram::Histogram::new_with_bounds(1, max, 2).expect("valid histogram bounds")
         };
         Latencies {
-            connect_us: h(60_000_000),
             duration_ms: h(1_000_000_000),
         }
-    }
-
-    pub fn record_connect(&mut self, d: std::time::Duration) {
-        self.connect_us
-            .saturating_record(d.as_micros().try_into().unwrap_or(u64::MAX).max(1));
     }
 
     pub fn record_duration(&mut self, d: std::time::Duration) {
@@ -430,7 +593,6 @@ impl Latencies {
 
     /// Adds another worker's figures (scrape-time merge).
     pub fn add(&mut self, other: &Latencies) {
-        let _ = self.connect_us.add(&other.connect_us);
         let _ = self.duration_ms.add(&other.duration_ms);
     }
 }

@@ -49,6 +49,24 @@ pub(crate) fn nofile_limit() -> io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
+/// A `sysconf(3)` value; None when the system does not say.
+fn sysconf(name: libc::c_int) -> Option<u64> {
+    // SAFETY: sysconf reads a system constant; it takes no pointers.
+    let v = unsafe { libc::sysconf(name) };
+    u64::try_from(v).ok().filter(|&v| v > 0)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of CPU times in
+/// `/proc/PID/stat`.
+pub(crate) fn clock_ticks() -> Option<u64> {
+    sysconf(libc::_SC_CLK_TCK)
+}
+
+/// The memory page size in bytes (the unit of `/proc/PID/statm`).
+pub(crate) fn page_size() -> Option<u64> {
+    sysconf(libc::_SC_PAGESIZE)
+}
+
 /// TCP_NODELAY and SO_KEEPALIVE on a listener: Linux copies both to every
 /// socket it accepts, which saves two setsockopt calls per connection.
 pub(crate) fn set_accepted_defaults(listener: &Socket) -> io::Result<()> {
@@ -169,12 +187,68 @@ pub(crate) fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP socket"))
 }
 
+/// The local address of a connected socket (getsockname): for a client,
+/// the address it connected to.
+pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a non-IP socket"))
+}
+
 /// A non-blocking, close-on-exec eventfd (an engine's wake-up source).
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with no pointers.
     let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
     // SAFETY: eventfd succeeded: `fd` is a new descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What the kernel did with a TCP socket's bytes after ringlb handed them
+/// over (TCP_INFO): the idle timeout asks it before closing a connection
+/// ringlb itself moved nothing on, since a send buffer of a MiB or more
+/// still drains to a slow peer for seconds after ringlb's last write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// Bytes the peer acknowledged since the connection opened: they grow
+    /// only when bytes really reached it (not on keepalive or window-probe
+    /// answers).
+    pub(crate) acked: u64,
+    /// Time since the peer's last ACK.
+    pub(crate) since_ack: std::time::Duration,
+    /// Bytes ringlb wrote are still on their way (sent and unacknowledged,
+    /// or not sent yet): only then can the kernel be moving bytes for it.
+    pub(crate) queued: bool,
+}
+
+/// [`Delivery`] of the TCP socket `fd`; Err on a kernel older than 4.6
+/// (no `tcpi_notsent_bytes`) or a socket that is not TCP.
+pub(crate) fn delivery(fd: RawFd) -> io::Result<Delivery> {
+    // SAFETY: tcp_info is plain integers, for which all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd; the kernel writes at most `len` bytes into `info`,
+    // a live, writable tcp_info of that size, and stores the length used.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    })?;
+    if (len as usize) < std::mem::offset_of!(libc::tcp_info, tcpi_min_rtt) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TCP_INFO without tcpi_notsent_bytes (kernel older than 4.6)",
+        ));
+    }
+    Ok(Delivery {
+        acked: info.tcpi_bytes_acked,
+        since_ack: std::time::Duration::from_millis(info.tcpi_last_ack_recv.into()),
+        queued: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
+    })
 }
 
 /// SO_LINGER {on, 0}: the next close() sends RST instead of FIN (or, in
@@ -246,6 +320,25 @@ pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live writable region of buf.len() bytes.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Non-blocking `recv(2)` with MSG_PEEK: copies what the socket holds, up
+/// to `buf.len()` bytes, and leaves it there.
+pub(crate) fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live writable region of buf.len() bytes.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -12,14 +12,16 @@
 //! established connection (forwarding, close). The rest, by concern:
 //! `listeners` (accept and admission), `slab` (connections by slot and the
 //! [`Token`]s naming them), `connect` (backend choice and retries),
-//! `timers` (connect and idle timeouts), `mailbox` (the link with the
-//! control plane), `forwarding` (how bytes move, resolved at start-up) and
-//! `syscalls` (the kernel calls, a seam for tests).
+//! `preamble` (what a client sends before a backend is chosen: a PROXY
+//! header), `timers` (preamble, connect and idle timeouts), `mailbox` (the
+//! link with the control plane), `forwarding` (how bytes move, resolved at
+//! start-up) and `syscalls` (the kernel calls, a seam for tests).
 
 mod connect;
 mod forwarding;
 mod listeners;
 mod mailbox;
+mod preamble;
 mod slab;
 mod syscalls;
 mod timers;
@@ -61,6 +63,10 @@ const DRIVE_BUDGET: u32 = 16;
 
 /// Most often a worker publishes its latency histograms for scrapes.
 const LATENCY_PUBLISH: Duration = Duration::from_secs(1);
+
+/// How often the bytes open connections moved are added to their
+/// backends' counters (so a long transfer shows in rates while it runs).
+const BYTES_FLUSH: Duration = Duration::from_secs(1);
 
 /// How an engine watches sockets for the worker. Registrations are
 /// edge-triggered for read and write readiness.
@@ -132,6 +138,9 @@ pub(crate) struct WorkerSetup {
 }
 
 enum Phase {
+    /// Before a backend is chosen: the client's PROXY header is awaited
+    /// (`preamble.rs`) until `deadline`.
+    Preamble { deadline: Instant },
     Connecting {
         /// Backend being tried (u32::MAX before the first attempt), by index
         /// in the snapshot of `generation` and by address.
@@ -182,9 +191,41 @@ struct Conn {
     phase: Phase,
     /// When it was accepted (the access log's duration).
     accepted: Instant,
+    /// When ringlb last moved a byte of it (read or write).
     last_active: Instant,
+    /// Bytes both peers had acknowledged (TCP_INFO) when the idle timer
+    /// last found ringlb idle: more since then are bytes the kernel
+    /// delivered from its send buffers, so the connection is not idle.
+    acked: u64,
     /// When this connection's one live timer entry fires.
     timer_at: Instant,
+}
+
+impl Conn {
+    /// A client just admitted on listener `li`, in `phase` until `deadline`
+    /// (its first timer), with no backend socket yet.
+    fn new(
+        client: OwnedFd,
+        peer: SocketAddr,
+        li: usize,
+        phase: Phase,
+        now: Instant,
+        deadline: Instant,
+    ) -> Conn {
+        Conn {
+            client,
+            peer,
+            client_ready: Readiness::default(),
+            backend: None,
+            backend_ready: Readiness::default(),
+            listener: li,
+            phase,
+            accepted: now,
+            last_active: now,
+            acked: 0,
+            timer_at: deadline,
+        }
+    }
 }
 
 /// The worker's event-driven core. `S` is the kernel ([`Kernel`]) except in
@@ -226,6 +267,12 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     latencies: Latencies,
     latencies_dirty: bool,
     latencies_published: Instant,
+    /// Where preambles are peeked (one per worker, never per connection;
+    /// empty until a service reads PROXY headers).
+    scratch: Vec<u8>,
+    /// When the bytes of open connections were last added to their
+    /// backends' counters (every `BYTES_FLUSH`; a close adds its rest).
+    bytes_flushed: Instant,
 }
 
 impl<R: Reactor> Worker<R> {
@@ -273,6 +320,8 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             latencies: Latencies::new(),
             latencies_dirty: false,
             latencies_published: Instant::now(),
+            scratch: Vec::new(),
+            bytes_flushed: Instant::now(),
         }
     }
 
@@ -323,18 +372,24 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
-        let connecting = matches!(conn.phase, Phase::Connecting { .. });
         // Recorded in every phase: an edge is reported once (a request sent
         // while the backend connects, a server greeting with the connect).
         if backend {
             conn.backend_ready.merge(event);
-            if connecting {
-                self.connect_done(slot);
-                return;
-            }
         } else {
             conn.client_ready.merge(event);
-            if connecting {
+        }
+        match conn.phase {
+            Phase::Established { .. } => {}
+            Phase::Connecting { .. } => {
+                if backend {
+                    self.connect_done(slot);
+                }
+                return;
+            }
+            // No backend socket yet: only the client's can report.
+            Phase::Preamble { .. } => {
+                self.read_preamble(slot);
                 return;
             }
         }
@@ -378,6 +433,32 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 .store(Some(Arc::new(self.latencies.clone())));
             self.latencies_dirty = false;
             self.latencies_published = self.now;
+        }
+        if self.now.duration_since(self.bytes_flushed) >= BYTES_FLUSH {
+            self.flush_bytes();
+        }
+    }
+
+    /// Adds what every open connection moved since the last flush to its
+    /// backend's byte counters: O(connections) once a second, nothing per
+    /// byte. Engine-forwarded connections count too: their completions
+    /// add to the same `Pair` (`on_forwarded`).
+    fn flush_bytes(&mut self) {
+        self.bytes_flushed = self.now;
+        for slot in 0..self.slab.slots() {
+            if let Some(Conn {
+                phase: Phase::Established { pair, stats, .. },
+                ..
+            }) = self.slab.get_mut(slot)
+            {
+                let (up, down) = pair.take_uncounted();
+                if up > 0 {
+                    stats.bytes_to_backend.fetch_add(up, Relaxed);
+                }
+                if down > 0 {
+                    stats.bytes_to_client.fetch_add(down, Relaxed);
+                }
+            }
         }
     }
 
@@ -578,8 +659,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             pair.release(&mut self.pool);
             pair.release_buffers(&mut self.buffers);
             stats.active.fetch_sub(1, Relaxed);
-            stats.bytes_to_backend.fetch_add(pair.up.bytes, Relaxed);
-            stats.bytes_to_client.fetch_add(pair.down.bytes, Relaxed);
+            // What the last flush (`flush_bytes`) did not add yet.
+            let (up, down) = pair.take_uncounted();
+            stats.bytes_to_backend.fetch_add(up, Relaxed);
+            stats.bytes_to_client.fetch_add(down, Relaxed);
         }
         let listener = &self.listeners[conn.listener];
         let established = matches!(conn.phase, Phase::Established { .. });
@@ -614,6 +697,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 /// The access record of a connection ending now for `cause`.
 fn record(conn: &Conn, listener: &ListenerState, now: Instant, cause: EndCause) -> AccessRecord {
     let (backend, attempts, connect_time, up, down) = match &conn.phase {
+        Phase::Preamble { .. } => (None, 0, None, 0, 0),
         Phase::Connecting { attempts, .. } => (None, *attempts, None, 0, 0),
         Phase::Established {
             pair,

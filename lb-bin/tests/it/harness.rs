@@ -325,6 +325,8 @@ pub struct BackendConfig {
     pub name: String,
     pub address: SocketAddr,
     pub weight: u32,
+    /// More backend lines, as written (`send_proxy = "v1"`, …).
+    pub extra: Vec<String>,
 }
 
 impl BackendConfig {
@@ -333,6 +335,7 @@ impl BackendConfig {
             name: name.to_owned(),
             address,
             weight: 100,
+            extra: Vec::new(),
         }
     }
 }
@@ -413,6 +416,9 @@ impl LbConfig {
                 let _ = writeln!(t, "name = {:?}", b.name);
                 let _ = writeln!(t, "address = \"{}\"", b.address);
                 let _ = writeln!(t, "weight = {}", b.weight);
+                for line in &b.extra {
+                    let _ = writeln!(t, "{line}");
+                }
             }
         }
         t
@@ -787,6 +793,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The whole exposition, as scraped.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// The value of the unlabelled sample `name`, if /metrics has one.
     pub fn value(&self, name: &str) -> Option<u64> {
         self.text.lines().find_map(|line| {

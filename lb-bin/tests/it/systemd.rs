@@ -1,7 +1,8 @@
 //! systemd integration seen from outside: the notifications ringlb sends on
 //! a test `NOTIFY_SOCKET` (READY=1 once serving, RELOADING=1 with
 //! MONOTONIC_USEC then READY=1 around a reload, STOPPING=1 on SIGTERM), an
-//! upgrade in place on SIGUSR2 (the new process becomes the main PID:
+//! `STATUS=` lines (connections and services served, the last reload's
+//! result), an upgrade in place on SIGUSR2 (the new process becomes the main PID:
 //! `MAINPID=<new>` and READY=1, then the old one exits 0 without a
 //! STOPPING=1, and the new one keeps the watchdog fed), and a graceful
 //! drain that carries a slow transfer to its end.
@@ -84,6 +85,78 @@ fn notify_socket_sees_ready_reloading_and_stopping() {
         "{status:?}\n{}",
         lb.report()
     );
+}
+
+/// Receives datagrams until a `STATUS=` line contains every one of
+/// `needles` (or the deadline); that line.
+fn expect_status(sock: &UnixDatagram, needles: &[&str], seen: &mut Vec<String>) -> Option<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        let n = sock.recv(&mut buf).ok()?;
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(msg.clone());
+        if let Some(line) = msg
+            .lines()
+            .find(|l| l.starts_with("STATUS=") && needles.iter().all(|n| l.contains(n)))
+        {
+            return Some(line.to_owned());
+        }
+    }
+    None
+}
+
+#[test]
+fn status_says_what_is_served_and_how_the_last_reload_went() {
+    let _shared = harness::shared();
+    let b1 = Backend::named("b1");
+    let dir = TempDir::new("notify-status");
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let config = LbConfig::over("epoll", &[&b1]);
+    let mut lb = Ringlb::start_with_env(&config, &[("NOTIFY_SOCKET", path.as_os_str())]);
+    let mut seen = Vec::new();
+    let first = expect_status(&sock, &["serving 0 connections, 1 service"], &mut seen);
+    assert_eq!(
+        first.as_deref(),
+        Some("STATUS=serving 0 connections, 1 service; no reload since start"),
+        "{seen:?}\n{}",
+        lb.report()
+    );
+    // A client held: the count follows within a refresh.
+    let mut client = connect_from(client_sources()[0], lb.addr()).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(read_line(&mut client).unwrap(), "b1");
+    assert!(
+        expect_status(&sock, &["serving 1 connection, 1 service"], &mut seen).is_some(),
+        "{seen:?}\n{}",
+        lb.report()
+    );
+    // A refused reload says so, with its reason; a good one after it too.
+    let good = config.to_toml();
+    lb.rewrite_config("[[service]]\nname = \"web\"\nlisten = [\"not an address\"]\n");
+    lb.signal(libc::SIGHUP);
+    let refused = expect_status(
+        &sock,
+        &["last reload refused at", "not an address"],
+        &mut seen,
+    );
+    assert!(refused.is_some(), "{seen:?}\n{}", lb.report());
+    lb.rewrite_config(&good);
+    lb.signal(libc::SIGHUP);
+    let ok = expect_status(
+        &sock,
+        &["serving 1 connection", "last reload ok at"],
+        &mut seen,
+    );
+    assert!(ok.is_some(), "{seen:?}\n{}", lb.report());
+    drop(client);
 }
 
 /// Whether `pid` is gone (or a zombie, which an init that reaps late

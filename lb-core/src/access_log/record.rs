@@ -40,11 +40,16 @@ pub enum EndCause {
     /// ringlb was stopping: the connection outlived the drain, or was
     /// accepted by a listener that was closing.
     Shutdown,
+    /// An `accept_proxy` service's client sent no usable PROXY header (from
+    /// an untrusted address, malformed, oversized, late, or closed first:
+    /// `ringlb_proxy_header_refused_total` has the reason): the client was
+    /// reset, no backend asked.
+    ProxyHeader,
 }
 
 impl EndCause {
     /// Every cause, in label order of the docs.
-    pub const ALL: [EndCause; 9] = [
+    pub const ALL: [EndCause; 10] = [
         EndCause::ClientClosed,
         EndCause::BackendClosed,
         EndCause::ClientReset,
@@ -54,6 +59,7 @@ impl EndCause {
         EndCause::NoBackend,
         EndCause::LocalError,
         EndCause::Shutdown,
+        EndCause::ProxyHeader,
     ];
 
     /// The stable snake_case label.
@@ -68,6 +74,7 @@ impl EndCause {
             EndCause::NoBackend => "no_backend",
             EndCause::LocalError => "local_error",
             EndCause::Shutdown => "shutdown",
+            EndCause::ProxyHeader => "proxy_header",
         }
     }
 
@@ -78,7 +85,7 @@ impl EndCause {
             EndCause::ClientClosed | EndCause::BackendClosed => (false, false),
             EndCause::ClientReset => (false, true),
             EndCause::BackendReset => (true, false),
-            EndCause::ConnectFailed | EndCause::NoBackend => (true, false),
+            EndCause::ConnectFailed | EndCause::NoBackend | EndCause::ProxyHeader => (true, false),
             EndCause::IdleTimeout | EndCause::LocalError | EndCause::Shutdown => (true, true),
         }
     }

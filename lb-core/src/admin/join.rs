@@ -293,7 +293,8 @@ fn refused(e: JoinError) -> Response<Full<Bytes>> {
         | JoinError::OtherAddress { .. }
         | JoinError::AddressTaken { .. }
         | JoinError::Full { .. }
-        | JoinError::NotJoined { .. } => StatusCode::CONFLICT,
+        | JoinError::NotJoined { .. }
+        | JoinError::NoProxyVersion { .. } => StatusCode::CONFLICT,
         JoinError::Family { .. } => StatusCode::BAD_REQUEST,
         JoinError::Registry(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };

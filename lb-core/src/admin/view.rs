@@ -300,6 +300,7 @@ mod tests {
             config_generation: 1,
             reloads_ok: 0,
             reloads_failed: 0,
+            last_reload_successful: true,
             services: vec![ServiceView {
                 name: "web".into(),
                 listen: vec![],

@@ -64,9 +64,15 @@ pub(super) struct RawService {
     pub tcp_keepalive_idle: Option<Spanned<DurationText>>,
     pub tcp_keepalive_interval: Option<Spanned<DurationText>>,
     pub tcp_keepalive_count: Option<Spanned<i64>>,
+    // PROXY protocol in (validate/proxy_in.rs).
+    pub accept_proxy: Option<Spanned<bool>>,
+    pub proxy_trusted: Option<TextList>,
+    pub proxy_header_timeout: Option<Spanned<DurationText>>,
     pub health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,
+    // PROXY protocol out.
+    pub send_proxy: Option<Text>,
 }
 
 /// `[service.health]`.
@@ -90,6 +96,8 @@ pub(super) struct RawHealth {
     pub https_proxy: Option<Text>,
     pub no_proxy: Option<TextList>,
     pub max_body: Option<Spanned<RawSize>>,
+    // PROXY protocol out.
+    pub send_proxy: Option<Spanned<bool>>,
 }
 
 /// `[[service.backend]]`.
@@ -100,6 +108,8 @@ pub(super) struct RawBackend {
     pub address: Option<Text>,
     pub weight: Option<Spanned<i64>>,
     pub state: Option<Text>,
+    // PROXY protocol out.
+    pub send_proxy: Option<Text>,
 }
 
 /// `workers`: `"auto"` or an integer, checked by validation.

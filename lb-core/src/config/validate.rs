@@ -10,6 +10,7 @@
 
 mod global;
 mod health;
+mod proxy_in;
 mod service;
 
 use std::collections::HashMap;

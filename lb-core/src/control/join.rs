@@ -79,6 +79,12 @@ pub enum JoinError {
          from the config file and reload"
     )]
     NotJoined { service: String, backend: String },
+    // PROXY protocol out.
+    #[error(
+        "service {service:?} probes its backends with a PROXY header (health.send_proxy = true) \
+         but has no send_proxy version of its own for a joined node: set send_proxy on the service"
+    )]
+    NoProxyVersion { service: String },
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -172,6 +178,12 @@ fn fits(
             other: other.config.name.clone(),
         });
     }
+    if service.health.send_proxy.is_some() && candidate.proxy_header(service.send_proxy).is_none() {
+        // Its probes could not send the header the service's probes need.
+        return Err(JoinError::NoProxyVersion {
+            service: service.name.clone(),
+        });
+    }
     if let Some(from) = service.source_address {
         if from.is_ipv4() != candidate.address.is_ipv4() {
             return Err(JoinError::Family {
@@ -222,7 +234,7 @@ pub(super) fn keep_joined(
         }
         if kind_changed {
             let fresh = new_backend(service.health.kind, &record.config);
-            record.health = fresh.health;
+            record.change_health(fresh.health);
             record.reason = fresh.reason;
             record.last_change = fresh.last_change;
         }
@@ -295,6 +307,35 @@ mod tests {
             ));
         }
         Config::parse(&t, None).unwrap()
+    }
+
+    // PROXY protocol out.
+    #[test]
+    fn with_health_send_proxy_a_node_joins_only_if_the_service_has_a_version() {
+        let text = |service_line: &str| {
+            format!(
+                "[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\n{service_line}\n\
+                 [service.health]\nkind = \"tcp\"\nsend_proxy = true\n\
+                 [[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1001\"\nsend_proxy = \"v1\"\n"
+            )
+        };
+        let mut r = Registry::new(&Config::parse(&text(""), None).unwrap());
+        let refused = r.join("s", node("n", "127.0.0.1:2001"));
+        assert_eq!(
+            refused,
+            Err(JoinError::NoProxyVersion {
+                service: "s".into()
+            })
+        );
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("set send_proxy on the service"));
+        let mut r = Registry::new(&Config::parse(&text("send_proxy = \"v2\""), None).unwrap());
+        assert_eq!(
+            r.join("s", node("n", "127.0.0.1:2001")),
+            Ok(JoinOutcome::Added)
+        );
     }
 
     fn node(name: &str, addr: &str) -> Backend {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::status::StatusView;
+use super::status::{status_line, ControlCounters, StatusView};
 use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
 use crate::access_log::AccessLogHandle;
 use crate::budget::{self, BudgetError};
@@ -42,6 +42,8 @@ const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 /// How often the runtime bumps its heartbeat (the watchdog's evidence that
 /// the control plane still turns).
 const HEARTBEAT: Duration = Duration::from_millis(250);
+/// How often the `STATUS=` line is refreshed (sent only when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// The admin server as a task for the control plane's runtime. Boxed, so
 /// that the control plane need not know the admin module (which sends it
@@ -126,15 +128,6 @@ pub enum ReloadError {
     ShuttingDown,
 }
 
-/// Control-plane figures, shown by `/metrics` (through the `StatusView`).
-#[derive(Debug, Default)]
-pub(crate) struct ControlCounters {
-    /// Reloads applied (SIGHUP or the admin API).
-    pub reloads_ok: AtomicU64,
-    /// Reloads refused; the running config kept serving.
-    pub reloads_failed: AtomicU64,
-}
-
 /// Everything the control-plane thread owns.
 pub(crate) struct ControlPlane {
     /// Starts this thread's tasks (see `ControlSetup`).
@@ -164,6 +157,8 @@ pub(crate) struct ControlPlane {
     listeners: Vec<(String, SocketAddr, SocketAddr)>,
     /// Reload outcomes.
     counters: ControlCounters,
+    /// The `STATUS=` line last sent to systemd (sent again only changed).
+    status_sent: String,
     cell: Arc<SnapshotCell>,
     workers: Vec<Arc<WorkerControl>>,
     /// The process's connection budget, shared with the workers.
@@ -195,6 +190,7 @@ impl ControlPlane {
             config_path: setup.config_path,
             listeners: setup.listeners,
             counters: ControlCounters::default(),
+            status_sent: String::new(),
             cell: setup.cell,
             workers: setup.workers,
             budget: setup.budget,
@@ -296,8 +292,10 @@ impl ControlPlane {
             .admin
             .take()
             .map(|admin| self.supervisor.spawn_task("admin server", admin));
+        let mut status_tick = tokio::time::interval(STATUS_EVERY);
         loop {
             tokio::select! {
+                _ = status_tick.tick() => self.send_status(),
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
                 Some(report) = reports.recv() => {
                     if self.on_report(report) {
@@ -476,7 +474,7 @@ impl ControlPlane {
         let _ = crate::notify::ready();
         match &result {
             Ok(summary) => {
-                self.counters.reloads_ok.fetch_add(1, Relaxed);
+                self.counters.record_reload(None);
                 tracing::info!(
                     services_added = ?summary.services_added,
                     services_removed = ?summary.services_removed,
@@ -486,11 +484,25 @@ impl ControlPlane {
                 );
             }
             Err(reason) => {
-                self.counters.reloads_failed.fetch_add(1, Relaxed);
+                self.counters.record_reload(Some(reason.to_string()));
                 tracing::error!(reason = %reason, "reload refused; the running config keeps serving");
             }
         }
+        self.send_status();
         result
+    }
+
+    /// Refreshes systemd's `STATUS=` line if it changed.
+    fn send_status(&mut self) {
+        let services = self.registry.services().len();
+        let line = status_line(
+            self.budget.active(),
+            services,
+            self.counters.last_reload.as_ref(),
+        );
+        if line != self.status_sent && crate::notify::status(&line).unwrap_or(false) {
+            self.status_sent = line;
+        }
     }
 
     fn try_reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {

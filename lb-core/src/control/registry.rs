@@ -42,6 +42,19 @@ impl BackendRecord {
     pub fn usable(&self) -> bool {
         self.admin == AdminState::Enabled && self.health == Health::Up
     }
+
+    /// Sets the health state; a change is counted
+    /// (`ringlb_backend_health_transitions_total`) and dated. True if it
+    /// changed.
+    pub(crate) fn change_health(&mut self, health: Health) -> bool {
+        if self.health == health {
+            return false;
+        }
+        self.health = health;
+        self.last_change = SystemTime::now();
+        self.stats.count_health_change(health);
+        true
+    }
 }
 
 /// One service in the registry.
@@ -203,7 +216,7 @@ impl Registry {
                             || prev.config.health.kind != s.health.kind
                         {
                             let fresh = new_backend(s.health.kind, b);
-                            rec.health = fresh.health;
+                            rec.change_health(fresh.health);
                             rec.reason = fresh.reason;
                             rec.last_change = SystemTime::now();
                         }
@@ -249,12 +262,7 @@ impl Registry {
     ) -> Result<bool, RegistryError> {
         let b = self.backend_mut(service, backend)?;
         b.reason = reason;
-        if b.health == health {
-            return Ok(false);
-        }
-        b.health = health;
-        b.last_change = SystemTime::now();
-        Ok(true)
+        Ok(b.change_health(health))
     }
 
     /// Sets the operator's state; true if it changed.
@@ -324,6 +332,7 @@ impl Registry {
                 bounded_load: c.bounded_load,
                 source_address: c.source_address,
                 liveness: c.liveness,
+                accept_proxy: c.accept_proxy.clone(),
             };
             let backends: Vec<BackendEntry> = svc
                 .backends
@@ -333,6 +342,7 @@ impl Registry {
                     address: b.config.address,
                     weight: b.config.weight.get(),
                     stats: b.stats.clone(),
+                    send_proxy: b.config.proxy_header(c.send_proxy),
                 })
                 .collect();
             let usable = svc.backends.iter().map(BackendRecord::usable).collect();
@@ -372,7 +382,19 @@ impl Registry {
                     service: s.config.name.clone(),
                     backend: b.config.name.clone(),
                 };
-                out.push((key, b.config.address, check.clone()));
+                // With `health.send_proxy`, a probe speaks the version of the
+                // backend it probes (the prober shares one context among
+                // equal checks, so backends of one version still share).
+                let header = b.config.proxy_header(s.config.send_proxy);
+                let check = if check.send_proxy.is_some() && check.send_proxy != header {
+                    Arc::new(HealthCheck {
+                        send_proxy: header,
+                        ..(*check).clone()
+                    })
+                } else {
+                    check.clone()
+                };
+                out.push((key, b.config.address, check));
             }
         }
         out
@@ -455,10 +477,40 @@ mod tests {
             Health::Unknown,
             "a new address is probed anew"
         );
+        // Health transitions: a's (to up) survive; b's move to unknown
+        // is one more.
+        assert_eq!(
+            (
+                a.stats.health_changes(Health::Up),
+                a.stats.health_changes(Health::Down)
+            ),
+            (1, 0)
+        );
+        assert_eq!(
+            (
+                svc.backends[1].stats.health_changes(Health::Up),
+                svc.backends[1].stats.health_changes(Health::Unknown)
+            ),
+            (1, 1)
+        );
         assert_eq!(
             svc.backends[2].health,
             Health::Unknown,
             "a new backend waits for its probe"
+        );
+        r.set_health("s", "a", Health::Down, "refused".into())
+            .unwrap();
+        r.set_health("s", "a", Health::Down, "refused again".into())
+            .unwrap();
+        r.set_health("s", "a", Health::Up, "ok".into()).unwrap();
+        let a = &r.service("s").unwrap().backends[0];
+        assert_eq!(
+            (
+                a.stats.health_changes(Health::Up),
+                a.stats.health_changes(Health::Down)
+            ),
+            (2, 1),
+            "only changes count"
         );
 
         let s = r.apply(&config(&[("c", "127.0.0.1:1003")], "http"));

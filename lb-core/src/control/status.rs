@@ -5,13 +5,92 @@
 //! count into. The JSON documents made from it are `admin/view.rs`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{BackendRecord, ControlCounters, Health, Registry};
+use super::{BackendRecord, Health, Registry};
 use crate::config::{AdminState, Balance};
 use crate::stats::{BackendStats, ServiceStats};
+
+/// Control-plane figures, shown by `/metrics` (through the `StatusView`)
+/// and in systemd's `STATUS=` line. Owned and written by the control plane.
+#[derive(Debug, Default)]
+pub(crate) struct ControlCounters {
+    /// Reloads applied (SIGHUP or the admin API).
+    pub reloads_ok: u64,
+    /// Reloads refused; the running config kept serving.
+    pub reloads_failed: u64,
+    /// The last reload's outcome (None: no reload since start).
+    pub last_reload: Option<LastReload>,
+}
+
+/// When the last reload ran and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LastReload {
+    pub at: SystemTime,
+    /// Why it was refused; None when it was applied.
+    pub refused: Option<String>,
+}
+
+impl ControlCounters {
+    /// Counts a reload: applied (`refused` None) or refused with a reason.
+    pub(crate) fn record_reload(&mut self, refused: Option<String>) {
+        if refused.is_some() {
+            self.reloads_failed += 1;
+        } else {
+            self.reloads_ok += 1;
+        }
+        self.last_reload = Some(LastReload {
+            at: SystemTime::now(),
+            refused,
+        });
+    }
+
+    /// False only when the last reload was refused (the start counts as a
+    /// successful load).
+    pub(crate) fn last_reload_successful(&self) -> bool {
+        self.last_reload
+            .as_ref()
+            .is_none_or(|r| r.refused.is_none())
+    }
+}
+
+/// The line systemd shows for the service (`STATUS=`): how many client
+/// connections and services are served, and how the last reload went
+/// (times in UTC).
+pub(crate) fn status_line(
+    connections: usize,
+    services: usize,
+    last: Option<&LastReload>,
+) -> String {
+    let plural = |n: usize, one: &str| {
+        if n == 1 {
+            format!("{n} {one}")
+        } else {
+            format!("{n} {one}s")
+        }
+    };
+    let serving = format!(
+        "serving {}, {}",
+        plural(connections, "connection"),
+        plural(services, "service")
+    );
+    match last {
+        None => format!("{serving}; no reload since start"),
+        Some(r) => {
+            let secs =
+                r.at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+            let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+            match &r.refused {
+                None => format!("{serving}; last reload ok at {h:02}:{m:02}:{s:02} UTC"),
+                Some(reason) => {
+                    format!("{serving}; last reload refused at {h:02}:{m:02}:{s:02} UTC: {reason}")
+                }
+            }
+        }
+    }
+}
 
 /// The registry at one instant, for the admin API and metrics.
 #[derive(Debug)]
@@ -24,6 +103,8 @@ pub(crate) struct StatusView {
     pub reloads_ok: u64,
     /// Reloads refused since start (the running config kept serving).
     pub reloads_failed: u64,
+    /// The last reload was applied (or none ran since start).
+    pub last_reload_successful: bool,
     /// In configuration order.
     pub services: Vec<ServiceView>,
 }
@@ -101,8 +182,9 @@ impl StatusView {
         StatusView {
             generation: registry.generation(),
             config_generation: registry.config_generation(),
-            reloads_ok: counters.reloads_ok.load(Relaxed),
-            reloads_failed: counters.reloads_failed.load(Relaxed),
+            reloads_ok: counters.reloads_ok,
+            reloads_failed: counters.reloads_failed,
+            last_reload_successful: counters.last_reload_successful(),
             services,
         }
     }

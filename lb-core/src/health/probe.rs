@@ -19,6 +19,14 @@
 //! `host` (without port), else the backend's IP. `insecure_skip_verify`
 //! accepts any certificate but still checks the handshake signatures.
 //!
+//! PROXY header (`[service.health] send_proxy = true`, for backends that
+//! require one on every connection): written first on every probe, before
+//! the request and before a TLS handshake, in the probed backend's version
+//! (v2 `LOCAL`; v1 a line of the probe socket's own addresses, or
+//! `UNKNOWN` through a proxy's tunnel: see `proxy_header::encode`).
+//! Through an outbound proxy it needs a tunnel to reach the backend, so
+//! plain HTTP then uses `CONNECT` too.
+//!
 //! Proxy ([`ProxySettings`]): plain HTTP sends the request in absolute form
 //! (`GET http://10.0.0.11:8081/path`) to the proxy; HTTPS opens a tunnel with
 //! `CONNECT 10.0.0.11:8081` (a 2xx answer expected), then TLS through it.
@@ -53,6 +61,7 @@ use tokio_rustls::TlsConnector;
 use super::proxy::{split_host_port, ProxyAddr, ProxySettings};
 use super::verdict::{judge, Reason};
 use crate::config::{HealthCheck, HealthKind};
+use crate::proxy_header::probe_header;
 use crate::stats::LOCAL_ERRORS;
 
 /// Value of the `User-Agent` header of every probe.
@@ -144,7 +153,10 @@ pub async fn probe(
     let attempt = async {
         match check.kind {
             HealthKind::None => Ok(()),
-            HealthKind::Tcp => connect_direct(addr).await.map(drop),
+            HealthKind::Tcp => {
+                let mut stream = connect_direct(addr).await?;
+                send_header(check, &mut stream, true).await
+            }
             HealthKind::Http => http_probe(check, addr, None, proxy).await,
             HealthKind::Https => match tls {
                 Some(tls) => http_probe(check, addr, Some(tls), proxy).await,
@@ -185,9 +197,12 @@ async fn http_probe(
         None => connect_direct(addr).await?,
         Some(proxy) => connect_proxy(proxy).await?,
     };
-    // Absolute form only for plain HTTP through a proxy; a tunnel carries
-    // the origin form.
-    let target = match (&proxy, https) {
+    // A PROXY header must reach the backend itself: through a proxy, even
+    // plain HTTP then goes through a CONNECT tunnel.
+    let tunnel = https || check.send_proxy.is_some();
+    // Absolute form only for plain HTTP through a proxy without a tunnel;
+    // a tunnel carries the origin form.
+    let target = match (&proxy, tunnel) {
         (Some(_), false) => format!("http://{addr}{}", check.path),
         _ => check.path.clone(),
     };
@@ -204,12 +219,13 @@ async fn http_probe(
                 "cannot build the request (check path and host): {e}"
             ))
         })?;
+    if let Some(proxy) = proxy.as_ref().filter(|_| tunnel) {
+        open_tunnel(&mut stream, proxy, addr).await?;
+    }
+    send_header(check, &mut stream, proxy.is_none()).await?;
     match tls {
         None => exchange(stream, request, check).await,
         Some(tls) => {
-            if let Some(proxy) = &proxy {
-                open_tunnel(&mut stream, proxy, addr).await?;
-            }
             let stream = tls
                 .connector
                 .connect(tls.server_name(addr.ip()), stream)
@@ -218,6 +234,28 @@ async fn http_probe(
             exchange(stream, request, check).await
         }
     }
+}
+
+/// With `send_proxy`: writes the probe's PROXY header (before any other
+/// byte, TLS included). `direct`: the stream's own endpoints are the
+/// backend's view of the probe (not a proxy's tunnel).
+async fn send_header(
+    check: &HealthCheck,
+    stream: &mut TcpStream,
+    direct: bool,
+) -> Result<(), Reason> {
+    let Some(version) = check.send_proxy else {
+        return Ok(());
+    };
+    let endpoints = match (direct, stream.local_addr(), stream.peer_addr()) {
+        (true, Ok(local), Ok(peer)) => Some((local, peer)),
+        _ => None,
+    };
+    let header = probe_header(version, endpoints);
+    stream
+        .write_all(header.as_bytes())
+        .await
+        .map_err(|e| Reason::Connect(format!("writing the PROXY header: {e}")))
 }
 
 async fn connect_direct(addr: SocketAddr) -> Result<TcpStream, Reason> {
@@ -306,7 +344,7 @@ async fn open_tunnel(
 }
 
 /// The status code of an `HTTP/1.x NNN reason` status line.
-fn connect_status(answer: &[u8]) -> Option<u16> {
+pub(crate) fn connect_status(answer: &[u8]) -> Option<u16> {
     let line = answer.split(|&b| b == b'\n').next()?;
     let line = std::str::from_utf8(line).ok()?.trim_end();
     let mut parts = line.splitn(3, ' ');

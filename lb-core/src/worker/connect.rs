@@ -15,12 +15,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::access_log::EndCause;
 use crate::conn::{Pair, Readiness};
+use crate::proxy_header::{self, ProxyVersion};
+use crate::snapshot::BackendEntry;
 use crate::stats::LOCAL_ERRORS;
 
 use super::{Conn, Phase, Reactor, Syscalls, Worker};
@@ -75,42 +78,46 @@ impl ConnectFailure {
 pub(crate) type FailureSender = tokio::sync::mpsc::Sender<PassiveFailure>;
 
 impl<R: Reactor, S: Syscalls> Worker<R, S> {
-    /// An admitted client: its slot, its candidates, its first connect.
+    /// An admitted client: its slot, its candidates, its first connect;
+    /// or, when the service reads PROXY headers, its preamble first.
     pub(crate) fn open(&mut self, li: usize, si: usize, client: OwnedFd, peer: SocketAddr) {
-        let service = &self.snapshot.services[si];
-        let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
-        let mut candidates = [0u32; MAX_ATTEMPTS];
-        let count = service.candidates(peer.ip(), &mut self.picks[si], &mut candidates[..attempts]);
-        let deadline = self.now + service.settings.connect_timeout;
+        if self.snapshot.services[si].settings.accept_proxy.is_some() {
+            self.open_preamble(li, si, client, peer);
+            return;
+        }
+        let (phase, deadline) = self.connecting(si, peer);
         let client_fd = client.as_raw_fd();
-        let slot = self.slab.insert(Conn {
-            client,
-            peer,
-            client_ready: Readiness::default(),
-            backend: None,
-            backend_ready: Readiness::default(),
-            listener: li,
-            phase: Phase::Connecting {
-                backend_index: u32::MAX,
-                target: None,
-                candidates,
-                count: count as u8,
-                tried: 0,
-                attempts: 0,
-                generation: self.snapshot.generation,
-                deadline,
-                started: self.now,
-            },
-            accepted: self.now,
-            last_active: self.now,
-            timer_at: deadline,
-        });
+        let slot = self
+            .slab
+            .insert(Conn::new(client, peer, li, phase, self.now, deadline));
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
             self.abort(slot, EndCause::LocalError);
             return;
         }
         self.next_attempt(slot);
+    }
+
+    /// The connecting phase of a client of service `si` from `peer`: its
+    /// candidates, none tried yet; and its first deadline.
+    pub(super) fn connecting(&mut self, si: usize, peer: SocketAddr) -> (Phase, Instant) {
+        let service = &self.snapshot.services[si];
+        let attempts = service.settings.connect_attempts.clamp(1, MAX_ATTEMPTS);
+        let mut candidates = [0u32; MAX_ATTEMPTS];
+        let count = service.candidates(peer.ip(), &mut self.picks[si], &mut candidates[..attempts]);
+        let deadline = self.now + service.settings.connect_timeout;
+        let phase = Phase::Connecting {
+            backend_index: u32::MAX,
+            target: None,
+            candidates,
+            count: count as u8,
+            tried: 0,
+            attempts: 0,
+            generation: self.snapshot.generation,
+            deadline,
+            started: self.now,
+        };
+        (phase, deadline)
     }
 
     /// Starts a connect to the next untried candidate, or gives up with a
@@ -251,6 +258,68 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         }
     }
 
+    /// Writes the PROXY header on the just connected backend socket `fd`.
+    /// False when it could not be: the connection went on to the next
+    /// backend, or was closed.
+    fn send_proxy_header(
+        &mut self,
+        slot: usize,
+        si: usize,
+        fd: RawFd,
+        version: ProxyVersion,
+    ) -> bool {
+        let Some(conn) = self.slab.get_mut(slot) else {
+            return false;
+        };
+        let Phase::Connecting {
+            target: Some(address),
+            ..
+        } = conn.phase
+        else {
+            return false;
+        };
+        let Ok(local) = self.sys.local_addr(&conn.client) else {
+            // The client's socket, not the backend, failed.
+            self.abort(slot, EndCause::ClientReset);
+            return false;
+        };
+        let header = proxy_header::relayed_header(version, conn.peer, local);
+        // A fresh socket's send buffer is empty: all of it or nothing.
+        let e = match self.sys.send_header(fd, header.as_bytes()) {
+            Ok(n) if n == header.as_bytes().len() => return true,
+            Ok(_) => io::Error::from_raw_os_error(libc::EAGAIN),
+            Err(e) => e,
+        };
+        // A connect failure of this backend: an error the network gave
+        // (EPIPE, ECONNRESET: the backend closed at once) counts for its
+        // passive health, a local shortage does not.
+        self.drop_backend(slot);
+        if self.local_failure(&e, address) {
+            self.abort(slot, EndCause::LocalError);
+            return false;
+        }
+        self.report_failure(si, address, ConnectFailure::from_io(&e));
+        self.next_attempt(slot);
+        false
+    }
+
+    /// The entry of the backend a connect went to: by index in the table it
+    /// was chosen from, by address if a new table came since.
+    fn entry(
+        &self,
+        si: usize,
+        backend_index: u32,
+        target: Option<SocketAddr>,
+        generation: u64,
+    ) -> Option<&BackendEntry> {
+        let backends = &self.snapshot.services[si].backends;
+        if generation == self.snapshot.generation {
+            backends.get(backend_index as usize)
+        } else {
+            backends.iter().find(|b| Some(b.address) == target)
+        }
+    }
+
     /// The backend socket of a connecting connection reported readiness:
     /// established, or on to the next candidate.
     pub(crate) fn connect_done(&mut self, slot: usize) {
@@ -296,25 +365,31 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.next_attempt(slot);
             return;
         }
-        let backends = &self.snapshot.services[si].backends;
-        let entry = if generation == self.snapshot.generation {
-            backends.get(backend_index as usize)
-        } else {
-            backends.iter().find(|b| Some(b.address) == target)
-        };
-        let Some(entry) = entry else {
+        let access_log = self.access_log.is_some();
+        let Some((stats, send_proxy, name, address)) =
+            self.entry(si, backend_index, target, generation).map(|e| {
+                let name = access_log.then(|| e.name.clone());
+                (e.stats.clone(), e.send_proxy, name, e.address)
+            })
+        else {
             // Removed from the table while connecting.
             self.abort(slot, EndCause::NoBackend);
             return;
         };
-        let stats = entry.stats.clone();
-        let name = self.access_log.as_ref().map(|_| entry.name.clone());
-        let address = entry.address;
+        if let Some(version) = send_proxy {
+            // The header goes first, before any client byte (and before a
+            // TLS ClientHello). Off: this branch is all it costs.
+            if !self.send_proxy_header(slot, si, fd, version) {
+                return;
+            }
+        }
+        let Some(conn) = self.slab.get_mut(slot) else {
+            return;
+        };
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
         let connect_time = self.now.saturating_duration_since(started);
-        self.latencies.record_connect(connect_time);
-        self.latencies_dirty = true;
+        stats.connect_time.record(connect_time);
         conn.phase = Phase::Established {
             pair: Pair::default(),
             stats,

@@ -57,7 +57,19 @@ struct FakeKernel {
     so_error: i32,
     /// The far ends of the backend sockets handed out.
     backends: Vec<UnixStream>,
+    /// A peek fails with this errno (0: the socket pair answers).
+    peek_error: i32,
+    /// Peeks made.
+    peeks: usize,
+    /// PROXY headers written, in order: (backend socket, bytes).
+    headers: Vec<(RawFd, Vec<u8>)>,
+    /// The next header writes end this way, in order: Ok(n) writes only n
+    /// bytes, Err(errno) fails; when empty, a write takes everything.
+    header_outcomes: VecDeque<Result<usize, i32>>,
 }
+
+/// The address every fake client connected to (its socket's local address).
+const LISTEN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 8080);
 
 impl Syscalls for FakeKernel {
     fn accept(&mut self, _listener: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
@@ -86,6 +98,34 @@ impl Syscalls for FakeKernel {
 
     fn take_socket_error(&mut self, _fd: RawFd) -> io::Result<Option<io::Error>> {
         Ok((self.so_error != 0).then(|| io::Error::from_raw_os_error(self.so_error)))
+    }
+
+    // The clients are Unix socket pairs: MSG_PEEK and recv answer on them
+    // as on TCP (bytes kept, bytes taken, 0 at EOF, EAGAIN when empty).
+    fn peek(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+        self.peeks += 1;
+        if self.peek_error != 0 {
+            return Err(io::Error::from_raw_os_error(self.peek_error));
+        }
+        crate::sys::peek(fd, buf)
+    }
+
+    fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+        crate::sys::recv(fd, buf)
+    }
+
+    fn local_addr(&mut self, _client: &OwnedFd) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::from(LISTEN_ADDR))
+    }
+
+    fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize> {
+        let n = match self.header_outcomes.pop_front() {
+            None => header.len(),
+            Some(Ok(n)) => n.min(header.len()),
+            Some(Err(errno)) => return Err(io::Error::from_raw_os_error(errno)),
+        };
+        self.headers.push((fd, header[..n].to_vec()));
+        Ok(n)
     }
 }
 
@@ -625,4 +665,284 @@ fn pick_seeds_exist_for_any_number_of_services_and_workers() {
         .collect();
     assert!(seeds.iter().all(|s| s & 1 == 1), "seeds are odd");
     assert_ne!(super::seed(0, 1), super::seed(0, 2));
+}
+
+/// A service reading PROXY headers from 10.0.0.0/24, with four backends.
+const ACCEPT_PROXY: &str = "accept_proxy = true\nproxy_trusted = [\"10.0.0.0/24\"]\n\
+                            proxy_header_timeout = \"500ms\"\nconnect_attempts = 1";
+
+/// A readable edge on client `slot`'s socket, with `fin` when its peer
+/// shut down.
+fn client_edge<const A: bool>(r: &mut Rig<A>, slot: usize, fin: bool) {
+    let token = r.worker.slab.token(slot, false);
+    let event = Readiness {
+        readable: true,
+        writable: true,
+        read_closed: fin,
+    };
+    r.worker.on_event(token, event);
+}
+
+fn refused<const A: bool>(r: &Rig<A>, reason: crate::stats::ProxyRefused) -> u64 {
+    r.service_stat(|s| s.proxy_refused(reason))
+}
+
+/// An address whose first choice differs from `peer`'s (so a test can
+/// tell which of the two was hashed).
+fn other_client<const A: bool>(r: &Rig<A>, peer: [u8; 4]) -> [u8; 4] {
+    (1..=50u8)
+        .map(|i| [192, 0, 2, i])
+        .find(|ip| r.preference(*ip)[0] != r.preference(peer)[0])
+        .expect("some address hashes elsewhere")
+}
+
+#[test]
+fn a_proxy_header_split_byte_by_byte_is_read_then_its_client_is_hashed() {
+    use std::io::Write;
+    let mut r = rig::<false>(ACCEPT_PROXY, 4);
+    let peer = [10, 0, 0, 5];
+    let real = other_client(&r, peer);
+    r.queue_client(peer);
+    r.listener_readable();
+    assert!(
+        r.worker.sys.connects.is_empty(),
+        "a backend before the header"
+    );
+    let header = format!(
+        "PROXY TCP4 {}.{}.{}.{} 10.0.0.9 5555 80\r\n",
+        real[0], real[1], real[2], real[3]
+    );
+    let bytes = header.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        r.clients[0].write_all(&[*b]).unwrap();
+        // Edges come only for the bytes sent after the last one: the last
+        // byte comes with the first request bytes.
+        if i + 1 == bytes.len() {
+            r.clients[0].write_all(b"GET /").unwrap();
+        }
+        client_edge(&mut r, 0, false);
+        if i + 1 < bytes.len() {
+            assert!(r.worker.sys.connects.is_empty(), "connected at byte {i}");
+            assert!(!r.client_closed(0));
+        }
+    }
+    assert_eq!(r.worker.sys.connects, vec![r.preference(real)[0]]);
+    let conn = r.worker.slab.get(0).expect("the connection");
+    assert_eq!(conn.peer, SocketAddr::from((real, 5555)));
+    // Exactly the header was taken: the request waits for the backend,
+    // and the pumps know to look.
+    assert!(conn.client_ready.readable);
+    let mut rest = [0u8; 16];
+    let n = crate::sys::peek(conn.client.as_raw_fd(), &mut rest).unwrap();
+    assert_eq!(&rest[..n], b"GET /");
+    for reason in crate::stats::ProxyRefused::all() {
+        assert_eq!(refused(&r, reason), 0, "{reason:?}");
+    }
+}
+
+#[test]
+fn a_v2_local_header_is_served_with_the_peers_own_address() {
+    use std::io::Write;
+    let mut r = rig::<true>(ACCEPT_PROXY, 4);
+    let peer = [10, 0, 0, 5];
+    let (fd, addr) = r.client(peer);
+    r.clients[0]
+        .write_all(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00")
+        .unwrap();
+    // The header was there at accept: judged at once, no edge needed.
+    r.worker.on_accepted(0, fd, addr);
+    assert_eq!(r.worker.sys.connects, vec![r.preference(peer)[0]]);
+    let conn = r.worker.slab.get(0).expect("the connection");
+    assert_eq!(conn.peer, addr);
+    // The header was taken off the socket: the backend gets none of it.
+    let left = crate::sys::peek(conn.client.as_raw_fd(), &mut [0u8; 16]);
+    assert_eq!(left.map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));
+}
+
+#[test]
+fn an_untrusted_peer_is_reset_at_once_without_a_peek() {
+    let mut r = rig::<false>(ACCEPT_PROXY, 4);
+    r.queue_client([10, 0, 1, 5]);
+    r.listener_readable();
+    assert!(r.client_closed(0));
+    assert_eq!(r.worker.sys.peeks, 0);
+    assert!(r.worker.sys.connects.is_empty());
+    assert_eq!(refused(&r, crate::stats::ProxyRefused::Untrusted), 1);
+    // An end the access log and its counters name too.
+    let ended = |cause| r.service_stat(|s| s.ends.refused(cause));
+    assert_eq!(ended(crate::access_log::EndCause::ProxyHeader), 1);
+    assert_eq!(r.service_stat(|s| s.active.load(Relaxed) as u64), 0);
+    assert_eq!(r.worker.slab.len(), 0);
+}
+
+#[test]
+fn bad_late_and_abandoned_headers_are_refused_by_reason_and_reach_no_backend() {
+    use crate::proxy_header::Refusal;
+    use crate::stats::ProxyRefused;
+    use std::io::Write;
+    let mut r = rig::<false>(ACCEPT_PROXY, 4);
+    // 0: garbage; 1: v2 version 3; 2: a v1 line with no CRLF in 107 bytes;
+    // 3: half a header, then FIN; 4: a FIN alone; 5: half a header, then
+    // silence; 6: a reset while peeking.
+    for i in 0..7 {
+        r.queue_client([10, 0, 0, 10 + i]);
+    }
+    r.listener_readable();
+    r.clients[0].write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    r.clients[1]
+        .write_all(b"\r\n\r\n\0\r\nQUIT\n\x31\x11\x00\x0c")
+        .unwrap();
+    r.clients[2].write_all(&[b'P'; 1]).unwrap();
+    r.clients[2].write_all(b"ROXY UNKNOWN ").unwrap();
+    r.clients[2].write_all(&[b'x'; 120]).unwrap();
+    r.clients[3].write_all(b"PROXY TCP4 10.").unwrap();
+    r.clients[3].shutdown(std::net::Shutdown::Write).unwrap();
+    r.clients[4].shutdown(std::net::Shutdown::Write).unwrap();
+    r.clients[5].write_all(b"PROXY TCP4 10.").unwrap();
+    for slot in 0..5 {
+        client_edge(&mut r, slot, slot == 3 || slot == 4);
+    }
+    client_edge(&mut r, 5, false);
+    r.worker.sys.peek_error = libc::ECONNRESET;
+    client_edge(&mut r, 6, false);
+    r.worker.sys.peek_error = 0;
+    for i in [0, 1, 2, 3, 4, 6] {
+        assert!(r.client_closed(i), "client {i} still open");
+    }
+    assert!(!r.client_closed(5), "a slow header is given its time");
+    assert_eq!(refused(&r, ProxyRefused::Header(Refusal::Malformed)), 1);
+    assert_eq!(refused(&r, ProxyRefused::Header(Refusal::Version)), 1);
+    assert_eq!(refused(&r, ProxyRefused::Header(Refusal::Oversized)), 1);
+    assert_eq!(refused(&r, ProxyRefused::Closed), 3);
+    assert_eq!(refused(&r, ProxyRefused::Timeout), 0);
+    // The slow one: still there just before its deadline, gone after.
+    r.after(Duration::from_millis(499));
+    assert!(!r.client_closed(5));
+    r.after(Duration::from_millis(1));
+    assert!(r.client_closed(5));
+    assert_eq!(refused(&r, ProxyRefused::Timeout), 1);
+    assert!(
+        r.worker.sys.connects.is_empty(),
+        "a refused client reached a backend"
+    );
+    assert_eq!(r.worker.slab.len(), 0);
+    assert_eq!(r.service_stat(|s| s.active.load(Relaxed) as u64), 0);
+    assert_eq!(r.service_stat(|s| s.no_backend.load(Relaxed)), 0);
+}
+
+#[test]
+fn a_service_without_accept_proxy_never_peeks() {
+    use std::io::Write;
+    let mut r = rig::<false>("connect_attempts = 1", 2);
+    let (fd, addr) = r.client([10, 0, 0, 5]);
+    r.clients[0]
+        .write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
+        .unwrap();
+    r.worker.on_accepted(0, fd, addr);
+    assert_eq!(r.worker.sys.peeks, 0);
+    assert_eq!(r.worker.sys.connects, vec![r.preference([10, 0, 0, 5])[0]]);
+}
+
+#[test]
+fn with_send_proxy_the_header_is_written_once_on_connect_and_off_writes_nothing() {
+    let mut r = rig::<false>("send_proxy = \"v1\"\nconnect_attempts = 1", 1);
+    r.queue_client([10, 0, 0, 7]);
+    r.listener_readable();
+    assert!(
+        r.worker.sys.headers.is_empty(),
+        "nothing before the connect completes"
+    );
+    r.connect_succeeds(0);
+    let headers: Vec<Vec<u8>> = r
+        .worker
+        .sys
+        .headers
+        .iter()
+        .map(|(_, h)| h.clone())
+        .collect();
+    assert_eq!(
+        headers,
+        vec![b"PROXY TCP4 10.0.0.7 127.0.0.1 40000 8080\r\n".to_vec()]
+    );
+    assert!(!r.client_closed(0));
+    assert_eq!(
+        r.backend_stats(r.worker.sys.connects[0])
+            .active
+            .load(Relaxed),
+        1
+    );
+
+    let mut off = rig::<false>("connect_attempts = 1", 1);
+    off.queue_client([10, 0, 0, 7]);
+    off.listener_readable();
+    off.connect_succeeds(0);
+    assert!(
+        off.worker.sys.headers.is_empty(),
+        "send_proxy off: no header"
+    );
+    assert!(!off.client_closed(0));
+}
+
+#[test]
+fn a_failed_or_short_header_write_is_a_connect_failure_and_the_next_backend_serves() {
+    let mut r = rig::<false>("send_proxy = \"v2\"\nconnect_attempts = 3", 3);
+    let ip = [10, 9, 8, 7];
+    let expected = r.preference(ip);
+    assert_eq!(expected.len(), 3);
+    // The first backend resets at once; the second takes 5 bytes of 28.
+    r.worker.sys.header_outcomes = VecDeque::from([Err(libc::ECONNRESET), Ok(5)]);
+    r.queue_client(ip);
+    r.listener_readable();
+    r.connect_succeeds(0);
+    assert!(
+        !r.client_closed(0),
+        "the client waits while backends are left"
+    );
+    r.connect_succeeds(0);
+    assert!(!r.client_closed(0));
+    r.connect_succeeds(0);
+
+    assert_eq!(
+        r.worker.sys.connects, expected,
+        "on to the next in preference order"
+    );
+    let written: Vec<usize> = r.worker.sys.headers.iter().map(|(_, h)| h.len()).collect();
+    assert_eq!(
+        written,
+        vec![5, 28],
+        "the short write, then the whole v2 IPv4 header"
+    );
+    assert_eq!(
+        r.failures(),
+        vec![
+            (expected[0], ConnectFailure::Other(libc::ECONNRESET)),
+            (expected[1], ConnectFailure::Other(libc::EAGAIN)),
+        ],
+        "both count as the backends' connect failures"
+    );
+    assert_eq!(r.backend_stats(expected[0]).connect_other.load(Relaxed), 1);
+    assert_eq!(r.backend_stats(expected[0]).active.load(Relaxed), 0);
+    assert_eq!(r.backend_stats(expected[1]).active.load(Relaxed), 0);
+    assert_eq!(
+        r.backend_stats(expected[2]).active.load(Relaxed),
+        1,
+        "served by the third"
+    );
+    assert_eq!(r.service_stat(|s| s.retries.load(Relaxed)), 2);
+    assert!(!r.client_closed(0));
+}
+
+#[test]
+fn a_local_shortage_writing_the_header_resets_the_client_without_blaming_the_backend() {
+    let mut r = rig::<false>("send_proxy = \"v1\"\nconnect_attempts = 3", 3);
+    r.worker.sys.header_outcomes = VecDeque::from([Err(libc::ENOBUFS)]);
+    r.queue_client([10, 0, 0, 9]);
+    r.listener_readable();
+    r.connect_succeeds(0);
+    assert!(
+        r.failures().is_empty(),
+        "no passive failure for a local shortage"
+    );
+    assert_eq!(r.worker.sys.connects.len(), 1, "no other backend tried");
+    assert!(r.client_closed(0));
 }

@@ -446,6 +446,10 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
     let mut helped: HashSet<String> = HashSet::new();
     let mut sampled: HashSet<String> = HashSet::new();
     let mut current: Option<String> = None;
+    // Histograms, per (family, labels but `le`): the buckets in order as
+    // (le, cumulative count), and the _count.
+    let mut buckets: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut counts: BTreeMap<(String, String), f64> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let at = format!("line {}: {line:?}", n + 1);
         if line.is_empty() {
@@ -544,10 +548,59 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
                 .join(",")
         );
         assert!(series.insert(key, v).is_none(), "{at}: series twice");
-        if typed[family.as_str()] == "counter" {
+        let kind = typed[family.as_str()].as_str();
+        if kind == "counter" {
             assert!(v >= 0.0, "{at}: negative counter");
+            assert!(
+                name.ends_with("_total"),
+                "{at}: a counter's name ends in _total"
+            );
+        }
+        if kind == "histogram" {
+            assert!(
+                histogram_base.is_some(),
+                "{at}: not a _bucket, _sum or _count"
+            );
+            let rest: Vec<String> = labels
+                .iter()
+                .filter(|(k, _)| k != "le")
+                .map(|(k, v)| format!("{k}={v:?}"))
+                .collect();
+            let group = (family.clone(), rest.join(","));
+            if name.ends_with("_bucket") {
+                let le = labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .map(|(_, v)| value(v));
+                buckets
+                    .entry(group)
+                    .or_default()
+                    .push((le.unwrap_or(f64::NAN), v));
+            } else if name.ends_with("_count") {
+                counts.insert(group, v);
+            }
         }
     }
+    // Each histogram: bounds strictly increasing, ending at +Inf; counts
+    // cumulative; +Inf equal to _count.
+    for (group, b) in &buckets {
+        assert!(
+            b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{group:?}: buckets out of order or not cumulative: {b:?}"
+        );
+        let last = b.last().copied().unwrap_or((0.0, 0.0));
+        assert_eq!(last.0, f64::INFINITY, "{group:?}: no +Inf bucket");
+        assert_eq!(
+            Some(&last.1),
+            counts.get(group),
+            "{group:?}: +Inf != _count"
+        );
+    }
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        buckets.keys().collect::<Vec<_>>(),
+        "a histogram with _count and no buckets"
+    );
     series
 }
 
@@ -620,6 +673,12 @@ fn the_exposition_parser_is_strict() {
         "# TYPE a gauge\na{x=\"1\" 1\n",                   // unterminated labels
         "# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n",          // label twice
         "# TYPE a gauge\na{x=\"1\"}1\n",                   // no space before the value
+        "# TYPE a counter\na 1\n",                         // a counter not named _total
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_count 1\n", // no +Inf
+        "# TYPE h histogram\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n", // le order
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n", // not cumulative
+        "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_count 1\n", // +Inf != count
+        "# TYPE h histogram\nh 1\n",                         // a bare histogram sample
     ] {
         let caught = std::panic::catch_unwind(|| parse_exposition(bad));
         assert!(caught.is_err(), "accepted {bad:?}");
@@ -669,7 +728,7 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
     }
     // Started without a config file: a reload is refused, and counted.
     assert_eq!(
-        metric(&before, "ringlb_reloads_total{result=\"failed\"}"),
+        metric(&before, "ringlb_config_reloads_total{result=\"failure\"}"),
         0.0
     );
     let refused = lb.send(req("POST", "/api/v1/reload"));
@@ -677,11 +736,19 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
     assert!(refused.text().contains("started without a config file"));
     let reloaded = parse_exposition(&lb.get("/metrics").text());
     assert_eq!(
-        metric(&reloaded, "ringlb_reloads_total{result=\"failed\"}"),
+        metric(&reloaded, "ringlb_config_reloads_total{result=\"failure\"}"),
         1.0
     );
     assert_eq!(
-        metric(&reloaded, "ringlb_reloads_total{result=\"ok\"}"),
+        metric(&reloaded, "ringlb_config_reloads_total{result=\"success\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&before, "ringlb_config_last_reload_successful{}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&reloaded, "ringlb_config_last_reload_successful{}"),
         0.0
     );
     assert_eq!(
@@ -728,14 +795,31 @@ fn metrics_are_a_valid_exposition_and_counters_move() {
     // The latency histograms: workers publish them at most once a second.
     wait_until("latency histograms to count the 3 connections", || {
         after = parse_exposition(&lb.get("/metrics").text());
-        metric(&after, "ringlb_backend_connect_seconds_count{}") == 3.0
-            && metric(&after, "ringlb_connection_duration_seconds_count{}") == 3.0
+        metric(&after, "ringlb_connection_duration_seconds_count{}") == 3.0
     });
+    // Connect times: per backend, counted as the connect completes.
     assert_eq!(
-        metric(&after, "ringlb_backend_connect_seconds_bucket{le=\"+Inf\"}"),
+        total(&after, "ringlb_backend_connect_seconds_count", ""),
         3.0
     );
-    assert!(metric(&after, "ringlb_backend_connect_seconds_sum{}") > 0.0);
+    assert_eq!(
+        total(
+            &after,
+            "ringlb_backend_connect_seconds_bucket",
+            ",le=\"+Inf\""
+        ),
+        3.0
+    );
+    assert!(total(&after, "ringlb_backend_connect_seconds_sum", "") > 0.0);
+    // Nobody's health changed (no checks: up from the start).
+    assert_eq!(
+        total(
+            &after,
+            "ringlb_backend_health_transitions_total",
+            ",to=\"down\""
+        ),
+        0.0
+    );
     // Each backend wrote its greeting ("b1\n") before the echo.
     assert_eq!(
         total(

@@ -47,6 +47,7 @@ fn check(kind: HealthKind) -> HealthCheck {
         https_proxy: None,
         no_proxy: None,
         max_body: 64 * 1024,
+        send_proxy: None,
     }
 }
 
@@ -342,6 +343,56 @@ mod proxy {
 
     fn settings(check: &HealthCheck) -> ProxySettings {
         ProxySettings::resolve(check, |_| None)
+    }
+
+    /// A backend that requires a PROXY header of `len` bytes first: keeps
+    /// it, then answers `200 OK` to the request that follows.
+    async fn header_first(len: usize) -> (SocketAddr, tokio::sync::oneshot::Receiver<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut header = vec![0u8; len];
+            s.read_exact(&mut header).await.unwrap();
+            let _ = tx.send(header);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
+                .await;
+        });
+        (addr, rx)
+    }
+
+    // PROXY protocol out.
+    #[tokio::test]
+    async fn with_send_proxy_plain_http_tunnels_and_the_header_reaches_the_backend() {
+        let v2_local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
+        let v1_unknown = b"PROXY UNKNOWN\r\n".to_vec();
+        for (version, want) in [
+            (lb_core::ProxyVersion::V2, v2_local),
+            (lb_core::ProxyVersion::V1, v1_unknown),
+        ] {
+            let (backend, header) = header_first(want.len()).await;
+            let proxy = Proxy::start(backend).await;
+            let mut check = via(&proxy, HealthKind::Http);
+            check.send_proxy = Some(version);
+            assert_eq!(
+                probe(&check, backend, None, &settings(&check)).await,
+                Ok(()),
+                "{version:?}"
+            );
+            // The header must reach the backend, not the proxy: a tunnel.
+            assert_eq!(proxy.lines(), vec![format!("CONNECT {backend} HTTP/1.1")]);
+            // Through a tunnel the probe's own addresses are not the
+            // backend's view: v1 says UNKNOWN.
+            assert_eq!(header.await.unwrap(), want, "{version:?}");
+        }
     }
 
     #[tokio::test]

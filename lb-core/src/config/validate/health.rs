@@ -229,6 +229,9 @@ pub(super) fn convert_health(
         https_proxy,
         no_proxy,
         max_body,
+        // `send_proxy = true` needs the backends' versions: resolved by
+        // `service::convert_send_proxy`.
+        send_proxy: None,
     })
 }
 

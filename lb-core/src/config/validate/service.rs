@@ -24,6 +24,7 @@ use crate::config::{
     AdminState, Backend, Balance, HealthCheck, Service, TcpLiveness, DEFAULT_MAGLEV_TABLE_SIZE,
 };
 use crate::maglev::{is_prime, MIN_TABLE_SIZE};
+use crate::proxy_header::ProxyVersion;
 
 /// Largest Maglev table: 2^24 slots are ample for 100 × 10 000 backends; a
 /// larger one only costs memory and build time on every change.
@@ -124,6 +125,7 @@ impl Seen {
             })?),
         };
         let liveness = convert_liveness(&raw, &path)?;
+        let accept_proxy = super::proxy_in::convert_accept_proxy(&raw, &table, &path)?;
         let health = match &raw.health {
             None => HealthCheck::default(),
             Some(health) => super::health::convert_health(health, &at("health"), base_dir)?,
@@ -131,6 +133,8 @@ impl Seen {
 
         let backends = convert_backends(&raw, &table, &path, source_address)?;
         let maglev_table_size = convert_table_size(&raw, &table, &path, backends.len())?;
+        // PROXY protocol out.
+        let (send_proxy, health) = convert_send_proxy(&raw, &path, &backends, health)?;
 
         Ok(Service {
             name,
@@ -146,8 +150,10 @@ impl Seen {
             bounded_load,
             source_address,
             liveness,
+            accept_proxy,
             health,
             backends,
+            send_proxy,
         })
     }
 
@@ -301,6 +307,7 @@ fn convert_backends(
             address: backend.address,
             weight: backend.weight,
             state: backend.state,
+            send_proxy: backend.send_proxy,
         });
     }
     Ok(backends)
@@ -317,6 +324,8 @@ struct CheckedBackend {
     /// Checked by [`Weight`].
     weight: NonZeroU32,
     state: AdminState,
+    /// `send_proxy`: None when the key is absent (the service's applies).
+    send_proxy: Option<Option<ProxyVersion>>,
 }
 
 fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBackend, Invalid> {
@@ -361,6 +370,10 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
             ],
         )?,
     };
+    let send_proxy = match &raw.send_proxy {
+        None => None,
+        Some(value) => Some(proxy_version(value, &at("send_proxy"))?),
+    };
     Ok(CheckedBackend {
         name: name.into_string(),
         name_span: raw_name.span(),
@@ -368,6 +381,7 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
         address_span: raw_address.span(),
         weight,
         state,
+        send_proxy,
     })
 }
 
@@ -451,4 +465,62 @@ fn convert_liveness(raw: &RawService, path: &str) -> Result<TcpLiveness, Invalid
         keepalive_interval,
         keepalive_count,
     })
+}
+
+/// `send_proxy = "off" | "v1" | "v2"` (a service's or a backend's).
+fn proxy_version(value: &Text, path: &str) -> Result<Option<ProxyVersion>, Invalid> {
+    choice(
+        value,
+        path,
+        &[
+            ("off", None),
+            ("v1", Some(ProxyVersion::V1)),
+            ("v2", Some(ProxyVersion::V2)),
+        ],
+    )
+}
+
+/// The service's `send_proxy`, and its health check with `send_proxy =
+/// true` resolved: every backend must then have a version (its own or the
+/// service's), since a probe speaks the version of the backend it probes.
+fn convert_send_proxy(
+    raw: &RawService,
+    path: &str,
+    backends: &[Backend],
+    mut health: HealthCheck,
+) -> Result<(Option<ProxyVersion>, HealthCheck), Invalid> {
+    let send_proxy = match &raw.send_proxy {
+        None => None,
+        Some(value) => proxy_version(value, &format!("{path}.send_proxy"))?,
+    };
+    let wanted = raw
+        .health
+        .as_ref()
+        .and_then(|h| h.get_ref().send_proxy.as_ref())
+        .filter(|flag| *flag.get_ref());
+    if let Some(flag) = wanted {
+        let mut first = None;
+        for backend in backends {
+            match backend.proxy_header(send_proxy) {
+                Some(version) => {
+                    first.get_or_insert(version);
+                }
+                None => {
+                    return Err(Invalid::at(
+                        flag.span(),
+                        format!("{path}.health.send_proxy"),
+                        format!(
+                            "is true but backend {:?} gets no PROXY header (set send_proxy = \"v1\" or \"v2\" \
+                             on the service or that backend, or remove health.send_proxy)",
+                            backend.name
+                        ),
+                    ));
+                }
+            }
+        }
+        // The service's own version; the registry puts each backend's own
+        // in the check it probes that backend with.
+        health.send_proxy = send_proxy.or(first);
+    }
+    Ok((send_proxy, health))
 }
