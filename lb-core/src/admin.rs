@@ -47,6 +47,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::access_log::AccessLogHandle;
 use crate::config::{AdminState, Global, IpNet, Weight, MAX_WEIGHT};
 use crate::control::command::{self, Command};
 use crate::control::RegistryError;
@@ -113,6 +114,8 @@ pub(crate) struct AdminContext {
     /// Spawns the connection tasks, so that a panic in one is reported
     /// (and ends ringlb) instead of vanishing into tokio.
     supervisor: Supervisor,
+    /// The access log (reopen, and its counters on /metrics); None: off.
+    access_log: Option<AccessLogHandle>,
 }
 
 impl AdminContext {
@@ -122,6 +125,7 @@ impl AdminContext {
         workers: Vec<Arc<WorkerControl>>,
         budget: Arc<ConnectionBudget>,
         supervisor: Supervisor,
+        access_log: Option<AccessLogHandle>,
     ) -> AdminContext {
         AdminContext {
             allow: global.admin_allow.clone(),
@@ -138,6 +142,7 @@ impl AdminContext {
                 join::FAILURE_PEERS,
             )),
             supervisor,
+            access_log,
         }
     }
 
@@ -291,6 +296,8 @@ pub(crate) enum Route<'a> {
     Services,
     /// `POST /api/v1/reload`: read the config file again (as SIGHUP).
     Reload,
+    /// `POST /api/v1/log/reopen`: reopen the access log (as SIGUSR1).
+    LogReopen,
     /// `/api/v1/services/{service}/backends/{backend}/{action}`.
     Backend {
         service: &'a str,
@@ -321,6 +328,7 @@ impl<'a> Route<'a> {
             ["metrics"] => Some(Route::Metrics),
             ["api", "v1", "services"] => Some(Route::Services),
             ["api", "v1", "reload"] => Some(Route::Reload),
+            ["api", "v1", "log", "reopen"] => Some(Route::LogReopen),
             ["api", "v1", "services", service, op] if !service.is_empty() => {
                 let op = match *op {
                     "join" => Membership::Join,
@@ -357,6 +365,7 @@ impl<'a> Route<'a> {
                 ..
             }
             | Route::Reload
+            | Route::LogReopen
             | Route::Membership { .. } => Method::POST,
             Route::Backend {
                 action: Action::Weight,
@@ -412,7 +421,12 @@ impl AdminContext {
                 Ok(view) => respond(
                     StatusCode::OK,
                     crate::metrics::CONTENT_TYPE,
-                    crate::metrics::render(&view, &self.workers, &self.budget),
+                    crate::metrics::render(
+                        &view,
+                        &self.workers,
+                        &self.budget,
+                        self.access_log.as_ref(),
+                    ),
                 ),
                 Err(Unavailable) => unavailable(),
             },
@@ -432,6 +446,27 @@ impl AdminContext {
                     // The file is refused: nothing changed.
                     Ok(Err(reason)) => error(StatusCode::UNPROCESSABLE_ENTITY, reason.to_string()),
                     Err(Unavailable) => unavailable(),
+                }
+            }
+            Route::LogReopen => {
+                if let Some(refusal) = self.check_writer(&req) {
+                    return refusal;
+                }
+                match &self.access_log {
+                    Some(log) => {
+                        tracing::info!(peer = %peer, "admin: reopening the access log");
+                        log.reopen();
+                        // Done on the writer's thread; a failure is logged
+                        // there and the old file stays in use.
+                        json(
+                            StatusCode::ACCEPTED,
+                            &serde_json::json!({"access_log": "reopen requested"}),
+                        )
+                    }
+                    None => error(
+                        StatusCode::CONFLICT,
+                        "the access log is off (set [global] access_log and restart)",
+                    ),
                 }
             }
             Route::Backend {

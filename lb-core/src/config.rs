@@ -79,6 +79,32 @@ pub struct Global {
     /// limit can hold (`budget.rs`); a number the limit cannot honour is
     /// refused at check, start and reload.
     pub max_connections: MaxConnections,
+    /// `access_log = "off"` (default) `| "stderr" | "/path/to/file"`: one
+    /// line per connection at its end (`access_log.rs`). Changes only at
+    /// restart.
+    pub access_log: AccessLog,
+    /// `access_log_format = "text"` (default) `| "json"`.
+    pub access_log_format: AccessLogFormat,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// No access log: no queue, no thread.
+    Off,
+    /// The process's stderr (the journal under systemd).
+    Stderr,
+    /// A file, opened for appending (created 0640), reopened on SIGUSR1.
+    File(std::path::PathBuf),
+}
+
+/// How an access log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One line of space-separated `key=value`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The process-wide connection budget asked for.
@@ -552,6 +578,8 @@ impl Default for Global {
             pipe_size: NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN),
             pipe_pool: 256,
             max_connections: MaxConnections::Auto,
+            access_log: AccessLog::Off,
+            access_log_format: AccessLogFormat::Text,
         }
     }
 }
@@ -669,6 +697,48 @@ address = "10.0.0.1:80"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Some(Path::new("ringlb.toml")))
+    }
+
+    #[test]
+    fn the_access_log_is_off_stderr_or_a_path_from_the_config_directory() {
+        let g = parse(&global_with("")).unwrap().global;
+        assert_eq!(
+            (g.access_log, g.access_log_format),
+            (AccessLog::Off, AccessLogFormat::Text)
+        );
+        let g = parse(&global_with(
+            "access_log = \"stderr\"\naccess_log_format = \"json\"",
+        ))
+        .unwrap()
+        .global;
+        assert_eq!(
+            (g.access_log, g.access_log_format),
+            (AccessLog::Stderr, AccessLogFormat::Json)
+        );
+        let in_dir = Config::parse(
+            &global_with("access_log = \"logs/access.log\""),
+            Some(Path::new("/etc/ringlb/ringlb.toml")),
+        )
+        .unwrap();
+        assert_eq!(
+            in_dir.global.access_log,
+            AccessLog::File("/etc/ringlb/logs/access.log".into())
+        );
+        let absolute = parse(&global_with("access_log = \"/var/log/ringlb/a.log\"")).unwrap();
+        assert_eq!(
+            absolute.global.access_log,
+            AccessLog::File("/var/log/ringlb/a.log".into())
+        );
+        assert_refused(
+            &global_with("access_log_format = \"xml\""),
+            (2, 21),
+            &["global.access_log_format: \"xml\" is not valid (expected one of \"text\", \"json\")"],
+        );
+        assert_refused(
+            &global_with("access_log = \"\""),
+            (2, 14),
+            &["global.access_log: is empty"],
+        );
     }
 
     #[test]

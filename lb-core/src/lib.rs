@@ -5,6 +5,7 @@
 //! listeners, its event loop (io_uring or epoll), its connections and pipes.
 //! The only thing they share on the hot path is the published [`snapshot`].
 
+mod access_log;
 mod admin;
 mod budget;
 mod buffer;
@@ -40,6 +41,7 @@ mod fuzz;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_entry;
 
+pub use access_log::{AccessLogHandle, EndCause, EndCounts};
 pub use budget::{BudgetError, FdBudget, Reserve};
 pub use error::{Error, Result};
 
@@ -49,8 +51,8 @@ pub use error::{Error, Result};
 
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
-    AcceptProxy, AdminState, Config, DegradedIs, HealthCheck, HealthKind, MaxConnections,
-    DEFAULT_HEALTH_PATH,
+    AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, DegradedIs, HealthCheck,
+    HealthKind, MaxConnections, DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;

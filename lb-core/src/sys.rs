@@ -389,6 +389,16 @@ pub(crate) fn set_pipe_size(fd: RawFd, size: usize) -> io::Result<usize> {
     }
 }
 
+/// Clears O_NONBLOCK (a file opened non-blocking so that opening a FIFO
+/// without a reader fails instead of waiting, written blocking after).
+pub(crate) fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl on an fd the caller owns.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: plain fcntl on an fd the caller owns.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
 /// Whether an I/O error means "try again later" on a non-blocking fd.
 pub(crate) fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock

@@ -48,8 +48,9 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use crate::access_log::{AccessLogSender, AccessRecord, EndCause};
 use crate::buffer::BufferPool;
-use crate::conn::{self, Outcome, Pair, Readiness};
+use crate::conn::{self, Outcome, Pair, Readiness, Side};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
 use crate::stats::{BackendStats, ConnectionBudget, Latencies};
@@ -132,6 +133,8 @@ pub(crate) struct WorkerSetup {
     pub forwarding: WorkerForwarding,
     /// The process's connection budget, shared by every worker.
     pub budget: Arc<ConnectionBudget>,
+    /// This worker's access log queue; None with `access_log = "off"`.
+    pub access_log: Option<AccessLogSender>,
 }
 
 enum Phase {
@@ -148,6 +151,9 @@ enum Phase {
         candidates: [u32; MAX_ATTEMPTS],
         count: u8,
         tried: u8,
+        /// Connects started in all (`tried` restarts when the table
+        /// changes mid-way): the access log's attempts.
+        attempts: u8,
         generation: u64,
         deadline: Instant,
         /// When the current attempt started (connect-time histogram).
@@ -162,6 +168,13 @@ enum Phase {
         /// The engine forwards this connection (`Reactor::forwards`): its
         /// handle. Readiness then never drives the inline pumps.
         flows: Option<u64>,
+        /// What the access log says of the connect: the backend's address,
+        /// its name (only kept with the log on), the connects it took and
+        /// how long the last one did.
+        address: SocketAddr,
+        name: Option<Arc<str>>,
+        attempts: u8,
+        connect_time: Duration,
     },
 }
 
@@ -176,6 +189,8 @@ struct Conn {
     backend_ready: Readiness,
     listener: usize,
     phase: Phase,
+    /// When it was accepted (the access log's duration).
+    accepted: Instant,
     /// When ringlb last moved a byte of it (read or write).
     last_active: Instant,
     /// Bytes both peers had acknowledged (TCP_INFO) when the idle timer
@@ -205,6 +220,7 @@ impl Conn {
             backend_ready: Readiness::default(),
             listener: li,
             phase,
+            accepted: now,
             last_active: now,
             acked: 0,
             timer_at: deadline,
@@ -228,6 +244,8 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     /// The process's client connections against the fd limit's budget: a
     /// place is taken on admission and given back on release.
     budget: Arc<ConnectionBudget>,
+    /// Where a connection's end is recorded; None: the log is off.
+    access_log: Option<AccessLogSender>,
     pool: PipePool,
     /// Copy buffers (`forwarding = "copy"` or `"auto"`; none made otherwise).
     buffers: BufferPool,
@@ -289,6 +307,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             failures: setup.failures,
             control: setup.control,
             budget: setup.budget,
+            access_log: setup.access_log,
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
             buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
             forwarding: setup.forwarding.inline(),
@@ -466,7 +485,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         self.reset_held();
         for slot in 0..self.slab.slots() {
             if self.slab.get(slot).is_some() {
-                self.abort(slot, true, true);
+                self.abort(slot, EndCause::Shutdown);
             }
         }
         self.slab.end_turn();
@@ -493,14 +512,22 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     *flows = Some(handle);
                 }
             }
-            Err(_) => self.abort(slot, true, true),
+            Err(_) => self.abort(slot, EndCause::LocalError),
         }
     }
 
     /// A completion of the engine's forwarding of the connection with
     /// `token`: `up`/`down` bytes written to the backend / client, and
-    /// what became of it (as from the inline pumps).
-    pub(crate) fn on_forwarded(&mut self, token: Token, up: u64, down: u64, outcome: Outcome) {
+    /// what became of it (as from the inline pumps); `fin_from`: it passed
+    /// on that side's FIN.
+    pub(crate) fn on_forwarded(
+        &mut self,
+        token: Token,
+        up: u64,
+        down: u64,
+        outcome: Outcome,
+        fin_from: Option<Side>,
+    ) {
         let Some(slot) = self.slab.slot_of(token) else {
             return;
         };
@@ -512,6 +539,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         };
         pair.up.bytes += up;
         pair.down.bytes += down;
+        if let Some(side) = fin_from {
+            pair.note_fin(side);
+        }
         match outcome {
             Outcome::Open { progressed, .. } => {
                 if progressed {
@@ -522,7 +552,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             Outcome::Aborted {
                 reset_client,
                 reset_backend,
-            } => self.abort(slot, reset_client, reset_backend),
+            } => self.abort(slot, EndCause::of_abort(reset_client, reset_backend)),
         }
     }
 
@@ -574,7 +604,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             Outcome::Aborted {
                 reset_client,
                 reset_backend,
-            } => self.abort(slot, reset_client, reset_backend),
+            } => self.abort(slot, EndCause::of_abort(reset_client, reset_backend)),
         }
     }
 
@@ -583,11 +613,18 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// whatever close() does; on the other leg the peer that closed first
     /// keeps it. Only an RST would avoid it, and that breaks half-close.)
     fn finish(&mut self, slot: usize) {
-        self.release(slot);
+        let cause = match self.slab.get(slot).map(|c| &c.phase) {
+            Some(Phase::Established { pair, .. }) if pair.first_fin() == Some(Side::Backend) => {
+                EndCause::BackendClosed
+            }
+            _ => EndCause::ClientClosed,
+        };
+        self.release(slot, cause);
     }
 
-    /// Closes a connection, with RST on the sides named.
-    fn abort(&mut self, slot: usize, reset_client: bool, reset_backend: bool) {
+    /// Closes a connection for `cause`, with RST on the sides it names.
+    fn abort(&mut self, slot: usize, cause: EndCause) {
+        let (reset_client, reset_backend) = cause.resets();
         if let Some(conn) = self.slab.get(slot) {
             if reset_client {
                 conn::prepare_reset(conn.client.as_raw_fd());
@@ -596,10 +633,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 conn::prepare_reset(b.as_raw_fd());
             }
         }
-        self.release(slot);
+        self.release(slot, cause);
     }
 
-    fn release(&mut self, slot: usize) {
+    /// Frees a connection that ended for `cause`: counts the end, and
+    /// records it in the access log if that is on.
+    fn release(&mut self, slot: usize, cause: EndCause) {
         let client_token = self.slab.token(slot, false);
         let backend_token = self.slab.token(slot, true);
         let Some(mut conn) = self.slab.remove(slot) else {
@@ -625,7 +664,13 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             stats.bytes_to_backend.fetch_add(up, Relaxed);
             stats.bytes_to_client.fetch_add(down, Relaxed);
         }
-        self.listeners[conn.listener].stats.release();
+        let listener = &self.listeners[conn.listener];
+        let established = matches!(conn.phase, Phase::Established { .. });
+        listener.stats.ends.count(established, cause);
+        if let Some(log) = &self.access_log {
+            log.send(record(&conn, listener, self.now, cause));
+        }
+        listener.stats.release();
         self.budget.release();
         let Conn {
             client,
@@ -649,9 +694,69 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     }
 }
 
+/// The access record of a connection ending now for `cause`.
+fn record(conn: &Conn, listener: &ListenerState, now: Instant, cause: EndCause) -> AccessRecord {
+    let (backend, attempts, connect_time, up, down) = match &conn.phase {
+        Phase::Preamble { .. } => (None, 0, None, 0, 0),
+        Phase::Connecting { attempts, .. } => (None, *attempts, None, 0, 0),
+        Phase::Established {
+            pair,
+            address,
+            name,
+            attempts,
+            connect_time,
+            ..
+        } => (
+            name.clone().map(|n| (n, *address)),
+            *attempts,
+            Some(*connect_time),
+            pair.up.bytes,
+            pair.down.bytes,
+        ),
+    };
+    AccessRecord {
+        at: std::time::SystemTime::now(),
+        service: listener.service.clone(),
+        client: conn.peer,
+        listen: listener.addr,
+        backend,
+        attempts,
+        connect_time,
+        duration: now.saturating_duration_since(conn.accepted),
+        bytes_to_backend: up,
+        bytes_to_client: down,
+        cause,
+    }
+}
+
+/// Counts (and logs) the end of a client accepted but never admitted: its
+/// listener was closing.
+pub(crate) fn unadmitted(
+    log: &Option<AccessLogSender>,
+    listener: &ListenerState,
+    peer: SocketAddr,
+    cause: EndCause,
+) {
+    listener.stats.ends.count(false, cause);
+    let Some(log) = log else { return };
+    log.send(AccessRecord {
+        at: std::time::SystemTime::now(),
+        service: listener.service.clone(),
+        client: peer,
+        listen: listener.addr,
+        backend: None,
+        attempts: 0,
+        connect_time: None,
+        duration: Duration::ZERO,
+        bytes_to_backend: 0,
+        bytes_to_client: 0,
+        cause,
+    });
+}
+
 fn seed(worker: usize, service: usize) -> u64 {
     0x9E37_79B9_7F4A_7C15u64
         .wrapping_mul(worker as u64 + 1)
-        .wrapping_add(service as u64 * 0xD1B5_4A32_D192_ED03)
+        .wrapping_add((service as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
         | 1
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::access_log::EndCause;
 use crate::conn::{Pair, Readiness};
 use crate::proxy_header::{self, ProxyVersion};
 use crate::snapshot::BackendEntry;
@@ -91,7 +92,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             .insert(Conn::new(client, peer, li, phase, self.now, deadline));
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::LocalError);
             return;
         }
         self.next_attempt(slot);
@@ -111,6 +112,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             candidates,
             count: count as u8,
             tried: 0,
+            attempts: 0,
             generation: self.snapshot.generation,
             deadline,
             started: self.now,
@@ -126,7 +128,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 return;
             };
             let Some(si) = self.listeners[conn.listener].service_index else {
-                self.abort(slot, true, false);
+                self.abort(slot, EndCause::NoBackend);
                 return;
             };
             let svc = &self.snapshot.services[si];
@@ -134,6 +136,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 candidates,
                 count,
                 tried,
+                attempts,
                 generation,
                 deadline,
                 backend_index,
@@ -167,11 +170,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             if *tried >= *count {
                 svc.stats.no_backend.fetch_add(1, Relaxed);
                 // No backend left: the client learns it by a reset.
-                self.abort(slot, true, false);
+                let cause = if *attempts == 0 {
+                    EndCause::NoBackend
+                } else {
+                    EndCause::ConnectFailed
+                };
+                self.abort(slot, cause);
                 return;
             }
             let b = candidates[usize::from(*tried)];
             *tried += 1;
+            *attempts = attempts.saturating_add(1);
             if *tried > 1 {
                 svc.stats.retries.fetch_add(1, Relaxed);
             }
@@ -193,7 +202,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     conn.timer_at = deadline;
                     let token = self.slab.token(slot, true);
                     if self.reactor.add(fd, token).is_err() {
-                        self.abort(slot, true, false);
+                        self.abort(slot, EndCause::LocalError);
                         return;
                     }
                     self.arm_timer(deadline, slot);
@@ -203,7 +212,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     conn.backend = None;
                     let address = entry.address;
                     if self.local_failure(&e, address) {
-                        self.abort(slot, true, false);
+                        self.abort(slot, EndCause::LocalError);
                         return;
                     }
                     self.report_failure(si, address, ConnectFailure::from_io(&e));
@@ -271,7 +280,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         };
         let Ok(local) = self.sys.local_addr(&conn.client) else {
             // The client's socket, not the backend, failed.
-            self.abort(slot, true, true);
+            self.abort(slot, EndCause::ClientReset);
             return false;
         };
         let header = proxy_header::relayed_header(version, conn.peer, local);
@@ -286,7 +295,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         // passive health, a local shortage does not.
         self.drop_backend(slot);
         if self.local_failure(&e, address) {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::LocalError);
             return false;
         }
         self.report_failure(si, address, ConnectFailure::from_io(&e));
@@ -322,6 +331,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             target,
             generation,
             started,
+            attempts,
             ..
         } = conn.phase
         else {
@@ -340,14 +350,14 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.sys.take_socket_error(fd).unwrap_or_else(Some)
         };
         let Some(si) = self.listeners[conn.listener].service_index else {
-            self.abort(slot, true, true);
+            self.abort(slot, EndCause::NoBackend);
             return;
         };
         if let Some(e) = error {
             self.drop_backend(slot);
             if let Some(addr) = target {
                 if self.local_failure(&e, addr) {
-                    self.abort(slot, true, false);
+                    self.abort(slot, EndCause::LocalError);
                     return;
                 }
                 self.report_failure(si, addr, ConnectFailure::from_io(&e));
@@ -355,11 +365,15 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.next_attempt(slot);
             return;
         }
-        let Some((stats, send_proxy)) = self
-            .entry(si, backend_index, target, generation)
-            .map(|e| (e.stats.clone(), e.send_proxy))
+        let access_log = self.access_log.is_some();
+        let Some((stats, send_proxy, name, address)) =
+            self.entry(si, backend_index, target, generation).map(|e| {
+                let name = access_log.then(|| e.name.clone());
+                (e.stats.clone(), e.send_proxy, name, e.address)
+            })
         else {
-            self.abort(slot, true, true);
+            // Removed from the table while connecting.
+            self.abort(slot, EndCause::NoBackend);
             return;
         };
         if let Some(version) = send_proxy {
@@ -374,14 +388,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         };
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
-        stats
-            .connect_time
-            .record(self.now.saturating_duration_since(started));
+        let connect_time = self.now.saturating_duration_since(started);
+        stats.connect_time.record(connect_time);
         conn.phase = Phase::Established {
             pair: Pair::default(),
             stats,
             since: self.now,
             flows: None,
+            address,
+            name,
+            attempts,
+            connect_time,
         };
         conn.last_active = self.now;
         if self.reactor.forwards() {

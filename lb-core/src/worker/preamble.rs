@@ -24,6 +24,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use crate::access_log::EndCause;
 use crate::proxy_header::{parse, Parsed, MAX_HEADER};
 use crate::stats::ProxyRefused;
 use crate::sys;
@@ -57,7 +58,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         }
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::LocalError);
             return;
         }
         self.arm_timer(deadline, slot);
@@ -142,7 +143,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             return;
         };
         let Some(si) = self.listeners[conn.listener].service_index else {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::NoBackend);
             return;
         };
         let (phase, deadline) = self.connecting(si, conn.peer);
@@ -163,7 +164,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 .stats
                 .count_proxy_refused(reason);
         }
-        self.abort(slot, true, false);
+        self.abort(slot, EndCause::ProxyHeader);
     }
 }
 

@@ -20,6 +20,7 @@ use crate::stats::ProxyRefused;
 
 use super::connect::ConnectFailure;
 use super::{Phase, Reactor, Syscalls, Worker};
+use crate::access_log::EndCause;
 
 /// Longest an idle worker sleeps: bounds how late it notices a paused
 /// listener may resume.
@@ -97,7 +98,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     self.next_attempt(slot);
                 }
                 // Idle too long: both sides learn it by a reset.
-                Phase::Established { .. } => self.abort(slot, true, true),
+                Phase::Established { .. } => self.abort(slot, EndCause::IdleTimeout),
             }
         }
     }

@@ -13,7 +13,9 @@ use toml::Spanned;
 use super::{choice, convert_duration, convert_size, each, integer, resolve, Invalid, Zero};
 use crate::config::raw::{RawGlobal, RawMaxConnections, RawSize, RawWorkers, Text};
 use crate::config::value::parse_cidr;
-use crate::config::{EngineKind, Forwarding, Global, MaxConnections, Workers};
+use crate::config::{
+    AccessLog, AccessLogFormat, EngineKind, Forwarding, Global, MaxConnections, Workers,
+};
 
 /// Largest `workers` count: far above any machine this runs on, low enough
 /// to catch a typo before it spawns thousands of threads.
@@ -145,7 +147,26 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
         None => default.max_connections,
         Some(max) => convert_max_connections(max)?,
     };
+    let access_log = match &raw.access_log {
+        None => default.access_log,
+        Some(text) if text.get_ref() == "off" => AccessLog::Off,
+        Some(text) if text.get_ref() == "stderr" => AccessLog::Stderr,
+        Some(text) => AccessLog::File(resolve(text, "global.access_log", base_dir)?),
+    };
+    let access_log_format = match &raw.access_log_format {
+        None => default.access_log_format,
+        Some(format) => choice(
+            format,
+            "global.access_log_format",
+            &[
+                ("text", AccessLogFormat::Text),
+                ("json", AccessLogFormat::Json),
+            ],
+        )?,
+    };
     Ok(Global {
+        access_log,
+        access_log_format,
         workers,
         engine,
         forwarding,
