@@ -25,7 +25,7 @@ const RECORD_WAIT: Duration = Duration::from_secs(10);
 
 /// One log line's fields, as strings (JSON nulls as `-`, like the text
 /// form writes them).
-type Fields = HashMap<String, String>;
+pub(crate) type Fields = HashMap<String, String>;
 
 /// Parses one line of `format`. JSON lines must be valid JSON objects.
 fn parse(format: &str, line: &str) -> Fields {
@@ -69,7 +69,7 @@ fn records(path: &Path, format: &str) -> Vec<Fields> {
 }
 
 /// Waits for the record of the client at `client`.
-fn wait_record(lb: &Ringlb, path: &Path, format: &str, client: SocketAddr) -> Fields {
+pub(crate) fn wait_record(lb: &Ringlb, path: &Path, format: &str, client: SocketAddr) -> Fields {
     let deadline = Deadline::after(RECORD_WAIT);
     let want = client.to_string();
     loop {
