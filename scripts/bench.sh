@@ -50,6 +50,9 @@ usage: scripts/bench.sh [options]
   --ringlb-engine E     engine for the plain 'ringlb' proxy: auto|uring|epoll
                         (default: left out of the config, i.e. ringlb's default)
   --ringlb-forwarding F forwarding for it: auto|splice|copy|uring-splice|uring-copy
+  --ringlb-access-log L access log of 'ringlb' and 'ringlb:*' (never 'ringlb-base'):
+                        a file PATH (appended to; put it on a real disk), stderr, or
+                        off (default: the key is left out, which is off)
   --nice N              run servers and load generators at nice N (e.g. -10 on a
                         machine shared with builds; needs root for N < 0)
   --port-base P         ports P..P+12 on 127.0.0.1 are used (default 28080)
@@ -70,7 +73,7 @@ EOF
 ORIG_ARGS="$*"
 ROUNDS=5 DURATION=6 RATE=5000 CONC=8000 PORT_BASE=28080 NICE=0
 PROXIES_ARG=$ALL_PROXIES WORKLOADS_ARG=$ALL_WORKLOADS
-RINGLB_ENGINE="" RINGLB_FORWARDING="" RINGLB_BASE_BIN="" RINGLB_SERVICE_EXTRA="" OUT_DIR="" NO_INSTALL=0 NO_BUILD=0 QUICK=0
+RINGLB_ENGINE="" RINGLB_FORWARDING="" RINGLB_ACCESS_LOG=off RINGLB_BASE_BIN="" RINGLB_SERVICE_EXTRA="" OUT_DIR="" NO_INSTALL=0 NO_BUILD=0 QUICK=0
 while (($#)); do
 	case $1 in
 	--quick) QUICK=1 ROUNDS=1 DURATION=3 ;;
@@ -84,6 +87,7 @@ while (($#)); do
 	--ringlb-service-extra) RINGLB_SERVICE_EXTRA=${2:?--ringlb-service-extra needs a file} && shift ;;
 	--ringlb-engine) RINGLB_ENGINE=${2:?} && shift ;;
 	--ringlb-forwarding) RINGLB_FORWARDING=${2:?} && shift ;;
+	--ringlb-access-log) RINGLB_ACCESS_LOG=${2:?--ringlb-access-log needs PATH, stderr or off} && shift ;;
 	--nice) NICE=${2:?--nice needs a value} && shift ;;
 	--port-base) PORT_BASE=${2:?--port-base needs a value} && shift ;;
 	--out) OUT_DIR=${2:?--out needs a value} && shift ;;
@@ -105,6 +109,9 @@ in_range "$PORT_BASE" 1024 65000 || die "--port-base: 1024..65000"
 if ! [[ $NICE =~ ^-?[0-9]{1,2}$ ]] || ((NICE < -20 || NICE > 19)); then die "--nice: -20..19"; fi
 [[ -z $RINGLB_SERVICE_EXTRA || -r $RINGLB_SERVICE_EXTRA ]] || die "--ringlb-service-extra: cannot read $RINGLB_SERVICE_EXTRA"
 [[ -z $RINGLB_ENGINE || $RINGLB_ENGINE =~ ^(auto|uring|epoll)$ ]] || die "--ringlb-engine: auto|uring|epoll"
+[[ $RINGLB_ACCESS_LOG == off || $RINGLB_ACCESS_LOG == stderr || $RINGLB_ACCESS_LOG == /* ]] ||
+	die "--ringlb-access-log: an absolute path, stderr or off"
+[[ $RINGLB_ACCESS_LOG != *'"'* && $RINGLB_ACCESS_LOG != *\\* ]] || die "--ringlb-access-log: no quotes or backslashes"
 [[ -z $RINGLB_FORWARDING || $RINGLB_FORWARDING =~ ^(auto|splice|uring-splice|copy|uring-copy)$ ]] ||
 	die "--ringlb-forwarding: auto|splice|copy|uring-splice|uring-copy"
 

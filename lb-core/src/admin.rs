@@ -47,6 +47,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::access_log::AccessLogHandle;
 use crate::config::{AdminState, Global, IpNet, Weight, MAX_WEIGHT};
 use crate::control::command::{self, Command};
 use crate::control::RegistryError;
@@ -113,6 +114,8 @@ pub(crate) struct AdminContext {
     /// Spawns the connection tasks, so that a panic in one is reported
     /// (and ends ringlb) instead of vanishing into tokio.
     supervisor: Supervisor,
+    /// The access log (reopen, and its counters on /metrics); None: off.
+    access_log: Option<AccessLogHandle>,
 }
 
 impl AdminContext {
@@ -122,6 +125,7 @@ impl AdminContext {
         workers: Vec<Arc<WorkerControl>>,
         budget: Arc<ConnectionBudget>,
         supervisor: Supervisor,
+        access_log: Option<AccessLogHandle>,
     ) -> AdminContext {
         AdminContext {
             allow: global.admin_allow.clone(),
@@ -138,6 +142,7 @@ impl AdminContext {
                 join::FAILURE_PEERS,
             )),
             supervisor,
+            access_log,
         }
     }
 
@@ -280,7 +285,7 @@ fn refuse(ctx: &AdminContext, mut stream: TcpStream, status: &'static str, messa
 
 /// An admin endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     /// `GET /`: the status page.
     StatusPage,
     /// `GET /router/api/v1/system/health`.
@@ -291,6 +296,8 @@ enum Route<'a> {
     Services,
     /// `POST /api/v1/reload`: read the config file again (as SIGHUP).
     Reload,
+    /// `POST /api/v1/log/reopen`: reopen the access log (as SIGUSR1).
+    LogReopen,
     /// `/api/v1/services/{service}/backends/{backend}/{action}`.
     Backend {
         service: &'a str,
@@ -303,7 +310,7 @@ enum Route<'a> {
 
 /// What an action route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub(crate) enum Action {
     /// POST: set the admin state.
     Set(AdminState),
     /// PUT `{"weight": N}`.
@@ -312,7 +319,7 @@ enum Action {
 
 impl<'a> Route<'a> {
     /// Matches a request path (query already split off by `Uri::path`).
-    fn parse(path: &'a str) -> Option<Route<'a>> {
+    pub(crate) fn parse(path: &'a str) -> Option<Route<'a>> {
         let rest = path.strip_prefix('/')?;
         let segments: Vec<&str> = rest.split('/').collect();
         match segments.as_slice() {
@@ -321,6 +328,7 @@ impl<'a> Route<'a> {
             ["metrics"] => Some(Route::Metrics),
             ["api", "v1", "services"] => Some(Route::Services),
             ["api", "v1", "reload"] => Some(Route::Reload),
+            ["api", "v1", "log", "reopen"] => Some(Route::LogReopen),
             ["api", "v1", "services", service, op] if !service.is_empty() => {
                 let op = match *op {
                     "join" => Membership::Join,
@@ -350,13 +358,14 @@ impl<'a> Route<'a> {
     }
 
     /// The method the route answers (GET routes answer HEAD too).
-    fn method(&self) -> Method {
+    pub(crate) fn method(&self) -> Method {
         match self {
             Route::Backend {
                 action: Action::Set(_),
                 ..
             }
             | Route::Reload
+            | Route::LogReopen
             | Route::Membership { .. } => Method::POST,
             Route::Backend {
                 action: Action::Weight,
@@ -366,7 +375,7 @@ impl<'a> Route<'a> {
         }
     }
 
-    fn accepts(&self, method: &Method) -> bool {
+    pub(crate) fn accepts(&self, method: &Method) -> bool {
         let want = self.method();
         *method == want || (want == Method::GET && *method == Method::HEAD)
     }
@@ -412,7 +421,12 @@ impl AdminContext {
                 Ok(view) => respond(
                     StatusCode::OK,
                     crate::metrics::CONTENT_TYPE,
-                    crate::metrics::render(&view, &self.workers, &self.budget),
+                    crate::metrics::render(
+                        &view,
+                        &self.workers,
+                        &self.budget,
+                        self.access_log.as_ref(),
+                    ),
                 ),
                 Err(Unavailable) => unavailable(),
             },
@@ -432,6 +446,27 @@ impl AdminContext {
                     // The file is refused: nothing changed.
                     Ok(Err(reason)) => error(StatusCode::UNPROCESSABLE_ENTITY, reason.to_string()),
                     Err(Unavailable) => unavailable(),
+                }
+            }
+            Route::LogReopen => {
+                if let Some(refusal) = self.check_writer(&req) {
+                    return refusal;
+                }
+                match &self.access_log {
+                    Some(log) => {
+                        tracing::info!(peer = %peer, "admin: reopening the access log");
+                        log.reopen();
+                        // Done on the writer's thread; a failure is logged
+                        // there and the old file stays in use.
+                        json(
+                            StatusCode::ACCEPTED,
+                            &serde_json::json!({"access_log": "reopen requested"}),
+                        )
+                    }
+                    None => error(
+                        StatusCode::CONFLICT,
+                        "the access log is off (set [global] access_log and restart)",
+                    ),
                 }
             }
             Route::Backend {
@@ -607,7 +642,7 @@ async fn read_weight(body: Incoming) -> Result<NonZeroU32, Response<Full<Bytes>>
 }
 
 /// Parses `{"weight": N}`; the error says what was wrong.
-fn parse_weight(bytes: &[u8]) -> Result<NonZeroU32, String> {
+pub(crate) fn parse_weight(bytes: &[u8]) -> Result<NonZeroU32, String> {
     let body: WeightBody = serde_json::from_slice(bytes).map_err(|e| {
         format!(
             "the body must be JSON {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}: {}",

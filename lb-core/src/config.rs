@@ -79,6 +79,32 @@ pub struct Global {
     /// limit can hold (`budget.rs`); a number the limit cannot honour is
     /// refused at check, start and reload.
     pub max_connections: MaxConnections,
+    /// `access_log = "off"` (default) `| "stderr" | "/path/to/file"`: one
+    /// line per connection at its end (`access_log.rs`). Changes only at
+    /// restart.
+    pub access_log: AccessLog,
+    /// `access_log_format = "text"` (default) `| "json"`.
+    pub access_log_format: AccessLogFormat,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// No access log: no queue, no thread.
+    Off,
+    /// The process's stderr (the journal under systemd).
+    Stderr,
+    /// A file, opened for appending (created 0640), reopened on SIGUSR1.
+    File(std::path::PathBuf),
+}
+
+/// How an access log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One line of space-separated `key=value`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The process-wide connection budget asked for.
@@ -451,12 +477,15 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads and validates a config file. Relative paths in it
     /// (`join_key_file`, `ca_file`) are resolved against its directory.
+    /// The file must be a regular file of at most [`MAX_CONFIG_FILE`]
+    /// bytes: a FIFO, a device (`-c /dev/zero`) or a directory is refused
+    /// before it is opened, and no more than the limit is ever read.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|e| ConfigError {
+        let bytes = read_config_file(path).map_err(|message| ConfigError {
             file: Some(path.to_path_buf()),
             line: None,
             col: None,
-            message: format!("cannot read the config file: {e}"),
+            message,
         })?;
         Config::parse_bytes(&bytes, Some(path))
     }
@@ -478,7 +507,7 @@ impl Config {
     }
 
     /// [`Config::parse`] for bytes that may not be UTF-8.
-    fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
         match std::str::from_utf8(bytes) {
             Ok(text) => Config::parse(text, file),
             Err(e) => {
@@ -492,6 +521,72 @@ impl Config {
             }
         }
     }
+}
+
+/// Largest config file read: a config of thousands of services is a few
+/// hundred KiB; anything bigger is a wrong path (or a hostile one).
+pub(crate) const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// Reads the config file, bounded; the error says what was wrong and what
+/// to do. Checks the type before opening (opening a FIFO would wait for a
+/// writer) and again on the open file (the path may have been swapped in
+/// between; `O_NONBLOCK` keeps that open from waiting either).
+fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let cannot = |e: std::io::Error| format!("cannot read the config file: {e}");
+    check_regular(&std::fs::metadata(path).map_err(cannot)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    check_regular(&file.metadata().map_err(cannot)?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(too_big(None));
+    }
+    Ok(bytes)
+}
+
+/// Refuses anything but a regular file of at most [`MAX_CONFIG_FILE`].
+fn check_regular(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return match meta.len() {
+            len if len > MAX_CONFIG_FILE => Err(too_big(Some(len))),
+            _ => Ok(()),
+        };
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Err(format!(
+        "the config path is not a regular file ({what}): point -c at the TOML config file"
+    ))
+}
+
+fn too_big(len: Option<u64>) -> String {
+    let size = len.map_or_else(|| "more".to_owned(), |len| format!("{len} bytes"));
+    format!(
+        "the config file is larger than 1 MiB ({size}; the limit is {MAX_CONFIG_FILE} bytes): \
+         is -c pointing at the right file?"
+    )
 }
 
 impl Default for Global {
@@ -518,6 +613,8 @@ impl Default for Global {
             pipe_size: NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN),
             pipe_pool: 256,
             max_connections: MaxConnections::Auto,
+            access_log: AccessLog::Off,
+            access_log_format: AccessLogFormat::Text,
         }
     }
 }
@@ -636,6 +733,48 @@ address = "10.0.0.1:80"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Some(Path::new("ringlb.toml")))
+    }
+
+    #[test]
+    fn the_access_log_is_off_stderr_or_a_path_from_the_config_directory() {
+        let g = parse(&global_with("")).unwrap().global;
+        assert_eq!(
+            (g.access_log, g.access_log_format),
+            (AccessLog::Off, AccessLogFormat::Text)
+        );
+        let g = parse(&global_with(
+            "access_log = \"stderr\"\naccess_log_format = \"json\"",
+        ))
+        .unwrap()
+        .global;
+        assert_eq!(
+            (g.access_log, g.access_log_format),
+            (AccessLog::Stderr, AccessLogFormat::Json)
+        );
+        let in_dir = Config::parse(
+            &global_with("access_log = \"logs/access.log\""),
+            Some(Path::new("/etc/ringlb/ringlb.toml")),
+        )
+        .unwrap();
+        assert_eq!(
+            in_dir.global.access_log,
+            AccessLog::File("/etc/ringlb/logs/access.log".into())
+        );
+        let absolute = parse(&global_with("access_log = \"/var/log/ringlb/a.log\"")).unwrap();
+        assert_eq!(
+            absolute.global.access_log,
+            AccessLog::File("/var/log/ringlb/a.log".into())
+        );
+        assert_refused(
+            &global_with("access_log_format = \"xml\""),
+            (2, 21),
+            &["global.access_log_format: \"xml\" is not valid (expected one of \"text\", \"json\")"],
+        );
+        assert_refused(
+            &global_with("access_log = \"\""),
+            (2, 14),
+            &["global.access_log: is empty"],
+        );
     }
 
     #[test]
@@ -1482,6 +1621,119 @@ state = "disabled"
         assert_eq!((err.line, err.col), (Some(2), Some(17)));
         assert!(err.message.contains("is empty"), "{err}");
         assert_eq!(err.file.as_deref(), Some(file.as_path()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A key travels in an HTTP header (`X-Join-Key`, `Authorization:
+    /// Bearer`): one holding a control character could never be sent, and
+    /// the old code took it silently (a NUL or a BEL in the file, a `\u0007`
+    /// in the TOML string). The trailing newline an editor adds is trimmed.
+    #[test]
+    fn join_keys_with_control_characters_are_refused() {
+        let dir = scratch_dir("control-key");
+        let file = dir.join("ringlb.toml");
+        std::fs::write(&file, global_with("join_key_file = \"key\"")).unwrap();
+        for (content, what) in [
+            (&b"s3cret\x07key\n"[..], "a BEL"),
+            (b"s3cret\x00\n", "a trailing NUL"),
+            (b"s3c\tret\n", "a tab inside"),
+            (b"s3cret\x1b[0m\n", "an escape sequence"),
+            (b"s3cret\x7f\n", "a DEL"),
+            ("s3c\u{85}ret\n".as_bytes(), "a C1 control"),
+        ] {
+            std::fs::write(dir.join("key"), content).unwrap();
+            let err = match Config::from_file(&file) {
+                Ok(c) => panic!("{what} in the key file was taken: {:?}", c.global.join_key),
+                Err(e) => e,
+            };
+            assert_eq!((err.line, err.col), (Some(2), Some(17)), "{what}: {err}");
+            assert!(
+                err.message.contains("control character")
+                    && err.message.contains("HTTP header")
+                    && !err.message.contains("s3c"),
+                "{what}: {err}"
+            );
+        }
+        for content in ["s3cret\n", "s3cret\r\n", "s3cret"] {
+            std::fs::write(dir.join("key"), content).unwrap();
+            let config = Config::from_file(&file).unwrap();
+            assert_eq!(
+                config.global.join_key.as_deref(),
+                Some("s3cret"),
+                "{content:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_refused(
+            &global_with("join_key = \"s3cret\\u0007\""),
+            (2, 12),
+            &["global.join_key", "control character", "HTTP header"],
+        );
+    }
+
+    /// The config file was read whole, whatever its size: refused above
+    /// [`MAX_CONFIG_FILE`] (a valid config padded with comments to 2 MiB
+    /// was accepted by the old code).
+    #[test]
+    fn a_config_file_over_the_limit_is_refused() {
+        let dir = scratch_dir("huge-config");
+        let file = dir.join("ringlb.toml");
+        let padding = format!("# {}\n", "x".repeat(1021)).repeat(2048);
+        std::fs::write(&file, format!("{MINIMAL}{padding}")).unwrap();
+        let err = match Config::from_file(&file) {
+            Ok(_) => panic!("a config file of 2 MiB was read and accepted"),
+            Err(e) => e,
+        };
+        assert_eq!((err.line, err.col), (None, None), "{err}");
+        assert_eq!(err.file.as_deref(), Some(file.as_path()));
+        assert!(
+            err.message.contains("larger than 1 MiB")
+                && err
+                    .message
+                    .contains(&format!("({} bytes;", MINIMAL.len() + padding.len())),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `-c` naming a FIFO, a device or a directory: the old code opened a
+    /// FIFO and waited for a writer forever (and read `/dev/zero` until
+    /// memory ran out). Refused at once, before opening it.
+    #[test]
+    fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() {
+        let dir = scratch_dir("fifo-config");
+        let fifo = dir.join("ringlb.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Config::from_file(&path));
+        });
+        let answer = rx.recv_timeout(Duration::from_secs(5));
+        if answer.is_err() {
+            // Unblock the reader (a writer opens and closes), then fail.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("Config::from_file on a FIFO had no answer in 5 s");
+        }
+        let err = answer.unwrap().expect_err("a FIFO is not a config file");
+        assert!(
+            err.message.contains("not a regular file") && err.message.contains("a FIFO"),
+            "{err}"
+        );
+        for (path, kind) in [("/dev/zero", "a character device"), ("/tmp", "a directory")] {
+            let start = std::time::Instant::now();
+            let err = Config::from_file(Path::new(path)).expect_err(path);
+            assert!(start.elapsed() < Duration::from_secs(2), "{path} took long");
+            assert!(
+                err.message.contains("not a regular file") && err.message.contains(kind),
+                "{path}: {err}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

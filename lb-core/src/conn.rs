@@ -127,6 +127,10 @@ pub(crate) struct Flow {
     eof: bool,
     /// FIN forwarded to the destination; this flow is finished.
     shut: bool,
+    /// This flow's source sent its FIN before the other flow's did (who
+    /// closed first: the access log's end cause). Kept in the flow, where
+    /// it fits in padding, so a pair stays small.
+    fin_first: bool,
     /// Bytes delivered to the destination.
     pub bytes: u64,
     /// Of `bytes`, those already added to the backend's counters (the
@@ -623,6 +627,9 @@ impl Pair {
             Ok(p) => p,
             Err(e) => return e.abort(Side::Client),
         };
+        if self.up.eof {
+            self.note_fin(Side::Client);
+        }
         let mut down_budget = budget;
         self.down.fin_on_close = self.up.shut;
         let down = match pump(
@@ -636,6 +643,9 @@ impl Pair {
             Ok(p) => p,
             Err(e) => return e.abort(Side::Backend),
         };
+        if self.down.eof {
+            self.note_fin(Side::Backend);
+        }
         self.outcome(up, down)
     }
 
@@ -652,6 +662,28 @@ impl Pair {
     pub(crate) fn release(&mut self, pool: &mut PipePool) {
         self.up.release(pool);
         self.down.release(pool);
+    }
+
+    /// `side`'s FIN was read: it is the first unless the other's was.
+    pub(crate) fn note_fin(&mut self, side: Side) {
+        let (this, other) = match side {
+            Side::Client => (&mut self.up, &self.down),
+            Side::Backend => (&mut self.down, &self.up),
+        };
+        if !other.fin_first {
+            this.fin_first = true;
+        }
+    }
+
+    /// The side whose FIN came first, if any came.
+    pub(crate) fn first_fin(&self) -> Option<Side> {
+        if self.up.fin_first {
+            Some(Side::Client)
+        } else if self.down.fin_first {
+            Some(Side::Backend)
+        } else {
+            None
+        }
     }
 
     #[cfg(test)]
@@ -736,6 +768,11 @@ mod tests {
         client.read_to_end(&mut reply).unwrap();
         assert_eq!(reply, b"reply after half-close");
         assert_eq!((pair.up.bytes, pair.down.bytes), (7, 22));
+        assert_eq!(
+            pair.first_fin(),
+            Some(Side::Client),
+            "the client closed first"
+        );
         assert!(!pair.holds_pipe(), "an idle connection must hold no pipe");
         assert_eq!(pool.lent(), 0);
     }

@@ -14,9 +14,12 @@
 //! `scripts/fuzz.sh TARGET CASES` runs one target long (release build,
 //! `RINGLB_FUZZ_CASES`). The targets sit next to what they test (a child
 //! module sees its parent's private parsers): `config/fuzz.rs`,
-//! `health/fuzz.rs`, `admin/fuzz.rs`, `admin/join_fuzz.rs`,
-//! `handover_fuzz.rs`, `proxy_header/parse_fuzz.rs` (target
-//! `proxy_header`: the PROXY header a trusted balancer sends first).
+//! `health/fuzz.rs`, `admin/fuzz.rs`, `admin/fuzz/join.rs`,
+//! `handover/fuzz.rs`, `proxy_header/parse_fuzz.rs` (target
+//! `proxy_header`: the PROXY header a trusted balancer sends first). The
+//! same properties, as functions of bytes for a coverage-guided fuzzer
+//! (afl, `scripts/fuzz.sh --afl`), are in `src/fuzz_entry.rs`, which this
+//! module shares its checks with.
 
 use std::time::{Duration, Instant};
 
@@ -28,10 +31,7 @@ const DEFAULT_CASES: u32 = 512;
 /// Longest one input may take to be judged. Generous: the debug build on
 /// a busy shared machine; a real hang takes forever.
 pub(crate) const PER_INPUT: Duration = Duration::from_secs(2);
-/// Longest error message any parser may produce: an attacker's bytes must
-/// not be echoed back (or logged) unbounded.
-pub(crate) const MAX_MESSAGE: usize = 1024;
-
+pub(crate) use crate::fuzz_entry::{position_inside, MAX_MESSAGE};
 /// The proptest settings of every target: `RINGLB_FUZZ_CASES` cases
 /// (default [`DEFAULT_CASES`]), no failure files (a failure is printed;
 /// it becomes a regression test by hand).
@@ -132,63 +132,19 @@ pub(crate) fn timed<T>(what: &str, parse: impl FnOnce() -> T) -> Result<T, TestC
     Ok(out)
 }
 
-/// Fails the case if a message is too long, or if it names a serde_json
-/// position (`line L column C`) outside `input`.
+/// Fails the case if a message is empty or too long, or if it names a
+/// serde_json position (`line L column C`) outside `input`
+/// ([`crate::fuzz_entry::message_fault`]).
 pub(crate) fn check_message(message: &str, input: &[u8]) -> Result<(), TestCaseError> {
-    prop_assert!(!message.is_empty(), "an empty error message");
-    prop_assert!(
-        message.len() <= MAX_MESSAGE,
-        "an error message of {} bytes: {:?}…",
-        message.len(),
-        message.chars().take(120).collect::<String>()
-    );
-    if let Some((line, col)) = json_position(message) {
-        prop_assert!(
-            position_inside(input, line, col),
-            "{message:?} points at {line}:{col}, outside the {}-byte input",
-            input.len()
-        );
+    match crate::fuzz_entry::message_fault(message, input) {
+        Some(fault) => Err(TestCaseError::fail(fault)),
+        None => Ok(()),
     }
-    Ok(())
-}
-
-/// The `line L column C` serde_json puts at the end of its messages.
-fn json_position(message: &str) -> Option<(usize, usize)> {
-    let at = message.rfind(" at line ")?;
-    let mut words = message[at..].split_whitespace().skip(2);
-    let line = words.next()?.parse().ok()?;
-    let _column = words.next()?;
-    let col = words.next()?.parse().ok()?;
-    Some((line, col))
-}
-
-/// True if 1-based `line`:`col` lies in `input` or just past its end (an
-/// error at end of input). Columns count bytes (serde_json) or chars
-/// (the config): bytes is the looser bound.
-pub(crate) fn position_inside(input: &[u8], line: usize, col: usize) -> bool {
-    let Some(text) = input.split(|&b| b == b'\n').nth(line.wrapping_sub(1)) else {
-        return false;
-    };
-    line >= 1 && col <= text.len() + 1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positions_inside_and_outside() {
-        assert!(position_inside(b"ab\ncd", 2, 3));
-        assert!(position_inside(b"", 1, 1));
-        assert!(!position_inside(b"ab\ncd", 3, 1));
-        assert!(!position_inside(b"ab\ncd", 1, 5));
-        assert!(!position_inside(b"ab", 0, 1));
-        assert_eq!(
-            json_position("expected value at line 3 column 14"),
-            Some((3, 14))
-        );
-        assert_eq!(json_position("no position"), None);
-    }
 
     #[test]
     fn edits_stay_in_bounds() {

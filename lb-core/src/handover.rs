@@ -89,7 +89,7 @@ impl Kind {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Entry {
+pub(crate) struct Entry {
     /// The service's name; empty for the admin listener.
     service: String,
     addr: SocketAddr,
@@ -107,8 +107,8 @@ pub(crate) struct Offer {
 }
 
 #[derive(Debug, Deserialize)]
-struct Batch {
-    listeners: Vec<Entry>,
+pub(crate) struct Batch {
+    pub(crate) listeners: Vec<Entry>,
     more: bool,
 }
 
@@ -191,7 +191,7 @@ fn take_over_as(
 
 /// Reads one message's JSON body, which must list as many sockets as it
 /// carries (`fds`).
-fn decode_batch(body: &[u8], fds: usize) -> io::Result<Batch> {
+pub(crate) fn decode_batch(body: &[u8], fds: usize) -> io::Result<Batch> {
     let batch: Batch = serde_json::from_slice(body).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,

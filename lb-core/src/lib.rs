@@ -5,6 +5,7 @@
 //! listeners, its event loop (io_uring or epoll), its connections and pipes.
 //! The only thing they share on the hot path is the published [`snapshot`].
 
+mod access_log;
 mod admin;
 mod budget;
 mod buffer;
@@ -36,7 +37,12 @@ mod worker;
 // Hostile-input property tests (test-only).
 #[cfg(test)]
 mod fuzz;
+// The same targets' entry points for a coverage-guided fuzzer (the `fuzz/`
+// crate); lb-core's tests run them on the committed corpora.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_entry;
 
+pub use access_log::{AccessLogHandle, EndCause, EndCounts};
 pub use budget::{BudgetError, FdBudget, Reserve};
 pub use error::{Error, Result};
 
@@ -46,8 +52,8 @@ pub use error::{Error, Result};
 
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
-    AcceptProxy, AdminState, Config, DegradedIs, HealthCheck, HealthKind, MaxConnections,
-    SourceLimits, DEFAULT_HEALTH_PATH,
+    AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, DegradedIs, HealthCheck,
+    HealthKind, MaxConnections, SourceLimits, DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;

@@ -18,6 +18,7 @@ use std::fmt::{Display, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use crate::access_log::{AccessLogHandle, EndCause};
 use crate::admin::view::{admin_str, StatusView};
 use crate::config::AdminState;
 use crate::control::Health;
@@ -82,6 +83,7 @@ pub(crate) fn render(
     view: &StatusView,
     workers: &[Arc<WorkerControl>],
     budget: &ConnectionBudget,
+    access_log: Option<&AccessLogHandle>,
 ) -> String {
     let mut e = Exposition {
         out: String::with_capacity(4096),
@@ -145,6 +147,10 @@ pub(crate) fn render(
     e.sample("ringlb_snapshot_generation", &[], view.generation);
 
     render_services(&mut e, view);
+    render_ends(&mut e, view);
+    if let Some(log) = access_log {
+        render_access_log(&mut e, log);
+    }
     render_proxy_refusals(&mut e, view);
     render_source_refusals(&mut e, view);
     render_backends(&mut e, view);
@@ -233,6 +239,38 @@ fn render_services(e: &mut Exposition, view: &StatusView) {
     }
 }
 
+/// Connection ends by cause (the access log's causes, docs/admin.md).
+fn render_ends(e: &mut Exposition, view: &StatusView) {
+    e.family(
+        "ringlb_connections_closed_total",
+        Kind::Counter,
+        "Client connections that reached a backend and ended, by cause (the access log's cause field).",
+    );
+    for s in &view.services {
+        for cause in EndCause::ALL {
+            e.sample(
+                "ringlb_connections_closed_total",
+                &[("service", &s.name), ("cause", cause.label())],
+                s.stats.ends.closed(cause),
+            );
+        }
+    }
+    e.family(
+        "ringlb_connections_refused_total",
+        Kind::Counter,
+        "Client connections that ended before reaching a backend, by reason (the access log's cause field).",
+    );
+    for s in &view.services {
+        for cause in EndCause::ALL {
+            e.sample(
+                "ringlb_connections_refused_total",
+                &[("service", &s.name), ("reason", cause.label())],
+                s.stats.ends.refused(cause),
+            );
+        }
+    }
+}
+
 /// `accept_proxy`: clients closed before a backend was chosen, by reason
 /// (every service, so a series exists before its first refusal).
 fn render_proxy_refusals(e: &mut Exposition, view: &StatusView) {
@@ -270,6 +308,31 @@ fn render_source_refusals(e: &mut Exposition, view: &StatusView) {
                 s.stats.source_refused(reason),
             );
         }
+    }
+}
+
+/// The access log's own counters (only with the log on).
+fn render_access_log(e: &mut Exposition, log: &AccessLogHandle) {
+    let families: [(&str, &str, u64); 3] = [
+        (
+            "ringlb_access_log_records_total",
+            "Access log lines written.",
+            log.written(),
+        ),
+        (
+            "ringlb_access_log_dropped_total",
+            "Access log records dropped because a worker's queue was full (the log's writer is slower than the connections end, or blocked).",
+            log.dropped(),
+        ),
+        (
+            "ringlb_access_log_write_errors_total",
+            "Access log lines lost because their write failed (a full disk, a closed pipe).",
+            log.write_errors(),
+        ),
+    ];
+    for (name, help, value) in families {
+        e.family(name, Kind::Counter, help);
+        e.sample(name, &[], value);
     }
 }
 
@@ -613,7 +676,7 @@ mod tests {
             }],
         };
         let workers = vec![Arc::new(WorkerControl::default())];
-        let text = render(&view, &workers, &ConnectionBudget::new(12));
+        let text = render(&view, &workers, &ConnectionBudget::new(12), None);
         assert!(text.ends_with('\n'));
         assert!(text.contains("ringlb_snapshot_generation 7\n"));
         assert!(text.contains(

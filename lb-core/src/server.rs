@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::access_log::{self, AccessLogHandle};
 use crate::admin::{self, AdminContext};
 use crate::budget::{self, FdBudget};
 use crate::config::{AdminState, Config, Forwarding, Workers};
@@ -51,6 +52,9 @@ const CONTROL_THREAD: &str = "ringlb-control";
 /// thread stuck: several beats of the slowest one (an idle worker turns
 /// every 100 ms, the control plane beats every 250 ms).
 const STUCK_FLOOR: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the access log's writer to write what the
+/// workers queued.
+const ACCESS_LOG_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// How long start-up waits for a control plane that died before its first
 /// table to report why.
 const DEATH_REPORT_WAIT: Duration = Duration::from_secs(1);
@@ -139,6 +143,11 @@ pub struct Server {
     /// The control plane's copies of the listening sockets, stopped when a
     /// thread dies.
     listeners: ListenerCopies,
+    /// The access log (None: off) and its writer thread, which `wait`
+    /// gives a bounded time to write what is queued once the workers are
+    /// gone (it may be blocked on a stalled disk or a FIFO nobody reads).
+    access_log: Option<AccessLogHandle>,
+    access_log_thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -169,6 +178,27 @@ impl Server {
         let engine = engine::choose(config.global.engine)?;
 
         let (supervisor, ends) = Supervisor::new();
+        // Before anything serves: a log file that cannot be opened is a
+        // start-up error. Its writer ends by itself once the workers are
+        // gone (their queues disconnect).
+        let access_log = access_log::start(
+            &config.global.access_log,
+            config.global.access_log_format,
+            worker_count,
+            &supervisor,
+        )?;
+        let (mut log_senders, log_handle, log_thread) = match access_log {
+            Some(s) => (
+                s.senders.into_iter().map(Some).collect(),
+                Some(s.handle),
+                Some(s.thread),
+            ),
+            None => (
+                (0..worker_count).map(|_| None).collect::<Vec<_>>(),
+                None,
+                None,
+            ),
+        };
         let mut registry = Registry::new(&config);
         // One set of listeners per worker, all bound (or inherited) now.
         let mut inherited = options.inherited;
@@ -238,6 +268,7 @@ impl Server {
                     worker_controls.clone(),
                     conn_budget.clone(),
                     supervisor.clone(),
+                    log_handle.clone(),
                 );
                 Some((listener, ctx))
             }
@@ -287,6 +318,7 @@ impl Server {
             failures: failures_rx,
             commands: commands_rx,
             handle_signals: options.handle_signals,
+            access_log: log_handle.clone(),
             admin: admin
                 .map(|(listener, ctx)| -> AdminTask { Box::pin(admin::run(listener, ctx)) }),
         });
@@ -328,6 +360,7 @@ impl Server {
                 pipe_pool: config.global.pipe_pool,
                 forwarding,
                 budget: conn_budget.clone(),
+                access_log: log_senders[id].take(),
             };
             let core = (config.global.workers == Workers::Auto)
                 .then(|| cores.get(id).copied())
@@ -378,6 +411,8 @@ impl Server {
             ends: std::sync::Mutex::new(ends),
             control_beat,
             listeners: handover,
+            access_log: log_handle,
+            access_log_thread: log_thread,
         })
     }
 
@@ -397,6 +432,11 @@ impl Server {
 
     pub fn engine(&self) -> &EngineChoice {
         &self.engine
+    }
+
+    /// The access log's counters and reopen, if it is on.
+    pub fn access_log(&self) -> Option<&AccessLogHandle> {
+        self.access_log.as_ref()
     }
 
     /// Per-worker counters (connections held, pipes lent, …).
@@ -437,6 +477,7 @@ impl Server {
         let mut next_ping = ping_every.map(|p| start + p);
         let mut running = beats.len();
         let mut withheld: Option<String> = None;
+        let mut log_written = self.access_log_thread.is_none();
         while running > 0 {
             let end = match next_ping {
                 Some(at) => match ends.recv_timeout(at.saturating_duration_since(Instant::now())) {
@@ -484,11 +525,32 @@ impl Server {
                 });
             }
             if let Ended::Thread(_) = end.what {
-                running -= 1;
-                if let Some(beat) = beats.iter_mut().find(|b| b.name == end.name) {
+                if end.name == access_log::WRITER_THREAD {
+                    log_written = true;
+                } else if let Some(beat) = beats.iter_mut().find(|b| b.name == end.name) {
+                    running -= 1;
                     beat.ended(None);
                 }
             }
+        }
+        // The workers are gone, so the access log's writer ends once it
+        // has written what they queued: wait for that, bounded.
+        let log_deadline = Instant::now() + ACCESS_LOG_EXIT_WAIT;
+        while !log_written {
+            match ends.recv_timeout(log_deadline.saturating_duration_since(Instant::now())) {
+                Ok(end) if end.name == access_log::WRITER_THREAD => log_written = true,
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        "the access log's writer did not finish in time (blocked writing?); its last lines may be lost"
+                    );
+                    self.access_log_thread = None;
+                    break;
+                }
+            }
+        }
+        if let Some(t) = self.access_log_thread.take() {
+            let _ = t.join();
         }
         // Every thread has ended (or reported its end): these return at once.
         if let Some(t) = self.control_thread.take() {

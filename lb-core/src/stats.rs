@@ -365,6 +365,8 @@ pub struct ServiceStats {
     pub no_backend: AtomicU64,
     /// Connect retries on another backend.
     pub retries: AtomicU64,
+    /// Connection ends by cause, with and without a backend reached.
+    pub ends: crate::access_log::EndCounts,
     /// Clients closed before a backend was chosen because their PROXY
     /// header was missing, bad or late (`accept_proxy`), by
     /// [`ProxyRefused::index`].

@@ -204,6 +204,53 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// What the kernel did with a TCP socket's bytes after ringlb handed them
+/// over (TCP_INFO): the idle timeout asks it before closing a connection
+/// ringlb itself moved nothing on, since a send buffer of a MiB or more
+/// still drains to a slow peer for seconds after ringlb's last write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// Bytes the peer acknowledged since the connection opened: they grow
+    /// only when bytes really reached it (not on keepalive or window-probe
+    /// answers).
+    pub(crate) acked: u64,
+    /// Time since the peer's last ACK.
+    pub(crate) since_ack: std::time::Duration,
+    /// Bytes ringlb wrote are still on their way (sent and unacknowledged,
+    /// or not sent yet): only then can the kernel be moving bytes for it.
+    pub(crate) queued: bool,
+}
+
+/// [`Delivery`] of the TCP socket `fd`; Err on a kernel older than 4.6
+/// (no `tcpi_notsent_bytes`) or a socket that is not TCP.
+pub(crate) fn delivery(fd: RawFd) -> io::Result<Delivery> {
+    // SAFETY: tcp_info is plain integers, for which all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd; the kernel writes at most `len` bytes into `info`,
+    // a live, writable tcp_info of that size, and stores the length used.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    })?;
+    if (len as usize) < std::mem::offset_of!(libc::tcp_info, tcpi_min_rtt) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TCP_INFO without tcpi_notsent_bytes (kernel older than 4.6)",
+        ));
+    }
+    Ok(Delivery {
+        acked: info.tcpi_bytes_acked,
+        since_ack: std::time::Duration::from_millis(info.tcpi_last_ack_recv.into()),
+        queued: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
+    })
+}
+
 /// SO_LINGER {on, 0}: the next close() sends RST instead of FIN (or, in
 /// TIME_WAIT, just frees the socket).
 pub(crate) fn set_linger_zero(fd: RawFd) -> io::Result<()> {
@@ -340,6 +387,16 @@ pub(crate) fn set_pipe_size(fd: RawFd, size: usize) -> io::Result<usize> {
             Ok(n as usize)
         }
     }
+}
+
+/// Clears O_NONBLOCK (a file opened non-blocking so that opening a FIFO
+/// without a reader fails instead of waiting, written blocking after).
+pub(crate) fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl on an fd the caller owns.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: plain fcntl on an fd the caller owns.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
+    Ok(())
 }
 
 /// Whether an I/O error means "try again later" on a non-blocking fd.

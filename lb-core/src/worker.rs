@@ -48,8 +48,9 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use crate::access_log::{AccessLogSender, AccessRecord, EndCause};
 use crate::buffer::BufferPool;
-use crate::conn::{self, Outcome, Pair, Readiness};
+use crate::conn::{self, Outcome, Pair, Readiness, Side};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
 use crate::source_limits::SourceHold;
@@ -133,6 +134,8 @@ pub(crate) struct WorkerSetup {
     pub forwarding: WorkerForwarding,
     /// The process's connection budget, shared by every worker.
     pub budget: Arc<ConnectionBudget>,
+    /// This worker's access log queue; None with `access_log = "off"`.
+    pub access_log: Option<AccessLogSender>,
 }
 
 enum Phase {
@@ -149,6 +152,9 @@ enum Phase {
         candidates: [u32; MAX_ATTEMPTS],
         count: u8,
         tried: u8,
+        /// Connects started in all (`tried` restarts when the table
+        /// changes mid-way): the access log's attempts.
+        attempts: u8,
         generation: u64,
         deadline: Instant,
         /// When the current attempt started (connect-time histogram).
@@ -163,6 +169,13 @@ enum Phase {
         /// The engine forwards this connection (`Reactor::forwards`): its
         /// handle. Readiness then never drives the inline pumps.
         flows: Option<u64>,
+        /// What the access log says of the connect: the backend's address,
+        /// its name (only kept with the log on), the connects it took and
+        /// how long the last one did.
+        address: SocketAddr,
+        name: Option<Arc<str>>,
+        attempts: u8,
+        connect_time: Duration,
     },
 }
 
@@ -177,13 +190,50 @@ struct Conn {
     backend_ready: Readiness,
     listener: usize,
     phase: Phase,
+    /// When it was accepted (the access log's duration).
+    accepted: Instant,
+    /// When ringlb last moved a byte of it (read or write).
     last_active: Instant,
+    /// Bytes both peers had acknowledged (TCP_INFO) when the idle timer
+    /// last found ringlb idle: more since then are bytes the kernel
+    /// delivered from its send buffers, so the connection is not idle.
+    acked: u64,
     /// When this connection's one live timer entry fires.
     timer_at: Instant,
     /// Its count in the service's per-source connection table
     /// (`max_connections_per_source`), taken back when the connection is
     /// dropped, whatever ended it. None when connections are not counted.
     source: Option<SourceHold>,
+}
+
+impl Conn {
+    /// A client just admitted on listener `li`, in `phase` until `deadline`
+    /// (its first timer), with no backend socket yet; `source`: its place
+    /// in the per-source connection table, if it took one.
+    fn new(
+        client: OwnedFd,
+        peer: SocketAddr,
+        li: usize,
+        phase: Phase,
+        now: Instant,
+        deadline: Instant,
+        source: Option<SourceHold>,
+    ) -> Conn {
+        Conn {
+            client,
+            peer,
+            client_ready: Readiness::default(),
+            backend: None,
+            backend_ready: Readiness::default(),
+            listener: li,
+            phase,
+            accepted: now,
+            last_active: now,
+            acked: 0,
+            timer_at: deadline,
+            source,
+        }
+    }
 }
 
 /// The worker's event-driven core. `S` is the kernel ([`Kernel`]) except in
@@ -202,6 +252,8 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     /// The process's client connections against the fd limit's budget: a
     /// place is taken on admission and given back on release.
     budget: Arc<ConnectionBudget>,
+    /// Where a connection's end is recorded; None: the log is off.
+    access_log: Option<AccessLogSender>,
     pool: PipePool,
     /// Copy buffers (`forwarding = "copy"` or `"auto"`; none made otherwise).
     buffers: BufferPool,
@@ -263,6 +315,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             failures: setup.failures,
             control: setup.control,
             budget: setup.budget,
+            access_log: setup.access_log,
             pool: PipePool::new(setup.pipe_size, setup.pipe_pool),
             buffers: BufferPool::new(setup.pipe_size, setup.pipe_pool),
             forwarding: setup.forwarding.inline(),
@@ -440,7 +493,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         self.reset_held();
         for slot in 0..self.slab.slots() {
             if self.slab.get(slot).is_some() {
-                self.abort(slot, true, true);
+                self.abort(slot, EndCause::Shutdown);
             }
         }
         self.slab.end_turn();
@@ -467,14 +520,22 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     *flows = Some(handle);
                 }
             }
-            Err(_) => self.abort(slot, true, true),
+            Err(_) => self.abort(slot, EndCause::LocalError),
         }
     }
 
     /// A completion of the engine's forwarding of the connection with
     /// `token`: `up`/`down` bytes written to the backend / client, and
-    /// what became of it (as from the inline pumps).
-    pub(crate) fn on_forwarded(&mut self, token: Token, up: u64, down: u64, outcome: Outcome) {
+    /// what became of it (as from the inline pumps); `fin_from`: it passed
+    /// on that side's FIN.
+    pub(crate) fn on_forwarded(
+        &mut self,
+        token: Token,
+        up: u64,
+        down: u64,
+        outcome: Outcome,
+        fin_from: Option<Side>,
+    ) {
         let Some(slot) = self.slab.slot_of(token) else {
             return;
         };
@@ -486,6 +547,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         };
         pair.up.bytes += up;
         pair.down.bytes += down;
+        if let Some(side) = fin_from {
+            pair.note_fin(side);
+        }
         match outcome {
             Outcome::Open { progressed, .. } => {
                 if progressed {
@@ -496,7 +560,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             Outcome::Aborted {
                 reset_client,
                 reset_backend,
-            } => self.abort(slot, reset_client, reset_backend),
+            } => self.abort(slot, EndCause::of_abort(reset_client, reset_backend)),
         }
     }
 
@@ -548,7 +612,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             Outcome::Aborted {
                 reset_client,
                 reset_backend,
-            } => self.abort(slot, reset_client, reset_backend),
+            } => self.abort(slot, EndCause::of_abort(reset_client, reset_backend)),
         }
     }
 
@@ -557,11 +621,18 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// whatever close() does; on the other leg the peer that closed first
     /// keeps it. Only an RST would avoid it, and that breaks half-close.)
     fn finish(&mut self, slot: usize) {
-        self.release(slot);
+        let cause = match self.slab.get(slot).map(|c| &c.phase) {
+            Some(Phase::Established { pair, .. }) if pair.first_fin() == Some(Side::Backend) => {
+                EndCause::BackendClosed
+            }
+            _ => EndCause::ClientClosed,
+        };
+        self.release(slot, cause);
     }
 
-    /// Closes a connection, with RST on the sides named.
-    fn abort(&mut self, slot: usize, reset_client: bool, reset_backend: bool) {
+    /// Closes a connection for `cause`, with RST on the sides it names.
+    fn abort(&mut self, slot: usize, cause: EndCause) {
+        let (reset_client, reset_backend) = cause.resets();
         if let Some(conn) = self.slab.get(slot) {
             if reset_client {
                 conn::prepare_reset(conn.client.as_raw_fd());
@@ -570,10 +641,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 conn::prepare_reset(b.as_raw_fd());
             }
         }
-        self.release(slot);
+        self.release(slot, cause);
     }
 
-    fn release(&mut self, slot: usize) {
+    /// Frees a connection that ended for `cause`: counts the end, and
+    /// records it in the access log if that is on.
+    fn release(&mut self, slot: usize, cause: EndCause) {
         let client_token = self.slab.token(slot, false);
         let backend_token = self.slab.token(slot, true);
         let Some(mut conn) = self.slab.remove(slot) else {
@@ -599,7 +672,13 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             stats.bytes_to_backend.fetch_add(up, Relaxed);
             stats.bytes_to_client.fetch_add(down, Relaxed);
         }
-        self.listeners[conn.listener].stats.release();
+        let listener = &self.listeners[conn.listener];
+        let established = matches!(conn.phase, Phase::Established { .. });
+        listener.stats.ends.count(established, cause);
+        if let Some(log) = &self.access_log {
+            log.send(record(&conn, listener, self.now, cause));
+        }
+        listener.stats.release();
         self.budget.release();
         let Conn {
             client,
@@ -623,9 +702,69 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     }
 }
 
+/// The access record of a connection ending now for `cause`.
+fn record(conn: &Conn, listener: &ListenerState, now: Instant, cause: EndCause) -> AccessRecord {
+    let (backend, attempts, connect_time, up, down) = match &conn.phase {
+        Phase::Preamble { .. } => (None, 0, None, 0, 0),
+        Phase::Connecting { attempts, .. } => (None, *attempts, None, 0, 0),
+        Phase::Established {
+            pair,
+            address,
+            name,
+            attempts,
+            connect_time,
+            ..
+        } => (
+            name.clone().map(|n| (n, *address)),
+            *attempts,
+            Some(*connect_time),
+            pair.up.bytes,
+            pair.down.bytes,
+        ),
+    };
+    AccessRecord {
+        at: std::time::SystemTime::now(),
+        service: listener.service.clone(),
+        client: conn.peer,
+        listen: listener.addr,
+        backend,
+        attempts,
+        connect_time,
+        duration: now.saturating_duration_since(conn.accepted),
+        bytes_to_backend: up,
+        bytes_to_client: down,
+        cause,
+    }
+}
+
+/// Counts (and logs) the end of a client accepted but never admitted: its
+/// listener was closing.
+pub(crate) fn unadmitted(
+    log: &Option<AccessLogSender>,
+    listener: &ListenerState,
+    peer: SocketAddr,
+    cause: EndCause,
+) {
+    listener.stats.ends.count(false, cause);
+    let Some(log) = log else { return };
+    log.send(AccessRecord {
+        at: std::time::SystemTime::now(),
+        service: listener.service.clone(),
+        client: peer,
+        listen: listener.addr,
+        backend: None,
+        attempts: 0,
+        connect_time: None,
+        duration: Duration::ZERO,
+        bytes_to_backend: 0,
+        bytes_to_client: 0,
+        cause,
+    });
+}
+
 fn seed(worker: usize, service: usize) -> u64 {
     0x9E37_79B9_7F4A_7C15u64
         .wrapping_mul(worker as u64 + 1)
-        .wrapping_add(service as u64 * 0xD1B5_4A32_D192_ED03)
+        .wrapping_add((service as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
         | 1
 }

@@ -403,3 +403,89 @@ fn running_with_a_bad_config_exits_without_listening() {
         finished.stderr
     );
 }
+
+/// `-c` naming a FIFO or a device: the old binary opened the FIFO and
+/// waited for a writer forever (and would read `/dev/zero` until memory
+/// ran out). `check` and start-up both answer at once, saying what to do.
+#[test]
+fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.path().join("ringlb.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let zero = std::path::Path::new("/dev/zero");
+    for (path, kind) in [(fifo.as_path(), "a FIFO"), (zero, "a character device")] {
+        for args in [
+            &[
+                OsStr::new("check"),
+                OsStr::new("--config"),
+                path.as_os_str(),
+            ][..],
+            &[OsStr::new("--config"), path.as_os_str()][..],
+        ] {
+            let start = std::time::Instant::now();
+            let finished = run_to_exit(args);
+            assert!(
+                !finished.status.success(),
+                "ringlb {args:?}: exit {:?}",
+                finished.status
+            );
+            assert!(
+                finished.stderr.contains("not a regular file")
+                    && finished.stderr.contains(kind)
+                    && finished.stderr.contains("point -c at the TOML config file"),
+                "ringlb {args:?} should say the path is {kind}:\n{}",
+                finished.stderr
+            );
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "ringlb {args:?} took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+}
+
+/// A join key file holding a control character (here a NUL before the
+/// newline) is refused by `check` and at start-up, pointing at the key;
+/// the old binary took the NUL as part of the key.
+#[test]
+fn a_join_key_file_with_a_control_character_is_refused() {
+    let dir = TempDir::new("ctlkey");
+    let key = dir.path().join("join.key");
+    std::fs::write(&key, b"3f9a1c0d7e2b4a6f8c1d\x00\n").expect("write the key file");
+    let text = GOOD.replacen("[global]\n", "[global]\njoin_key_file = \"join.key\"\n", 1);
+    let path = dir.write("ringlb.toml", &text);
+    for args in [
+        &[
+            OsStr::new("check"),
+            OsStr::new("--config"),
+            path.as_os_str(),
+        ][..],
+        &[OsStr::new("--config"), path.as_os_str()][..],
+    ] {
+        let finished = run_to_exit(args);
+        assert!(
+            !finished.status.success(),
+            "ringlb {args:?} took a key with a NUL: exit {:?}\nstderr: {}",
+            finished.status,
+            finished.stderr
+        );
+        let shown = path.display().to_string();
+        let (line, col, message) = located_error(&finished.stderr, &shown)
+            .unwrap_or_else(|| panic!("no located error:\n{}", finished.stderr));
+        assert_eq!((line, col), (2, 17), "{message}");
+        assert!(
+            message.contains("control character (U+0000") && message.contains("HTTP header"),
+            "{message}"
+        );
+        assert!(
+            !finished.stderr.contains("listening"),
+            "ringlb started listening:\n{}",
+            finished.stderr
+        );
+    }
+}

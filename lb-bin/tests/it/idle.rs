@@ -129,3 +129,68 @@ fn pace(mut step: impl FnMut(u32)) {
         step(tick);
     }
 }
+
+/// The slow download's reader: [`SLOW_READ`] bytes every [`SLOW_PACE`]
+/// (200 KiB/s) for [`SLOW_FOR`], four idle timeouts of [`SLOW_IDLE`].
+const SLOW_READ: usize = 4096;
+const SLOW_PACE: Duration = Duration::from_millis(20);
+const SLOW_FOR: Duration = Duration::from_secs(4);
+const SLOW_IDLE: Duration = Duration::from_secs(1);
+/// What the backend offers: far more than the reader takes meanwhile.
+const SLOW_DOWNLOAD: usize = 32 << 20;
+
+/// "No byte either way" counts the bytes the kernel still delivers: a
+/// client reading a download slowly but steadily keeps it open, although
+/// ringlb itself writes nothing for seconds (its socket's send buffer, a
+/// MiB or more, drains at the reader's pace and wakes it only when a third
+/// of it is free). Found by the long network-fault run: under 10 % loss a
+/// transfer whose send buffer drained slowly was reset while bytes still
+/// moved.
+#[test]
+fn a_slow_download_whose_bytes_keep_moving_is_not_idle() {
+    let _shared = harness::shared();
+    for_each_variant("idle::slow_download", |engine| {
+        let backend = Backend::spawn("pusher", LOCALHOST, |mut s| {
+            let chunk = [b'd'; 64 << 10];
+            for _ in 0..SLOW_DOWNLOAD / chunk.len() {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut config = LbConfig::over(engine, &[&backend]);
+        config.service().idle_timeout = format!("{}s", SLOW_IDLE.as_secs());
+        let lb = Ringlb::start(&config);
+        let mut client = connect_from(client_sources()[7], lb.addr()).expect("connect");
+        client
+            .set_read_timeout(Some(SLOW_IDLE * 2))
+            .expect("timeout");
+        let start = Instant::now();
+        let mut got = 0;
+        let mut buf = [0u8; SLOW_READ];
+        let mut tick = 0;
+        while start.elapsed() < SLOW_FOR {
+            match client.read(&mut buf) {
+                Ok(0) => panic!(
+                    "[{engine}] EOF after {got} bytes of a {SLOW_DOWNLOAD}-byte download, \
+                     {:.2?} in",
+                    start.elapsed()
+                ),
+                Ok(n) => got += n,
+                Err(e) => panic!(
+                    "[{engine}] a download read steadily at 200 KiB/s was cut after {got} \
+                     bytes, {:.2?} in (idle_timeout {SLOW_IDLE:?}): {e}",
+                    start.elapsed()
+                ),
+            }
+            // Shapes the reader (its pace is what is under test).
+            tick += 1;
+            thread::sleep((start + SLOW_PACE * tick).saturating_duration_since(Instant::now()));
+        }
+        println!(
+            "[{engine}] slow download: {got} bytes read in {:.2?} at 200 KiB/s, idle_timeout \
+             {SLOW_IDLE:?}, not cut",
+            start.elapsed()
+        );
+    });
+}

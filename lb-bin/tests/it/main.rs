@@ -20,6 +20,7 @@
 mod harness;
 mod netns;
 
+mod access_log;
 mod config;
 mod failover;
 mod faults;

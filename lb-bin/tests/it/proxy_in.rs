@@ -240,12 +240,16 @@ fn behind_haproxy_ringlb_hashes_the_original_client_v1_and_v2() {
 }
 
 #[test]
-fn behind_another_ringlb_with_send_proxy_the_inner_one_hashes_the_original_client() {
+fn behind_another_ringlb_with_send_proxy_the_inner_one_hashes_and_logs_the_original_client() {
     let _shared = harness::shared();
     for_each_engine("proxy_in::ringlb_behind_ringlb", |engine| {
         let backends = backends();
         let plain = Ringlb::start(&LbConfig::over(engine, &backends.each_ref()));
-        let inner = Ringlb::start(&proxied(engine, &backends.each_ref(), "127.0.0.1/32"));
+        let dir = TempDir::new("proxy-in-inner-log");
+        let log = dir.path().join("access.log");
+        let mut inner_config = proxied(engine, &backends.each_ref(), "127.0.0.1/32");
+        inner_config.global_extra = vec![format!("access_log = {:?}", log.display().to_string())];
+        let inner = Ringlb::start(&inner_config);
         let sources: Vec<IpAddr> = client_sources().into_iter().take(12).collect();
         for version in SEND_PROXY {
             let outer_backend = vec![BackendConfig::new("inner", inner.addr())];
@@ -273,6 +277,12 @@ fn behind_another_ringlb_with_send_proxy_the_inner_one_hashes_the_original_clien
                 );
                 s.write_all(b"ping\n").unwrap();
                 assert_eq!(read_line(&mut s).unwrap(), "ping");
+                // The inner one's access log names the client, port and
+                // all, and the backend it chose.
+                let me = s.local_addr().unwrap();
+                drop(s);
+                let r = crate::access_log::wait_record(&inner, &log, "text", me);
+                assert_eq!(r["backend"], got, "[{engine}] {version} {r:?}");
                 used.insert(got);
             }
             // The outer ringlb connects from 127.0.0.1: had the inner one

@@ -21,6 +21,13 @@ static SEEDS: &[&[u8]] = &[
     include_bytes!("../fuzz/corpus/admin/route.txt"),
     include_bytes!("../fuzz/corpus/admin/authorization.txt"),
     include_bytes!("../fuzz/corpus/admin/weight.json"),
+    // What afl found (`afl-*`: the queue entries that added the most
+    // coverage over the seeds; `scripts/fuzz.sh --afl admin`).
+    include_bytes!("../fuzz/corpus/admin/afl-1.txt"),
+    include_bytes!("../fuzz/corpus/admin/afl-2.txt"),
+    include_bytes!("../fuzz/corpus/admin/afl-3.txt"),
+    include_bytes!("../fuzz/corpus/admin/afl-4.txt"),
+    include_bytes!("../fuzz/corpus/admin/afl-5.txt"),
 ];
 
 static DICT: &[&[u8]] = &[

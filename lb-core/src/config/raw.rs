@@ -40,6 +40,8 @@ pub(super) struct RawGlobal {
     pub pipe_size: Option<Spanned<RawSize>>,
     pub pipe_pool: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<RawMaxConnections>>,
+    pub access_log: Option<Text>,
+    pub access_log_format: Option<Text>,
 }
 
 /// `[[service]]`.

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use super::status::{status_line, ControlCounters, StatusView};
 use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
+use crate::access_log::AccessLogHandle;
 use crate::budget::{self, BudgetError};
 use crate::config::{Config, ConfigError};
 use crate::failpoint::failpoint;
@@ -85,6 +86,8 @@ pub(crate) struct ControlSetup {
     pub(crate) commands: mpsc::UnboundedReceiver<Command>,
     /// Handle SIGTERM/SIGINT/SIGHUP (the binary does; tests may not).
     pub(crate) handle_signals: bool,
+    /// The access log, reopened on SIGUSR1 (None: off).
+    pub(crate) access_log: Option<AccessLogHandle>,
     /// The admin server (its listener bound at start), spawned on this
     /// runtime once the first snapshot is out.
     pub(crate) admin: Option<AdminTask>,
@@ -164,6 +167,8 @@ pub(crate) struct ControlPlane {
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    /// The access log, reopened on SIGUSR1 (None: off).
+    access_log: Option<AccessLogHandle>,
     /// The admin server, spawned from `serve`.
     admin: Option<AdminTask>,
 }
@@ -192,6 +197,7 @@ impl ControlPlane {
             failures: setup.failures,
             commands: setup.commands,
             handle_signals: setup.handle_signals,
+            access_log: setup.access_log,
             admin: setup.admin,
         }
     }
@@ -221,6 +227,15 @@ impl ControlPlane {
             )
         } else {
             (None, None, None, None)
+        };
+        // SIGUSR1 reopens the access log (logrotate's postrotate). Taken
+        // even with the log off, so that a logrotate run against a ringlb
+        // without one does not kill it (SIGUSR1's default action).
+        let mut sigusr1 = if self.handle_signals {
+            use tokio::signal::unix::{signal, SignalKind};
+            signal(SignalKind::user_defined1()).ok()
+        } else {
+            None
         };
         // Start-up rule: every backend is probed once before the workers
         // start (bounded by the longest check timeout plus a margin), so
@@ -343,6 +358,13 @@ impl ControlPlane {
                     }
                 }
                 Some(()) = recv_signal(&mut sigusr2) => self.spawn_upgrade(),
+                Some(()) = recv_signal(&mut sigusr1) => match &self.access_log {
+                    Some(log) => {
+                        tracing::info!("SIGUSR1: reopening the access log");
+                        log.reopen();
+                    }
+                    None => tracing::info!("SIGUSR1: the access log is off; nothing to reopen"),
+                },
                 Some(()) = recv_signal(&mut sighup) => {
                     tracing::info!("SIGHUP: reloading the config");
                     let _ = self.reload(&mut prober);
@@ -741,6 +763,9 @@ fn restart_only_changes(
     }
     if old.admin != new.admin || old.admin_allow != new.admin_allow {
         out.push("admin/admin_allow");
+    }
+    if old.access_log != new.access_log || old.access_log_format != new.access_log_format {
+        out.push("access_log/access_log_format");
     }
     out
 }

@@ -643,6 +643,7 @@ fn dispatch(worker: &mut Worker<UringReactor>, cqe: &cqueue::Entry, wake: &File)
                     report.up,
                     report.down,
                     report.outcome,
+                    report.fin_from,
                 );
             }
         }

@@ -17,6 +17,13 @@ use crate::fuzz::{check_message, config, inputs, timed, MAX_MESSAGE};
 static SEEDS: &[&[u8]] = &[
     include_bytes!("../fuzz/corpus/handover/batch.json"),
     include_bytes!("../fuzz/corpus/handover/hello.txt"),
+    // What afl found (`afl-*`: the queue entries that added the most
+    // coverage over the seeds; `scripts/fuzz.sh --afl handover`).
+    include_bytes!("../fuzz/corpus/handover/afl-1.txt"),
+    include_bytes!("../fuzz/corpus/handover/afl-2.txt"),
+    include_bytes!("../fuzz/corpus/handover/afl-3.txt"),
+    include_bytes!("../fuzz/corpus/handover/afl-4.txt"),
+    include_bytes!("../fuzz/corpus/handover/afl-5.txt"),
 ];
 
 static DICT: &[&[u8]] = &[

@@ -6,8 +6,7 @@
 //! within the probe's timeout, a [`Reason`] of bounded length, JSON error
 //! positions inside the body. Test-only (see `src/fuzz.rs`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -16,17 +15,26 @@ use super::super::verdict::{judge, Reason};
 use super::{connect_status, probe};
 use crate::config::{DegradedIs, HealthCheck, HealthKind};
 use crate::fuzz::{check_message, config, inputs, timed, MAX_MESSAGE};
+use crate::fuzz_entry::answering_server;
 use crate::health::ProxySettings;
 
 static BODY_SEEDS: &[&[u8]] = &[
     include_bytes!("../fuzz/corpus/health/router.json"),
     include_bytes!("../fuzz/corpus/health/ok.txt"),
+    // What afl found (`afl-*`: the queue entries that added the most
+    // coverage over the seeds; `scripts/fuzz.sh --afl health`).
+    include_bytes!("../fuzz/corpus/health/afl-body-1.json"),
+    include_bytes!("../fuzz/corpus/health/afl-body-2.json"),
 ];
 
 static ANSWER_SEEDS: &[&[u8]] = &[
     include_bytes!("../fuzz/corpus/health/answer_ok.http"),
     include_bytes!("../fuzz/corpus/health/answer_chunked.http"),
     include_bytes!("../fuzz/corpus/health/connect.http"),
+    include_bytes!("../fuzz/corpus/health/afl-answer-1.http"),
+    include_bytes!("../fuzz/corpus/health/afl-answer-2.http"),
+    include_bytes!("../fuzz/corpus/health/afl-answer-3.http"),
+    include_bytes!("../fuzz/corpus/health/afl-answer-4.http"),
 ];
 
 static DICT: &[&[u8]] = &[
@@ -95,31 +103,6 @@ proptest! {
             prop_assert!(code <= 999, "status {code} from {answer:?}");
         }
     }
-}
-
-/// A loopback server that answers each connection with the next of
-/// `answers` (after reading the request head), then closes it.
-fn answering_server(answers: std::sync::mpsc::Receiver<Vec<u8>>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let addr = listener.local_addr().expect("local address");
-    std::thread::spawn(move || {
-        for answer in answers {
-            let Ok((mut conn, _)) = listener.accept() else {
-                return;
-            };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = conn.write_all(&answer);
-        }
-    });
-    addr
 }
 
 proptest! {

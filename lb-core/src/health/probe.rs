@@ -344,7 +344,7 @@ async fn open_tunnel(
 }
 
 /// The status code of an `HTTP/1.x NNN reason` status line.
-fn connect_status(answer: &[u8]) -> Option<u16> {
+pub(crate) fn connect_status(answer: &[u8]) -> Option<u16> {
     let line = answer.split(|&b| b == b'\n').next()?;
     let line = std::str::from_utf8(line).ok()?.trim_end();
     let mut parts = line.splitn(3, ' ');

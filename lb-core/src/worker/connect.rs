@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::access_log::EndCause;
 use crate::conn::{Pair, Readiness};
 use crate::proxy_header::{self, ProxyVersion};
 use crate::snapshot::BackendEntry;
@@ -85,27 +86,27 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.open_preamble(li, si, client, peer);
             return;
         }
-        let Ok(source) = self.admit_source(si, peer) else {
-            self.refuse_unopened(li, client);
-            return;
+        let source = match self.admit_source(si, peer) {
+            Ok(source) => source,
+            Err(_) => {
+                // Refused by the per-source rules (counted): no backend
+                // chosen; the end is logged and counted like any other.
+                let phase = Phase::Preamble { deadline: self.now };
+                let slot = self
+                    .slab
+                    .insert(Conn::new(client, peer, li, phase, self.now, self.now, None));
+                self.abort(slot, EndCause::SourceRefused);
+                return;
+            }
         };
         let (phase, deadline) = self.connecting(si, peer);
         let client_fd = client.as_raw_fd();
-        let slot = self.slab.insert(Conn {
-            client,
-            peer,
-            client_ready: Readiness::default(),
-            backend: None,
-            backend_ready: Readiness::default(),
-            listener: li,
-            phase,
-            last_active: self.now,
-            timer_at: deadline,
-            source,
-        });
+        let slot = self.slab.insert(Conn::new(
+            client, peer, li, phase, self.now, deadline, source,
+        ));
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::LocalError);
             return;
         }
         self.next_attempt(slot);
@@ -129,16 +130,6 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         })
     }
 
-    /// Closes a just accepted client of listener `li` that its service
-    /// refused, with a reset, before it had a slot: gives back the places
-    /// its admission took.
-    fn refuse_unopened(&mut self, li: usize, client: OwnedFd) {
-        crate::conn::prepare_reset(client.as_raw_fd());
-        drop(client);
-        self.listeners[li].stats.release();
-        self.budget.release();
-    }
-
     /// The connecting phase of a client of service `si` from `peer`: its
     /// candidates, none tried yet; and its first deadline.
     pub(super) fn connecting(&mut self, si: usize, peer: SocketAddr) -> (Phase, Instant) {
@@ -153,6 +144,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             candidates,
             count: count as u8,
             tried: 0,
+            attempts: 0,
             generation: self.snapshot.generation,
             deadline,
             started: self.now,
@@ -168,7 +160,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 return;
             };
             let Some(si) = self.listeners[conn.listener].service_index else {
-                self.abort(slot, true, false);
+                self.abort(slot, EndCause::NoBackend);
                 return;
             };
             let svc = &self.snapshot.services[si];
@@ -176,6 +168,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 candidates,
                 count,
                 tried,
+                attempts,
                 generation,
                 deadline,
                 backend_index,
@@ -209,11 +202,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             if *tried >= *count {
                 svc.stats.no_backend.fetch_add(1, Relaxed);
                 // No backend left: the client learns it by a reset.
-                self.abort(slot, true, false);
+                let cause = if *attempts == 0 {
+                    EndCause::NoBackend
+                } else {
+                    EndCause::ConnectFailed
+                };
+                self.abort(slot, cause);
                 return;
             }
             let b = candidates[usize::from(*tried)];
             *tried += 1;
+            *attempts = attempts.saturating_add(1);
             if *tried > 1 {
                 svc.stats.retries.fetch_add(1, Relaxed);
             }
@@ -235,7 +234,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     conn.timer_at = deadline;
                     let token = self.slab.token(slot, true);
                     if self.reactor.add(fd, token).is_err() {
-                        self.abort(slot, true, false);
+                        self.abort(slot, EndCause::LocalError);
                         return;
                     }
                     self.arm_timer(deadline, slot);
@@ -245,7 +244,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     conn.backend = None;
                     let address = entry.address;
                     if self.local_failure(&e, address) {
-                        self.abort(slot, true, false);
+                        self.abort(slot, EndCause::LocalError);
                         return;
                     }
                     self.report_failure(si, address, ConnectFailure::from_io(&e));
@@ -313,7 +312,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         };
         let Ok(local) = self.sys.local_addr(&conn.client) else {
             // The client's socket, not the backend, failed.
-            self.abort(slot, true, true);
+            self.abort(slot, EndCause::ClientReset);
             return false;
         };
         let header = proxy_header::relayed_header(version, conn.peer, local);
@@ -328,7 +327,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         // passive health, a local shortage does not.
         self.drop_backend(slot);
         if self.local_failure(&e, address) {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::LocalError);
             return false;
         }
         self.report_failure(si, address, ConnectFailure::from_io(&e));
@@ -364,6 +363,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             target,
             generation,
             started,
+            attempts,
             ..
         } = conn.phase
         else {
@@ -382,14 +382,14 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.sys.take_socket_error(fd).unwrap_or_else(Some)
         };
         let Some(si) = self.listeners[conn.listener].service_index else {
-            self.abort(slot, true, true);
+            self.abort(slot, EndCause::NoBackend);
             return;
         };
         if let Some(e) = error {
             self.drop_backend(slot);
             if let Some(addr) = target {
                 if self.local_failure(&e, addr) {
-                    self.abort(slot, true, false);
+                    self.abort(slot, EndCause::LocalError);
                     return;
                 }
                 self.report_failure(si, addr, ConnectFailure::from_io(&e));
@@ -397,11 +397,15 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.next_attempt(slot);
             return;
         }
-        let Some((stats, send_proxy)) = self
-            .entry(si, backend_index, target, generation)
-            .map(|e| (e.stats.clone(), e.send_proxy))
+        let access_log = self.access_log.is_some();
+        let Some((stats, send_proxy, name, address)) =
+            self.entry(si, backend_index, target, generation).map(|e| {
+                let name = access_log.then(|| e.name.clone());
+                (e.stats.clone(), e.send_proxy, name, e.address)
+            })
         else {
-            self.abort(slot, true, true);
+            // Removed from the table while connecting.
+            self.abort(slot, EndCause::NoBackend);
             return;
         };
         if let Some(version) = send_proxy {
@@ -416,14 +420,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         };
         stats.active.fetch_add(1, Relaxed);
         stats.total.fetch_add(1, Relaxed);
-        stats
-            .connect_time
-            .record(self.now.saturating_duration_since(started));
+        let connect_time = self.now.saturating_duration_since(started);
+        stats.connect_time.record(connect_time);
         conn.phase = Phase::Established {
             pair: Pair::default(),
             stats,
             since: self.now,
             flows: None,
+            address,
+            name,
+            attempts,
+            connect_time,
         };
         conn.last_active = self.now;
         if self.reactor.forwards() {

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use socket2::Socket;
 
+use crate::access_log::EndCause;
 use crate::conn;
 use crate::failpoint::failpoint;
 use crate::stats::{ServiceStats, LOCAL_ERRORS};
@@ -135,6 +136,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             // Draining (or the service left the table): the kernel would
             // have reset it in the closed listener's backlog; do the same.
             conn::prepare_reset(fd.as_raw_fd());
+            let cause = if l.socket.is_none() {
+                EndCause::Shutdown
+            } else {
+                EndCause::NoBackend
+            };
+            super::unadmitted(&self.access_log, l, peer, cause);
             return;
         }
         l.held.push_back((fd, peer));
@@ -225,8 +232,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// Resets and drops every held connection (drain, stop).
     pub(crate) fn reset_held(&mut self) {
         for l in &mut self.listeners {
-            for (fd, _) in l.held.drain(..) {
+            while let Some((fd, peer)) = l.held.pop_front() {
                 conn::prepare_reset(fd.as_raw_fd());
+                super::unadmitted(&self.access_log, l, peer, EndCause::Shutdown);
             }
         }
     }

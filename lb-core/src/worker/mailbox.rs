@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::access_log::EndCause;
 use crate::conn;
 use crate::engine::Engine;
 use crate::stats::Latencies;
@@ -125,8 +126,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     if l.service == service && l.addr == addr {
                         // Held ones go as the kernel resets a closed
                         // listener's backlog.
-                        for (fd, _) in l.held.drain(..) {
+                        while let Some((fd, peer)) = l.held.pop_front() {
                             conn::prepare_reset(fd.as_raw_fd());
+                            super::unadmitted(&self.access_log, l, peer, EndCause::Shutdown);
                         }
                         if let Some(s) = l.socket.take() {
                             if !l.paused {

@@ -24,7 +24,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use crate::conn::Readiness;
+use crate::access_log::EndCause;
 use crate::proxy_header::{parse, Parsed, MAX_HEADER};
 use crate::stats::ProxyRefused;
 use crate::sys;
@@ -48,25 +48,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let trusted = proxy.trusted.iter().any(|net| net.contains(&ip));
         let deadline = self.now + proxy.header_timeout;
         let client_fd = client.as_raw_fd();
-        let slot = self.slab.insert(Conn {
-            client,
-            peer,
-            client_ready: Readiness::default(),
-            backend: None,
-            backend_ready: Readiness::default(),
-            listener: li,
-            phase: Phase::Preamble { deadline },
-            last_active: self.now,
-            timer_at: deadline,
-            source: None,
-        });
+        let phase = Phase::Preamble { deadline };
+        let slot = self
+            .slab
+            .insert(Conn::new(client, peer, li, phase, self.now, deadline, None));
         if !trusted {
             self.refuse(slot, ProxyRefused::Untrusted);
             return;
         }
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::LocalError);
             return;
         }
         self.arm_timer(deadline, slot);
@@ -151,13 +143,13 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             return;
         };
         let Some(si) = self.listeners[conn.listener].service_index else {
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::NoBackend);
             return;
         };
         let peer = conn.peer;
         let Ok(source) = self.admit_source(si, peer) else {
             // Refused by the per-source rules (counted): no backend.
-            self.abort(slot, true, false);
+            self.abort(slot, EndCause::SourceRefused);
             return;
         };
         let (phase, deadline) = self.connecting(si, peer);
@@ -179,7 +171,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 .stats
                 .count_proxy_refused(reason);
         }
-        self.abort(slot, true, false);
+        self.abort(slot, EndCause::ProxyHeader);
     }
 }
 

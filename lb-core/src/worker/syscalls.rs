@@ -6,9 +6,9 @@
 //! is static and inlined exactly as the direct `sys::` calls were; no
 //! pointer, no vtable, no state. Only the calls whose results steer the
 //! worker (accept, connect, the outcome of a connect, the reads of a
-//! preamble, the PROXY header that completes a connect) go through here;
-//! the byte pumps and socket options do not decide anything and stay
-//! direct.
+//! preamble, the PROXY header that completes a connect, what the kernel
+//! still delivers when the idle timeout is due) go through here; the byte
+//! pumps and socket options do not decide anything and stay direct.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -45,6 +45,12 @@ pub(crate) trait Syscalls {
     /// Writes a PROXY header on a freshly connected backend socket
     /// ([`sys::send`], non-blocking); the bytes written.
     fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize>;
+    /// What the kernel delivered of a socket's bytes ([`sys::delivery`]);
+    /// None where it cannot say (then only ringlb's own reads and writes
+    /// count as activity).
+    fn delivery(&mut self, _fd: RawFd) -> Option<sys::Delivery> {
+        None
+    }
 }
 
 /// The kernel's own calls.
@@ -90,5 +96,10 @@ impl Syscalls for Kernel {
     #[inline]
     fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize> {
         sys::send(fd, header)
+    }
+
+    #[inline]
+    fn delivery(&mut self, fd: RawFd) -> Option<sys::Delivery> {
+        sys::delivery(fd).ok()
     }
 }

@@ -200,6 +200,7 @@ fn rig_with_budget<const ACCEPTS: bool>(
         pipe_pool: 4,
         forwarding: super::InlineForwarding::Splice.into(),
         budget: Arc::new(ConnectionBudget::new(budget)),
+        access_log: None,
     };
     let mut worker = Worker::with_syscalls(setup, FakeReactor::default(), FakeKernel::default());
     worker.start().expect("listeners registered");
@@ -656,6 +657,17 @@ fn a_local_connect_error_is_not_a_backend_failure_and_is_not_retried_elsewhere()
     assert_eq!(r.worker.sys.connects.len(), 1, "no other backend tried");
 }
 
+#[test]
+fn pick_seeds_exist_for_any_number_of_services_and_workers() {
+    // A config with three services or more once overflowed this in debug
+    // builds (a worker panic at start).
+    let seeds: Vec<u64> = (0..64)
+        .flat_map(|w| (0..64).map(move |s| super::seed(w, s)))
+        .collect();
+    assert!(seeds.iter().all(|s| s & 1 == 1), "seeds are odd");
+    assert_ne!(super::seed(0, 1), super::seed(0, 2));
+}
+
 /// A service reading PROXY headers from 10.0.0.0/24, with four backends.
 const ACCEPT_PROXY: &str = "accept_proxy = true\nproxy_trusted = [\"10.0.0.0/24\"]\n\
                             proxy_header_timeout = \"500ms\"\nconnect_attempts = 1";
@@ -757,6 +769,9 @@ fn an_untrusted_peer_is_reset_at_once_without_a_peek() {
     assert_eq!(r.worker.sys.peeks, 0);
     assert!(r.worker.sys.connects.is_empty());
     assert_eq!(refused(&r, crate::stats::ProxyRefused::Untrusted), 1);
+    // An end the access log and its counters name too.
+    let ended = |cause| r.service_stat(|s| s.ends.refused(cause));
+    assert_eq!(ended(crate::access_log::EndCause::ProxyHeader), 1);
     assert_eq!(r.service_stat(|s| s.active.load(Relaxed) as u64), 0);
     assert_eq!(r.worker.slab.len(), 0);
 }
@@ -977,6 +992,9 @@ fn per_source_connections_and_deny<const A: bool>() {
     assert_eq!(source_refused(&r, SourceRefused::Denied), 1);
     assert_eq!(source_refused(&r, SourceRefused::Connections), 1);
     assert_eq!(source_refused(&r, SourceRefused::Rate), 0);
+    // Ends the access log and its counters name too.
+    let ended = |cause| r.service_stat(|s| s.ends.refused(cause));
+    assert_eq!(ended(crate::access_log::EndCause::SourceRefused), 2);
     // The refused ones gave their places back.
     assert_eq!(r.worker.slab.len(), 3);
     assert_eq!(r.service_stat(|s| s.active.load(Relaxed) as u64), 3);

@@ -8,15 +8,19 @@
 //! in the heap (`Conn::timer_at`); an entry that no longer matches it, or
 //! names a freed slot, is skipped when it comes up. An idle connection's
 //! entry is pushed back when it fires early (activity since), so activity
-//! costs no heap operation.
+//! costs no heap operation. Before an idle connection is reset, the kernel
+//! is asked whether it still delivered bytes ringlb wrote earlier
+//! ([`Syscalls::delivery`]): then it is not idle.
 
 use std::cmp::Reverse;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::stats::ProxyRefused;
 
 use super::connect::ConnectFailure;
 use super::{Phase, Reactor, Syscalls, Worker};
+use crate::access_log::EndCause;
 
 /// Longest an idle worker sleeps: bounds how late it notices a paused
 /// listener may resume.
@@ -65,8 +69,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                         .map_or(Duration::from_secs(900), |si| {
                             self.snapshot.services[si].settings.idle_timeout
                         });
-                    conn.last_active + idle
+                    if conn.last_active + idle <= self.now {
+                        self.kernel_activity(slot);
+                    }
+                    match self.slab.get_mut(slot) {
+                        Some(conn) => conn.last_active + idle,
+                        None => continue,
+                    }
                 }
+            };
+            let Some(conn) = self.slab.get_mut(slot) else {
+                continue;
             };
             if due > self.now {
                 conn.timer_at = due;
@@ -85,8 +98,43 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     self.next_attempt(slot);
                 }
                 // Idle too long: both sides learn it by a reset.
-                Phase::Established { .. } => self.abort(slot, true, true),
+                Phase::Established { .. } => self.abort(slot, EndCause::IdleTimeout),
             }
+        }
+    }
+
+    /// ringlb moved nothing of the connection in `slot` for its idle
+    /// timeout, but its kernel may have: a send buffer of a MiB or more
+    /// drains to a slow peer for seconds after ringlb's last write, and
+    /// wakes ringlb only once a third of it is free. If bytes ringlb wrote
+    /// are still on their way and the peers acknowledged more since the
+    /// last look, the connection was active until the last ACK:
+    /// `last_active` moves there. A peer whose window stays shut (ACKs but
+    /// no bytes acknowledged) is idle from the next look on; with nothing
+    /// on its way the connection is idle as before.
+    fn kernel_activity(&mut self, slot: usize) {
+        let Some(conn) = self.slab.get_mut(slot) else {
+            return;
+        };
+        let fds = [
+            Some(conn.client.as_raw_fd()),
+            conn.backend.as_ref().map(|b| b.as_raw_fd()),
+        ];
+        let (mut acked, mut queued, mut since_ack) = (0u64, false, Duration::MAX);
+        for fd in fds.into_iter().flatten() {
+            let Some(d) = self.sys.delivery(fd) else {
+                return;
+            };
+            acked = acked.wrapping_add(d.acked);
+            queued |= d.queued;
+            since_ack = since_ack.min(d.since_ack);
+        }
+        if !queued || acked == conn.acked {
+            return;
+        }
+        conn.acked = acked;
+        if let Some(last_ack) = self.now.checked_sub(since_ack) {
+            conn.last_active = conn.last_active.max(last_ack);
         }
     }
 }

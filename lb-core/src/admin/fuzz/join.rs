@@ -14,6 +14,13 @@ use crate::fuzz::{check_message, config, inputs, timed};
 static SEEDS: &[&[u8]] = &[
     include_bytes!("../../fuzz/corpus/join/join.json"),
     include_bytes!("../../fuzz/corpus/join/leave.json"),
+    // What afl found (`afl-*`: the queue entries that added the most
+    // coverage over the seeds; `scripts/fuzz.sh --afl join`).
+    include_bytes!("../../fuzz/corpus/join/afl-1.json"),
+    include_bytes!("../../fuzz/corpus/join/afl-2.json"),
+    include_bytes!("../../fuzz/corpus/join/afl-3.json"),
+    include_bytes!("../../fuzz/corpus/join/afl-4.json"),
+    include_bytes!("../../fuzz/corpus/join/afl-5.json"),
 ];
 
 static DICT: &[&[u8]] = &[

@@ -13,7 +13,9 @@ use toml::Spanned;
 use super::{choice, convert_duration, convert_size, each, integer, resolve, Invalid, Zero};
 use crate::config::raw::{RawGlobal, RawMaxConnections, RawSize, RawWorkers, Text};
 use crate::config::value::parse_cidr;
-use crate::config::{EngineKind, Forwarding, Global, MaxConnections, Workers};
+use crate::config::{
+    AccessLog, AccessLogFormat, EngineKind, Forwarding, Global, MaxConnections, Workers,
+};
 
 /// Largest `workers` count: far above any machine this runs on, low enough
 /// to catch a typo before it spawns thousands of threads.
@@ -117,6 +119,13 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
                     "the join key is empty (set a secret, or remove join_key to turn joining off)",
                 ));
             }
+            if let Some(fault) = control_character(key.get_ref()) {
+                return Err(Invalid::at(
+                    key.span(),
+                    "global.join_key",
+                    format!("the join key holds {fault}{KEY_HINT}"),
+                ));
+            }
             Some(key.get_ref().clone())
         }
         (None, Some(file)) => Some(read_join_key(file, base_dir)?),
@@ -138,7 +147,26 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
         None => default.max_connections,
         Some(max) => convert_max_connections(max)?,
     };
+    let access_log = match &raw.access_log {
+        None => default.access_log,
+        Some(text) if text.get_ref() == "off" => AccessLog::Off,
+        Some(text) if text.get_ref() == "stderr" => AccessLog::Stderr,
+        Some(text) => AccessLog::File(resolve(text, "global.access_log", base_dir)?),
+    };
+    let access_log_format = match &raw.access_log_format {
+        None => default.access_log_format,
+        Some(format) => choice(
+            format,
+            "global.access_log_format",
+            &[
+                ("text", AccessLogFormat::Text),
+                ("json", AccessLogFormat::Json),
+            ],
+        )?,
+    };
     Ok(Global {
+        access_log,
+        access_log_format,
         workers,
         engine,
         forwarding,
@@ -234,7 +262,8 @@ fn convert_secret(secret: &Text, path: &str, what: &str) -> Result<String, Inval
 const MAX_JOIN_KEY_FILE: u64 = 4096;
 
 /// Reads `join_key_file` (relative to the config file's directory): its
-/// content, trimmed, is the key.
+/// content, trimmed (the newline an editor adds), is the key; it must hold
+/// no control character.
 fn read_join_key(file: &Text, base_dir: &Path) -> Result<String, Invalid> {
     let path = "global.join_key_file";
     let resolved = resolve(file, path, base_dir)?;
@@ -279,5 +308,31 @@ fn read_join_key(file: &Text, base_dir: &Path) -> Result<String, Invalid> {
             ),
         ));
     }
+    if let Some(fault) = control_character(key) {
+        return Err(Invalid::at(
+            file.span(),
+            path,
+            format!(
+                "the join key file {} holds {fault}{KEY_HINT}; \
+                 write only the secret in it (a trailing newline is fine)",
+                resolved.display()
+            ),
+        ));
+    }
     Ok(key.to_owned())
+}
+
+/// Why a key with a control character is refused.
+const KEY_HINT: &str = ": a join key travels in an HTTP header (X-Join-Key or \
+    Authorization: Bearer), where it could never be sent";
+
+/// Names the first control character of `key` (C0, DEL or C1; tabs and
+/// newlines too, once the ends are trimmed) and where it is, without
+/// quoting the secret.
+fn control_character(key: &str) -> Option<String> {
+    let (at, c) = key.char_indices().find(|(_, c)| c.is_control())?;
+    Some(format!(
+        "a control character (U+{:04X} at byte {at})",
+        u32::from(c)
+    ))
 }

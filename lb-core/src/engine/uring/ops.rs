@@ -155,6 +155,9 @@ pub(crate) struct Report {
     /// `Open { progressed, .. }`, `Finished` or `Aborted` as from the
     /// inline pumps; `starved` is never set (there is no budget here).
     pub outcome: Outcome,
+    /// This completion passed on the FIN of that side (who closed first
+    /// is what the access log's end cause says).
+    pub fin_from: Option<Side>,
 }
 
 /// One worker's completion-driven flows.
@@ -367,6 +370,7 @@ impl Ops {
             return None;
         }
         let token = c.token;
+        let was_shut = c.flows[dir].shut;
         let mut moved = 0u64;
         let step = self.step(sq, index, dir, op, res, picked, &mut moved);
         let outcome = match step {
@@ -393,11 +397,17 @@ impl Ops {
         };
         self.wake_starved(sq);
         let (up, down) = if dir == UP { (moved, 0) } else { (0, moved) };
+        let fin_from = (!was_shut && self.conns[index].flows[dir].shut).then_some(if dir == UP {
+            Side::Client
+        } else {
+            Side::Backend
+        });
         Some(Report {
             token,
             up,
             down,
             outcome,
+            fin_from,
         })
     }
 

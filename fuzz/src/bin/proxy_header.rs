@@ -1,0 +1,7 @@
+//! afl target `proxy_header`: each input goes to
+//! [`lb_core::fuzz_entry::proxy_header`] (persistent mode, one process).
+//! See scripts/fuzz.sh --afl.
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| lb_core::fuzz_entry::proxy_header(data));
+}
