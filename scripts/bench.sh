@@ -43,6 +43,10 @@ usage: scripts/bench.sh [options]
   --ringlb-base PATH    enables proxy 'ringlb-base' (list it in --proxies): ringlb from the binary
                         PATH (e.g. a build of main before a change), with the
                         same config as 'ringlb', for an interleaved A/B
+  --ringlb-service-extra FILE
+                        lines from FILE added to each [[service]] of the plain
+                        'ringlb' proxy only (not 'ringlb-base'), e.g. per-source
+                        rules, to A/B their cost against the same binary
   --ringlb-engine E     engine for the plain 'ringlb' proxy: auto|uring|epoll
                         (default: left out of the config, i.e. ringlb's default)
   --ringlb-forwarding F forwarding for it: auto|splice|copy|uring-splice|uring-copy
@@ -69,7 +73,7 @@ EOF
 ORIG_ARGS="$*"
 ROUNDS=5 DURATION=6 RATE=5000 CONC=8000 PORT_BASE=28080 NICE=0
 PROXIES_ARG=$ALL_PROXIES WORKLOADS_ARG=$ALL_WORKLOADS
-RINGLB_ENGINE="" RINGLB_FORWARDING="" RINGLB_ACCESS_LOG=off RINGLB_BASE_BIN="" OUT_DIR="" NO_INSTALL=0 NO_BUILD=0 QUICK=0
+RINGLB_ENGINE="" RINGLB_FORWARDING="" RINGLB_ACCESS_LOG=off RINGLB_BASE_BIN="" RINGLB_SERVICE_EXTRA="" OUT_DIR="" NO_INSTALL=0 NO_BUILD=0 QUICK=0
 while (($#)); do
 	case $1 in
 	--quick) QUICK=1 ROUNDS=1 DURATION=3 ;;
@@ -80,6 +84,7 @@ while (($#)); do
 	--rate) RATE=${2:?--rate needs a value} && shift ;;
 	--conc) CONC=${2:?--conc needs a value} && shift ;;
 	--ringlb-base) RINGLB_BASE_BIN=${2:?--ringlb-base needs a path} && shift ;;
+	--ringlb-service-extra) RINGLB_SERVICE_EXTRA=${2:?--ringlb-service-extra needs a file} && shift ;;
 	--ringlb-engine) RINGLB_ENGINE=${2:?} && shift ;;
 	--ringlb-forwarding) RINGLB_FORWARDING=${2:?} && shift ;;
 	--ringlb-access-log) RINGLB_ACCESS_LOG=${2:?--ringlb-access-log needs PATH, stderr or off} && shift ;;
@@ -102,6 +107,7 @@ in_range "$RATE" 1 200000 || die "--rate: 1..200000"
 in_range "$CONC" 1 50000 || die "--conc: 1..50000"
 in_range "$PORT_BASE" 1024 65000 || die "--port-base: 1024..65000"
 if ! [[ $NICE =~ ^-?[0-9]{1,2}$ ]] || ((NICE < -20 || NICE > 19)); then die "--nice: -20..19"; fi
+[[ -z $RINGLB_SERVICE_EXTRA || -r $RINGLB_SERVICE_EXTRA ]] || die "--ringlb-service-extra: cannot read $RINGLB_SERVICE_EXTRA"
 [[ -z $RINGLB_ENGINE || $RINGLB_ENGINE =~ ^(auto|uring|epoll)$ ]] || die "--ringlb-engine: auto|uring|epoll"
 [[ $RINGLB_ACCESS_LOG == off || $RINGLB_ACCESS_LOG == stderr || $RINGLB_ACCESS_LOG == /* ]] ||
 	die "--ringlb-access-log: an absolute path, stderr or off"

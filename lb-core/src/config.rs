@@ -230,6 +230,10 @@ pub struct Service {
     /// `proxy_header_timeout` (default off): clients must start with a
     /// PROXY header, whose address then stands for the client.
     pub accept_proxy: Option<AcceptProxy>,
+    /// `allow`, `deny`, `max_connections_per_source`,
+    /// `new_connections_per_source` (all off by default): who may connect
+    /// and how much one source may take.
+    pub sources: SourceLimits,
     /// `[service.health]`.
     pub health: HealthCheck,
     /// `[[service.backend]]`: at least one; names unique within the service.
@@ -252,6 +256,37 @@ pub struct AcceptProxy {
     /// `proxy_header_timeout = "3s"` (default, > 0): a trusted peer whose
     /// header is not whole by then is closed.
     pub header_timeout: Duration,
+}
+
+/// A service's per-source rules. A source is the client's address (the
+/// PROXY header's with `accept_proxy`) masked to `hash_prefix_v4` /
+/// `hash_prefix_v6`, the grouping Maglev hashes by, so one NAT pool or one
+/// /64 counts as one source. Enforced where a backend is about to be
+/// chosen; a refused client is reset without any backend connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// `allow = ["CIDR", …]` (default empty = everyone): only these
+    /// client addresses are served.
+    pub allow: Vec<IpNet>,
+    /// `deny = ["CIDR", …]` (default empty): never served; wins over
+    /// `allow`.
+    pub deny: Vec<IpNet>,
+    /// `max_connections_per_source = N` (default none): open connections
+    /// one source may hold; the next one is refused.
+    pub max_connections_per_source: Option<NonZeroU32>,
+    /// `new_connections_per_source = "N/s"` (default none): new connections
+    /// per second one source may open, in bursts of up to N.
+    pub new_connections_per_source: Option<NonZeroU32>,
+}
+
+impl SourceLimits {
+    /// No rule is set: the service's clients cost nothing extra.
+    pub fn is_off(&self) -> bool {
+        self.allow.is_empty()
+            && self.deny.is_empty()
+            && self.max_connections_per_source.is_none()
+            && self.new_connections_per_source.is_none()
+    }
 }
 
 impl AcceptProxy {
@@ -630,6 +665,7 @@ impl Service {
             source_address: None,
             liveness: TcpLiveness::default(),
             accept_proxy: None,
+            sources: SourceLimits::default(),
             health: HealthCheck::default(),
             backends,
             send_proxy: None,
@@ -769,6 +805,41 @@ address = "10.0.0.1:80"
             ("tcp_keepalive_interval = \"40000s\"", "1s..=32767s"),
             ("tcp_keepalive_count = 0", "1..=127"),
             ("tcp_keepalive_count = 200", "1..=127"),
+        ] {
+            let err = parse(&service_with(line)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{line}: {err}");
+            let key = line.split(' ').next().unwrap();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn per_source_rules_default_off_and_parse_with_their_errors() {
+        let s = &parse(&service_with("")).unwrap().services[0];
+        assert!(s.sources.is_off());
+        let text = service_with(
+            "allow = [\"10.0.0.0/8\", \"::1\"]\ndeny = [\"10.9.1.2/16\"]\n\
+             max_connections_per_source = 20\nnew_connections_per_source = \" 50/s\"",
+        );
+        let s = &parse(&text).unwrap().services[0];
+        assert_eq!(
+            s.sources,
+            SourceLimits {
+                allow: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                deny: vec!["10.9.0.0/16".parse().unwrap()],
+                max_connections_per_source: NonZeroU32::new(20),
+                new_connections_per_source: NonZeroU32::new(50),
+            }
+        );
+        for (line, needle) in [
+            ("allow = [\"10.0.0.300/8\"]", "allow"),
+            ("deny = [\"nope\"]", "deny"),
+            ("max_connections_per_source = 0", "1..="),
+            ("max_connections_per_source = 2000000000", "1..="),
+            ("new_connections_per_source = \"50\"", "\"N/s\""),
+            ("new_connections_per_source = \"0/s\"", "\"N/s\""),
+            ("new_connections_per_source = \"5/m\"", "\"N/s\""),
+            ("new_connections_per_source = \"2000000/s\"", "\"N/s\""),
         ] {
             let err = parse(&service_with(line)).unwrap_err().to_string();
             assert!(err.contains(needle), "{line}: {err}");

@@ -28,6 +28,7 @@ mod policy;
 mod proxy_header;
 mod server;
 mod snapshot;
+mod source_limits;
 mod stats;
 mod supervisor;
 mod sys;
@@ -52,7 +53,7 @@ pub use error::{Error, Result};
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
     AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, DegradedIs, HealthCheck,
-    HealthKind, MaxConnections, DEFAULT_HEALTH_PATH,
+    HealthKind, MaxConnections, SourceLimits, DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;

@@ -22,6 +22,7 @@ use crate::access_log::{AccessLogHandle, EndCause};
 use crate::admin::view::{admin_str, StatusView};
 use crate::config::AdminState;
 use crate::control::Health;
+use crate::source_limits::SourceRefused;
 use crate::stats::{
     ConnectionBudget, LocalKind, ProxyRefused, CONNECT_BUCKETS_US, HEALTH_STATES, LOCAL_ERRORS,
     LOG_LOSS,
@@ -151,6 +152,7 @@ pub(crate) fn render(
         render_access_log(&mut e, log);
     }
     render_proxy_refusals(&mut e, view);
+    render_source_refusals(&mut e, view);
     render_backends(&mut e, view);
     render_workers(&mut e, workers);
     render_latencies(&mut e, workers);
@@ -284,6 +286,26 @@ fn render_proxy_refusals(e: &mut Exposition, view: &StatusView) {
                 name,
                 &[("service", &s.name), ("reason", reason.label())],
                 s.stats.proxy_refused(reason),
+            );
+        }
+    }
+}
+
+/// The per-source rules: clients refused without a backend connection, by
+/// reason (every service, so a series exists before its first refusal).
+fn render_source_refusals(e: &mut Exposition, view: &StatusView) {
+    let name = "ringlb_service_refused_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Clients reset without a backend connection by the service's per-source rules, by reason: denied (deny, or not in allow), per_source_connections (max_connections_per_source), per_source_rate (new_connections_per_source).",
+    );
+    for s in &view.services {
+        for reason in SourceRefused::ALL {
+            e.sample(
+                name,
+                &[("service", &s.name), ("reason", reason.label())],
+                s.stats.source_refused(reason),
             );
         }
     }

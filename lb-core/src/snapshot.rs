@@ -18,6 +18,7 @@ use crate::hash;
 use crate::maglev::{EffectiveTable, MaglevTable};
 use crate::policy::{self, P2c, RoundRobin};
 use crate::proxy_header::ProxyVersion;
+use crate::source_limits::SourcePolicy;
 use crate::stats::{BackendStats, ServiceStats};
 
 /// Everything a worker needs to place new connections, at one instant.
@@ -54,6 +55,9 @@ pub struct ServiceSettings {
     /// Clients must start with a PROXY header (`accept_proxy = true`):
     /// who may send one and how long it may take.
     pub accept_proxy: Option<AcceptProxy>,
+    /// `allow`/`deny` and the per-source limits with their shared tables;
+    /// None when none is set (then they cost one branch per connection).
+    pub(crate) sources: Option<Arc<SourcePolicy>>,
 }
 
 /// One backend as the workers see it.
@@ -287,6 +291,7 @@ mod tests {
             source_address: None,
             liveness: TcpLiveness::default(),
             accept_proxy: None,
+            sources: None,
         };
         let backends = (0..usable.len())
             .map(|i| BackendEntry {

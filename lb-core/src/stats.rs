@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::health::State as Health;
 use crate::proxy_header::Refusal;
+use crate::source_limits::SourceRefused;
 
 /// Log records that never reached the log, since the process started.
 /// Written by the binary's log writer (it owns stderr), read by /metrics;
@@ -370,6 +371,9 @@ pub struct ServiceStats {
     /// header was missing, bad or late (`accept_proxy`), by
     /// [`ProxyRefused::index`].
     pub(crate) proxy_refused: [AtomicU64; ProxyRefused::COUNT],
+    /// Clients refused by the per-source rules (`allow`/`deny` and the
+    /// per-source limits), by [`SourceRefused`] in `ALL` order.
+    pub(crate) source_refused: [AtomicU64; SourceRefused::ALL.len()],
 }
 
 /// Why a client of an `accept_proxy` service was closed before a backend
@@ -418,6 +422,16 @@ impl ProxyRefused {
 }
 
 impl ServiceStats {
+    /// Counts a client refused by the per-source rules for `reason`.
+    pub(crate) fn count_source_refused(&self, reason: SourceRefused) {
+        self.source_refused[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Clients refused by the per-source rules for `reason` so far.
+    pub(crate) fn source_refused(&self, reason: SourceRefused) -> u64 {
+        self.source_refused[reason as usize].load(Relaxed)
+    }
+
     /// Counts a client refused for `reason`.
     pub(crate) fn count_proxy_refused(&self, reason: ProxyRefused) {
         self.proxy_refused[reason.index()].fetch_add(1, Relaxed);

@@ -53,6 +53,7 @@ use crate::buffer::BufferPool;
 use crate::conn::{self, Outcome, Pair, Readiness, Side};
 use crate::pipe::PipePool;
 use crate::snapshot::{PickState, Snapshot, SnapshotCell};
+use crate::source_limits::SourceHold;
 use crate::stats::{BackendStats, ConnectionBudget, Latencies};
 
 use listeners::ListenerState;
@@ -199,11 +200,16 @@ struct Conn {
     acked: u64,
     /// When this connection's one live timer entry fires.
     timer_at: Instant,
+    /// Its count in the service's per-source connection table
+    /// (`max_connections_per_source`), taken back when the connection is
+    /// dropped, whatever ended it. None when connections are not counted.
+    source: Option<SourceHold>,
 }
 
 impl Conn {
     /// A client just admitted on listener `li`, in `phase` until `deadline`
-    /// (its first timer), with no backend socket yet.
+    /// (its first timer), with no backend socket yet; `source`: its place
+    /// in the per-source connection table, if it took one.
     fn new(
         client: OwnedFd,
         peer: SocketAddr,
@@ -211,6 +217,7 @@ impl Conn {
         phase: Phase,
         now: Instant,
         deadline: Instant,
+        source: Option<SourceHold>,
     ) -> Conn {
         Conn {
             client,
@@ -224,6 +231,7 @@ impl Conn {
             last_active: now,
             acked: 0,
             timer_at: deadline,
+            source,
         }
     }
 }

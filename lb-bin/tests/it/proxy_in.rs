@@ -429,8 +429,16 @@ fn bad_late_abandoned_and_untrusted_headers_reach_no_backend_and_are_counted() {
         let dest = lb.addr();
 
         // Untrusted: 127.0.0.3 with a perfect header.
-        let mut untrusted = connect_from(ip(3), dest).unwrap();
-        let _ = untrusted.write_all(&v1(SocketAddr::new(ip(9), 1), dest));
+        // It is reset at once: possibly before connect() returned, which
+        // then reports the reset (seen under the full suite).
+        let mut untrusted = match connect_from(ip(3), dest) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("[{engine}] untrusted connect: {e}"),
+        };
+        if let Some(s) = &mut untrusted {
+            let _ = s.write_all(&v1(SocketAddr::new(ip(9), 1), dest));
+        }
         // Garbage, an oversized v1 line, a wrong v2 version.
         let mut garbage = connect_from(ip(2), dest).unwrap();
         garbage
@@ -448,13 +456,13 @@ fn bad_late_abandoned_and_untrusted_headers_reach_no_backend_and_are_counted() {
         let mut early = connect_from(ip(2), dest).unwrap();
         early.write_all(b"PROXY TCP4 127.0.0.9 ").unwrap();
         early.shutdown(std::net::Shutdown::Write).unwrap();
-        for (what, s) in [
-            ("untrusted", &mut untrusted),
+        let untrusted = untrusted.as_mut().map(|s| ("untrusted", s));
+        for (what, s) in untrusted.into_iter().chain([
             ("garbage", &mut garbage),
             ("oversized", &mut oversized),
             ("version", &mut version),
             ("closed early", &mut early),
-        ] {
+        ]) {
             let (outcome, _) = ended(s);
             assert!(
                 matches!(outcome, ReadOutcome::Reset | ReadOutcome::Eof),

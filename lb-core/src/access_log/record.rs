@@ -45,11 +45,16 @@ pub enum EndCause {
     /// `ringlb_proxy_header_refused_total` has the reason): the client was
     /// reset, no backend asked.
     ProxyHeader,
+    /// The service's per-source rules refused the client (`deny`, not in
+    /// `allow`, `max_connections_per_source`, `new_connections_per_source`:
+    /// `ringlb_service_refused_total` has the reason): the client was
+    /// reset, no backend asked.
+    SourceRefused,
 }
 
 impl EndCause {
     /// Every cause, in label order of the docs.
-    pub const ALL: [EndCause; 10] = [
+    pub const ALL: [EndCause; 11] = [
         EndCause::ClientClosed,
         EndCause::BackendClosed,
         EndCause::ClientReset,
@@ -60,6 +65,7 @@ impl EndCause {
         EndCause::LocalError,
         EndCause::Shutdown,
         EndCause::ProxyHeader,
+        EndCause::SourceRefused,
     ];
 
     /// The stable snake_case label.
@@ -75,6 +81,7 @@ impl EndCause {
             EndCause::LocalError => "local_error",
             EndCause::Shutdown => "shutdown",
             EndCause::ProxyHeader => "proxy_header",
+            EndCause::SourceRefused => "source_refused",
         }
     }
 
@@ -85,7 +92,10 @@ impl EndCause {
             EndCause::ClientClosed | EndCause::BackendClosed => (false, false),
             EndCause::ClientReset => (false, true),
             EndCause::BackendReset => (true, false),
-            EndCause::ConnectFailed | EndCause::NoBackend | EndCause::ProxyHeader => (true, false),
+            EndCause::ConnectFailed
+            | EndCause::NoBackend
+            | EndCause::ProxyHeader
+            | EndCause::SourceRefused => (true, false),
             EndCause::IdleTimeout | EndCause::LocalError | EndCause::Shutdown => (true, true),
         }
     }

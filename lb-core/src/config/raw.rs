@@ -68,6 +68,11 @@ pub(super) struct RawService {
     pub accept_proxy: Option<Spanned<bool>>,
     pub proxy_trusted: Option<TextList>,
     pub proxy_header_timeout: Option<Spanned<DurationText>>,
+    // Per-source rules (validate/sources.rs).
+    pub allow: Option<TextList>,
+    pub deny: Option<TextList>,
+    pub max_connections_per_source: Option<Spanned<i64>>,
+    pub new_connections_per_source: Option<Text>,
     pub health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,

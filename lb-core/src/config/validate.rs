@@ -12,6 +12,7 @@ mod global;
 mod health;
 mod proxy_in;
 mod service;
+mod sources;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -13,6 +13,7 @@ use crate::config::{AdminState, Balance, Config, HealthCheck, HealthKind};
 use crate::health::BackendKey;
 use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
+use crate::source_limits::SourcePolicy;
 use crate::stats::{BackendStats, ServiceStats};
 
 use super::join;
@@ -67,6 +68,10 @@ pub struct ServiceRecord {
     /// or admin state changes (building one costs milliseconds). A join or
     /// leave drops it (`control/join.rs`).
     pub(super) maglev: Option<MaglevTable>,
+    /// The per-source rules with their shared tables (None when none is
+    /// set), made once per configuration: a snapshot, made on every health
+    /// change, must not start the counts over.
+    pub(super) sources: Option<Arc<SourcePolicy>>,
 }
 
 /// Errors of registry operations (admin actions on unknown names…).
@@ -117,6 +122,7 @@ impl Registry {
                     .collect(),
                 stats: Arc::new(ServiceStats::default()),
                 maglev: None,
+                sources: SourcePolicy::build(&s.sources, s.hash_prefix_v4, s.hash_prefix_v6, None),
             })
             .collect();
         Registry {
@@ -185,6 +191,12 @@ impl Registry {
                         .collect(),
                     stats: Arc::new(ServiceStats::default()),
                     maglev: None,
+                    sources: SourcePolicy::build(
+                        &s.sources,
+                        s.hash_prefix_v4,
+                        s.hash_prefix_v6,
+                        None,
+                    ),
                 });
                 continue;
             };
@@ -240,11 +252,23 @@ impl Registry {
                     .iter()
                     .map(|b| format!("{}/{}", s.name, b.config.name)),
             );
+            // Unchanged rules keep their policy (and its counts); changed
+            // ones keep the tables that still count the same way.
+            let sources = match prev.sources {
+                Some(p) if p.is(&s.sources, s.hash_prefix_v4, s.hash_prefix_v6) => Some(p),
+                p => SourcePolicy::build(
+                    &s.sources,
+                    s.hash_prefix_v4,
+                    s.hash_prefix_v6,
+                    p.as_deref(),
+                ),
+            };
             self.services.push(ServiceRecord {
                 config: s.clone(),
                 backends,
                 stats: prev.stats,
                 maglev: if same_table { prev.maglev } else { None },
+                sources,
             });
         }
         summary.services_removed = old.into_iter().map(|o| o.config.name).collect();
@@ -333,6 +357,7 @@ impl Registry {
                 source_address: c.source_address,
                 liveness: c.liveness,
                 accept_proxy: c.accept_proxy.clone(),
+                sources: svc.sources.clone(),
             };
             let backends: Vec<BackendEntry> = svc
                 .backends

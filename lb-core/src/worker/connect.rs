@@ -24,6 +24,7 @@ use crate::access_log::EndCause;
 use crate::conn::{Pair, Readiness};
 use crate::proxy_header::{self, ProxyVersion};
 use crate::snapshot::BackendEntry;
+use crate::source_limits::{SourceHold, SourceRefused};
 use crate::stats::LOCAL_ERRORS;
 
 use super::{Conn, Phase, Reactor, Syscalls, Worker};
@@ -85,17 +86,48 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.open_preamble(li, si, client, peer);
             return;
         }
+        let source = match self.admit_source(si, peer) {
+            Ok(source) => source,
+            Err(_) => {
+                // Refused by the per-source rules (counted): no backend
+                // chosen; the end is logged and counted like any other.
+                let phase = Phase::Preamble { deadline: self.now };
+                let slot = self
+                    .slab
+                    .insert(Conn::new(client, peer, li, phase, self.now, self.now, None));
+                self.abort(slot, EndCause::SourceRefused);
+                return;
+            }
+        };
         let (phase, deadline) = self.connecting(si, peer);
         let client_fd = client.as_raw_fd();
-        let slot = self
-            .slab
-            .insert(Conn::new(client, peer, li, phase, self.now, deadline));
+        let slot = self.slab.insert(Conn::new(
+            client, peer, li, phase, self.now, deadline, source,
+        ));
         let token = self.slab.token(slot, false);
         if self.reactor.add(client_fd, token).is_err() {
             self.abort(slot, EndCause::LocalError);
             return;
         }
         self.next_attempt(slot);
+    }
+
+    /// The per-source rules of service `si` (`allow`, `deny`, the
+    /// per-source limits) for a client from `peer`, its final address:
+    /// what its connection holds while open, or why it is refused (then
+    /// counted). With no rule set, one branch.
+    pub(super) fn admit_source(
+        &self,
+        si: usize,
+        peer: SocketAddr,
+    ) -> Result<Option<SourceHold>, SourceRefused> {
+        let service = &self.snapshot.services[si];
+        let Some(policy) = &service.settings.sources else {
+            return Ok(None);
+        };
+        policy.admit(peer.ip(), self.now).inspect_err(|reason| {
+            service.stats.count_source_refused(*reason);
+        })
     }
 
     /// The connecting phase of a client of service `si` from `peer`: its

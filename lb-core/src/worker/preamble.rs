@@ -51,7 +51,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let phase = Phase::Preamble { deadline };
         let slot = self
             .slab
-            .insert(Conn::new(client, peer, li, phase, self.now, deadline));
+            .insert(Conn::new(client, peer, li, phase, self.now, deadline, None));
         if !trusted {
             self.refuse(slot, ProxyRefused::Untrusted);
             return;
@@ -146,10 +146,17 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.abort(slot, EndCause::NoBackend);
             return;
         };
-        let (phase, deadline) = self.connecting(si, conn.peer);
+        let peer = conn.peer;
+        let Ok(source) = self.admit_source(si, peer) else {
+            // Refused by the per-source rules (counted): no backend.
+            self.abort(slot, EndCause::SourceRefused);
+            return;
+        };
+        let (phase, deadline) = self.connecting(si, peer);
         let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
+        conn.source = source;
         conn.phase = phase;
         conn.timer_at = deadline;
         conn.last_active = self.now;

@@ -22,6 +22,7 @@ use super::*;
 use crate::config::{Config, TcpLiveness};
 use crate::control::Registry;
 use crate::snapshot::{PickState, SnapshotCell};
+use crate::source_limits::SourceRefused;
 
 /// What the worker asked to watch. `ACCEPTS`: the engine accepts by itself
 /// (io_uring's multishot accept) and hands connections to `on_accepted`.
@@ -945,4 +946,133 @@ fn a_local_shortage_writing_the_header_resets_the_client_without_blaming_the_bac
     );
     assert_eq!(r.worker.sys.connects.len(), 1, "no other backend tried");
     assert!(r.client_closed(0));
+}
+
+fn source_refused<const A: bool>(r: &Rig<A>, reason: SourceRefused) -> u64 {
+    r.service_stat(|s| s.source_refused(reason))
+}
+
+/// Clients from `ips`, handed to the worker by the engine (`ACCEPTS`) or
+/// accepted by it from the backlog.
+fn arrive<const A: bool>(r: &mut Rig<A>, ips: &[[u8; 4]]) {
+    for ip in ips {
+        if A {
+            let (fd, peer) = r.client(*ip);
+            r.worker.on_accepted(0, fd, peer);
+        } else {
+            r.queue_client(*ip);
+        }
+    }
+    if !A {
+        r.listener_readable();
+    }
+}
+
+fn per_source_connections_and_deny<const A: bool>() {
+    let mut r = rig::<A>(
+        "deny = [\"10.9.0.0/16\"]\nmax_connections_per_source = 2\nconnect_attempts = 1",
+        1,
+    );
+    let limited = [10, 0, 0, 1];
+    arrive(
+        &mut r,
+        &[limited, limited, limited, [10, 9, 0, 1], [10, 0, 0, 2]],
+    );
+    // Two of the limited source's and the other source's reach a backend;
+    // the third and the denied one are reset without a connect.
+    assert_eq!(r.worker.sys.connects.len(), 3, "[{A}] connects");
+    assert!(
+        r.client_closed(2),
+        "[{A}] the third from one source is reset"
+    );
+    assert!(r.client_closed(3), "[{A}] a denied client is reset");
+    for i in [0, 1, 4] {
+        assert!(!r.client_closed(i), "[{A}] client {i} served");
+    }
+    assert_eq!(source_refused(&r, SourceRefused::Denied), 1);
+    assert_eq!(source_refused(&r, SourceRefused::Connections), 1);
+    assert_eq!(source_refused(&r, SourceRefused::Rate), 0);
+    // Ends the access log and its counters name too.
+    let ended = |cause| r.service_stat(|s| s.ends.refused(cause));
+    assert_eq!(ended(crate::access_log::EndCause::SourceRefused), 2);
+    // The refused ones gave their places back.
+    assert_eq!(r.worker.slab.len(), 3);
+    assert_eq!(r.service_stat(|s| s.active.load(Relaxed) as u64), 3);
+    assert_eq!(r.worker.budget.active(), 3);
+
+    // One of the source's connections ends: its count goes, and the
+    // source's next connection is served.
+    r.connect_fails(0, libc::ECONNREFUSED);
+    assert!(r.client_closed(0));
+    arrive(&mut r, &[limited]);
+    assert_eq!(r.worker.sys.connects.len(), 4, "[{A}] served after a close");
+    assert!(!r.client_closed(5));
+    arrive(&mut r, &[limited]);
+    assert!(r.client_closed(6), "[{A}] at the limit again");
+    assert_eq!(source_refused(&r, SourceRefused::Connections), 2);
+    // An established connection's close takes its count back too.
+    r.connect_succeeds(1);
+    r.worker.close_all();
+    let snapshot = r.snapshots.load();
+    let policy = snapshot.services[0]
+        .settings
+        .sources
+        .clone()
+        .expect("rules");
+    assert!(policy.admit(IpAddr::from(limited), r.worker.now).is_ok());
+    assert!(policy.admit(IpAddr::from(limited), r.worker.now).is_ok());
+}
+
+#[test]
+fn per_source_limit_and_deny_refuse_without_a_backend_and_a_close_gives_the_count_back() {
+    per_source_connections_and_deny::<false>();
+    per_source_connections_and_deny::<true>();
+}
+
+#[test]
+fn the_per_source_rate_refuses_past_its_burst_until_time_passes() {
+    let mut r = rig::<false>(
+        "new_connections_per_source = \"2/s\"\nconnect_attempts = 1",
+        1,
+    );
+    let ip = [10, 0, 0, 1];
+    arrive(&mut r, &[ip, ip, ip]);
+    assert_eq!(r.worker.sys.connects.len(), 2);
+    assert!(r.client_closed(2));
+    assert_eq!(source_refused(&r, SourceRefused::Rate), 1);
+    r.after(Duration::from_millis(500));
+    arrive(&mut r, &[ip, ip]);
+    assert_eq!(r.worker.sys.connects.len(), 3, "one token in 500 ms at 2/s");
+    assert!(r.client_closed(4));
+    assert_eq!(source_refused(&r, SourceRefused::Rate), 2);
+}
+
+#[test]
+fn with_accept_proxy_the_headers_client_is_the_source() {
+    use std::io::Write;
+    let mut r = rig::<false>(
+        &format!("{ACCEPT_PROXY}\ndeny = [\"192.0.2.0/24\"]\nmax_connections_per_source = 1"),
+        1,
+    );
+    // The balancer in front (10.0.0.5) is not denied; its clients are
+    // judged by the address in their header.
+    arrive(&mut r, &[[10, 0, 0, 5], [10, 0, 0, 5], [10, 0, 0, 5]]);
+    r.clients[0]
+        .write_all(b"PROXY TCP4 192.0.2.7 10.0.0.9 5555 80\r\n")
+        .unwrap();
+    r.clients[1]
+        .write_all(b"PROXY TCP4 198.51.100.7 10.0.0.9 5555 80\r\n")
+        .unwrap();
+    r.clients[2]
+        .write_all(b"PROXY TCP4 198.51.100.7 10.0.0.9 5556 80\r\n")
+        .unwrap();
+    for slot in 0..3 {
+        client_edge(&mut r, slot, false);
+    }
+    assert!(r.client_closed(0), "the header's denied client is reset");
+    assert!(!r.client_closed(1));
+    assert!(r.client_closed(2), "a second from the same header client");
+    assert_eq!(r.worker.sys.connects.len(), 1);
+    assert_eq!(source_refused(&r, SourceRefused::Denied), 1);
+    assert_eq!(source_refused(&r, SourceRefused::Connections), 1);
 }

@@ -126,6 +126,7 @@ impl Seen {
         };
         let liveness = convert_liveness(&raw, &path)?;
         let accept_proxy = super::proxy_in::convert_accept_proxy(&raw, &table, &path)?;
+        let sources = super::sources::convert_sources(&raw, &path)?;
         let health = match &raw.health {
             None => HealthCheck::default(),
             Some(health) => super::health::convert_health(health, &at("health"), base_dir)?,
@@ -151,6 +152,7 @@ impl Seen {
             source_address,
             liveness,
             accept_proxy,
+            sources,
             health,
             backends,
             send_proxy,
