@@ -248,8 +248,12 @@ impl ServiceTable {
     /// while the backend was down. The ramp only grows and the fraction is
     /// fixed, so each client moves home exactly once, and clients of other
     /// backends never move. Refused candidates stay in the list, last (a
-    /// connect failover may still use them); if every candidate refuses,
-    /// the order is left as is. Returns how many candidates `cands` holds.
+    /// connect failover may still use them). If every candidate refuses
+    /// (all in their windows, as after a start), the client goes to the one
+    /// usable the longest: it is the first to admit anyone, so the choice
+    /// only ever moves towards home (to the first candidate that admits)
+    /// and backends that came up together send their clients home at once.
+    /// Returns how many candidates `cands` holds.
     fn slow_start(
         &self,
         window: Duration,
@@ -259,12 +263,22 @@ impl ServiceTable {
         now: Instant,
     ) -> usize {
         let fraction = client_fraction(key);
-        let admits = |b: u32| match self.backends.get(b as usize).and_then(|e| e.usable_since) {
+        let since = |b: u32| self.backends.get(b as usize).and_then(|e| e.usable_since);
+        let admits = |b: u32| match since(b) {
             None => true,
             Some(since) => {
                 let elapsed = now.saturating_duration_since(since);
                 elapsed >= window || fraction < elapsed.as_secs_f64() / window.as_secs_f64()
             }
+        };
+        // The first that admits, else the first usable the longest.
+        let choose = |list: &[u32]| {
+            list.iter().position(|&b| admits(b)).unwrap_or_else(|| {
+                list.iter()
+                    .enumerate()
+                    .min_by_key(|(_, &b)| since(b))
+                    .map_or(0, |(i, _)| i)
+            })
         };
         let n = cands.len();
         match cands.first() {
@@ -276,14 +290,12 @@ impl ServiceTable {
             // Only the first was asked for: look further on the stack.
             let mut more = [0u32; SLOW_START_LOOKAHEAD];
             let m = table.candidates(key, &self.usable, &mut more);
-            if let Some(&b) = more[..m].iter().find(|&&b| admits(b)) {
+            if let Some(&b) = more[..m].get(choose(&more[..m])) {
                 cands[0] = b;
             }
             return 1;
         }
-        if let Some(pos) = cands.iter().position(|&b| admits(b)) {
-            cands.rotate_left(pos);
-        }
+        cands.rotate_left(choose(cands));
         n
     }
 
@@ -489,18 +501,41 @@ mod tests {
     }
 
     #[test]
+    fn backends_usable_since_the_same_instant_take_their_clients_at_once() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(2);
+        let plain = slow_table(&[true; 3], &[None; 3], None);
+        let start = slow_table(&[true; 3], &[Some(t0); 3], Some(window));
+        for c in clients() {
+            for step in 0..=20u32 {
+                let now = t0 + window * step / 20;
+                for len in [1, 3] {
+                    assert_eq!(first_at(&start, c, len, now), first_at(&plain, c, len, t0));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn slow_start_brings_home_clients_back_gradually_each_once() {
         let window = Duration::from_secs(2);
-        // b1 and b2 have been usable for a whole window when b0 returns.
+        // b1 and b2 have been usable for a whole window when b0 returns, or
+        // only for 100 ms (still in their own windows, as just after a start).
         let long_ago = Instant::now();
         let t0 = long_ago + window;
+        for others in [long_ago, t0 - Duration::from_millis(100)] {
+            brings_home_gradually(window, t0, others);
+        }
+    }
+
+    fn brings_home_gradually(window: Duration, t0: Instant, others: Instant) {
         let down = slow_table(
             &[false, true, true],
-            &[None, Some(long_ago), Some(long_ago)],
+            &[None, Some(others), Some(others)],
             None,
         );
         let home = slow_table(&[true; 3], &[None; 3], None);
-        let since = [Some(t0), Some(long_ago), Some(long_ago)];
+        let since = [Some(t0), Some(others), Some(others)];
         let back = slow_table(&[true; 3], &since, Some(window));
         let clients: Vec<IpAddr> = clients().collect();
         let before: Vec<u32> = clients
