@@ -50,7 +50,8 @@ pub struct ServiceSettings {
     pub hash_prefix_v6: u8,
     pub bounded_load: Option<f64>,
     /// `slow_start`: the window over which a backend that became usable
-    /// again takes its Maglev clients back (None: all at once).
+    /// again takes its Maglev clients back, or its weight ramps up for
+    /// least-conn and p2c (None: all at once).
     pub slow_start: Option<Duration>,
     pub source_address: Option<IpAddr>,
     /// TCP_USER_TIMEOUT and keepalive of backend-side sockets.
@@ -207,22 +208,23 @@ impl ServiceTable {
                 }
             }
             None => {
+                let ramp = self.settings.slow_start.map(|window| (window, now()));
+                let active = |i: usize| {
+                    let active = self.backends[i].stats.active();
+                    match ramp {
+                        None => active,
+                        Some((window, now)) => self.ramped_active(i, active, window, now),
+                    }
+                };
                 let first = match self.settings.balance {
                     Balance::RoundRobin => state.rr.pick(&self.usable),
                     Balance::LeastConn => {
                         state.turn = state.turn.wrapping_add(1);
-                        policy::least_conn(
-                            &self.usable,
-                            |i| self.backends[i].stats.active(),
-                            &self.weights,
-                            state.turn,
-                        )
+                        policy::least_conn(&self.usable, active, &self.weights, state.turn)
                     }
-                    Balance::P2c | Balance::Maglev => state.p2c.pick(
-                        &self.usable,
-                        |i| self.backends[i].stats.active(),
-                        &self.weights,
-                    ),
+                    Balance::P2c | Balance::Maglev => {
+                        state.p2c.pick(&self.usable, active, &self.weights)
+                    }
                 };
                 match first {
                     // The pick first, then the others in index order.
@@ -297,6 +299,23 @@ impl ServiceTable {
         }
         cands.rotate_left(choose(cands));
         n
+    }
+
+    /// Slow start for the weighted policies (least-conn, p2c): backend `i`'s
+    /// `active` count as if its weight were scaled by its ramp (elapsed /
+    /// window, in 1/1024 steps, at least one): they compare
+    /// `(active + 1) / weight`, so `(active + 1) / ramp - 1`, with every
+    /// backend's count on the same × 1024 scale.
+    fn ramped_active(&self, i: usize, active: u64, window: Duration, now: Instant) -> u64 {
+        const FULL: u64 = 1024;
+        let ramp = match self.backends.get(i).and_then(|b| b.usable_since) {
+            Some(since) if now.saturating_duration_since(since) < window => {
+                let elapsed = now.saturating_duration_since(since);
+                ((elapsed.as_secs_f64() / window.as_secs_f64() * FULL as f64) as u64).max(1)
+            }
+            _ => FULL,
+        };
+        (active.saturating_add(1).saturating_mul(FULL * FULL) / ramp).saturating_sub(1)
     }
 
     /// Moves the first candidate within the load bound to the front, keeping
@@ -592,6 +611,62 @@ mod tests {
             "not monotone: {shares:?}"
         );
         assert!(moves.iter().all(|&m| m <= 1), "a client moved twice");
+    }
+
+    #[test]
+    fn slow_start_scales_a_returning_backends_weight_for_least_conn_and_p2c() {
+        let window = Duration::from_secs(10);
+        let long_ago = Instant::now();
+        let t0 = long_ago + window;
+        for balance in [Balance::LeastConn, Balance::P2c] {
+            let base = table(balance, &[true, true]);
+            let mut settings = base.settings.clone();
+            settings.slow_start = Some(window);
+            let since = [Some(t0), Some(long_ago)];
+            let backends: Vec<BackendEntry> = base
+                .backends
+                .iter()
+                .zip(since)
+                .map(|(b, s)| BackendEntry {
+                    usable_since: s,
+                    ..b.clone()
+                })
+                .collect();
+            // b1 is busy (9 open), b0 just returned and idle.
+            backends[1].stats.active.store(9, Ordering::Relaxed);
+            let off = ServiceTable::new(
+                Arc::from("s"),
+                base.settings.clone(),
+                backends.clone(),
+                vec![true, true],
+                None,
+                101,
+                Arc::default(),
+            )
+            .unwrap();
+            let on = ServiceTable::new(
+                Arc::from("s"),
+                settings,
+                backends,
+                vec![true, true],
+                None,
+                101,
+                Arc::default(),
+            )
+            .unwrap();
+            let pick = |t: &ServiceTable, now: Instant| {
+                let mut out = [u32::MAX; 2];
+                let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                t.candidates_at(client, &mut PickState::new(3), &mut out, || now);
+                out[0]
+            };
+            // Weighted 5 % of b1's, idle b0 weighs (0 + 1) / 0.05 = 20 > 10.
+            assert_eq!(pick(&off, t0 + window / 20), 0, "{balance:?}: off");
+            assert_eq!(pick(&on, t0 + window / 20), 1, "{balance:?}: at 5 %");
+            // At 20 %: 5 < 10.
+            assert_eq!(pick(&on, t0 + window / 5), 0, "{balance:?}: at 20 %");
+            assert_eq!(pick(&on, t0 + window), 0, "{balance:?}: over");
+        }
     }
 
     #[test]
