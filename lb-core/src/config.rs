@@ -220,6 +220,10 @@ pub struct Service {
     /// `bounded_load = 1.25` (default none; must be > 1.0): a home backend
     /// with more than c × mean active connections passes the client on.
     pub bounded_load: Option<f64>,
+    /// `slow_start = "30s"` (default none): a backend that becomes usable
+    /// again (recovered, enabled, joined) takes its clients back gradually
+    /// over this window, each client once (see `ServiceTable::candidates`).
+    pub slow_start: Option<Duration>,
     /// `source_address = "10.0.0.5"` (default none): local address for
     /// backend connections (bound with IP_BIND_ADDRESS_NO_PORT).
     pub source_address: Option<IpAddr>,
@@ -662,6 +666,7 @@ impl Service {
             hash_prefix_v4: 32,
             hash_prefix_v6: 128,
             bounded_load: None,
+            slow_start: None,
             source_address: None,
             liveness: TcpLiveness::default(),
             accept_proxy: None,
@@ -1096,6 +1101,7 @@ address = "10.0.0.1:80"
         assert_eq!(s.maglev_table_size, 65_537);
         assert_eq!((s.hash_prefix_v4, s.hash_prefix_v6), (32, 128));
         assert_eq!((s.bounded_load, s.source_address), (None, None));
+        assert_eq!(s.slow_start, None);
 
         let h = &s.health;
         assert_eq!(h.kind, HealthKind::Http);
@@ -1164,6 +1170,7 @@ maglev_table_size = 7
 hash_prefix_v4 = 24
 hash_prefix_v6 = 64
 bounded_load = 1.25
+slow_start = "30s"
 source_address = "10.0.0.5"
 
 [service.health]
@@ -1229,6 +1236,7 @@ state = "disabled"
         assert_eq!(s.maglev_table_size, 7);
         assert_eq!((s.hash_prefix_v4, s.hash_prefix_v6), (24, 64));
         assert_eq!(s.bounded_load, Some(1.25));
+        assert_eq!(s.slow_start, Some(Duration::from_secs(30)));
         assert_eq!(s.source_address, Some("10.0.0.5".parse().unwrap()));
 
         let h = &s.health;

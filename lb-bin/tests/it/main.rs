@@ -40,6 +40,7 @@ mod proxy_in;
 mod proxy_out;
 mod reload;
 mod reset;
+mod slow_start;
 mod source_limits;
 mod stickiness;
 mod systemd;

@@ -83,6 +83,7 @@ static DICT: &[&[u8]] = &[
     b"http_proxy = ",
     b"no_proxy = ",
     b"bounded_load = ",
+    b"slow_start = ",
     b"engine = ",
     b"address = ",
     b"listen = ",

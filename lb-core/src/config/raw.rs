@@ -59,6 +59,7 @@ pub(super) struct RawService {
     pub hash_prefix_v4: Option<Spanned<i64>>,
     pub hash_prefix_v6: Option<Spanned<i64>>,
     pub bounded_load: Option<Spanned<f64>>,
+    pub slow_start: Option<Spanned<DurationText>>,
     pub source_address: Option<Text>,
     pub tcp_user_timeout: Option<Spanned<DurationText>>,
     pub tcp_keepalive_idle: Option<Spanned<DurationText>>,

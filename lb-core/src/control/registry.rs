@@ -5,7 +5,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use std::net::SocketAddr;
 
@@ -36,6 +36,11 @@ pub struct BackendRecord {
     /// may leave through the API, and a reload keeps them (unless the file
     /// now configures their name). Lost at restart.
     pub joined: bool,
+    /// When a published snapshot last showed this backend usable after one
+    /// that did not (or for the first time): the start of its slow-start
+    /// window. None while unusable. Set in [`Registry::snapshot`], so a
+    /// down-and-up between two publications (no client moved) is no return.
+    pub(crate) usable_since: Option<Instant>,
 }
 
 impl BackendRecord {
@@ -343,7 +348,15 @@ impl Registry {
     /// Builds the next snapshot from the current state.
     pub fn snapshot(&mut self) -> Result<Snapshot, RegistryError> {
         let mut services = Vec::with_capacity(self.services.len());
+        let now = Instant::now();
         for svc in &mut self.services {
+            for b in &mut svc.backends {
+                if !b.usable() {
+                    b.usable_since = None;
+                } else if b.usable_since.is_none() {
+                    b.usable_since = Some(now);
+                }
+            }
             let c = &svc.config;
             let settings = ServiceSettings {
                 balance: c.balance,
@@ -354,6 +367,7 @@ impl Registry {
                 hash_prefix_v4: c.hash_prefix_v4,
                 hash_prefix_v6: c.hash_prefix_v6,
                 bounded_load: c.bounded_load,
+                slow_start: c.slow_start,
                 source_address: c.source_address,
                 liveness: c.liveness,
                 accept_proxy: c.accept_proxy.clone(),
@@ -368,6 +382,7 @@ impl Registry {
                     weight: b.config.weight.get(),
                     stats: b.stats.clone(),
                     send_proxy: b.config.proxy_header(c.send_proxy),
+                    usable_since: b.usable_since,
                 })
                 .collect();
             let usable = svc.backends.iter().map(BackendRecord::usable).collect();
@@ -439,6 +454,7 @@ pub(super) fn new_backend(kind: HealthKind, b: &crate::config::Backend) -> Backe
         last_change: SystemTime::now(),
         stats: Arc::new(BackendStats::default()),
         joined: false,
+        usable_since: None,
     }
 }
 
@@ -454,6 +470,25 @@ mod tests {
             ));
         }
         Config::parse(&t, None).unwrap()
+    }
+
+    #[test]
+    fn a_backend_is_dated_when_a_snapshot_first_shows_it_usable_again() {
+        let mut r = Registry::new(&config(&[("a", "127.0.0.1:1001")], "http"));
+        let since = |r: &mut Registry| r.snapshot().unwrap().services[0].backends[0].usable_since;
+        assert_eq!(since(&mut r), None, "not probed yet");
+        r.set_health("s", "a", Health::Up, "ok".into()).unwrap();
+        let first = since(&mut r).expect("usable");
+        assert_eq!(
+            since(&mut r),
+            Some(first),
+            "a later snapshot keeps the instant"
+        );
+        r.set_admin("s", "a", AdminState::Disabled).unwrap();
+        assert_eq!(since(&mut r), None, "disabled");
+        r.set_admin("s", "a", AdminState::Enabled).unwrap();
+        let again = since(&mut r).expect("enabled again");
+        assert!(again > first, "a return starts a new window");
     }
 
     #[test]

@@ -111,6 +111,10 @@ impl Seen {
                 Some(c)
             }
         };
+        let slow_start = match &raw.slow_start {
+            None => None,
+            Some(window) => Some(convert_duration(window, &at("slow_start"), Zero::Refused)?),
+        };
         let source_address = match &raw.source_address {
             None => None,
             Some(source) => Some(source.get_ref().parse::<IpAddr>().map_err(|_| {
@@ -149,6 +153,7 @@ impl Seen {
             hash_prefix_v4,
             hash_prefix_v6,
             bounded_load,
+            slow_start,
             source_address,
             liveness,
             accept_proxy,
