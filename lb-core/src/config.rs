@@ -417,6 +417,13 @@ pub struct HealthCheck {
     pub no_proxy: Option<Vec<String>>,
     /// `max_body = "64KiB"` (default): bytes of health answer read at most.
     pub max_body: usize,
+    /// `port = N` (1..=65535): probe this port instead of the backend's own,
+    /// for backends whose health endpoint is not on the traffic port.
+    /// None: the backend's port.
+    pub port: Option<u16>,
+    /// `address = "IP"`: probe this IP instead of the backend's (e.g. a
+    /// sidecar answering for every backend). None: the backend's IP.
+    pub address: Option<IpAddr>,
     /// `send_proxy = true` (default false): every probe (TCP, HTTP, HTTPS
     /// before its handshake) first writes a PROXY header (v2 `LOCAL`, v1 a
     /// line of the probe's own addresses), for backends that require one on
@@ -640,6 +647,8 @@ impl Default for HealthCheck {
             https_proxy: None,
             no_proxy: None,
             max_body: 64 << 10,
+            port: None,
+            address: None,
             send_proxy: None,
         }
     }
@@ -2018,6 +2027,35 @@ state = "disabled"
             &["services[0].health.interval: the timeout (1s) must not exceed the interval (500ms)"],
         );
         assert!(parse(&health_with("interval = \"1s\"\ntimeout = \"1s\"")).is_ok());
+    }
+
+    #[test]
+    fn health_port_and_address_are_checked() {
+        assert_refused(
+            &health_with("port = 0"),
+            (5, 8),
+            &["services[0].health.port: 0 is out of range (expected an integer 1..=65535)"],
+        );
+        assert_refused(&health_with("port = 65536"), (5, 8), &["out of range"]);
+        assert_refused(&health_with("port = \"8081\""), (5, 8), &["port"]);
+        assert_refused(
+            &health_with("port = 8081\naddress = \"art1.internal\""),
+            (6, 11),
+            &[
+                "services[0].health.address: \"art1.internal\" is not an IP address",
+                "set `port` alone",
+            ],
+        );
+        let h = &parse(&health_with("port = 8081\naddress = \"fd00::5\""))
+            .unwrap()
+            .services[0]
+            .health;
+        assert_eq!(
+            (h.port, h.address),
+            (Some(8081), Some("fd00::5".parse().unwrap()))
+        );
+        let h = &parse(&health_with("")).unwrap().services[0].health;
+        assert_eq!((h.port, h.address), (None, None));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub(super) struct RawHealth {
     pub https_proxy: Option<Text>,
     pub no_proxy: Option<TextList>,
     pub max_body: Option<Spanned<RawSize>>,
+    // Probe target other than the backend's own address.
+    pub port: Option<Spanned<i64>>,
+    pub address: Option<Text>,
     // PROXY protocol out.
     pub send_proxy: Option<Spanned<bool>>,
 }
