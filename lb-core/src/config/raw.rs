@@ -37,6 +37,7 @@ pub(super) struct RawGlobal {
     pub join_key: Option<Text>,
     pub join_key_file: Option<Text>,
     pub shutdown_timeout: Option<Spanned<DurationText>>,
+    pub resolve_interval: Option<Spanned<DurationText>>,
     pub pipe_size: Option<Spanned<RawSize>>,
     pub pipe_pool: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<RawMaxConnections>>,

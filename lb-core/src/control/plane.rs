@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::resolve::Resolver;
 use super::status::{status_line, ControlCounters, StatusView};
 use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
 use crate::access_log::AccessLogHandle;
@@ -171,6 +172,8 @@ pub(crate) struct ControlPlane {
     access_log: Option<AccessLogHandle>,
     /// The admin server, spawned from `serve`.
     admin: Option<AdminTask>,
+    /// The periodic lookups of backends given by host name.
+    resolver: Resolver,
 }
 
 impl ControlPlane {
@@ -199,6 +202,7 @@ impl ControlPlane {
             handle_signals: setup.handle_signals,
             access_log: setup.access_log,
             admin: setup.admin,
+            resolver: Resolver::new(),
         }
     }
 
@@ -293,9 +297,23 @@ impl ControlPlane {
             .take()
             .map(|admin| self.supervisor.spawn_task("admin server", admin));
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        let mut resolve_every = self.config.global.resolve_interval;
+        let mut resolve_tick = resolve_ticks(resolve_every);
         loop {
+            if self.config.global.resolve_interval != resolve_every {
+                resolve_every = self.config.global.resolve_interval;
+                resolve_tick = resolve_ticks(resolve_every);
+            }
             tokio::select! {
                 _ = status_tick.tick() => self.send_status(),
+                _ = resolve_tick.tick() => {
+                    self.resolver.start_round(&self.config, &self.supervisor, resolve_every);
+                }
+                Some(looked) = self.resolver.recv() => {
+                    if let Some(new) = self.resolver.apply(&self.config, looked) {
+                        self.apply_resolved(&mut prober, new);
+                    }
+                }
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
                 Some(report) = reports.recv() => {
                     if self.on_report(report) {
@@ -492,6 +510,20 @@ impl ControlPlane {
         result
     }
 
+    /// Puts in force `new`, the config in force with some named backends'
+    /// addresses changed by a lookup: like a reload, a new snapshot
+    /// (established connections untouched; the names, hence the Maglev
+    /// table, stay), and the probes go to the new addresses.
+    fn apply_resolved(&mut self, prober: &mut Prober, new: Config) {
+        self.registry.apply(&new);
+        self.config = new;
+        if let Err(e) = self.publish() {
+            tracing::error!(error = %e, "cannot publish the backend table");
+        }
+        prober.set_targets(self.registry.probe_targets());
+        self.resolver.log_moves();
+    }
+
     /// Refreshes systemd's `STATUS=` line if it changed.
     fn send_status(&mut self) {
         let services = self.registry.services().len();
@@ -507,7 +539,12 @@ impl ControlPlane {
 
     fn try_reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {
         let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
-        let new = Config::from_file(&path)?;
+        let mut new = Config::from_file(&path)?;
+        // Blocking on the resolver for the named backends (none: no
+        // lookup); a name that fails keeps its last good address.
+        for kept in new.resolve_names(Some(&self.config))? {
+            tracing::warn!("{kept}");
+        }
         let restart_only = restart_only_changes(&self.config.global, &new.global);
         if !restart_only.is_empty() {
             tracing::warn!(settings = ?restart_only, "these [global] settings change only at restart");
@@ -768,6 +805,14 @@ fn restart_only_changes(
         out.push("access_log/access_log_format");
     }
     out
+}
+
+/// Ticks every `every`, the first after one `every` (start-up resolved
+/// the names just before); a late tick is not made up for.
+fn resolve_ticks(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 async fn accept_upgrade(l: &Option<tokio::net::UnixListener>) -> Option<tokio::net::UnixStream> {
