@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::resolve::Resolver;
+use super::resolve::{self, Resolver};
 use super::status::{status_line, ControlCounters, StatusView};
 use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
 use crate::access_log::AccessLogHandle;
@@ -152,7 +152,7 @@ pub(crate) struct ControlPlane {
     /// drain says nothing to systemd (no STOPPING=1, no watchdog pings).
     handed_over: bool,
     /// The config in force, and where it came from (for reloads).
-    config: Config,
+    pub(super) config: Config,
     config_path: Option<PathBuf>,
     /// Every listen address: (service, as configured, as bound).
     listeners: Vec<(String, SocketAddr, SocketAddr)>,
@@ -173,7 +173,7 @@ pub(crate) struct ControlPlane {
     /// The admin server, spawned from `serve`.
     admin: Option<AdminTask>,
     /// The periodic lookups of backends given by host name.
-    resolver: Resolver,
+    pub(super) resolver: Resolver,
 }
 
 impl ControlPlane {
@@ -298,11 +298,11 @@ impl ControlPlane {
             .map(|admin| self.supervisor.spawn_task("admin server", admin));
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut resolve_every = self.config.global.resolve_interval;
-        let mut resolve_tick = resolve_ticks(resolve_every);
+        let mut resolve_tick = resolve::ticks(resolve_every);
         loop {
             if self.config.global.resolve_interval != resolve_every {
                 resolve_every = self.config.global.resolve_interval;
-                resolve_tick = resolve_ticks(resolve_every);
+                resolve_tick = resolve::ticks(resolve_every);
             }
             tokio::select! {
                 _ = status_tick.tick() => self.send_status(),
@@ -508,20 +508,6 @@ impl ControlPlane {
         }
         self.send_status();
         result
-    }
-
-    /// Puts in force `new`, the config in force with some named backends'
-    /// addresses changed by a lookup: like a reload, a new snapshot
-    /// (established connections untouched; the names, hence the Maglev
-    /// table, stay), and the probes go to the new addresses.
-    fn apply_resolved(&mut self, prober: &mut Prober, new: Config) {
-        self.registry.apply(&new);
-        self.config = new;
-        if let Err(e) = self.publish() {
-            tracing::error!(error = %e, "cannot publish the backend table");
-        }
-        prober.set_targets(self.registry.probe_targets());
-        self.resolver.log_moves();
     }
 
     /// Refreshes systemd's `STATUS=` line if it changed.
@@ -805,14 +791,6 @@ fn restart_only_changes(
         out.push("access_log/access_log_format");
     }
     out
-}
-
-/// Ticks every `every`, the first after one `every` (start-up resolved
-/// the names just before); a late tick is not made up for.
-fn resolve_ticks(every: Duration) -> tokio::time::Interval {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
 }
 
 async fn accept_upgrade(l: &Option<tokio::net::UnixListener>) -> Option<tokio::net::UnixStream> {

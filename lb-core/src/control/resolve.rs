@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::ControlPlane;
 use crate::config::{family_wanted, pick, Config};
+use crate::health::Prober;
 use crate::supervisor::Supervisor;
 
 /// One name to look up.
@@ -202,4 +204,28 @@ impl Resolver {
             );
         }
     }
+}
+
+impl ControlPlane {
+    /// Puts in force `new`, the config in force with some named backends'
+    /// addresses changed by a lookup: like a reload, a new snapshot
+    /// (established connections untouched; the names, hence the Maglev
+    /// table, stay), and the probes go to the new addresses.
+    pub(super) fn apply_resolved(&mut self, prober: &mut Prober, new: Config) {
+        self.registry.apply(&new);
+        self.config = new;
+        if let Err(e) = self.publish() {
+            tracing::error!(error = %e, "cannot publish the backend table");
+        }
+        prober.set_targets(self.registry.probe_targets());
+        self.resolver.log_moves();
+    }
+}
+
+/// Ticks every `every`, the first after one `every` (start-up resolved
+/// the names just before); a late tick is not made up for.
+pub(super) fn ticks(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
