@@ -251,3 +251,40 @@ fn a_backend_by_name_follows_its_address() {
     );
     drop(hosts);
 }
+
+/// A backend name that does not resolve fails `ringlb check` and the start
+/// alike, saying which backend and what to do; a name that does passes.
+#[test]
+fn an_unresolvable_backend_name_fails_check_and_start() {
+    let _shared = harness::shared();
+    let run = |address: &str, command: &[&str]| {
+        let mut backend = BackendConfig::new("art1", "127.0.0.1:1".parse().unwrap());
+        backend.host = Some(address.to_owned());
+        let config = LbConfig::single("epoll", vec![backend]);
+        let dir = harness::TempDir::new("names");
+        let path = dir.write("ringlb.toml", &config.to_toml());
+        let mut args: Vec<&std::ffi::OsStr> = command.iter().map(std::ffi::OsStr::new).collect();
+        args.push(std::ffi::OsStr::new("--config"));
+        args.push(path.as_os_str());
+        harness::run_to_exit(&args)
+    };
+    // `.invalid` never resolves (RFC 6761).
+    let name = format!("ringlb-test-{}-none.invalid:8081", std::process::id());
+    for command in [&["check"][..], &[][..]] {
+        let finished = run(&name, command);
+        assert!(
+            !finished.status.success(),
+            "{command:?}: accepted {name}\n{}",
+            finished.stderr
+        );
+        assert!(
+            finished.stderr.contains(&format!(
+                "service \"web\" backend \"art1\": address \"{name}\" does not resolve"
+            )) && finished.stderr.contains("or give the backend's IP"),
+            "{command:?}: {}",
+            finished.stderr
+        );
+    }
+    let finished = run("localhost:8081", &["check"]);
+    assert!(finished.status.success(), "{}", finished.stderr);
+}
