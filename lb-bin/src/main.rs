@@ -152,7 +152,11 @@ fn warnings(config: &Config) -> Vec<String> {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::from_file(path)?;
+    let mut config = Config::from_file(path)?;
+    // As start-up does: a backend name that does not resolve fails.
+    config
+        .resolve_names(None)
+        .with_context(|| format!("{}: backend names", path.display()))?;
     for warning in warnings(&config) {
         // Not eprintln!: it panics when stderr is closed.
         let _ = writeln!(std::io::stderr(), "{}: warning: {warning}", path.display());
@@ -178,8 +182,11 @@ fn run(
     upgrade_socket: Option<PathBuf>,
     passed: std::io::Result<Vec<ListenFd>>,
 ) -> anyhow::Result<()> {
-    let config = Config::from_file(path)?;
+    let mut config = Config::from_file(path)?;
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "ringlb starting");
+    config
+        .resolve_names(None)
+        .with_context(|| format!("{}: backend names", path.display()))?;
     for warning in warnings(&config) {
         tracing::warn!(config = %path.display(), "{warning}");
     }

@@ -19,6 +19,7 @@ mod backend;
 mod fuzz;
 mod locate;
 mod raw;
+mod resolve;
 mod validate;
 mod value;
 
@@ -32,6 +33,7 @@ use crate::proxy_header::ProxyVersion;
 
 pub(crate) use backend::{BackendAddr, BackendName, Weight, MAX_WEIGHT};
 pub(crate) use ipnet::IpNet;
+pub(crate) use resolve::{family_wanted, pick};
 
 /// Default Maglev lookup table size: prime, and > 100 × N for up to 655
 /// backends, which keeps every backend's share within 1% of its weight.
@@ -69,6 +71,9 @@ pub struct Global {
     /// `shutdown_timeout = "30s"` (default): how long SIGTERM waits for
     /// established connections before closing them.
     pub shutdown_timeout: Duration,
+    /// `resolve_interval = "30s"` (default, > 0): how often the control
+    /// plane looks up the backends given by host name again.
+    pub resolve_interval: Duration,
     /// `pipe_size = "64KiB"` (default; bytes or "NKiB"/"NMiB"; power of two,
     /// 4 KiB ..= 1 MiB): capacity asked of each splice pipe (F_SETPIPE_SZ).
     pub pipe_size: NonZeroUsize,
@@ -354,6 +359,12 @@ pub struct Backend {
     /// Valid as a [`BackendAddr`] (IPv4-mapped IPv6 held as IPv4) when it
     /// comes from the file or the join API.
     pub address: SocketAddr,
+    /// `address = "host:port"` as written, for a backend given by host
+    /// name (file only; joined nodes give IPs). Its `address` is then the
+    /// unspecified IP with that port until [`Config::resolve_names`] fills
+    /// in a looked-up one, and the control plane looks the name up again
+    /// every `resolve_interval`. None: `address` was written as an IP.
+    pub host: Option<String>,
     /// `weight = 100` (default), 1..=10000 ([`Weight`]).
     pub weight: NonZeroU32,
     /// `state = "enabled"` (default) | "drain" | "disabled": the initial
@@ -421,6 +432,13 @@ pub struct HealthCheck {
     pub no_proxy: Option<Vec<String>>,
     /// `max_body = "64KiB"` (default): bytes of health answer read at most.
     pub max_body: usize,
+    /// `port = N` (1..=65535): probe this port instead of the backend's own,
+    /// for backends whose health endpoint is not on the traffic port.
+    /// None: the backend's port.
+    pub port: Option<u16>,
+    /// `address = "IP"`: probe this IP instead of the backend's (e.g. a
+    /// sidecar answering for every backend). None: the backend's IP.
+    pub address: Option<IpAddr>,
     /// `send_proxy = true` (default false): every probe (TCP, HTTP, HTTPS
     /// before its handshake) first writes a PROXY header (v2 `LOCAL`, v1 a
     /// line of the probe's own addresses), for backends that require one on
@@ -614,6 +632,7 @@ impl Default for Global {
             admin_token: None,
             join_key: None,
             shutdown_timeout: Duration::from_secs(30),
+            resolve_interval: Duration::from_secs(30),
             pipe_size: NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN),
             pipe_pool: 256,
             max_connections: MaxConnections::Auto,
@@ -644,6 +663,8 @@ impl Default for HealthCheck {
             https_proxy: None,
             no_proxy: None,
             max_body: 64 << 10,
+            port: None,
+            address: None,
             send_proxy: None,
         }
     }
@@ -684,6 +705,7 @@ impl Backend {
         Backend {
             name: name.into(),
             address,
+            host: None,
             weight: Weight::DEFAULT.get(),
             state: AdminState::Enabled,
             send_proxy: None,
@@ -2026,6 +2048,75 @@ state = "disabled"
             &["services[0].health.interval: the timeout (1s) must not exceed the interval (500ms)"],
         );
         assert!(parse(&health_with("interval = \"1s\"\ntimeout = \"1s\"")).is_ok());
+    }
+
+    #[test]
+    fn backends_may_be_given_by_host_name() {
+        let text = format!(
+            "{MINIMAL}\n[[service.backend]]\nname = \"app2\"\naddress = \"art1.internal:8081\"\n\
+             [[service.backend]]\nname = \"app3\"\naddress = \"art1.internal:8081\"\n"
+        );
+        let config = parse(&text).unwrap();
+        let b = &config.services[0].backends;
+        assert_eq!(b[0].host, None);
+        assert_eq!(b[1].host.as_deref(), Some("art1.internal:8081"));
+        assert_eq!(
+            b[1].address,
+            "0.0.0.0:8081".parse().unwrap(),
+            "unresolved until resolve_names"
+        );
+        assert_eq!(b[2].host, b[1].host, "one name may serve two backends");
+        assert!(config.has_unresolved_names());
+        let at = |address: &str| MINIMAL.replace("10.0.0.1:80", address);
+        for bad in ["art1.internal:0", "art1.internal", "art 1:80"] {
+            assert_refused(&at(bad), (7, 11), &["not a socket address"]);
+        }
+    }
+
+    #[test]
+    fn resolve_interval_is_positive() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().global.resolve_interval,
+            Duration::from_secs(30)
+        );
+        let g = parse(&global_with("resolve_interval = \"1s\""))
+            .unwrap()
+            .global;
+        assert_eq!(g.resolve_interval, Duration::from_secs(1));
+        assert_refused(
+            &global_with("resolve_interval = \"0s\""),
+            (2, 20),
+            &["global.resolve_interval"],
+        );
+    }
+
+    #[test]
+    fn health_port_and_address_are_checked() {
+        assert_refused(
+            &health_with("port = 0"),
+            (5, 8),
+            &["services[0].health.port: 0 is out of range (expected an integer 1..=65535)"],
+        );
+        assert_refused(&health_with("port = 65536"), (5, 8), &["out of range"]);
+        assert_refused(&health_with("port = \"8081\""), (5, 8), &["port"]);
+        assert_refused(
+            &health_with("port = 8081\naddress = \"art1.internal\""),
+            (6, 11),
+            &[
+                "services[0].health.address: \"art1.internal\" is not an IP address",
+                "set `port` alone",
+            ],
+        );
+        let h = &parse(&health_with("port = 8081\naddress = \"fd00::5\""))
+            .unwrap()
+            .services[0]
+            .health;
+        assert_eq!(
+            (h.port, h.address),
+            (Some(8081), Some("fd00::5".parse().unwrap()))
+        );
+        let h = &parse(&health_with("")).unwrap().services[0].health;
+        assert_eq!((h.port, h.address), (None, None));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - `registry.rs`: services, backends and their live state; building a
 //!   snapshot from them.
 //! - `status.rs`: the registry at one instant, for the admin API.
+//! - `resolve.rs`: the periodic lookups of backends given by host name.
 //! - `join.rs`: nodes that join and leave at run time (the registry's and
 //!   the event loop's side; the HTTP side is `admin/join.rs`).
 
@@ -18,6 +19,7 @@ mod join;
 mod listeners;
 mod plane;
 mod registry;
+mod resolve;
 pub(crate) mod status;
 
 pub(crate) use command::Command;

@@ -517,6 +517,8 @@ pub(crate) mod tests {
             https_proxy: None,
             no_proxy: None,
             max_body: 64 * 1024,
+            port: None,
+            address: None,
             send_proxy: None,
         }
     }

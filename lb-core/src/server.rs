@@ -151,8 +151,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts everything; returns once every listener accepts.
-    pub fn start(config: Config, options: StartOptions) -> Result<Server> {
+    /// Starts everything; returns once every listener accepts. Backends
+    /// given by host name are looked up first (blocking) unless the caller
+    /// did ([`Config::resolve_names`]); one that does not resolve fails
+    /// the start.
+    pub fn start(mut config: Config, options: StartOptions) -> Result<Server> {
+        if config.has_unresolved_names() {
+            config.resolve_names(None)?;
+        }
         match sys::raise_nofile_limit() {
             Ok((old, new)) if old != new => {
                 tracing::debug!(old, new, "raised the open-files limit")

@@ -324,6 +324,9 @@ pub struct ServiceConfig {
 pub struct BackendConfig {
     pub name: String,
     pub address: SocketAddr,
+    /// Written as `address` instead of `address` when set: a backend given
+    /// by host name (`"name:port"`).
+    pub host: Option<String>,
     pub weight: u32,
     /// More backend lines, as written (`send_proxy = "v1"`, …).
     pub extra: Vec<String>,
@@ -334,6 +337,7 @@ impl BackendConfig {
         BackendConfig {
             name: name.to_owned(),
             address,
+            host: None,
             weight: 100,
             extra: Vec::new(),
         }
@@ -414,7 +418,14 @@ impl LbConfig {
             for b in &s.backends {
                 let _ = writeln!(t, "\n[[service.backend]]");
                 let _ = writeln!(t, "name = {:?}", b.name);
-                let _ = writeln!(t, "address = \"{}\"", b.address);
+                match &b.host {
+                    Some(host) => {
+                        let _ = writeln!(t, "address = {host:?}");
+                    }
+                    None => {
+                        let _ = writeln!(t, "address = \"{}\"", b.address);
+                    }
+                }
                 let _ = writeln!(t, "weight = {}", b.weight);
                 for line in &b.extra {
                     let _ = writeln!(t, "{line}");
@@ -1098,7 +1109,15 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = listen(SocketAddr::new(ip, 0));
+        Backend::spawn_at(name, SocketAddr::new(ip, 0), handler)
+    }
+
+    /// A backend on `addr` running `handler` per connection.
+    pub fn spawn_at<F>(name: &str, addr: SocketAddr, handler: F) -> Backend
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = listen(addr);
         let addr = listener.local_addr().expect("backend addr");
         let accepted = Arc::new(Counter::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -1148,8 +1167,13 @@ impl Backend {
     }
 
     pub fn named_on(name: &str, ip: IpAddr) -> Backend {
+        Backend::named_at(name, SocketAddr::new(ip, 0))
+    }
+
+    /// [`Backend::named`] on `addr`.
+    pub fn named_at(name: &str, addr: SocketAddr) -> Backend {
         let greeting = format!("{name}\n");
-        Backend::spawn(name, ip, move |mut s| {
+        Backend::spawn_at(name, addr, move |mut s| {
             if s.write_all(greeting.as_bytes()).is_ok() {
                 let _ = echo_until_eof(&mut s);
             }

@@ -21,6 +21,7 @@ mod harness;
 mod netns;
 
 mod access_log;
+mod backend_address;
 mod config;
 mod failover;
 mod faults;

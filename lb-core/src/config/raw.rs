@@ -37,6 +37,7 @@ pub(super) struct RawGlobal {
     pub join_key: Option<Text>,
     pub join_key_file: Option<Text>,
     pub shutdown_timeout: Option<Spanned<DurationText>>,
+    pub resolve_interval: Option<Spanned<DurationText>>,
     pub pipe_size: Option<Spanned<RawSize>>,
     pub pipe_pool: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<RawMaxConnections>>,
@@ -102,6 +103,9 @@ pub(super) struct RawHealth {
     pub https_proxy: Option<Text>,
     pub no_proxy: Option<TextList>,
     pub max_body: Option<Spanned<RawSize>>,
+    // Probe target other than the backend's own address.
+    pub port: Option<Spanned<i64>>,
+    pub address: Option<Text>,
     // PROXY protocol out.
     pub send_proxy: Option<Spanned<bool>>,
 }

@@ -171,6 +171,20 @@ pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     ))
 }
 
+/// Parses `"host:port"` where host is a name (with a letter in it, so not
+/// an IP) and port is 1..=65535: a backend given by name, resolved later on
+/// the control plane. None for anything else.
+pub(super) fn parse_host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.split_once(':')?;
+    let port = port
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| port.parse::<u16>().ok())
+        .flatten()
+        .filter(|&p| p != 0)?;
+    (is_host_name(host) && host.len() <= 253).then_some((host, port))
+}
+
 /// At most 80 characters of the text, for an error message that quotes
 /// it (a value may come from the network, of any length).
 pub(super) fn truncated(text: &str) -> String {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::resolve::{self, Resolver};
 use super::status::{status_line, ControlCounters, StatusView};
 use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
 use crate::access_log::AccessLogHandle;
@@ -151,7 +152,7 @@ pub(crate) struct ControlPlane {
     /// drain says nothing to systemd (no STOPPING=1, no watchdog pings).
     handed_over: bool,
     /// The config in force, and where it came from (for reloads).
-    config: Config,
+    pub(super) config: Config,
     config_path: Option<PathBuf>,
     /// Every listen address: (service, as configured, as bound).
     listeners: Vec<(String, SocketAddr, SocketAddr)>,
@@ -171,6 +172,8 @@ pub(crate) struct ControlPlane {
     access_log: Option<AccessLogHandle>,
     /// The admin server, spawned from `serve`.
     admin: Option<AdminTask>,
+    /// The periodic lookups of backends given by host name.
+    pub(super) resolver: Resolver,
 }
 
 impl ControlPlane {
@@ -199,6 +202,7 @@ impl ControlPlane {
             handle_signals: setup.handle_signals,
             access_log: setup.access_log,
             admin: setup.admin,
+            resolver: Resolver::new(),
         }
     }
 
@@ -293,9 +297,23 @@ impl ControlPlane {
             .take()
             .map(|admin| self.supervisor.spawn_task("admin server", admin));
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        let mut resolve_every = self.config.global.resolve_interval;
+        let mut resolve_tick = resolve::ticks(resolve_every);
         loop {
+            if self.config.global.resolve_interval != resolve_every {
+                resolve_every = self.config.global.resolve_interval;
+                resolve_tick = resolve::ticks(resolve_every);
+            }
             tokio::select! {
                 _ = status_tick.tick() => self.send_status(),
+                _ = resolve_tick.tick() => {
+                    self.resolver.start_round(&self.config, &self.supervisor, resolve_every);
+                }
+                Some(looked) = self.resolver.recv() => {
+                    if let Some(new) = self.resolver.apply(&self.config, looked) {
+                        self.apply_resolved(&mut prober, new);
+                    }
+                }
                 Some(f) = self.failures.recv() => self.on_failure(&prober, f),
                 Some(report) = reports.recv() => {
                     if self.on_report(report) {
@@ -507,7 +525,12 @@ impl ControlPlane {
 
     fn try_reload(&mut self, prober: &mut Prober) -> Result<ReloadSummary, ReloadError> {
         let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
-        let new = Config::from_file(&path)?;
+        let mut new = Config::from_file(&path)?;
+        // Blocking on the resolver for the named backends (none: no
+        // lookup); a name that fails keeps its last good address.
+        for kept in new.resolve_names(Some(&self.config))? {
+            tracing::warn!("{kept}");
+        }
         let restart_only = restart_only_changes(&self.config.global, &new.global);
         if !restart_only.is_empty() {
             tracing::warn!(settings = ?restart_only, "these [global] settings change only at restart");

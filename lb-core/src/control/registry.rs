@@ -434,11 +434,20 @@ impl Registry {
                 } else {
                     check.clone()
                 };
-                out.push((key, b.config.address, check));
+                out.push((key, probe_target(&check, b.config.address), check));
             }
         }
         out
     }
+}
+
+/// Where a backend's probes go: `[service.health] address`/`port` where
+/// set, else the backend's own IP/port.
+fn probe_target(check: &HealthCheck, backend: SocketAddr) -> SocketAddr {
+    SocketAddr::new(
+        check.address.unwrap_or(backend.ip()),
+        check.port.unwrap_or(backend.port()),
+    )
 }
 
 pub(super) fn new_backend(kind: HealthKind, b: &crate::config::Backend) -> BackendRecord {
@@ -489,6 +498,32 @@ mod tests {
         r.set_admin("s", "a", AdminState::Enabled).unwrap();
         let again = since(&mut r).expect("enabled again");
         assert!(again > first, "a return starts a new window");
+    }
+
+    #[test]
+    fn probes_go_to_the_health_port_and_address() {
+        let targets = |kind: &str| -> Vec<SocketAddr> {
+            let r = Registry::new(&config(
+                &[("a", "127.0.0.1:1001"), ("b", "127.0.0.2:1002")],
+                kind,
+            ));
+            r.probe_targets().into_iter().map(|(_, a, _)| a).collect()
+        };
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        assert_eq!(
+            targets("http"),
+            addrs(&["127.0.0.1:1001", "127.0.0.2:1002"])
+        );
+        assert_eq!(
+            targets("http\"\nport = 9090\n#\""),
+            addrs(&["127.0.0.1:9090", "127.0.0.2:9090"])
+        );
+        assert_eq!(
+            targets("http\"\naddress = \"127.0.0.9\"\nport = 9090\n#\""),
+            addrs(&["127.0.0.9:9090", "127.0.0.9:9090"])
+        );
     }
 
     #[test]

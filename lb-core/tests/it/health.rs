@@ -47,6 +47,8 @@ fn check(kind: HealthKind) -> HealthCheck {
         https_proxy: None,
         no_proxy: None,
         max_body: 64 * 1024,
+        port: None,
+        address: None,
         send_proxy: None,
     }
 }

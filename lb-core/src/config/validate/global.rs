@@ -135,6 +135,10 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
         None => default.shutdown_timeout,
         Some(timeout) => convert_duration(timeout, "global.shutdown_timeout", Zero::Allowed)?,
     };
+    let resolve_interval = match &raw.resolve_interval {
+        None => default.resolve_interval,
+        Some(every) => convert_duration(every, "global.resolve_interval", Zero::Refused)?,
+    };
     let pipe_size = match &raw.pipe_size {
         None => default.pipe_size,
         Some(size) => convert_pipe_size(size)?,
@@ -175,6 +179,7 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
         admin_token,
         join_key,
         shutdown_timeout,
+        resolve_interval,
         pipe_size,
         pipe_pool,
         max_connections,

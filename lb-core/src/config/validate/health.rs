@@ -2,6 +2,7 @@
 //! proxy settings. Runs on the thread loading the config; its only I/O is
 //! checking that `ca_file` exists.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use rustls_pki_types::ServerName;
@@ -211,6 +212,24 @@ pub(super) fn convert_health(
                 })?
         }
     };
+    let port = match &raw.port {
+        None => None,
+        Some(port) => Some(super::integer::<u16>(port, &at("port"), 1, 65535)?),
+    };
+    let address = match &raw.address {
+        None => None,
+        Some(text) => Some(text.get_ref().parse::<IpAddr>().map_err(|_| {
+            Invalid::at(
+                text.span(),
+                at("address"),
+                format!(
+                    "{:?} is not an IP address (expected e.g. \"10.0.0.5\" or \"fd00::5\"; \
+                     set `port` alone to probe each backend's own IP)",
+                    text.get_ref()
+                ),
+            )
+        })?),
+    };
     Ok(HealthCheck {
         kind,
         path: health_path,
@@ -229,6 +248,8 @@ pub(super) fn convert_health(
         https_proxy,
         no_proxy,
         max_body,
+        port,
+        address,
         // `send_proxy = true` needs the backends' versions: resolved by
         // `service::convert_send_proxy`.
         send_proxy: None,

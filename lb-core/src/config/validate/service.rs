@@ -5,7 +5,7 @@
 //! Runs on the thread loading the config; no I/O.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::path::Path;
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::config::backend::{BackendAddr, BackendName, Weight};
 use crate::config::raw::{DurationText, RawBackend, RawService, Text};
-use crate::config::value::{is_valid_name, parse_socket_addr};
+use crate::config::value::{is_valid_name, parse_host_port, parse_socket_addr};
 use crate::config::{
     AdminState, Backend, Balance, HealthCheck, Service, TcpLiveness, DEFAULT_MAGLEV_TABLE_SIZE,
 };
@@ -285,7 +285,10 @@ fn convert_backends(
                 ),
             ));
         }
-        if let Some(other) = backend_addresses.get(&backend.address) {
+        // A name's address is known only once resolved: two names may
+        // well resolve to one node, and its family is picked to match.
+        let named = backend.host.is_some();
+        if let Some(other) = backend_addresses.get(&backend.address).filter(|_| !named) {
             return Err(Invalid::at(
                 backend.address_span.clone(),
                 format!("{backend_path}.address"),
@@ -295,8 +298,12 @@ fn convert_backends(
                 ),
             ));
         }
-        backend_addresses.insert(backend.address, backend.name.clone());
-        if let (Some(source), Some(raw_source)) = (source_address, &raw.source_address) {
+        if !named {
+            backend_addresses.insert(backend.address, backend.name.clone());
+        }
+        if let (Some(source), Some(raw_source), false) =
+            (source_address, &raw.source_address, named)
+        {
             if source.is_ipv4() != backend.address.is_ipv4() {
                 return Err(Invalid::at(
                     raw_source.span(),
@@ -312,6 +319,7 @@ fn convert_backends(
         backends.push(Backend {
             name: backend.name,
             address: backend.address,
+            host: backend.host,
             weight: backend.weight,
             state: backend.state,
             send_proxy: backend.send_proxy,
@@ -325,8 +333,11 @@ struct CheckedBackend {
     /// Checked by [`BackendName`]; the map of names uses the text.
     name: String,
     name_span: Range<usize>,
-    /// Checked (and normalised) by [`BackendAddr`].
+    /// Checked (and normalised) by [`BackendAddr`]; for a host name the
+    /// unspecified IP with the name's port.
     address: SocketAddr,
+    /// `"host:port"` as written, for a backend given by name.
+    host: Option<String>,
     address_span: Range<usize>,
     /// Checked by [`Weight`].
     weight: NonZeroU32,
@@ -355,9 +366,19 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
         "address",
         "\"IP:port\" or \"[IPv6]:port\"",
     )?;
-    let address = BackendAddr::parse(raw_address.get_ref())
-        .map_err(|e| Invalid::at(raw_address.span(), at("address"), e))?
-        .get();
+    let text = raw_address.get_ref();
+    let (address, host) = match BackendAddr::parse(text) {
+        Ok(address) => (address.get(), None),
+        // A host name: the unspecified IP until the name is resolved.
+        Err(_) if parse_host_port(text).is_some() => {
+            let port = parse_host_port(text).map_or(0, |(_, port)| port);
+            (
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                Some(text.clone()),
+            )
+        }
+        Err(e) => return Err(Invalid::at(raw_address.span(), at("address"), e)),
+    };
     let default = Backend::new(String::new(), address);
     let weight = match &raw.weight {
         None => default.weight,
@@ -385,6 +406,7 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
         name: name.into_string(),
         name_span: raw_name.span(),
         address,
+        host,
         address_span: raw_address.span(),
         weight,
         state,
