@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::access_log::{AccessLogHandle, EndCause};
-use crate::admin::view::{admin_str, StatusView};
+use crate::admin::view::{admin_str, ServiceView, StatusView};
 use crate::config::AdminState;
 use crate::control::Health;
 use crate::source_limits::SourceRefused;
@@ -151,8 +151,6 @@ pub(crate) fn render(
     if let Some(log) = access_log {
         render_access_log(&mut e, log);
     }
-    render_proxy_refusals(&mut e, view);
-    render_source_refusals(&mut e, view);
     render_backends(&mut e, view);
     render_workers(&mut e, workers);
     render_latencies(&mut e, workers);
@@ -198,7 +196,7 @@ fn render_budget(e: &mut Exposition, budget: &ConnectionBudget) {
 }
 
 fn render_services(e: &mut Exposition, view: &StatusView) {
-    type Read = fn(&crate::admin::view::ServiceView) -> u64;
+    type Read = fn(&ServiceView) -> u64;
     let families: [(&str, Kind, &str, Read); 5] = [
         (
             "ringlb_service_accepted_total",
@@ -239,76 +237,72 @@ fn render_services(e: &mut Exposition, view: &StatusView) {
     }
 }
 
-/// Connection ends by cause (the access log's causes, docs/admin.md).
+/// A counter family with a series per service and per reason (`key` =
+/// each of `reasons`' labels), every series written so each exists before
+/// its first count.
+fn per_service_reasons<R: Copy>(
+    e: &mut Exposition,
+    view: &StatusView,
+    (name, help): (&str, &str),
+    (key, reasons): (&str, &[(R, &str)]),
+    read: impl Fn(&ServiceView, R) -> u64,
+) {
+    e.family(name, Kind::Counter, help);
+    for s in &view.services {
+        for &(reason, label) in reasons {
+            e.sample(name, &[("service", &s.name), (key, label)], read(s, reason));
+        }
+    }
+}
+
+/// Connection ends by cause (the access log's causes, docs/admin.md), and
+/// the refusals before a backend was chosen: by the PROXY header
+/// (`accept_proxy`) and by the per-source rules.
 fn render_ends(e: &mut Exposition, view: &StatusView) {
-    e.family(
-        "ringlb_connections_closed_total",
-        Kind::Counter,
-        "Client connections that reached a backend and ended, by cause (the access log's cause field).",
+    let causes: Vec<(EndCause, &str)> = EndCause::ALL.iter().map(|c| (*c, c.label())).collect();
+    per_service_reasons(
+        e,
+        view,
+        (
+            "ringlb_connections_closed_total",
+            "Client connections that reached a backend and ended, by cause (the access log's cause field).",
+        ),
+        ("cause", &causes),
+        |s, cause| s.stats.ends.closed(cause),
     );
-    for s in &view.services {
-        for cause in EndCause::ALL {
-            e.sample(
-                "ringlb_connections_closed_total",
-                &[("service", &s.name), ("cause", cause.label())],
-                s.stats.ends.closed(cause),
-            );
-        }
-    }
-    e.family(
-        "ringlb_connections_refused_total",
-        Kind::Counter,
-        "Client connections that ended before reaching a backend, by reason (the access log's cause field).",
+    per_service_reasons(
+        e,
+        view,
+        (
+            "ringlb_connections_refused_total",
+            "Client connections that ended before reaching a backend, by reason (the access log's cause field).",
+        ),
+        ("reason", &causes),
+        |s, cause| s.stats.ends.refused(cause),
     );
-    for s in &view.services {
-        for cause in EndCause::ALL {
-            e.sample(
-                "ringlb_connections_refused_total",
-                &[("service", &s.name), ("reason", cause.label())],
-                s.stats.ends.refused(cause),
-            );
-        }
-    }
-}
-
-/// `accept_proxy`: clients closed before a backend was chosen, by reason
-/// (every service, so a series exists before its first refusal).
-fn render_proxy_refusals(e: &mut Exposition, view: &StatusView) {
-    let name = "ringlb_proxy_header_refused_total";
-    e.family(
-        name,
-        Kind::Counter,
-        "Clients of an accept_proxy service closed without a backend connection, by reason: untrusted (not in proxy_trusted), malformed, oversized, version, command, family (the header), timeout (not whole within proxy_header_timeout), closed (the client left first).",
+    let proxy: Vec<(ProxyRefused, &str)> = ProxyRefused::all().map(|r| (r, r.label())).collect();
+    per_service_reasons(
+        e,
+        view,
+        (
+            "ringlb_proxy_header_refused_total",
+            "Clients of an accept_proxy service closed without a backend connection, by reason: untrusted (not in proxy_trusted), malformed, oversized, version, command, family (the header), timeout (not whole within proxy_header_timeout), closed (the client left first).",
+        ),
+        ("reason", &proxy),
+        |s, reason| s.stats.proxy_refused(reason),
     );
-    for s in &view.services {
-        for reason in ProxyRefused::all() {
-            e.sample(
-                name,
-                &[("service", &s.name), ("reason", reason.label())],
-                s.stats.proxy_refused(reason),
-            );
-        }
-    }
-}
-
-/// The per-source rules: clients refused without a backend connection, by
-/// reason (every service, so a series exists before its first refusal).
-fn render_source_refusals(e: &mut Exposition, view: &StatusView) {
-    let name = "ringlb_service_refused_total";
-    e.family(
-        name,
-        Kind::Counter,
-        "Clients reset without a backend connection by the service's per-source rules, by reason: denied (deny, or not in allow), per_source_connections (max_connections_per_source), per_source_rate (new_connections_per_source).",
+    let sources: Vec<(SourceRefused, &str)> =
+        SourceRefused::ALL.iter().map(|r| (*r, r.label())).collect();
+    per_service_reasons(
+        e,
+        view,
+        (
+            "ringlb_service_refused_total",
+            "Clients reset without a backend connection by the service's per-source rules, by reason: denied (deny, or not in allow), per_source_connections (max_connections_per_source), per_source_rate (new_connections_per_source).",
+        ),
+        ("reason", &sources),
+        |s, reason| s.stats.source_refused(reason),
     );
-    for s in &view.services {
-        for reason in SourceRefused::ALL {
-            e.sample(
-                name,
-                &[("service", &s.name), ("reason", reason.label())],
-                s.stats.source_refused(reason),
-            );
-        }
-    }
 }
 
 /// The access log's own counters (only with the log on).
