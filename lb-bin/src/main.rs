@@ -1,6 +1,7 @@
 //! `ringlb`: the command line over lb-core. Parses arguments, sets up
 //! logging, loads the config and runs the server on the main thread.
 
+mod generate;
 mod stderr_log;
 
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lb_core::{Config, DemoBackends, Inherited, ListenFd, Server, StartOptions};
 use stderr_log::StderrLog;
 
@@ -47,6 +48,17 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Write the man pages and the bash, zsh and fish completions (for
+    /// packagers: scripts/build-deb.sh).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write ringlb.1 and ringlb-SUBCOMMAND.1 into.
+        #[arg(long, value_name = "DIR")]
+        man: Option<PathBuf>,
+        /// Directory to write ringlb (bash), _ringlb (zsh) and ringlb.fish into.
+        #[arg(long, value_name = "DIR")]
+        completions: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +81,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Cmd::Check { config }) => check(&config),
         Some(Cmd::Demo { listen }) => demo(listen, &log),
+        Some(Cmd::Generate { man, completions }) => {
+            generate::write(Cli::command(), man.as_deref(), completions.as_deref())
+        }
         None => match cli.config {
             Some(config) => run(&config, cli.upgrade_socket, passed),
             None => Err(anyhow::anyhow!(
