@@ -24,6 +24,7 @@ mod access_log;
 mod backend_address;
 mod config;
 mod contrib;
+mod docs;
 mod failover;
 mod faults;
 mod half_close;
