@@ -21,6 +21,41 @@ const SHELLS: [(Shell, &str); 3] = [
     (Shell::Fish, "ringlb.fish"),
 ];
 
+/// What `ringlb.1` adds to the sections clap_mangen writes from the
+/// command-line definition: the files, the signals and where the rest of
+/// the documentation is (roff).
+const MAN_TAIL: &str = r#".SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Reload the config file: validated first; a refused file is logged and the running config keeps serving.
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop accepting, let connections finish (up to \fIshutdown_timeout\fR), exit 0.
+.TP
+\fBSIGUSR1\fR
+Reopen the access log (after rotation).
+.TP
+\fBSIGUSR2\fR
+Binary upgrade without downtime: start this command line again and hand it the listening sockets (needs \fB\-\-upgrade\-socket\fR).
+.SH FILES
+.TP
+\fI/etc/ringlb/ringlb.toml\fR
+The configuration (TOML); check it with \fBringlb check \-\-config\fR \fIFILE\fR.
+.TP
+\fI/usr/lib/systemd/system/ringlb.service\fR, \fI/usr/lib/systemd/system/ringlb.socket\fR
+The systemd units (a source install: under \fI/etc/systemd/system\fR).
+.TP
+\fI/run/ringlb/upgrade.sock\fR
+The unit's upgrade socket.
+.TP
+\fI/var/log/ringlb/\fR
+The access log's directory, when \fIaccess_log\fR is on.
+.SH SEE ALSO
+\fBsystemd.service\fR(5), \fBsystemctl\fR(1).
+The documentation: \fI/usr/share/doc/ringlb/docs/\fR (a source install: \fI/usr/local/share/doc/ringlb/docs/\fR):
+\fIconfig.md\fR (every key), \fIdeploy.md\fR (systemd, reload, upgrades), \fIadmin.md\fR (the admin API, status page and metrics).
+"#;
+
 /// Writes `ringlb.1` and a page per visible subcommand (`ringlb-check.1`,
 /// …) into `man`, and the bash, zsh and fish completions into
 /// `completions`. The directories must exist.
@@ -35,6 +70,12 @@ pub(crate) fn write(
     if let Some(dir) = man {
         clap_mangen::generate_to(cmd.clone(), dir)
             .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+        let main_page = dir.join("ringlb.1");
+        let mut page = std::fs::read_to_string(&main_page)
+            .with_context(|| format!("reading back {}", main_page.display()))?;
+        page.push_str(MAN_TAIL);
+        std::fs::write(&main_page, page)
+            .with_context(|| format!("writing {}", main_page.display()))?;
     }
     if let Some(dir) = completions {
         for (shell, file) in SHELLS {

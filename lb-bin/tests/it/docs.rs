@@ -267,6 +267,9 @@ fn generate_writes_man_pages_and_completions_for_every_subcommand() {
     assert!(run.status.success(), "ringlb generate: {run:?}");
     let page = std::fs::read_to_string(man.path().join("ringlb.1")).expect("ringlb.1");
     assert!(page.contains(".TH ringlb 1"), "not a man page: {page}");
+    for section in [".SH SIGNALS", ".SH FILES", ".SH SEE ALSO"] {
+        assert!(page.contains(section), "ringlb.1 has no {section}");
+    }
     for sub in ["check", "demo"] {
         assert!(page.contains(sub), "ringlb.1 does not list {sub}");
         assert!(
