@@ -124,8 +124,10 @@ fn named_paths(text: &str) -> Vec<(usize, String)> {
                         .chars()
                         .all(|c| c.is_ascii_uppercase() || c == '_' || c == '-')
             });
-            // Globs and placeholders (`docs/*.md`, `target/…`) name no file.
-            if (rooted || page) && !word.contains(['*', '…', '$', '{']) {
+            // Globs and placeholders (`docs/*.md`, `target/…`) name no file;
+            // bench/results/ holds runs' outputs, not kept in the repository.
+            let output = word.starts_with("bench/results/");
+            if (rooted || page) && !output && !word.contains(['*', '…', '$', '{']) {
                 out.push((n + 1, word.to_owned()));
             }
         }
