@@ -28,6 +28,7 @@ mod docs;
 mod failover;
 mod faults;
 mod half_close;
+mod history;
 mod idle;
 mod integrity;
 mod ipv6;
