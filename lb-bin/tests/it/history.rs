@@ -16,9 +16,8 @@ use crate::harness::{
 /// Longest wait for a sample (one a second) or a health flip (1 s probes).
 const SHOWS_WITHIN: Duration = Duration::from_secs(10);
 
-/// The history document's entry for backend `name`; None before the
-/// control plane's first sample of it.
-fn history(lb: &Ringlb, name: &str) -> Option<serde_json::Value> {
+/// The history document's entry for backend `name`.
+fn history(lb: &Ringlb, name: &str) -> serde_json::Value {
     let mut s = TcpStream::connect_timeout(&lb.admin_addr(), CLIENT_CONNECT_TIMEOUT)
         .expect("connect to the admin API");
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -40,7 +39,8 @@ fn history(lb: &Ringlb, name: &str) -> Option<serde_json::Value> {
         .expect("backends")
         .iter()
         .find(|b| b["name"] == name)
-        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {doc}"))
+        .clone()
 }
 
 fn sum(series: &serde_json::Value) -> u64 {
@@ -63,12 +63,12 @@ fn wait_history(
     let deadline = Deadline::after(SHOWS_WITHIN);
     loop {
         let h = history(lb, name);
-        if let Some(h) = h.as_ref().filter(|h| condition(h)) {
-            return h.clone();
+        if condition(&h) {
+            return h;
         }
         assert!(
             !deadline.passed(),
-            "{what}: not within {SHOWS_WITHIN:?}: {h:?}\n{}",
+            "{what}: not within {SHOWS_WITHIN:?}: {h}\n{}",
             lb.report()
         );
         thread::sleep(Duration::from_millis(100));
