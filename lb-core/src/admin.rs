@@ -294,8 +294,6 @@ pub(crate) enum Route<'a> {
     Metrics,
     /// `GET /api/v1/services`.
     Services,
-    /// `GET /api/v1/history`: recent rates and health transitions.
-    History,
     /// `POST /api/v1/reload`: read the config file again (as SIGHUP).
     Reload,
     /// `POST /api/v1/log/reopen`: reopen the access log (as SIGUSR1).
@@ -329,7 +327,6 @@ impl<'a> Route<'a> {
             ["router", "api", "v1", "system", "health"] => Some(Route::Health),
             ["metrics"] => Some(Route::Metrics),
             ["api", "v1", "services"] => Some(Route::Services),
-            ["api", "v1", "history"] => Some(Route::History),
             ["api", "v1", "reload"] => Some(Route::Reload),
             ["api", "v1", "log", "reopen"] => Some(Route::LogReopen),
             ["api", "v1", "services", service, op] if !service.is_empty() => {
@@ -431,10 +428,6 @@ impl AdminContext {
                         self.access_log.as_ref(),
                     ),
                 ),
-                Err(Unavailable) => unavailable(),
-            },
-            Route::History => match self.ask(|reply| Command::History { reply }).await {
-                Ok(doc) => json(StatusCode::OK, &doc),
                 Err(Unavailable) => unavailable(),
             },
             Route::Services => match self.status().await {

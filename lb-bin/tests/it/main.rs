@@ -28,7 +28,6 @@ mod docs;
 mod failover;
 mod faults;
 mod half_close;
-mod history;
 mod idle;
 mod integrity;
 mod ipv6;

@@ -37,10 +37,6 @@ pub(crate) enum Command {
     },
     /// The registry's state now, for the admin API's reads.
     Status { reply: oneshot::Sender<StatusView> },
-    /// Every backend's recent rates and health transitions.
-    History {
-        reply: oneshot::Sender<super::history::HistoryDoc>,
-    },
     /// The join key in force (it follows reloads); None: joining is off.
     JoinKey {
         reply: oneshot::Sender<Option<String>>,

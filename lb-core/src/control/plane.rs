@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::history::History;
 use super::resolve::{self, Resolver};
 use super::status::{status_line, ControlCounters, StatusView};
 use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
@@ -46,9 +45,6 @@ const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 const HEARTBEAT: Duration = Duration::from_millis(250);
 /// How often the `STATUS=` line is refreshed (sent only when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
-/// How often each backend's counters and health are sampled for the status
-/// page's history (`control/history.rs`: one value a second).
-const HISTORY_EVERY: Duration = Duration::from_secs(1);
 
 /// The admin server as a task for the control plane's runtime. Boxed, so
 /// that the control plane need not know the admin module (which sends it
@@ -162,8 +158,6 @@ pub(crate) struct ControlPlane {
     listeners: Vec<(String, SocketAddr, SocketAddr)>,
     /// Reload outcomes.
     counters: ControlCounters,
-    /// The backends' recent rates and health transitions (status page).
-    history: History,
     /// The `STATUS=` line last sent to systemd (sent again only changed).
     status_sent: String,
     cell: Arc<SnapshotCell>,
@@ -199,7 +193,6 @@ impl ControlPlane {
             config_path: setup.config_path,
             listeners: setup.listeners,
             counters: ControlCounters::default(),
-            history: History::default(),
             status_sent: String::new(),
             cell: setup.cell,
             workers: setup.workers,
@@ -304,9 +297,6 @@ impl ControlPlane {
             .take()
             .map(|admin| self.supervisor.spawn_task("admin server", admin));
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
-        let mut history_tick = tokio::time::interval(HISTORY_EVERY);
-        // A late tick (a long reload) is one late sample, not a burst.
-        history_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resolve_every = self.config.global.resolve_interval;
         let mut resolve_tick = resolve::ticks(resolve_every);
         loop {
@@ -316,7 +306,6 @@ impl ControlPlane {
             }
             tokio::select! {
                 _ = status_tick.tick() => self.send_status(),
-                _ = history_tick.tick() => self.history.sample(&self.registry),
                 _ = resolve_tick.tick() => {
                     self.resolver.start_round(&self.config, &self.supervisor, resolve_every);
                 }
@@ -354,9 +343,6 @@ impl ControlPlane {
                     }
                     Some(Command::Status { reply }) => {
                         let _ = reply.send(StatusView::new(&self.registry, &self.counters));
-                    }
-                    Some(Command::History { reply }) => {
-                        let _ = reply.send(self.history.doc());
                     }
                     Some(Command::JoinKey { reply }) => {
                         let _ = reply.send(self.config.global.join_key.clone());
