@@ -287,9 +287,7 @@ echo "- load average at end (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg)" >>"$
 {
 	cat "$OUT_DIR/meta.md"
 	echo
-	"$TARGET_DIR/release/benchreport" "$CSV" --svg "$OUT_DIR"
-	echo
-	echo "Charts: [proxy CPU per unit](cpu.svg), [throughput](throughput.svg) (medians, min..max whiskers)."
+	"$TARGET_DIR/release/benchreport" "$CSV"
 	echo
 	echo "Workloads: ka = wrk -t1 -c64 keep-alive GET of 100 B; close = same with a new connection per request;"
 	echo "bulk = wrk -c4 GET of 1 MiB; iperf = one iperf3 TCP stream; rate = open-loop ${RATE} req/s over 16"
