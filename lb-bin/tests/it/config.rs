@@ -603,7 +603,12 @@ fn check_warns_about_risky_settings_and_strict_refuses_them() {
 fn check_says_what_to_write_instead() {
     /// The file, where the error points, words it must say, words it
     /// must no longer say.
-    type Case = (String, (usize, usize), &'static [&'static str], &'static [&'static str]);
+    type Case = (
+        String,
+        (usize, usize),
+        &'static [&'static str],
+        &'static [&'static str],
+    );
     let cases: [Case; 4] = [
         (
             GOOD.replace("connect_timeout = \"500ms\"", "connect_timeout = \"1.5s\""),

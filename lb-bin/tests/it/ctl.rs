@@ -487,3 +487,101 @@ fn wait_child(
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What `systemctl reload` runs: every `ExecReload=` line of
+/// scripts/ringlb.service in order (with this build's ringlb for
+/// /usr/local/bin/ringlb, a config for /etc/ringlb/ringlb.toml and the
+/// server's pid for $MAINPID), stopping at the first that fails, as
+/// systemd does. A refused reload must fail the job, with the reason; the
+/// unit used to run `ringlb check` then `kill -HUP`, which succeeds when the
+/// file checks out but cannot be applied (a busy listen address).
+#[test]
+fn the_units_exec_reload_fails_when_the_reload_is_refused() {
+    let unit_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ringlb.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("read scripts/ringlb.service");
+    let commands: Vec<Vec<String>> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert!(
+        !commands.is_empty(),
+        "no ExecReload= in {}",
+        unit_path.display()
+    );
+
+    let b1 = Backend::named("b1");
+    let b2 = Backend::named("b2");
+    let (mut lb, config) = start(&[&b1, &b2]);
+    let admin = lb.admin_addr();
+    // /etc/ringlb/ringlb.toml: the server's file, but with the admin
+    // port it bound (its own says 0).
+    let dir = TempDir::new("unitreload");
+    let etc_config = dir.path().join("ringlb.toml");
+    let install = |lb: &mut Ringlb, config: &LbConfig| {
+        let text = config.to_toml();
+        lb.rewrite_config(&text);
+        let etc = text.replace("admin = \"127.0.0.1:0\"", &format!("admin = \"{admin}\""));
+        std::fs::write(&etc_config, etc).expect("write the config");
+    };
+    install(&mut lb, &config);
+    let systemctl_reload = |lb: &Ringlb| -> (bool, String) {
+        let mut said = String::new();
+        for command in &commands {
+            let argv: Vec<String> = command
+                .iter()
+                .map(|a| match a.as_str() {
+                    "/usr/local/bin/ringlb" => env!("CARGO_BIN_EXE_ringlb").to_owned(),
+                    "/etc/ringlb/ringlb.toml" => etc_config.display().to_string(),
+                    "$MAINPID" => lb.pid().to_string(),
+                    other => other.to_owned(),
+                })
+                .collect();
+            let output = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run an ExecReload command");
+            said += &String::from_utf8_lossy(&output.stdout);
+            said += &String::from_utf8_lossy(&output.stderr);
+            if !output.status.success() {
+                return (false, said);
+            }
+        }
+        (true, said)
+    };
+    let generation = || {
+        services(admin)["config_generation"]
+            .as_u64()
+            .expect("generation")
+    };
+    let first = generation();
+
+    let (ok, said) = systemctl_reload(&lb);
+    assert!(ok, "a good reload failed: {said}");
+    assert_eq!(generation(), first + 1, "{said}");
+
+    let holder = TcpListener::bind((LOCALHOST, 0)).expect("hold a port");
+    let busy = holder.local_addr().expect("addr");
+    let mut taken = config.clone();
+    taken.service().listen.push(busy.to_string());
+    install(&mut lb, &taken);
+    let (ok, said) = systemctl_reload(&lb);
+    assert!(
+        !ok,
+        "systemctl reload would report success for a refused reload:\n{said}\n{}",
+        lb.report()
+    );
+    assert!(
+        said.contains(&format!("cannot listen on {busy}")),
+        "the failed reload does not say why: {said}"
+    );
+    // Refused, not applied later by a signal either.
+    assert!(
+        lb.wait_for_log("reload refused", READY_TIMEOUT).is_some(),
+        "{}",
+        lb.report()
+    );
+    assert_eq!(generation(), first + 1);
+}
