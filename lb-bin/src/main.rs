@@ -49,6 +49,10 @@ fn main() -> ExitCode {
                 "check needs the config file: ringlb check FILE"
             )),
         },
+        Some(Cmd::Demo { .. }) if cli.config.is_some() => Err(anyhow::anyhow!(
+            "the demo builds its own config: run `ringlb demo` without --config \
+             (or `ringlb --config FILE` to run with yours)"
+        )),
         Some(Cmd::Demo { listen, admin }) => demo(listen, admin, &log),
         Some(Cmd::Ctl(ctl)) => {
             // Its messages are its own (stderr, before the log's last
