@@ -22,6 +22,7 @@ mod raw;
 mod resolve;
 mod validate;
 mod value;
+mod warn;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ use crate::proxy_header::ProxyVersion;
 pub(crate) use backend::{BackendAddr, BackendName, Weight, MAX_WEIGHT};
 pub(crate) use ipnet::IpNet;
 pub(crate) use resolve::{family_wanted, pick};
+pub use warn::ConfigWarning;
 
 /// Default Maglev lookup table size: prime, and > 100 × N for up to 655
 /// backends, which keeps every backend's share within 1% of its weight.
@@ -510,6 +512,25 @@ impl Config {
             message,
         })?;
         Config::parse_bytes(&bytes, Some(path))
+    }
+
+    /// [`Config::from_file`], and the settings in it that are valid but
+    /// unwise ([`ConfigWarning`]: `file:line:col: warning: …`), for
+    /// `ringlb check` and the start-up log.
+    pub fn from_file_with_warnings(
+        path: &Path,
+    ) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+        let bytes = read_config_file(path).map_err(|message| ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            col: None,
+            message,
+        })?;
+        let config = Config::parse_bytes(&bytes, Some(path))?;
+        // parse_bytes took it as UTF-8 already.
+        let text = String::from_utf8_lossy(&bytes);
+        let warnings = warn::warnings(&config, &text, Some(path));
+        Ok((config, warnings))
     }
 
     /// Parses and validates config text; `file` only names it in errors and
@@ -1333,6 +1354,48 @@ state = "disabled"
     }
 
     #[test]
+    fn a_service_table_before_its_service_is_named() {
+        // Backend first, then the service: TOML said "duplicate key".
+        let err = assert_refused(
+            "[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.1:80\"\n\n\
+             [[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:80\"]\n",
+            (1, 1),
+            &[
+                "[[service.backend]] comes before any [[service]]",
+                "must follow the [[service]] it belongs to",
+            ],
+        );
+        assert!(!err.message.contains("duplicate key"), "{err}");
+        // No [[service]] at all: serde said "expected a sequence".
+        let err = assert_refused(
+            "[global]\nworkers = 1\n  [[ service.backend ]] # first\nname = \"a\"\n",
+            (3, 3),
+            &["[[ service.backend ]] comes before any [[service]]"],
+        );
+        assert!(!err.message.contains("sequence"), "{err}");
+        assert_refused(
+            "[service.health]\nkind = \"tcp\"\n",
+            (1, 1),
+            &["[service.health] comes before any [[service]]"],
+        );
+        // `[service]` for `[[service]]` keeps its own hint.
+        assert_refused(
+            "[service]\nname = \"web\"\n",
+            (1, 1),
+            &["write [[service]], with double brackets"],
+        );
+    }
+
+    #[test]
+    fn a_fractional_duration_says_how_to_write_it() {
+        assert_refused(
+            &service_with("connect_timeout = \"1.5s\""),
+            (4, 19),
+            &["fractions are not accepted (write \"1500ms\")"],
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused_in_every_table() {
         assert_refused(
             &global_with("wrokers = 4"),
@@ -2068,9 +2131,23 @@ state = "disabled"
         assert_eq!(b[2].host, b[1].host, "one name may serve two backends");
         assert!(config.has_unresolved_names());
         let at = |address: &str| MINIMAL.replace("10.0.0.1:80", address);
-        for bad in ["art1.internal:0", "art1.internal", "art 1:80"] {
-            assert_refused(&at(bad), (7, 11), &["not a socket address"]);
+        // A host name gets the config's own syntax in the message (the
+        // join API, which takes no names, words it otherwise).
+        for (bad, says) in [
+            (
+                "art1.internal:0",
+                "the port must be a number from 1 to 65535, not \"0\"",
+            ),
+            (
+                "art1.internal:http",
+                "the port must be a number from 1 to 65535",
+            ),
+            ("art1.internal", "has no port: write \"art1.internal:PORT\""),
+            ("art 1:80", "not a socket address"),
+        ] {
+            assert_refused(&at(bad), (7, 11), &[says]);
         }
+        assert_refused(&at("art1.internal"), (7, 11), &["\"host:port\""]);
     }
 
     #[test]

@@ -56,8 +56,8 @@ pub use error::{Error, Result};
 
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
-    AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, DegradedIs, HealthCheck,
-    HealthKind, MaxConnections, SourceLimits, DEFAULT_HEALTH_PATH,
+    AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, ConfigWarning, DegradedIs,
+    HealthCheck, HealthKind, MaxConnections, SourceLimits, DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;

@@ -23,6 +23,7 @@ mod netns;
 mod access_log;
 mod backend_address;
 mod config;
+mod ctl;
 mod failover;
 mod faults;
 mod half_close;

@@ -19,7 +19,9 @@ use super::{
 };
 use crate::config::backend::{BackendAddr, BackendName, Weight};
 use crate::config::raw::{DurationText, RawBackend, RawService, Text};
-use crate::config::value::{is_valid_name, parse_host_port, parse_socket_addr};
+use crate::config::value::{
+    is_host_name, is_valid_name, parse_host_port, parse_socket_addr, truncated,
+};
 use crate::config::{
     AdminState, Backend, Balance, HealthCheck, Service, TcpLiveness, DEFAULT_MAGLEV_TABLE_SIZE,
 };
@@ -364,7 +366,7 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
         &table,
         path,
         "address",
-        "\"IP:port\" or \"[IPv6]:port\"",
+        "\"IP:port\", \"[IPv6]:port\" or \"host:port\"",
     )?;
     let text = raw_address.get_ref();
     let (address, host) = match BackendAddr::parse(text) {
@@ -377,7 +379,10 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
                 Some(text.clone()),
             )
         }
-        Err(e) => return Err(Invalid::at(raw_address.span(), at("address"), e)),
+        Err(e) => {
+            let message = backend_address_hint(text).unwrap_or_else(|| e.to_string());
+            return Err(Invalid::at(raw_address.span(), at("address"), message));
+        }
     };
     let default = Backend::new(String::new(), address);
     let weight = match &raw.weight {
@@ -552,4 +557,26 @@ fn convert_send_proxy(
         health.send_proxy = send_proxy.or(first);
     }
     Ok((send_proxy, health))
+}
+
+/// What the config file (which takes host names, unlike the join API)
+/// says about a backend address that is neither an IP address nor a
+/// `host:port` it can resolve; None: the address check's own words do.
+fn backend_address_hint(text: &str) -> Option<String> {
+    const SYNTAX: &str = "expected \"IP:port\", \"[IPv6]:port\" or \"host:port\"";
+    let shown = truncated(text);
+    if is_host_name(text) {
+        return Some(format!(
+            "{shown:?} has no port: write \"{shown}:PORT\" with the port the backend serves on ({SYNTAX})"
+        ));
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    if is_host_name(host) && !port_ok {
+        return Some(format!(
+            "{shown:?}: the port must be a number from 1 to 65535, not {:?} ({SYNTAX})",
+            truncated(port)
+        ));
+    }
+    None
 }
