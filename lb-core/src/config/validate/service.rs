@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::sni::SniKeys;
 use super::{
     choice, convert_duration, each, integer, optional_duration, positive_u32, positive_usize,
     required, Invalid, Seen, Zero,
@@ -60,7 +61,8 @@ impl Seen {
         }
         self.service_names.insert(name.clone(), index);
 
-        let listen = self.convert_listen(&raw, &table, &path, &name)?;
+        let sni = super::sni::convert_sni(&raw, &path)?;
+        let listen = self.convert_listen(&raw, &table, (&path, &name), sni.as_ref())?;
         let balance = match &raw.balance {
             None => default.balance,
             Some(balance) => choice(
@@ -157,6 +159,7 @@ impl Seen {
             source_address,
             liveness,
             accept_proxy,
+            sni: sni.map(|keys| keys.route),
             sources,
             health,
             backends,
@@ -168,8 +171,8 @@ impl Seen {
         &mut self,
         raw: &RawService,
         table: &Range<usize>,
-        path: &str,
-        name: &str,
+        (path, name): (&str, &str),
+        sni: Option<&SniKeys>,
     ) -> Result<Vec<SocketAddr>, Invalid> {
         let key = format!("{path}.listen");
         let list = required(
@@ -202,19 +205,13 @@ impl Seen {
                     format!("{addr} is listed twice"),
                 ));
             }
-            if let Some(owner) = self.listen_owners.get(addr) {
-                return Err(Invalid::at(
-                    item.span(),
-                    format!("{key}[{i}]"),
-                    format!(
-                        "{addr} is already a listen address of service {owner:?} \
-                         (a listen address belongs to one service)"
-                    ),
-                ));
-            }
-        }
-        for addr in &listen {
-            self.listen_owners.insert(*addr, name.to_owned());
+            super::sni::claim(
+                &mut self.listen_owners,
+                *addr,
+                (item.span(), format!("{key}[{i}]")),
+                name,
+                (sni, path),
+            )?;
         }
         Ok(listen)
     }
