@@ -558,6 +558,22 @@ impl Config {
         self.services.iter().find(|s| s.name == name)
     }
 
+    /// The listening sockets the config asks for, as (service, address):
+    /// each address once, owned by the first service listing it (services
+    /// that share an address route by server name, and the owner's
+    /// listener accepts for all of them); port 0 is never shared.
+    pub(crate) fn listeners(&self) -> Vec<(&str, SocketAddr)> {
+        let mut out: Vec<(&str, SocketAddr)> = Vec::new();
+        for s in &self.services {
+            for &addr in &s.listen {
+                if addr.port() == 0 || !out.iter().any(|(_, a)| *a == addr) {
+                    out.push((&s.name, addr));
+                }
+            }
+        }
+        out
+    }
+
     /// [`Config::parse`] for bytes that may not be UTF-8.
     pub(crate) fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
         match std::str::from_utf8(bytes) {

@@ -116,7 +116,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 // Bytes may have come after the header, in the segment
                 // that raised the last edge: the pumps look for them.
                 conn.client_ready.readable = seen > len || conn.client_ready.readable;
-                self.choose_backend(slot);
+                if self.listeners[conn.listener].routes.is_some() {
+                    // The service is picked by the ClientHello that follows.
+                    self.await_hello(slot);
+                } else {
+                    self.choose_backend(slot);
+                }
             }
         }
     }
@@ -138,7 +143,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 
     /// The preamble is done: the client's candidates (by the address it
     /// now has) and its first connect.
-    fn choose_backend(&mut self, slot: usize) {
+    pub(super) fn choose_backend(&mut self, slot: usize) {
         let Some(conn) = self.slab.get(slot) else {
             return;
         };

@@ -92,7 +92,7 @@ pub(super) fn convert_sni(raw: &RawService, path: &str) -> Result<Option<SniKeys
 /// A server name as `sni` takes it: lower-cased, 1..=253 bytes of
 /// letters, digits, `-` and `_` in dot-separated non-empty labels; `*` only
 /// as the whole first label of a name with at least one more.
-pub(crate) fn parse_sni_name(text: &str) -> Result<String, String> {
+fn parse_sni_name(text: &str) -> Result<String, String> {
     let name = text.to_ascii_lowercase();
     let bad = |why: &str| {
         Err(format!(
