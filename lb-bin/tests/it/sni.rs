@@ -521,3 +521,92 @@ fn sharing_conflicts_are_config_errors_with_their_position() {
     );
     println!("{}", done.stderr.trim());
 }
+
+/// A whole TLS exchange through `addr` with rustls asking for `name`
+/// (after `preface`, sent first in clear): the reply, or why it failed.
+fn fetch(pki: &Pki, addr: SocketAddr, name: &str, preface: &[u8]) -> io::Result<String> {
+    let (conn, bytes) = hello(pki, name);
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.write_all(preface)?;
+    tcp.write_all(&bytes)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut reply = Vec::new();
+    tls.read_to_end(&mut reply)?;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+#[test]
+fn a_reload_changes_the_routes_of_a_shared_address_at_once() {
+    let _shared = crate::harness::shared();
+    let pki = Pki::new();
+    let art = tls_backend("art", pki.server(&["art.example.com", "ci.example.com"]));
+    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
+    for_each_engine("sni reload", |engine| {
+        let addr = SocketAddr::new(LOCALHOST, free_port());
+        let pools = |art_names: &str| {
+            config(
+                engine,
+                addr,
+                &[
+                    ("art", &art, art_names),
+                    ("xray", &xray, "sni = [\"*.example.com\"]"),
+                ],
+                "3s",
+            )
+        };
+        let mut lb = Ringlb::start(&pools("sni = [\"art.example.com\"]"));
+        let got = fetch(&pki, addr, "ci.example.com", b"").unwrap();
+        assert!(got.contains("pool=xray"), "[{engine}] before: {got}");
+        lb.rewrite_config(&pools("sni = [\"art.example.com\", \"ci.example.com\"]").to_toml());
+        lb.signal(libc::SIGHUP);
+        assert!(
+            lb.wait_for_log("config reloaded", Duration::from_secs(10))
+                .is_some(),
+            "[{engine}] no `config reloaded`\n{}",
+            lb.report()
+        );
+        // Published with the snapshot the reload log line follows: the
+        // next client sees the new routes.
+        let got = fetch(&pki, addr, "ci.example.com", b"").unwrap();
+        assert!(got.contains("pool=art"), "[{engine}] after: {got}");
+        println!("[{engine}] ci.example.com: xray, then art after a reload that listed it on art");
+    });
+}
+
+#[test]
+fn behind_a_balancer_the_proxy_header_comes_first_then_the_hello_routes() {
+    let _shared = crate::harness::shared();
+    let pki = Pki::new();
+    let art = tls_backend("art", pki.server(&["art.example.com"]));
+    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
+    for_each_engine("sni after proxy header", |engine| {
+        let addr = SocketAddr::new(LOCALHOST, free_port());
+        let mut config = config(
+            engine,
+            addr,
+            &[
+                ("art", &art, "sni = [\"art.example.com\"]"),
+                ("xray", &xray, "sni = [\"*.example.com\"]"),
+            ],
+            "3s",
+        );
+        config.services[0].extra.extend([
+            "accept_proxy = true".to_owned(),
+            "proxy_trusted = [\"127.0.0.0/8\"]".to_owned(),
+        ]);
+        let lb = Ringlb::start(&config);
+        let header = b"PROXY TCP4 10.1.2.3 127.0.0.1 40000 443\r\n";
+        let got = fetch(&pki, addr, "xray.example.com", header).unwrap();
+        assert!(got.contains("pool=xray"), "[{engine}] {got}");
+        let got = fetch(&pki, addr, "art.example.com", header).unwrap();
+        assert!(got.contains("pool=art"), "[{engine}] {got}");
+        // Without the header: refused by the PROXY rules, no backend.
+        let before = art.accepted() + xray.accepted();
+        assert!(fetch(&pki, addr, "art.example.com", b"").is_err());
+        assert_eq!(art.accepted() + xray.accepted(), before, "[{engine}]");
+        drop(lb);
+        println!("[{engine}] PROXY header then ClientHello: routed by name");
+    });
+}
