@@ -176,4 +176,56 @@ mod tests {
         assert!(routes[2].of_listener(2, "127.0.0.1:41234".parse().unwrap()));
         assert_eq!(routes[1].route(Some("a.org")), None);
     }
+
+    /// A name of 1 to 4 labels from a small alphabet (so names and
+    /// wildcards collide often), optionally as a wildcard.
+    fn name() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            proptest::collection::vec(prop_oneof!["a", "b", "c"], 1..4),
+            any::<bool>(),
+        )
+            .prop_map(|(labels, wild)| {
+                let name = labels.join(".");
+                if wild {
+                    format!("*.{name}")
+                } else {
+                    name
+                }
+            })
+    }
+
+    proptest::proptest! {
+        /// The table answers as the rule reads: the first service listing
+        /// the exact name, else the first listing `*.` + the name without
+        /// its first label, else the default.
+        #[test]
+        fn routes_follow_the_rule(
+            lists in proptest::collection::vec(proptest::collection::vec(name(), 0..4), 1..4),
+            default in proptest::option::of(0usize..4),
+            asked in proptest::option::of(proptest::collection::vec(
+                proptest::prelude::prop_oneof!["a", "b", "c"], 1..5)),
+        ) {
+            let services: Vec<Service> = lists
+                .iter()
+                .enumerate()
+                .map(|(i, names)| {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    service(&format!("s{i}"), "127.0.0.1:443", &names, default == Some(i), 3)
+                })
+                .collect();
+            let routes = SniRoutes::build(&services);
+            proptest::prop_assert_eq!(routes.len(), 1);
+            let asked = asked.map(|labels| labels.join("."));
+            let first = |wanted: &str| lists.iter().position(|l| l.iter().any(|n| n == wanted));
+            let want = match &asked {
+                None => None,
+                Some(n) => first(n).or_else(|| {
+                    n.split_once('.').and_then(|(_, parent)| first(&format!("*.{parent}")))
+                }),
+            }
+            .or(default.filter(|&d| d < lists.len()));
+            proptest::prop_assert_eq!(routes[0].route(asked.as_deref()), want);
+        }
+    }
 }

@@ -23,6 +23,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::access_log::EndCause;
 use crate::proxy_header::{parse, Parsed, MAX_HEADER};
@@ -172,9 +173,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// reset to the client; no backend was asked.
     pub(crate) fn refuse(&mut self, slot: usize, reason: ProxyRefused) {
         if let Some(conn) = self.slab.get(slot) {
-            self.listeners[conn.listener]
-                .stats
-                .count_proxy_refused(reason);
+            let l = &self.listeners[conn.listener];
+            l.stats.count_proxy_refused(reason);
+            if l.routes.is_some() {
+                // Not counted on accept: no hello picked a service.
+                l.stats.accepted.fetch_add(1, Relaxed);
+            }
         }
         self.abort(slot, EndCause::ProxyHeader);
     }
