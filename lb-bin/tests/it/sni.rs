@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
+use crate::access_log::wait_record;
 use crate::harness::{
     for_each_engine, run_to_exit, Backend, BackendConfig, Deadline, LbConfig, Ringlb, TempDir,
     IO_TIMEOUT, LOCALHOST,
@@ -346,7 +347,9 @@ fn without_a_default_unknown_names_and_non_tls_are_refused_without_a_backend() {
     let xray = tls_backend("xray", pki.server(&["*.example.com"]));
     for_each_engine("sni refusals", |engine| {
         let addr = SocketAddr::new(LOCALHOST, free_port());
-        let lb = Ringlb::start(&config(
+        let log = TempDir::new("sni-log");
+        let log_path = log.path().join("access.log");
+        let mut config = config(
             engine,
             addr,
             &[
@@ -354,12 +357,15 @@ fn without_a_default_unknown_names_and_non_tls_are_refused_without_a_backend() {
                 ("xray", &xray, "sni = [\"*.example.com\"]"),
             ],
             "3s",
-        ));
+        );
+        config.global_extra = vec![format!("access_log = {:?}", log_path.display().to_string())];
+        let lb = Ringlb::start(&config);
         let before = art.accepted() + xray.accepted();
 
         // An unknown name, from a real ClientHello.
         let (_, bytes) = hello(&pki, "nobody.test");
         let mut s = TcpStream::connect(addr).unwrap();
+        let client = s.local_addr().unwrap();
         s.write_all(&bytes).unwrap();
         let (r, got) = read_end(s);
         let kind = r.as_ref().map_err(io::Error::kind).err();
@@ -369,6 +375,17 @@ fn without_a_default_unknown_names_and_non_tls_are_refused_without_a_backend() {
             "[{engine}] unknown name: reset"
         );
         assert_eq!(wait_refused(&lb, "art", "unknown_name", 1), 1, "[{engine}]");
+        // Logged under the service owning the listener, no backend.
+        let r = wait_record(&lb, &log_path, "text", client);
+        assert_eq!(
+            (
+                r["cause"].as_str(),
+                r["service"].as_str(),
+                r["backend_address"].as_str()
+            ),
+            ("sni_refused", "art", "-"),
+            "[{engine}] {r:?}"
+        );
 
         // Plain HTTP.
         let mut s = TcpStream::connect(addr).unwrap();
@@ -632,12 +649,23 @@ fn behind_a_balancer_the_proxy_header_comes_first_then_the_hello_routes() {
             "accept_proxy = true".to_owned(),
             "proxy_trusted = [\"127.0.0.0/8\"]".to_owned(),
         ]);
+        let log = TempDir::new("sni-log");
+        let log_path = log.path().join("access.log");
+        config.global_extra = vec![format!("access_log = {:?}", log_path.display().to_string())];
         let lb = Ringlb::start(&config);
-        let header = b"PROXY TCP4 10.1.2.3 127.0.0.1 40000 443\r\n";
-        let got = fetch(&pki, addr, "xray.example.com", header).unwrap();
-        assert!(got.contains("pool=xray"), "[{engine}] {got}");
-        let got = fetch(&pki, addr, "art.example.com", header).unwrap();
-        assert!(got.contains("pool=art"), "[{engine}] {got}");
+        for (name, pool, port) in [
+            ("xray.example.com", "xray", 40000),
+            ("art.example.com", "art", 40001),
+        ] {
+            let header = format!("PROXY TCP4 10.1.2.3 127.0.0.1 {port} 443\r\n");
+            let got = fetch(&pki, addr, name, header.as_bytes()).unwrap();
+            assert!(got.contains(&format!("pool={pool}")), "[{engine}] {got}");
+            // The record names the picked service and the header's client.
+            let client = SocketAddr::from(([10, 1, 2, 3], port));
+            let r = wait_record(&lb, &log_path, "text", client);
+            assert_eq!(r["service"], pool, "[{engine}] {r:?}");
+            assert_eq!(r["listen"], addr.to_string(), "[{engine}] {r:?}");
+        }
         // Without the header: refused by the PROXY rules, no backend.
         let before = art.accepted() + xray.accepted();
         assert!(fetch(&pki, addr, "art.example.com", b"").is_err());
