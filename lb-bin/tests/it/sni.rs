@@ -23,8 +23,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 
 use crate::access_log::wait_record;
 use crate::harness::{
-    for_each_engine, run_to_exit, Backend, BackendConfig, Deadline, LbConfig, Ringlb, TempDir,
-    IO_TIMEOUT, LOCALHOST,
+    for_each_engine, for_each_variant, run_to_exit, Backend, BackendConfig, Deadline, LbConfig,
+    Ringlb, TempDir, Variant, IO_TIMEOUT, LOCALHOST,
 };
 use crate::upgrade::free_port;
 
@@ -126,7 +126,7 @@ fn tls_backend(pool: &str, tls: Arc<rustls::ServerConfig>) -> Backend {
 /// (art.example.com), `xray` (*.example.com) and, with `default`, `rest`
 /// (sni_default); admin on, `sni_timeout` as given.
 fn config(
-    engine: &'static str,
+    engine: impl Into<Variant>,
     addr: SocketAddr,
     pools: &[(&str, &Backend, &str)],
     timeout: &str,
@@ -465,7 +465,7 @@ fn a_hello_written_byte_by_byte_still_routes_and_a_stalled_one_is_closed_at_the_
     let pki = Pki::new();
     let art = tls_backend("art", pki.server(&["art.example.com"]));
     let xray = tls_backend("xray", pki.server(&["*.example.com"]));
-    for_each_engine("sni byte by byte", |engine| {
+    for_each_variant("sni byte by byte", |engine| {
         let addr = SocketAddr::new(LOCALHOST, free_port());
         let lb = Ringlb::start(&config(
             engine,
