@@ -15,6 +15,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use crate::harness::{
     for_each_engine, for_each_variant, run_to_exit, Backend, BackendConfig, Deadline, LbConfig,
     Ringlb, TempDir, Variant, IO_TIMEOUT, LOCALHOST,
 };
-use crate::upgrade::free_port;
+use crate::upgrade::{free_port, upgrade, Proc};
 
 /// A test CA and the PEM file of its certificate.
 struct Pki {
@@ -672,5 +673,81 @@ fn behind_a_balancer_the_proxy_header_comes_first_then_the_hello_routes() {
         assert_eq!(art.accepted() + xray.accepted(), before, "[{engine}]");
         drop(lb);
         println!("[{engine}] PROXY header then ClientHello: routed by name");
+    });
+}
+
+#[test]
+fn an_upgrade_hands_over_the_shared_listener_and_routing_goes_on() {
+    let _shared = crate::harness::shared();
+    let pki = Arc::new(Pki::new());
+    let art = tls_backend("art", pki.server(&["art.example.com"]));
+    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
+    for_each_engine("sni upgrade", |engine| {
+        let addr = SocketAddr::new(LOCALHOST, free_port());
+        let mut lb_config = config(
+            engine,
+            addr,
+            &[
+                ("art", &art, "sni = [\"art.example.com\"]"),
+                ("xray", &xray, "sni = [\"*.example.com\"]"),
+            ],
+            "3s",
+        );
+        lb_config.admin = false;
+        let dir = TempDir::new("sni-upgrade");
+        let path = dir.write("ringlb.toml", &lb_config.to_toml());
+        let sock = dir.path().join("upgrade.sock");
+        let mut first = Proc::start(&path, &sock);
+        assert_eq!(first.wait_listening(), addr, "{}", first.log());
+
+        // TLS clients of both names, one after another, while the new
+        // process takes the socket over (bounded: 60 s, stopped after).
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = {
+            let (pki, stop) = (Arc::clone(&pki), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let deadline = Deadline::after(Duration::from_secs(60));
+                let (mut done, mut errors) = (0usize, Vec::new());
+                while !stop.load(Ordering::SeqCst) && !deadline.passed() {
+                    let (name, pool) =
+                        [("art.example.com", "art"), ("ci.example.com", "xray")][done % 2];
+                    match fetch(&pki, addr, name, b"") {
+                        Ok(got) if got.contains(&format!("pool={pool}")) => {}
+                        other => errors.push(format!("{name}: {other:?}")),
+                    }
+                    done += 1;
+                }
+                (done, errors)
+            })
+        };
+        art.wait_accepted(art.accepted() + 20, Duration::from_secs(10));
+        let (new, took) = upgrade(&path, &sock, &first);
+        xray.wait_accepted(xray.accepted() + 20, Duration::from_secs(10));
+        stop.store(true, Ordering::SeqCst);
+        let (done, errors) = clients.join().unwrap();
+        assert!(
+            errors.is_empty(),
+            "[{engine}] {} of {done} TLS clients failed across the upgrade: {:?}\n--- new ---\n{}",
+            errors.len(),
+            &errors[..errors.len().min(5)],
+            new.log()
+        );
+        // The old process drained and left: the new one alone routes.
+        let status = first.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "[{engine}] old: {status:?}\n{}",
+            first.log()
+        );
+        for (name, pool) in [("art.example.com", "art"), ("ci.example.com", "xray")] {
+            let got = fetch(&pki, addr, name, b"").unwrap();
+            assert!(
+                got.contains(&format!("pool={pool}")),
+                "[{engine}] after: {got}"
+            );
+        }
+        println!(
+            "[{engine}] {done} TLS clients (two names) across an upgrade (switch {took:?}): none failed, each reached its pool"
+        );
     });
 }
