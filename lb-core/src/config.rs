@@ -201,7 +201,8 @@ impl Forwarding {
 pub struct Service {
     /// Unique among services; `[A-Za-z0-9_.-]+`.
     pub name: String,
-    /// At least one; a listen address appears in at most one service.
+    /// At least one; a listen address appears in at most one service,
+    /// unless every service listing it routes by server name (`sni`).
     pub listen: Vec<SocketAddr>,
     /// `balance = "maglev"` (default) | "round-robin" | "least-conn" | "p2c".
     pub balance: Balance,
@@ -241,6 +242,11 @@ pub struct Service {
     /// `proxy_header_timeout` (default off): clients must start with a
     /// PROXY header, whose address then stands for the client.
     pub accept_proxy: Option<AcceptProxy>,
+    /// `sni`, `sni_default` and `sni_timeout` (default off): the service
+    /// takes the TLS clients of its listen addresses that ask for one of
+    /// these server names (`sni_default`: or for none it knows), so
+    /// several services may share an address.
+    pub sni: Option<SniRoute>,
     /// `allow`, `deny`, `max_connections_per_source`,
     /// `new_connections_per_source` (all off by default): who may connect
     /// and how much one source may take.
@@ -298,6 +304,30 @@ impl SourceLimits {
             && self.max_connections_per_source.is_none()
             && self.new_connections_per_source.is_none()
     }
+}
+
+/// `sni = [..]`, `sni_default`, `sni_timeout`: which TLS clients of its
+/// listen addresses a service takes, by the server name of their
+/// ClientHello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// `sni = ["art.example.com", "*.example.com"]`: lower-cased; a
+    /// leading `*.` matches exactly one more label (the certificate rule).
+    /// May be empty with `default`.
+    pub names: Vec<String>,
+    /// `sni_default = true`: also the clients that send no server name or
+    /// one no service on the address lists (one default per address).
+    pub default: bool,
+    /// `sni_timeout = "3s"` (default, > 0): a client whose ClientHello is
+    /// not whole by then is closed. On a shared address the longest of its
+    /// services' timeouts applies (the service is not known yet).
+    pub timeout: Duration,
+}
+
+impl SniRoute {
+    /// The default `sni_timeout` (as `proxy_header_timeout`: covers a TCP
+    /// retransmit).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 }
 
 impl AcceptProxy {
@@ -549,6 +579,22 @@ impl Config {
         self.services.iter().find(|s| s.name == name)
     }
 
+    /// The listening sockets the config asks for, as (service, address):
+    /// each address once, owned by the first service listing it (services
+    /// that share an address route by server name, and the owner's
+    /// listener accepts for all of them); port 0 is never shared.
+    pub(crate) fn listeners(&self) -> Vec<(&str, SocketAddr)> {
+        let mut out: Vec<(&str, SocketAddr)> = Vec::new();
+        for s in &self.services {
+            for &addr in &s.listen {
+                if addr.port() == 0 || !out.iter().any(|(_, a)| *a == addr) {
+                    out.push((&s.name, addr));
+                }
+            }
+        }
+        out
+    }
+
     /// [`Config::parse`] for bytes that may not be UTF-8.
     pub(crate) fn parse_bytes(bytes: &[u8], file: Option<&Path>) -> Result<Config, ConfigError> {
         match std::str::from_utf8(bytes) {
@@ -712,6 +758,7 @@ impl Service {
             source_address: None,
             liveness: TcpLiveness::default(),
             accept_proxy: None,
+            sni: None,
             sources: SourceLimits::default(),
             health: HealthCheck::default(),
             backends,

@@ -28,13 +28,11 @@ mod policy;
 mod proxy_header;
 mod server;
 mod snapshot;
+mod sni_routes;
 mod source_limits;
 mod stats;
 mod supervisor;
 mod sys;
-// Its users (SNI routing, the TLS-safe retry) land next; until then only
-// its tests and the fuzz entry call it.
-#[allow(dead_code)]
 mod tls_hello;
 mod worker;
 
@@ -57,7 +55,7 @@ pub use error::{Error, Result};
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
     AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, ConfigWarning, DegradedIs,
-    HealthCheck, HealthKind, MaxConnections, SourceLimits, DEFAULT_HEALTH_PATH,
+    HealthCheck, HealthKind, MaxConnections, SniRoute, SourceLimits, DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;

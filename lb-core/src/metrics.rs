@@ -24,8 +24,8 @@ use crate::config::AdminState;
 use crate::control::Health;
 use crate::source_limits::SourceRefused;
 use crate::stats::{
-    ConnectionBudget, LocalKind, ProxyRefused, CONNECT_BUCKETS_US, HEALTH_STATES, LOCAL_ERRORS,
-    LOG_LOSS,
+    ConnectionBudget, LocalKind, ProxyRefused, SniRefused, CONNECT_BUCKETS_US, HEALTH_STATES,
+    LOCAL_ERRORS, LOG_LOSS,
 };
 use crate::worker::WorkerControl;
 
@@ -290,6 +290,17 @@ fn render_ends(e: &mut Exposition, view: &StatusView) {
         ),
         ("reason", &proxy),
         |s, reason| s.stats.proxy_refused(reason),
+    );
+    let sni: Vec<(SniRefused, &str)> = SniRefused::all().map(|r| (r, r.label())).to_vec();
+    per_service_reasons(
+        e,
+        view,
+        (
+            "ringlb_sni_refused_total",
+            "Clients of a listen address that routes by TLS server name (sni), closed without a backend connection before a service was chosen, counted on the first service listing the address, by reason: not_tls, malformed, oversized (the ClientHello), timeout (not whole within sni_timeout), closed (the client left first), unknown_name (no service takes its name and no sni_default), full (the chosen service is at max_connections).",
+        ),
+        ("reason", &sni),
+        |s, reason| s.stats.sni_refused(reason),
     );
     let sources: Vec<(SourceRefused, &str)> =
         SourceRefused::ALL.iter().map(|r| (*r, r.label())).collect();

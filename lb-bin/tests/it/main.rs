@@ -43,6 +43,7 @@ mod proxy_out;
 mod reload;
 mod reset;
 mod slow_start;
+mod sni;
 mod source_limits;
 mod stickiness;
 mod systemd;

@@ -546,10 +546,12 @@ impl ControlPlane {
         let nofile = sys::nofile_limit().map_or(u64::MAX, |(soft, _)| soft);
         let fds = budget::compute(nofile, &budget::Inputs::of(&running, self.workers.len()))?;
         // Bind the new listen addresses first: failing here changes nothing.
+        // A shared address (SNI routing) is one listener, its first
+        // service's.
         let wanted: Vec<(String, SocketAddr)> = new
-            .services
-            .iter()
-            .flat_map(|s| s.listen.iter().map(move |a| (s.name.clone(), *a)))
+            .listeners()
+            .into_iter()
+            .map(|(s, a)| (s.to_owned(), a))
             .collect();
         let mut added: Vec<(String, SocketAddr, SocketAddr, Vec<socket2::Socket>)> = Vec::new();
         for (service, addr) in &wanted {

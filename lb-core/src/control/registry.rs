@@ -13,6 +13,7 @@ use crate::config::{AdminState, Balance, Config, HealthCheck, HealthKind};
 use crate::health::BackendKey;
 use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
+use crate::sni_routes::SniRoutes;
 use crate::source_limits::SourcePolicy;
 use crate::stats::{BackendStats, ServiceStats};
 
@@ -405,9 +406,14 @@ impl Registry {
             services.push(table);
         }
         self.generation += 1;
+        let sni = SniRoutes::build(self.services.iter().map(|s| &s.config))
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         Ok(Snapshot {
             generation: self.generation,
             services,
+            sni,
         })
     }
 

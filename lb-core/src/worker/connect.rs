@@ -86,6 +86,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             self.open_preamble(li, si, client, peer);
             return;
         }
+        if self.listeners[li].routes.is_some() {
+            self.open_hello(li, client, peer);
+            return;
+        }
         let source = match self.admit_source(si, peer) {
             Ok(source) => source,
             Err(_) => {

@@ -1076,3 +1076,6 @@ fn with_accept_proxy_the_headers_client_is_the_source() {
     assert_eq!(source_refused(&r, SourceRefused::Denied), 1);
     assert_eq!(source_refused(&r, SourceRefused::Connections), 1);
 }
+
+// The SNI phase (worker/sni.rs), on this file's rig.
+mod sni;

@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::stats::ProxyRefused;
+use crate::stats::{ProxyRefused, SniRefused};
 
 use super::connect::ConnectFailure;
 use super::{Phase, Reactor, Syscalls, Worker};
@@ -62,7 +62,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 continue;
             }
             let due = match &conn.phase {
-                Phase::Preamble { deadline } | Phase::Connecting { deadline, .. } => *deadline,
+                Phase::Preamble { deadline }
+                | Phase::Hello { deadline }
+                | Phase::Connecting { deadline, .. } => *deadline,
                 Phase::Established { .. } => {
                     let idle = self.listeners[conn.listener]
                         .service_index
@@ -88,6 +90,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             }
             match conn.phase {
                 Phase::Preamble { .. } => self.refuse(slot, ProxyRefused::Timeout),
+                Phase::Hello { .. } => self.refuse_hello(slot, SniRefused::Timeout),
                 Phase::Connecting { target, .. } => {
                     let si = self.listeners[conn.listener].service_index;
                     self.drop_backend(slot);

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::sni::SniKeys;
 use super::{
     choice, convert_duration, each, integer, optional_duration, positive_u32, positive_usize,
     required, Invalid, Seen, Zero,
@@ -62,7 +63,8 @@ impl Seen {
         }
         self.service_names.insert(name.clone(), index);
 
-        let listen = self.convert_listen(&raw, &table, &path, &name)?;
+        let sni = super::sni::convert_sni(&raw, &path)?;
+        let listen = self.convert_listen(&raw, &table, (&path, &name), sni.as_ref())?;
         let balance = match &raw.balance {
             None => default.balance,
             Some(balance) => choice(
@@ -159,6 +161,7 @@ impl Seen {
             source_address,
             liveness,
             accept_proxy,
+            sni: sni.map(|keys| keys.route),
             sources,
             health,
             backends,
@@ -170,8 +173,8 @@ impl Seen {
         &mut self,
         raw: &RawService,
         table: &Range<usize>,
-        path: &str,
-        name: &str,
+        (path, name): (&str, &str),
+        sni: Option<&SniKeys>,
     ) -> Result<Vec<SocketAddr>, Invalid> {
         let key = format!("{path}.listen");
         let list = required(
@@ -204,19 +207,13 @@ impl Seen {
                     format!("{addr} is listed twice"),
                 ));
             }
-            if let Some(owner) = self.listen_owners.get(addr) {
-                return Err(Invalid::at(
-                    item.span(),
-                    format!("{key}[{i}]"),
-                    format!(
-                        "{addr} is already a listen address of service {owner:?} \
-                         (a listen address belongs to one service)"
-                    ),
-                ));
-            }
-        }
-        for addr in &listen {
-            self.listen_owners.insert(*addr, name.to_owned());
+            super::sni::claim(
+                &mut self.listen_owners,
+                *addr,
+                (item.span(), format!("{key}[{i}]")),
+                name,
+                (sni, path),
+            )?;
         }
         Ok(listen)
     }
