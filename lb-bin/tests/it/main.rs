@@ -43,6 +43,7 @@ mod reload;
 mod reset;
 mod slow_start;
 mod source_limits;
+mod status_history;
 mod stickiness;
 mod systemd;
 mod threads;
