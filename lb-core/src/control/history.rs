@@ -203,6 +203,37 @@ impl HistoryView {
     }
 }
 
+/// The control plane's once-a-second sampling tick. A late tick (the
+/// event loop was busy) is not made up in a burst: the one sample it takes
+/// covers the seconds it missed ([`Rates::record`] spreads them).
+#[derive(Debug)]
+pub(crate) struct SampleClock {
+    interval: tokio::time::Interval,
+    /// When the last tick came.
+    last: tokio::time::Instant,
+}
+
+impl SampleClock {
+    /// Needs the tokio runtime (the control plane's).
+    pub(crate) fn new() -> SampleClock {
+        let mut interval = tokio::time::interval(SAMPLE_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        SampleClock {
+            interval,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits for the next tick; how many sample periods passed since the
+    /// last one (see [`periods`]).
+    pub(crate) async fn tick(&mut self) -> u32 {
+        let now = self.interval.tick().await;
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = now;
+        periods(elapsed)
+    }
+}
+
 /// How many sample periods `elapsed` is, rounded, at least one: the
 /// `seconds` of [`Rates::record`] for a tick that came `elapsed` after the
 /// last one.

@@ -298,12 +298,7 @@ impl ControlPlane {
             .take()
             .map(|admin| self.supervisor.spawn_task("admin server", admin));
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
-        // The status page's traffic samples: a late tick (the loop was
-        // busy) is not made up in a burst; the sample it takes covers the
-        // seconds it missed.
-        let mut sample_tick = tokio::time::interval(history::SAMPLE_EVERY);
-        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_sample = tokio::time::Instant::now();
+        let mut samples = history::SampleClock::new();
         let mut resolve_every = self.config.global.resolve_interval;
         let mut resolve_tick = resolve::ticks(resolve_every);
         loop {
@@ -313,10 +308,7 @@ impl ControlPlane {
             }
             tokio::select! {
                 _ = status_tick.tick() => self.send_status(),
-                now = sample_tick.tick() => {
-                    self.registry.sample(history::periods(now.saturating_duration_since(last_sample)));
-                    last_sample = now;
-                }
+                periods = samples.tick() => self.registry.sample(periods),
                 _ = resolve_tick.tick() => {
                     self.resolver.start_round(&self.config, &self.supervisor, resolve_every);
                 }
