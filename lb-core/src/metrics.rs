@@ -665,6 +665,7 @@ mod tests {
             last_change: UNIX_EPOCH,
             stats: Arc::default(),
             joined: false,
+            history: Default::default(),
         };
         let view = StatusView {
             generation: 7,

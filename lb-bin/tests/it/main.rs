@@ -45,6 +45,7 @@ mod reset;
 mod slow_start;
 mod sni;
 mod source_limits;
+mod status_history;
 mod stickiness;
 mod systemd;
 mod threads;
