@@ -32,9 +32,6 @@ mod source_limits;
 mod stats;
 mod supervisor;
 mod sys;
-// Its users (SNI routing, the TLS-safe retry) land next; until then only
-// its tests and the fuzz entry call it.
-#[allow(dead_code)]
 mod tls_hello;
 mod worker;
 
