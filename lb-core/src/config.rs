@@ -260,6 +260,25 @@ pub struct Service {
     /// client's address and port and the address it connected to (a
     /// backend's own `send_proxy` overrides it).
     pub send_proxy: Option<ProxyVersion>,
+    /// `retry_before_response = "tls"` (default) | `"off"`: whether a
+    /// client whose backend closes or resets before answering, while the
+    /// client sent at most a TLS ClientHello, is moved to its next backend
+    /// with that hello replayed.
+    pub retry_before_response: RetryBeforeResponse,
+}
+
+/// `retry_before_response`: what ringlb may replay to another backend when
+/// the one it connected to closes or resets before its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetryBeforeResponse {
+    /// The client sent nothing yet or only a TLS ClientHello (at most
+    /// 16 KiB, held in the client's socket until the backend answers):
+    /// nothing happened yet, the next backend gets the same bytes.
+    #[default]
+    Tls,
+    /// Never: the client sees the backend's close or reset, as without
+    /// the setting.
+    Off,
 }
 
 /// `accept_proxy = true`: the service sits behind balancers that send a
@@ -763,6 +782,7 @@ impl Service {
             health: HealthCheck::default(),
             backends,
             send_proxy: None,
+            retry_before_response: RetryBeforeResponse::Tls,
         }
     }
 }
@@ -978,6 +998,26 @@ address = "10.0.0.1:80"
             ],
         );
         assert_refused(&service_with("send_proxy = true"), (4, 14), &["send_proxy"]);
+    }
+
+    // The TLS-safe retry.
+    #[test]
+    fn retry_before_response_defaults_to_tls_and_takes_only_tls_or_off() {
+        let s = &parse(&service_with("")).unwrap().services[0];
+        assert_eq!(s.retry_before_response, RetryBeforeResponse::Tls);
+        let s = &parse(&service_with("retry_before_response = \"off\""))
+            .unwrap()
+            .services[0];
+        assert_eq!(s.retry_before_response, RetryBeforeResponse::Off);
+        assert_refused(
+            &service_with("retry_before_response = \"always\""),
+            (4, 25),
+            &[
+                "services[0].retry_before_response",
+                "\"always\" is not valid",
+                "\"tls\", \"off\"",
+            ],
+        );
     }
 
     #[test]

@@ -197,7 +197,7 @@ fn render_budget(e: &mut Exposition, budget: &ConnectionBudget) {
 
 fn render_services(e: &mut Exposition, view: &StatusView) {
     type Read = fn(&ServiceView) -> u64;
-    let families: [(&str, Kind, &str, Read); 5] = [
+    let families: [(&str, Kind, &str, Read); 6] = [
         (
             "ringlb_service_accepted_total",
             Kind::Counter,
@@ -215,6 +215,12 @@ fn render_services(e: &mut Exposition, view: &StatusView) {
             Kind::Counter,
             "Connects retried on another backend after a failure.",
             |s| s.stats.retries.load(Relaxed),
+        ),
+        (
+            "ringlb_tls_replays_total",
+            Kind::Counter,
+            "TLS ClientHellos replayed to another backend after the first closed or reset before answering.",
+            |s| s.stats.tls_replays.load(Relaxed),
         ),
         (
             "ringlb_service_no_backend_total",

@@ -77,6 +77,9 @@ pub struct ServiceSettings {
     /// `allow`/`deny` and the per-source limits with their shared tables;
     /// None when none is set (then they cost one branch per connection).
     pub(crate) sources: Option<Arc<SourcePolicy>>,
+    /// `retry_before_response = "tls"`: a connected client is held in the
+    /// replayable phase (`worker/replay.rs`) until its backend answers.
+    pub retry_tls: bool,
 }
 
 /// One backend as the workers see it.
@@ -423,6 +426,7 @@ mod tests {
             liveness: TcpLiveness::default(),
             accept_proxy: None,
             sources: None,
+            retry_tls: true,
         };
         let backends = (0..usable.len())
             .map(|i| BackendEntry {

@@ -366,6 +366,10 @@ pub struct ServiceStats {
     pub no_backend: AtomicU64,
     /// Connect retries on another backend.
     pub retries: AtomicU64,
+    /// Client connections whose TLS ClientHello was replayed to another
+    /// backend after the one it was sent to closed or reset before
+    /// answering (`retry_before_response = "tls"`).
+    pub tls_replays: AtomicU64,
     /// Connection ends by cause, with and without a backend reached.
     pub ends: crate::access_log::EndCounts,
     /// Clients closed before a backend was chosen because their PROXY

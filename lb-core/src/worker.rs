@@ -14,7 +14,9 @@
 //! [`Token`]s naming them), `connect` (backend choice and retries),
 //! `preamble` (what a client sends before a backend is chosen: a PROXY
 //! header), `sni` (the ClientHello that picks the service on an address
-//! that routes by server name), `timers` (preamble, connect and idle timeouts), `mailbox` (the
+//! that routes by server name), `replay` (a connected backend's silence
+//! before its first byte, when a TLS ClientHello can still go to another),
+//! `timers` (preamble, hello, connect and idle timeouts), `mailbox` (the
 //! link with the control plane), `forwarding` (how bytes move, resolved at
 //! start-up) and `syscalls` (the kernel calls, a seam for tests).
 
@@ -23,6 +25,7 @@ mod forwarding;
 mod listeners;
 mod mailbox;
 mod preamble;
+mod replay;
 mod slab;
 mod sni;
 mod syscalls;
@@ -166,6 +169,11 @@ enum Phase {
         /// When the current attempt started (connect-time histogram).
         started: Instant,
     },
+    /// Connected, and the backend has sent nothing yet: the client's
+    /// first bytes (none, or a TLS ClientHello) stay in its socket, copied
+    /// to the backend, so that a backend closing or resetting before it
+    /// answers is replaced by the next candidate (`replay.rs`).
+    Replayable(replay::Held),
     Established {
         /// The inline pumps' state; with the engine forwarding (`flows`)
         /// only its byte counts are used.
@@ -398,6 +406,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         }
         match conn.phase {
             Phase::Established { .. } => {}
+            Phase::Replayable(_) => {
+                self.replay_event(slot, backend);
+                return;
+            }
             Phase::Connecting { .. } => {
                 if backend {
                     self.connect_done(slot);
@@ -685,6 +697,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             stats.bytes_to_backend.fetch_add(up, Relaxed);
             stats.bytes_to_client.fetch_add(down, Relaxed);
         }
+        if let Phase::Replayable(held) = &conn.phase {
+            held.stats().active.fetch_sub(1, Relaxed);
+        }
         let listener = &self.listeners[conn.listener];
         let established = matches!(conn.phase, Phase::Established { .. });
         listener.stats.ends.count(established, cause);
@@ -720,6 +735,7 @@ fn record(conn: &Conn, listener: &ListenerState, now: Instant, cause: EndCause) 
     let (backend, attempts, connect_time, up, down) = match &conn.phase {
         Phase::Preamble { .. } | Phase::Hello { .. } => (None, 0, None, 0, 0),
         Phase::Connecting { attempts, .. } => (None, *attempts, None, 0, 0),
+        Phase::Replayable(held) => (None, held.attempts(), None, 0, 0),
         Phase::Established {
             pair,
             address,

@@ -50,4 +50,5 @@ mod stickiness;
 mod systemd;
 mod threads;
 mod time_wait;
+mod tls_retry;
 mod upgrade;

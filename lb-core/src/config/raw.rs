@@ -84,6 +84,8 @@ pub(super) struct RawService {
     pub backend: Vec<Spanned<RawBackend>>,
     // PROXY protocol out.
     pub send_proxy: Option<Text>,
+    // The TLS-safe retry (worker/replay.rs).
+    pub retry_before_response: Option<Text>,
 }
 
 /// `[service.health]`.

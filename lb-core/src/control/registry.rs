@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use std::net::SocketAddr;
 
-use crate::config::{AdminState, Balance, Config, HealthCheck, HealthKind};
+use crate::config::{AdminState, Balance, Config, HealthCheck, HealthKind, RetryBeforeResponse};
 use crate::health::BackendKey;
 use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
@@ -382,6 +382,7 @@ impl Registry {
                 liveness: c.liveness,
                 accept_proxy: c.accept_proxy.clone(),
                 sources: svc.sources.clone(),
+                retry_tls: c.retry_before_response == RetryBeforeResponse::Tls,
             };
             let backends: Vec<BackendEntry> = svc
                 .backends

@@ -24,7 +24,8 @@ use crate::config::value::{
     is_host_name, is_valid_name, parse_host_port, parse_socket_addr, truncated,
 };
 use crate::config::{
-    AdminState, Backend, Balance, HealthCheck, Service, TcpLiveness, DEFAULT_MAGLEV_TABLE_SIZE,
+    AdminState, Backend, Balance, HealthCheck, RetryBeforeResponse, Service, TcpLiveness,
+    DEFAULT_MAGLEV_TABLE_SIZE,
 };
 use crate::maglev::{is_prime, MIN_TABLE_SIZE};
 use crate::proxy_header::ProxyVersion;
@@ -144,6 +145,17 @@ impl Seen {
         let maglev_table_size = convert_table_size(&raw, &table, &path, backends.len())?;
         // PROXY protocol out.
         let (send_proxy, health) = convert_send_proxy(&raw, &path, &backends, health)?;
+        let retry_before_response = match &raw.retry_before_response {
+            None => default.retry_before_response,
+            Some(value) => choice(
+                value,
+                &at("retry_before_response"),
+                &[
+                    ("tls", RetryBeforeResponse::Tls),
+                    ("off", RetryBeforeResponse::Off),
+                ],
+            )?,
+        };
 
         Ok(Service {
             name,
@@ -166,6 +178,7 @@ impl Seen {
             health,
             backends,
             send_proxy,
+            retry_before_response,
         })
     }
 
