@@ -296,6 +296,10 @@ echo "- load average at end (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg)" >>"$
 	echo
 	echo "Raw runs: ${CSV#"$ROOT"/}"
 } >"$OUT_DIR/summary.md"
+# SVG charts of the table (CPU per unit and throughput per workload),
+# linked from the summary. A chart that cannot be drawn costs no run.
+python3 "$ROOT/scripts/bench-charts.py" "$CSV" --summary >/dev/null ||
+	warn "no charts: scripts/bench-charts.py failed (the tables above are complete)"
 echo
 cat "$OUT_DIR/summary.md"
 ((QUICK)) && log "quick run: one short round; use a full run for numbers to quote"

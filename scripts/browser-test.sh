@@ -7,7 +7,12 @@
 #   - Drain without the token shows the API's error and changes nothing,
 #   - Drain with the token (typed in the page) turns the row DRAINING, and
 #     the JSON API agrees,
-#   - a weight typed in the row is applied.
+#   - a weight typed in the row is applied,
+#   - each backend has its two sparklines (new connections/s, bytes/s) and
+#     a health strip, and the sparklines move while traffic flows (the
+#     script makes some: a bounded loop of requests from two sources),
+#   - when a backend stops, its strip gains a red segment whose hover text
+#     names the probe's reason.
 # Saves a screenshot to docs/status-page.png. Loopback only; everything it
 # starts is stopped by PID on exit.
 #
@@ -41,6 +46,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 be1=$(free_port); be2=$(free_port); lb=$(free_port); admin=$(free_port)
 (cd "$work" && exec "$py" -m http.server "$be1" --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
 (cd "$work" && exec "$py" -m http.server "$be2" --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
+be2_pid=$!
 cat > "$work/ringlb.toml" <<EOF
 [global]
 workers = 1
@@ -80,8 +86,8 @@ for i in 1 2 3 4 5 6; do
   curl -s -o /dev/null --interface 127.0.0.2 "http://127.0.0.1:$lb/" || true
 done
 
-ADMIN="http://127.0.0.1:$admin" PROFILE="$work/chromium" SHOT="$repo/docs/status-page.png" "$py" - <<'PY'
-import json, os, urllib.request
+ADMIN="http://127.0.0.1:$admin" LB_PORT="$lb" BE2_PID="$be2_pid" PROFILE="$work/chromium" SHOT="$repo/docs/status-page.png" "$py" - <<'PY'
+import http.client, json, os, signal, threading, time, urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -93,7 +99,7 @@ opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
 for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run",
-             "--user-data-dir=" + os.environ["PROFILE"], "--window-size=1400,700"]:
+             "--user-data-dir=" + os.environ["PROFILE"], "--window-size=1700,560"]:
     opts.add_argument(flag)
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 # The page refreshes every second and replaces each state badge as it does:
@@ -114,14 +120,54 @@ def row(name):
 def badge(name):
     return row(name).find_element(By.CSS_SELECTOR, ".badge").text
 
+def traffic(seconds, stop):
+    # Bounded in count and time: at most 600 requests, for at most
+    # `seconds`, from eight loopback sources (Maglev spreads them over both
+    # backends), at a varying pace so the sparklines have a shape.
+    end = time.monotonic() + seconds
+    for i in range(600):
+        if stop.is_set() or time.monotonic() > end:
+            return
+        for src in [f"127.0.0.{n}" for n in range(1, 9)]:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", int(os.environ["LB_PORT"]), timeout=2,
+                                               source_address=(src, 0))
+                c.request("GET", "/")
+                c.getresponse().read()
+                c.close()
+            except OSError:
+                pass
+        time.sleep(0.05 if (i // 20) % 2 == 0 else 0.2)
+
+def spark_d(name, kind):
+    return row(name).find_element(By.CSS_SELECTOR, f"svg.spark-{kind} path.line").get_attribute("d")
+
 def click(name, css):
     wait.until(lambda d: row(name).find_element(By.CSS_SELECTOR, css).click() or True)
 
+stop = threading.Event()
 try:
     driver.get(admin + "/")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr[data-backend]")) == 2)
     wait.until(lambda d: badge("art1") == "HEALTHY" and badge("art2") == "HEALTHY")
     print("page lists art1, art2: HEALTHY")
+
+    # Pictures: per backend, two sparklines and a health strip.
+    for name in ("art1", "art2"):
+        wait.until(lambda d: len(row(name).find_elements(By.CSS_SELECTOR, "svg.spark")) == 2
+                   and len(row(name).find_elements(By.CSS_SELECTOR, "svg.strip rect.seg")) >= 1)
+    print("each backend has 2 sparklines and a health strip")
+    # Traffic flows from here to the screenshot.
+    load = threading.Thread(target=traffic, args=(150, stop), daemon=True)
+    load.start()
+    for name in ("art1", "art2"):
+        wait.until(lambda d: sum(backend(name)["history"]["new_connections"][-10:]) > 0)
+        for kind in ("conns", "bytes"):
+            wait.until(lambda d: spark_d(name, kind).count("L") >= 2)
+            before = spark_d(name, kind)
+            wait.until(lambda d: spark_d(name, kind) != before)
+        rate = row(name).find_element(By.CSS_SELECTOR, ".rate").text
+        print(f"{name}: sparklines move with traffic (now {rate})")
 
     # Drain without the token: the API refuses, the page says so.
     click("art1", 'button[data-action="drain"]')
@@ -146,6 +192,27 @@ try:
     wait.until(lambda d: "weight 250" in d.find_element(By.ID, "notice").text)
     print("weight of art2 set to 250")
 
+    click("art1", 'button[data-action="enable"]')
+    wait.until(lambda d: badge("art1") == "HEALTHY")
+    print("enable with token: art1 HEALTHY again")
+
+    # A backend stops: its strip turns red from then on, and the red
+    # segment's hover text says why.
+    os.kill(int(os.environ["BE2_PID"]), signal.SIGTERM)
+    wait.until(lambda d: badge("art2") == "UNHEALTHY")
+    reason = next(t for t in reversed(backend("art2")["transitions"]) if t["to"] == "down")["reason"]
+    def down_title(d):
+        segs = row("art2").find_elements(By.CSS_SELECTOR, "svg.strip rect.seg-down title")
+        return segs[-1].get_attribute("textContent") if segs else False
+    title = wait.until(down_title)
+    assert "up \u2192 down" in title and reason in title, (title, reason)
+    print("art2 stopped: strip segment", repr(title))
+
+    # For the screenshot: a minute of pictures (the traffic goes on; the
+    # wait ends when the samples are there, or after 100 s).
+    WebDriverWait(driver, 100).until(lambda d: len(backend("art1")["history"]["new_connections"]) >= 60)
+    stop.set()
+    load.join(timeout=5)
     # Let one more refresh pass so the screenshot shows the steady state.
     live = driver.find_element(By.ID, "live")
     seen = live.text
@@ -153,6 +220,7 @@ try:
     driver.save_screenshot(os.environ["SHOT"])
     print("screenshot:", os.environ["SHOT"])
 finally:
+    stop.set()
     driver.quit()
 PY
 echo "browser test passed"

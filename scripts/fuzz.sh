@@ -2,7 +2,7 @@
 # Long runs of the hostile-input targets.
 #   scripts/fuzz.sh TARGET [CASES]           proptest mode (lb-core/src/fuzz.rs)
 #   scripts/fuzz.sh --afl TARGET SECONDS     coverage-guided mode (fuzz/, afl)
-# TARGET: config health admin join handover proxy_header all.
+# TARGET: config health admin join handover proxy_header tls_hello all.
 #
 # proptest mode: CASES per property (default 100000; `cargo test` runs
 # 512). A failure prints the shrunk input: commit it as a regression test
@@ -19,7 +19,7 @@
 # committed corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=(config health admin join handover proxy_header)
+targets=(config health admin join handover proxy_header tls_hello)
 
 # ---- proptest mode ----
 filter_of() {
@@ -30,6 +30,7 @@ filter_of() {
     join) echo "admin::fuzz::join::" ;;
     handover) echo "handover::fuzz::" ;;
     proxy_header) echo "proxy_header::parse::fuzz::" ;;
+    tls_hello) echo "tls_hello::fuzz::" ;;
     *) echo "unknown target $1 (${targets[*]} all)" >&2; exit 2 ;;
     esac
 }
@@ -52,6 +53,7 @@ dict_source() {
     join) echo lb-core/src/admin/fuzz/join.rs ;;
     handover) echo lb-core/src/handover/fuzz.rs ;;
     proxy_header) echo lb-core/src/proxy_header/parse_fuzz.rs ;;
+    tls_hello) echo lb-core/src/tls_hello/fuzz.rs ;;
     *) echo "unknown target $1 (${targets[*]} all)" >&2; exit 2 ;;
     esac
 }

@@ -1,65 +1,25 @@
-//! `ringlb`: the command line over lb-core. Parses arguments, sets up
-//! logging, loads the config and runs the server on the main thread.
+//! `ringlb`: the command line over lb-core. Parses arguments (`cli.rs`),
+//! sets up logging, loads the config and runs the server on the main
+//! thread; `ringlb ctl` is a client of a running one (`ctl.rs`).
 
+mod cli;
+mod ctl;
 mod generate;
 mod stderr_log;
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Cmd};
 use lb_core::{Config, DemoBackends, Inherited, ListenFd, Server, StartOptions};
 use stderr_log::StderrLog;
 
 /// Longest wait for the running ringlb during a takeover.
 const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// ringlb: a sticky layer-4 TCP load balancer (Maglev on the client IP,
-/// zero-copy forwarding, out-of-band health checks).
-#[derive(Debug, Parser)]
-#[command(name = "ringlb", version, about, long_about = None)]
-struct Cli {
-    /// Config file (TOML) to run with.
-    #[arg(short, long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Zero-downtime upgrades: serve the listening sockets (and the admin
-    /// API's) to a newer ringlb on this Unix socket; and if a ringlb already
-    /// serves here, take its sockets over (it then drains and exits 0).
-    /// SIGUSR2 starts this same command line to take over.
-    #[arg(long, value_name = "PATH")]
-    upgrade_socket: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Validate a config file: exit 0 if good, else print `file:line:col: reason`.
-    Check {
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Run a self-contained demo: two demo backends and the balancer on 127.0.0.1:8080.
-    Demo {
-        /// Address the demo balancer listens on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-    },
-    /// Write the man pages and the bash, zsh and fish completions (for
-    /// packagers: scripts/build-deb.sh).
-    #[command(hide = true)]
-    Generate {
-        /// Directory to write ringlb.1 and ringlb-SUBCOMMAND.1 into.
-        #[arg(long, value_name = "DIR")]
-        man: Option<PathBuf>,
-        /// Directory to write ringlb (bash), _ringlb (zsh) and ringlb.fish into.
-        #[arg(long, value_name = "DIR")]
-        completions: Option<PathBuf>,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -79,10 +39,31 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(Cmd::Check { config }) => check(&config),
-        Some(Cmd::Demo { listen }) => demo(listen, &log),
+        Some(Cmd::Check { file, strict }) => match (file, cli.config) {
+            (Some(file), Some(config)) if file != config => Err(anyhow::anyhow!(
+                "check takes one file: {} or {}, not both",
+                file.display(),
+                config.display()
+            )),
+            (Some(file), _) | (None, Some(file)) => check(&file, strict),
+            (None, None) => Err(anyhow::anyhow!(
+                "check needs the config file: ringlb check FILE"
+            )),
+        },
+        Some(Cmd::Demo { .. }) if cli.config.is_some() => Err(anyhow::anyhow!(
+            "the demo builds its own config: run `ringlb demo` without --config \
+             (or `ringlb --config FILE` to run with yours)"
+        )),
+        Some(Cmd::Demo { listen, admin }) => demo(listen, admin, &log),
         Some(Cmd::Generate { man, completions }) => {
             generate::write(Cli::command(), man.as_deref(), completions.as_deref())
+        }
+        Some(Cmd::Ctl(ctl)) => {
+            // Its messages are its own (stderr, before the log's last
+            // lines, which it has none of): no `ringlb:` prefix.
+            let code = ctl::run(ctl, cli.config);
+            drop(log);
+            return code;
         }
         None => match cli.config {
             Some(config) => run(&config, cli.upgrade_socket, passed),
@@ -146,35 +127,22 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     }
 }
 
-/// Shortest join key that `ringlb check` and the start-up accept without a
-/// warning: 16 random characters are out of reach of the join endpoint's
-/// guess budget (60 a minute), a word is not.
-const MIN_JOIN_KEY_CHARS: usize = 16;
-
-/// What is valid but unwise in a config, one line each.
-fn warnings(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(key) = &config.global.join_key {
-        let chars = key.chars().count();
-        if chars < MIN_JOIN_KEY_CHARS {
-            out.push(format!(
-                "the join key is {chars} characters long: use at least {MIN_JOIN_KEY_CHARS} random \
-                 ones (e.g. `openssl rand -hex 16`); a short key can be guessed"
-            ));
-        }
-    }
-    out
-}
-
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let mut config = Config::from_file(path)?;
+fn check(path: &std::path::Path, strict: bool) -> anyhow::Result<()> {
+    let (mut config, warnings) = Config::from_file_with_warnings(path)?;
     // As start-up does: a backend name that does not resolve fails.
     config
         .resolve_names(None)
         .with_context(|| format!("{}: backend names", path.display()))?;
-    for warning in warnings(&config) {
+    for warning in &warnings {
         // Not eprintln!: it panics when stderr is closed.
-        let _ = writeln!(std::io::stderr(), "{}: warning: {warning}", path.display());
+        let _ = writeln!(std::io::stderr(), "{warning}");
+    }
+    if strict && !warnings.is_empty() {
+        return Err(anyhow::anyhow!(
+            "{}: {} refused by --strict (fix them, or check without --strict)",
+            path.display(),
+            count(warnings.len(), "warning", "warnings")
+        ));
     }
     let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
     // What start-up would compute under this process's open-files limit.
@@ -184,12 +152,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     // says whether the config is good.
     let _ = writeln!(
         std::io::stdout(),
-        "{}: ok ({} services, {} backends)\nconnection budget: {budget}",
+        "{}: ok ({}, {}{})\nconnection budget: {budget}",
         path.display(),
-        config.services.len(),
-        backends
+        count(config.services.len(), "service", "services"),
+        count(backends, "backend", "backends"),
+        match warnings.len() {
+            0 => String::new(),
+            n => format!(", {}", count(n, "warning", "warnings")),
+        }
     );
     Ok(())
+}
+
+/// `1 service`, `2 services`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn run(
@@ -197,13 +174,13 @@ fn run(
     upgrade_socket: Option<PathBuf>,
     passed: std::io::Result<Vec<ListenFd>>,
 ) -> anyhow::Result<()> {
-    let mut config = Config::from_file(path)?;
+    let (mut config, warnings) = Config::from_file_with_warnings(path)?;
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "ringlb starting");
     config
         .resolve_names(None)
         .with_context(|| format!("{}: backend names", path.display()))?;
-    for warning in warnings(&config) {
-        tracing::warn!(config = %path.display(), "{warning}");
+    for warning in warnings {
+        tracing::warn!("{warning}");
     }
     // Socket activation: systemd's sockets serve the listen addresses they
     // are bound to (matched by address), so they survive restarts.
@@ -294,14 +271,72 @@ fn socket_activation(passed: std::io::Result<Vec<ListenFd>>) -> anyhow::Result<V
     Ok(out)
 }
 
-fn demo(listen: SocketAddr, log: &StderrLog) -> anyhow::Result<()> {
+/// Where the demo listens when not told: the addresses the README shows.
+const DEMO_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+const DEMO_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+
+/// A listening socket for the demo: at `asked` if given (a busy address
+/// then fails), else at `default`, else (taken) at a free port on the same
+/// IP. The socket is handed to the server as it is, so no other process
+/// can take the port in between. Returns it with a note when it is not
+/// where the README says.
+fn demo_listener(
+    asked: Option<SocketAddr>,
+    default: SocketAddr,
+    what: &str,
+) -> anyhow::Result<(std::net::TcpListener, Option<String>)> {
+    if let Some(addr) = asked {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("the demo's {what} cannot listen on {addr}"))?;
+        return Ok((listener, None));
+    }
+    match std::net::TcpListener::bind(default) {
+        Ok(listener) => Ok((listener, None)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener = std::net::TcpListener::bind(SocketAddr::new(default.ip(), 0))
+                .with_context(|| format!("the demo's {what} cannot listen on {}", default.ip()))?;
+            let port = listener.local_addr()?.port();
+            Ok((
+                listener,
+                Some(format!(
+                    "{default} is taken (another program listens there): the {what} uses port {port} instead"
+                )),
+            ))
+        }
+        Err(e) => Err(e).with_context(|| format!("the demo's {what} cannot listen on {default}")),
+    }
+}
+
+fn demo(
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    log: &StderrLog,
+) -> anyhow::Result<()> {
+    let (balancer, balancer_note) = demo_listener(listen, DEMO_LISTEN, "balancer")?;
+    let (admin_listener, admin_note) = demo_listener(admin, DEMO_ADMIN, "admin API")?;
+    let listen = balancer.local_addr()?;
+    let admin = admin_listener.local_addr()?;
     let backends =
         DemoBackends::start(&["node1", "node2"], 0).context("starting the demo backends")?;
-    let toml = backends.config_toml(listen);
+    let toml = backends.config_toml(listen, Some(admin));
     let config = Config::parse(&toml, None).context("building the demo config")?;
     // The demo's config is built in memory: SIGHUP has no file to re-read.
     let options = StartOptions {
         handle_signals: true,
+        inherited: vec![
+            Inherited {
+                service: Some("demo".to_owned()),
+                admin: false,
+                addr: listen,
+                socket: socket2::Socket::from(balancer),
+            },
+            Inherited {
+                service: None,
+                admin: true,
+                addr: admin,
+                socket: socket2::Socket::from(admin_listener),
+            },
+        ],
         ..StartOptions::default()
     };
     let server = Server::start(config, options)?;
@@ -310,9 +345,18 @@ fn demo(listen: SocketAddr, log: &StderrLog) -> anyhow::Result<()> {
         banner += &format!("  {name} on {addr}\n");
     }
     banner += &format!(
+        "\nStatus page: http://{admin}/       (every backend, with Drain/Enable buttons)\n\
+         Metrics:     http://{admin}/metrics\n"
+    );
+    for note in [balancer_note, admin_note].into_iter().flatten() {
+        banner += &format!("Note: {note}\n");
+    }
+    banner += &format!(
         "\nTry:\n\
          \x20 curl http://{listen}/                       # always the same node for your address\n\
          \x20 curl --interface 127.0.0.2 http://{listen}/ # another client address, maybe another node\n\
+         \x20 ringlb ctl --admin {admin} status          # the backends from the command line\n\
+         \x20 ringlb ctl --admin {admin} drain node1     # new clients go elsewhere; watch the status page\n\
          \x20 wrk -t1 -c64 -d10s http://{listen}/          # load\n\
          Ctrl-C stops it.\n\n"
     );

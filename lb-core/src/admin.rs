@@ -803,8 +803,11 @@ mod tests {
     #[test]
     fn the_status_page_is_self_contained() {
         assert!(STATUS_PAGE.starts_with("<!doctype html>"));
+        // The SVG namespace is a name that createElementNS needs, not a
+        // resource: nothing is fetched from it.
+        let page = STATUS_PAGE.replace("\"http://www.w3.org/2000/svg\"", "");
         for external in ["http://", "https://", "src=\"//", "href=\"//"] {
-            assert!(!STATUS_PAGE.contains(external), "{external}");
+            assert!(!page.contains(external), "{external}");
         }
     }
 }

@@ -97,7 +97,8 @@ impl Inputs {
         let services = &config.services;
         Inputs {
             workers: workers as u64,
-            listen_addresses: services.iter().map(|s| s.listen.len() as u64).sum(),
+            // A shared address (SNI routing) is one socket.
+            listen_addresses: config.listeners().len() as u64,
             probed_backends: services
                 .iter()
                 .filter(|s| s.health.kind != HealthKind::None)

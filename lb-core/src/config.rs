@@ -22,6 +22,7 @@ mod raw;
 mod resolve;
 mod validate;
 mod value;
+mod warn;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ use crate::proxy_header::ProxyVersion;
 pub(crate) use backend::{BackendAddr, BackendName, Weight, MAX_WEIGHT};
 pub(crate) use ipnet::IpNet;
 pub(crate) use resolve::{family_wanted, pick};
+pub use warn::ConfigWarning;
 
 /// Default Maglev lookup table size: prime, and > 100 × N for up to 655
 /// backends, which keeps every backend's share within 1% of its weight.
@@ -199,7 +201,8 @@ impl Forwarding {
 pub struct Service {
     /// Unique among services; `[A-Za-z0-9_.-]+`.
     pub name: String,
-    /// At least one; a listen address appears in at most one service.
+    /// At least one; a listen address appears in at most one service,
+    /// unless every service listing it routes by server name (`sni`).
     pub listen: Vec<SocketAddr>,
     /// `balance = "maglev"` (default) | "round-robin" | "least-conn" | "p2c".
     pub balance: Balance,
@@ -239,6 +242,11 @@ pub struct Service {
     /// `proxy_header_timeout` (default off): clients must start with a
     /// PROXY header, whose address then stands for the client.
     pub accept_proxy: Option<AcceptProxy>,
+    /// `sni`, `sni_default` and `sni_timeout` (default off): the service
+    /// takes the TLS clients of its listen addresses that ask for one of
+    /// these server names (`sni_default`: or for none it knows), so
+    /// several services may share an address.
+    pub sni: Option<SniRoute>,
     /// `allow`, `deny`, `max_connections_per_source`,
     /// `new_connections_per_source` (all off by default): who may connect
     /// and how much one source may take.
@@ -252,6 +260,25 @@ pub struct Service {
     /// client's address and port and the address it connected to (a
     /// backend's own `send_proxy` overrides it).
     pub send_proxy: Option<ProxyVersion>,
+    /// `retry_before_response = "tls"` (default) | `"off"`: whether a
+    /// client whose backend closes or resets before answering, while the
+    /// client sent at most a TLS ClientHello, is moved to its next backend
+    /// with that hello replayed.
+    pub retry_before_response: RetryBeforeResponse,
+}
+
+/// `retry_before_response`: what ringlb may replay to another backend when
+/// the one it connected to closes or resets before its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetryBeforeResponse {
+    /// The client sent nothing yet or only a TLS ClientHello (at most
+    /// 16 KiB, held in the client's socket until the backend answers):
+    /// nothing happened yet, the next backend gets the same bytes.
+    #[default]
+    Tls,
+    /// Never: the client sees the backend's close or reset, as without
+    /// the setting.
+    Off,
 }
 
 /// `accept_proxy = true`: the service sits behind balancers that send a
@@ -296,6 +323,30 @@ impl SourceLimits {
             && self.max_connections_per_source.is_none()
             && self.new_connections_per_source.is_none()
     }
+}
+
+/// `sni = [..]`, `sni_default`, `sni_timeout`: which TLS clients of its
+/// listen addresses a service takes, by the server name of their
+/// ClientHello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// `sni = ["art.example.com", "*.example.com"]`: lower-cased; a
+    /// leading `*.` matches exactly one more label (the certificate rule).
+    /// May be empty with `default`.
+    pub names: Vec<String>,
+    /// `sni_default = true`: also the clients that send no server name or
+    /// one no service on the address lists (one default per address).
+    pub default: bool,
+    /// `sni_timeout = "3s"` (default, > 0): a client whose ClientHello is
+    /// not whole by then is closed. On a shared address the longest of its
+    /// services' timeouts applies (the service is not known yet).
+    pub timeout: Duration,
+}
+
+impl SniRoute {
+    /// The default `sni_timeout` (as `proxy_header_timeout`: covers a TCP
+    /// retransmit).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 }
 
 impl AcceptProxy {
@@ -512,6 +563,25 @@ impl Config {
         Config::parse_bytes(&bytes, Some(path))
     }
 
+    /// [`Config::from_file`], and the settings in it that are valid but
+    /// unwise ([`ConfigWarning`]: `file:line:col: warning: …`), for
+    /// `ringlb check` and the start-up log.
+    pub fn from_file_with_warnings(
+        path: &Path,
+    ) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+        let bytes = read_config_file(path).map_err(|message| ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            col: None,
+            message,
+        })?;
+        let config = Config::parse_bytes(&bytes, Some(path))?;
+        // parse_bytes took it as UTF-8 already.
+        let text = String::from_utf8_lossy(&bytes);
+        let warnings = warn::warnings(&config, &text, Some(path));
+        Ok((config, warnings))
+    }
+
     /// Parses and validates config text; `file` only names it in errors and
     /// locates relative paths (without it they are relative to the current
     /// directory).
@@ -526,6 +596,22 @@ impl Config {
     /// Looks up a service by name.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The listening sockets the config asks for, as (service, address):
+    /// each address once, owned by the first service listing it (services
+    /// that share an address route by server name, and the owner's
+    /// listener accepts for all of them); port 0 is never shared.
+    pub(crate) fn listeners(&self) -> Vec<(&str, SocketAddr)> {
+        let mut out: Vec<(&str, SocketAddr)> = Vec::new();
+        for s in &self.services {
+            for &addr in &s.listen {
+                if addr.port() == 0 || !out.iter().any(|(_, a)| *a == addr) {
+                    out.push((&s.name, addr));
+                }
+            }
+        }
+        out
     }
 
     /// [`Config::parse`] for bytes that may not be UTF-8.
@@ -691,10 +777,12 @@ impl Service {
             source_address: None,
             liveness: TcpLiveness::default(),
             accept_proxy: None,
+            sni: None,
             sources: SourceLimits::default(),
             health: HealthCheck::default(),
             backends,
             send_proxy: None,
+            retry_before_response: RetryBeforeResponse::Tls,
         }
     }
 }
@@ -910,6 +998,26 @@ address = "10.0.0.1:80"
             ],
         );
         assert_refused(&service_with("send_proxy = true"), (4, 14), &["send_proxy"]);
+    }
+
+    // The TLS-safe retry.
+    #[test]
+    fn retry_before_response_defaults_to_tls_and_takes_only_tls_or_off() {
+        let s = &parse(&service_with("")).unwrap().services[0];
+        assert_eq!(s.retry_before_response, RetryBeforeResponse::Tls);
+        let s = &parse(&service_with("retry_before_response = \"off\""))
+            .unwrap()
+            .services[0];
+        assert_eq!(s.retry_before_response, RetryBeforeResponse::Off);
+        assert_refused(
+            &service_with("retry_before_response = \"always\""),
+            (4, 25),
+            &[
+                "services[0].retry_before_response",
+                "\"always\" is not valid",
+                "\"tls\", \"off\"",
+            ],
+        );
     }
 
     #[test]
@@ -1329,6 +1437,48 @@ state = "disabled"
             "[[service]]\nname = 1\nname = 2\n",
             (3, 1),
             &["invalid TOML", "duplicate key `name`"],
+        );
+    }
+
+    #[test]
+    fn a_service_table_before_its_service_is_named() {
+        // Backend first, then the service: TOML said "duplicate key".
+        let err = assert_refused(
+            "[[service.backend]]\nname = \"a\"\naddress = \"10.0.0.1:80\"\n\n\
+             [[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:80\"]\n",
+            (1, 1),
+            &[
+                "[[service.backend]] comes before any [[service]]",
+                "must follow the [[service]] it belongs to",
+            ],
+        );
+        assert!(!err.message.contains("duplicate key"), "{err}");
+        // No [[service]] at all: serde said "expected a sequence".
+        let err = assert_refused(
+            "[global]\nworkers = 1\n  [[ service.backend ]] # first\nname = \"a\"\n",
+            (3, 3),
+            &["[[ service.backend ]] comes before any [[service]]"],
+        );
+        assert!(!err.message.contains("sequence"), "{err}");
+        assert_refused(
+            "[service.health]\nkind = \"tcp\"\n",
+            (1, 1),
+            &["[service.health] comes before any [[service]]"],
+        );
+        // `[service]` for `[[service]]` keeps its own hint.
+        assert_refused(
+            "[service]\nname = \"web\"\n",
+            (1, 1),
+            &["write [[service]], with double brackets"],
+        );
+    }
+
+    #[test]
+    fn a_fractional_duration_says_how_to_write_it() {
+        assert_refused(
+            &service_with("connect_timeout = \"1.5s\""),
+            (4, 19),
+            &["fractions are not accepted (write \"1500ms\")"],
         );
     }
 
@@ -2068,9 +2218,23 @@ state = "disabled"
         assert_eq!(b[2].host, b[1].host, "one name may serve two backends");
         assert!(config.has_unresolved_names());
         let at = |address: &str| MINIMAL.replace("10.0.0.1:80", address);
-        for bad in ["art1.internal:0", "art1.internal", "art 1:80"] {
-            assert_refused(&at(bad), (7, 11), &["not a socket address"]);
+        // A host name gets the config's own syntax in the message (the
+        // join API, which takes no names, words it otherwise).
+        for (bad, says) in [
+            (
+                "art1.internal:0",
+                "the port must be a number from 1 to 65535, not \"0\"",
+            ),
+            (
+                "art1.internal:http",
+                "the port must be a number from 1 to 65535",
+            ),
+            ("art1.internal", "has no port: write \"art1.internal:PORT\""),
+            ("art 1:80", "not a socket address"),
+        ] {
+            assert_refused(&at(bad), (7, 11), &[says]);
         }
+        assert_refused(&at("art1.internal"), (7, 11), &["\"host:port\""]);
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //! - `registry.rs`: services, backends and their live state; building a
 //!   snapshot from them.
 //! - `status.rs`: the registry at one instant, for the admin API.
+//! - `history.rs`: each backend's recent past for the status page (a ring
+//!   of one-second traffic samples, the last health transitions).
 //! - `resolve.rs`: the periodic lookups of backends given by host name.
 //! - `join.rs`: nodes that join and leave at run time (the registry's and
 //!   the event loop's side; the HTTP side is `admin/join.rs`).
 
 pub(crate) mod command;
+pub(crate) mod history;
 mod join;
 mod listeners;
 mod plane;

@@ -1,8 +1,9 @@
 //! `ringlb demo`: two built-in demo backends on loopback that answer HTTP
 //! (`/` says which node answered) and the cluster router's health endpoint,
-//! plus the config that puts the balancer in front of them on
-//! 127.0.0.1:8080. The backends run on their own thread with a
-//! current-thread tokio runtime and hyper.
+//! plus the config that puts the balancer in front of them (on
+//! 127.0.0.1:8080, the admin API on 127.0.0.1:9090, unless taken). The
+//! backends run on their own thread with a current-thread tokio runtime and
+//! hyper.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -74,10 +75,12 @@ impl DemoBackends {
         })
     }
 
-    /// The ringlb config of the demo: balancer on `listen` over the backends.
-    pub fn config_toml(&self, listen: SocketAddr) -> String {
+    /// The ringlb config of the demo: balancer on `listen` over the
+    /// backends, the admin API (status page, metrics) on `admin` or off.
+    pub fn config_toml(&self, listen: SocketAddr, admin: Option<SocketAddr>) -> String {
+        let admin = admin.map_or_else(|| "off".to_owned(), |a| a.to_string());
         let mut s = format!(
-            "[global]\nworkers = \"auto\"\nadmin = \"off\"\n\n[[service]]\nname = \"demo\"\nlisten = [\"{listen}\"]\nbalance = \"maglev\"\nconnect_timeout = \"1s\"\n\n[service.health]\nkind = \"http\"\ninterval = \"2s\"\ntimeout = \"1s\"\n"
+            "[global]\nworkers = \"auto\"\nadmin = \"{admin}\"\n\n[[service]]\nname = \"demo\"\nlisten = [\"{listen}\"]\nbalance = \"maglev\"\nconnect_timeout = \"1s\"\n\n[service.health]\nkind = \"http\"\ninterval = \"2s\"\ntimeout = \"1s\"\n"
         );
         for (name, addr) in &self.addrs {
             s.push_str(&format!(

@@ -352,6 +352,37 @@ pub fn proxy_header(data: &[u8]) {
     }
 }
 
+/// Target `tls_hello`: the first bytes of a client of an SNI-routed
+/// service (or one a TLS-safe retry may replay). A complete hello is no
+/// longer than the input or the cap and judged the same on its own bytes;
+/// `Incomplete` only below the cap; a verdict, once given, stands on every
+/// longer prefix (checked on every prefix of the first 4 KiB, then every
+/// 61st: a worker re-scans a growing peek).
+pub fn tls_hello(data: &[u8]) {
+    use crate::tls_hello::{scan, Scan, MAX_HELLO};
+    let verdict = scan(data);
+    match verdict {
+        Scan::Complete { len, .. } => {
+            assert!(len <= data.len() && len <= MAX_HELLO, "a {len}-byte hello");
+            assert_eq!(scan(&data[..len]), verdict, "judged otherwise alone");
+        }
+        Scan::Incomplete => assert!(data.len() < MAX_HELLO, "incomplete at {}", data.len()),
+        Scan::Refused(_) => {}
+    }
+    let mut decided = None;
+    let end = data.len().min(MAX_HELLO);
+    let prefixes = (0..=end.min(4096))
+        .chain((4096..=end).step_by(61))
+        .chain([end]);
+    for n in prefixes {
+        match (decided, scan(&data[..n])) {
+            (None, Scan::Incomplete) => {}
+            (None, v) => decided = Some(v),
+            (Some(d), v) => assert_eq!(d, v, "at {n} bytes"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,13 +410,14 @@ mod tests {
     fn the_corpora_pass_their_entry_points() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/fuzz/corpus");
         type Entry = fn(&[u8]);
-        let targets: [(&str, Entry); 6] = [
+        let targets: [(&str, Entry); 7] = [
             ("config", config),
             ("health", health),
             ("admin", admin),
             ("join", join),
             ("handover", handover),
             ("proxy_header", proxy_header),
+            ("tls_hello", tls_hello),
         ];
         for (target, entry) in targets {
             let dir = root.join(target);

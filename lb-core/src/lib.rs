@@ -28,10 +28,12 @@ mod policy;
 mod proxy_header;
 mod server;
 mod snapshot;
+mod sni_routes;
 mod source_limits;
 mod stats;
 mod supervisor;
 mod sys;
+mod tls_hello;
 mod worker;
 
 // Hostile-input property tests (test-only).
@@ -52,8 +54,8 @@ pub use error::{Error, Result};
 
 // Running a whole ringlb: the binary, the demo, the integration tests.
 pub use config::{
-    AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, DegradedIs, HealthCheck,
-    HealthKind, MaxConnections, SourceLimits, DEFAULT_HEALTH_PATH,
+    AcceptProxy, AccessLog, AccessLogFormat, AdminState, Config, ConfigWarning, DegradedIs,
+    HealthCheck, HealthKind, MaxConnections, SniRoute, SourceLimits, DEFAULT_HEALTH_PATH,
 };
 pub use demo::DemoBackends;
 pub use engine::uring::self_test as uring_self_test;

@@ -24,8 +24,8 @@ use crate::config::AdminState;
 use crate::control::Health;
 use crate::source_limits::SourceRefused;
 use crate::stats::{
-    ConnectionBudget, LocalKind, ProxyRefused, CONNECT_BUCKETS_US, HEALTH_STATES, LOCAL_ERRORS,
-    LOG_LOSS,
+    ConnectionBudget, LocalKind, ProxyRefused, SniRefused, CONNECT_BUCKETS_US, HEALTH_STATES,
+    LOCAL_ERRORS, LOG_LOSS,
 };
 use crate::worker::WorkerControl;
 
@@ -197,7 +197,7 @@ fn render_budget(e: &mut Exposition, budget: &ConnectionBudget) {
 
 fn render_services(e: &mut Exposition, view: &StatusView) {
     type Read = fn(&ServiceView) -> u64;
-    let families: [(&str, Kind, &str, Read); 5] = [
+    let families: [(&str, Kind, &str, Read); 6] = [
         (
             "ringlb_service_accepted_total",
             Kind::Counter,
@@ -215,6 +215,12 @@ fn render_services(e: &mut Exposition, view: &StatusView) {
             Kind::Counter,
             "Connects retried on another backend after a failure.",
             |s| s.stats.retries.load(Relaxed),
+        ),
+        (
+            "ringlb_tls_replays_total",
+            Kind::Counter,
+            "TLS ClientHellos replayed to another backend after the first closed or reset before answering.",
+            |s| s.stats.tls_replays.load(Relaxed),
         ),
         (
             "ringlb_service_no_backend_total",
@@ -290,6 +296,17 @@ fn render_ends(e: &mut Exposition, view: &StatusView) {
         ),
         ("reason", &proxy),
         |s, reason| s.stats.proxy_refused(reason),
+    );
+    let sni: Vec<(SniRefused, &str)> = SniRefused::all().map(|r| (r, r.label())).to_vec();
+    per_service_reasons(
+        e,
+        view,
+        (
+            "ringlb_sni_refused_total",
+            "Clients of a listen address that routes by TLS server name (sni), closed without a backend connection before a service was chosen, counted on the first service listing the address, by reason: not_tls, malformed, oversized (the ClientHello), timeout (not whole within sni_timeout), closed (the client left first), unknown_name (no service takes its name and no sni_default), full (the chosen service is at max_connections).",
+        ),
+        ("reason", &sni),
+        |s, reason| s.stats.sni_refused(reason),
     );
     let sources: Vec<(SourceRefused, &str)> =
         SourceRefused::ALL.iter().map(|r| (*r, r.label())).collect();
@@ -654,6 +671,7 @@ mod tests {
             last_change: UNIX_EPOCH,
             stats: Arc::default(),
             joined: false,
+            history: Default::default(),
         };
         let view = StatusView {
             generation: 7,

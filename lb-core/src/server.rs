@@ -223,6 +223,18 @@ impl Server {
                 .service_stats(&svc.name)
                 .ok_or_else(|| Error::io("registry", std::io::Error::other("service missing")))?;
             for &addr in &svc.listen {
+                // A shared address (services routing by server name) is
+                // bound once, for its first service.
+                if let Some(&(_, _, bound)) =
+                    listen_table
+                        .iter()
+                        .find(|(_, a, _): &&(String, SocketAddr, SocketAddr)| {
+                            addr.port() != 0 && *a == addr
+                        })
+                {
+                    listening.push((svc.name.clone(), bound));
+                    continue;
+                }
                 let (bound, sockets) =
                     listener_group(&svc.name, addr, worker_count, &mut inherited)?;
                 for (w, socket) in sockets.into_iter().enumerate() {

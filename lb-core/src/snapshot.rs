@@ -18,6 +18,7 @@ use crate::hash;
 use crate::maglev::{EffectiveTable, MaglevTable};
 use crate::policy::{self, P2c, RoundRobin};
 use crate::proxy_header::ProxyVersion;
+use crate::sni_routes::SniRoutes;
 use crate::source_limits::SourcePolicy;
 use crate::stats::{BackendStats, ServiceStats};
 
@@ -29,11 +30,25 @@ pub struct Snapshot {
     /// In configuration order; workers map listeners to services by name
     /// when the generation changes.
     pub services: Vec<ServiceTable>,
+    /// The SNI routes of every address whose services route by server
+    /// name (none: no service sets `sni`).
+    pub(crate) sni: Vec<Arc<SniRoutes>>,
 }
 
 impl Snapshot {
     pub fn service_index(&self, name: &str) -> Option<usize> {
         self.services.iter().position(|s| &*s.name == name)
+    }
+
+    /// The SNI routes of the listener of service `si` bound at `bound`, if
+    /// its address routes by server name.
+    pub(crate) fn sni_routes(
+        &self,
+        si: Option<usize>,
+        bound: SocketAddr,
+    ) -> Option<Arc<SniRoutes>> {
+        let si = si?;
+        self.sni.iter().find(|r| r.of_listener(si, bound)).cloned()
     }
 }
 
@@ -62,6 +77,9 @@ pub struct ServiceSettings {
     /// `allow`/`deny` and the per-source limits with their shared tables;
     /// None when none is set (then they cost one branch per connection).
     pub(crate) sources: Option<Arc<SourcePolicy>>,
+    /// `retry_before_response = "tls"`: a connected client is held in the
+    /// replayable phase (`worker/replay.rs`) until its backend answers.
+    pub retry_tls: bool,
 }
 
 /// One backend as the workers see it.
@@ -408,6 +426,7 @@ mod tests {
             liveness: TcpLiveness::default(),
             accept_proxy: None,
             sources: None,
+            retry_tls: true,
         };
         let backends = (0..usable.len())
             .map(|i| BackendEntry {

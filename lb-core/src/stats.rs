@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::health::State as Health;
 use crate::proxy_header::Refusal;
 use crate::source_limits::SourceRefused;
+use crate::tls_hello::Refusal as HelloRefusal;
 
 /// Log records that never reached the log, since the process started.
 /// Written by the binary's log writer (it owns stderr), read by /metrics;
@@ -365,12 +366,21 @@ pub struct ServiceStats {
     pub no_backend: AtomicU64,
     /// Connect retries on another backend.
     pub retries: AtomicU64,
+    /// Client connections whose TLS ClientHello was replayed to another
+    /// backend after the one it was sent to closed or reset before
+    /// answering (`retry_before_response = "tls"`).
+    pub tls_replays: AtomicU64,
     /// Connection ends by cause, with and without a backend reached.
     pub ends: crate::access_log::EndCounts,
     /// Clients closed before a backend was chosen because their PROXY
     /// header was missing, bad or late (`accept_proxy`), by
     /// [`ProxyRefused::index`].
     pub(crate) proxy_refused: [AtomicU64; ProxyRefused::COUNT],
+    /// Clients of a listen address that routes by server name (`sni`)
+    /// closed before a service was chosen, by [`SniRefused::index`];
+    /// counted on the service whose listener accepted them (the first
+    /// service listing the address).
+    pub(crate) sni_refused: [AtomicU64; SniRefused::COUNT],
     /// Clients refused by the per-source rules (`allow`/`deny` and the
     /// per-source limits), by [`SourceRefused`] in `ALL` order.
     pub(crate) source_refused: [AtomicU64; SourceRefused::ALL.len()],
@@ -421,7 +431,75 @@ impl ProxyRefused {
     }
 }
 
+/// Why a client of a listen address that routes by server name was closed
+/// before a service was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SniRefused {
+    /// Its first bytes are not a ClientHello ringlb reads (not TLS,
+    /// malformed, over 16 KiB).
+    Hello(HelloRefusal),
+    /// No whole ClientHello within `sni_timeout`.
+    Timeout,
+    /// It closed (or reset) before its ClientHello was whole.
+    Closed,
+    /// Its server name (or its lack of one) matches no service, and the
+    /// address has no `sni_default`.
+    UnknownName,
+    /// The service its name picked is at its `max_connections`.
+    Full,
+}
+
+impl SniRefused {
+    pub(crate) const COUNT: usize = 7;
+
+    /// Every reason, in [`index`](SniRefused::index) order.
+    pub(crate) fn all() -> [SniRefused; SniRefused::COUNT] {
+        [
+            SniRefused::Hello(HelloRefusal::NotTls),
+            SniRefused::Hello(HelloRefusal::Malformed),
+            SniRefused::Hello(HelloRefusal::Oversized),
+            SniRefused::Timeout,
+            SniRefused::Closed,
+            SniRefused::UnknownName,
+            SniRefused::Full,
+        ]
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            SniRefused::Hello(HelloRefusal::NotTls) => 0,
+            SniRefused::Hello(HelloRefusal::Malformed) => 1,
+            SniRefused::Hello(HelloRefusal::Oversized) => 2,
+            SniRefused::Timeout => 3,
+            SniRefused::Closed => 4,
+            SniRefused::UnknownName => 5,
+            SniRefused::Full => 6,
+        }
+    }
+
+    /// The `reason` label of `ringlb_sni_refused_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            SniRefused::Hello(r) => r.label(),
+            SniRefused::Timeout => "timeout",
+            SniRefused::Closed => "closed",
+            SniRefused::UnknownName => "unknown_name",
+            SniRefused::Full => "full",
+        }
+    }
+}
+
 impl ServiceStats {
+    /// Counts a client refused before its service was chosen by name.
+    pub(crate) fn count_sni_refused(&self, reason: SniRefused) {
+        self.sni_refused[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Clients refused for `reason` before a service was chosen by name.
+    pub(crate) fn sni_refused(&self, reason: SniRefused) -> u64 {
+        self.sni_refused[reason.index()].load(Relaxed)
+    }
+
     /// Counts a client refused by the per-source rules for `reason`.
     pub(crate) fn count_source_refused(&self, reason: SourceRefused) {
         self.source_refused[reason as usize].fetch_add(1, Relaxed);
@@ -474,6 +552,16 @@ mod tests {
         }
         let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), ProxyRefused::COUNT);
+    }
+
+    #[test]
+    fn sni_refusals_have_distinct_indices_and_labels() {
+        let all = SniRefused::all();
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), SniRefused::COUNT);
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! `listeners` (accept and admission), `slab` (connections by slot and the
 //! [`Token`]s naming them), `connect` (backend choice and retries),
 //! `preamble` (what a client sends before a backend is chosen: a PROXY
-//! header), `timers` (preamble, connect and idle timeouts), `mailbox` (the
+//! header), `sni` (the ClientHello that picks the service on an address
+//! that routes by server name), `replay` (a connected backend's silence
+//! before its first byte, when a TLS ClientHello can still go to another),
+//! `timers` (preamble, hello, connect and idle timeouts), `mailbox` (the
 //! link with the control plane), `forwarding` (how bytes move, resolved at
 //! start-up) and `syscalls` (the kernel calls, a seam for tests).
 
@@ -22,7 +25,9 @@ mod forwarding;
 mod listeners;
 mod mailbox;
 mod preamble;
+mod replay;
 mod slab;
+mod sni;
 mod syscalls;
 mod timers;
 
@@ -142,6 +147,10 @@ enum Phase {
     /// Before a backend is chosen: the client's PROXY header is awaited
     /// (`preamble.rs`) until `deadline`.
     Preamble { deadline: Instant },
+    /// Before a service is chosen, on an address that routes by server
+    /// name: the client's ClientHello is awaited (`sni.rs`) until
+    /// `deadline`.
+    Hello { deadline: Instant },
     Connecting {
         /// Backend being tried (u32::MAX before the first attempt), by index
         /// in the snapshot of `generation` and by address.
@@ -160,6 +169,11 @@ enum Phase {
         /// When the current attempt started (connect-time histogram).
         started: Instant,
     },
+    /// Connected, and the backend has sent nothing yet: the client's
+    /// first bytes (none, or a TLS ClientHello) stay in its socket, copied
+    /// to the backend, so that a backend closing or resetting before it
+    /// answers is replaced by the next candidate (`replay.rs`).
+    Replayable(replay::Held),
     Established {
         /// The inline pumps' state; with the engine forwarding (`flows`)
         /// only its byte counts are used.
@@ -275,8 +289,9 @@ pub(crate) struct Worker<R: Reactor, S: Syscalls = Kernel> {
     latencies: Latencies,
     latencies_dirty: bool,
     latencies_published: Instant,
-    /// Where preambles are peeked (one per worker, never per connection;
-    /// empty until a service reads PROXY headers).
+    /// Where preambles and ClientHellos are peeked (one per worker, never
+    /// per connection; empty until a service reads PROXY headers or
+    /// routes by server name).
     scratch: Vec<u8>,
     /// When the bytes of open connections were last added to their
     /// backends' counters (every `BYTES_FLUSH`; a close adds its rest).
@@ -298,7 +313,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             .into_iter()
             .map(|l| {
                 let si = snapshot.service_index(&l.service);
-                ListenerState::new(l, si, false)
+                let mut state = ListenerState::new(l, si, false);
+                state.refresh(&snapshot);
+                state
             })
             .collect();
         let picks = (0..snapshot.services.len())
@@ -355,7 +372,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         if self.snapshots.generation() != self.snapshot.generation {
             self.snapshot = self.snapshots.load();
             for l in &mut self.listeners {
-                l.service_index = self.snapshot.service_index(&l.service);
+                l.refresh(&self.snapshot);
             }
             while self.picks.len() < self.snapshot.services.len() {
                 let i = self.picks.len();
@@ -389,6 +406,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         }
         match conn.phase {
             Phase::Established { .. } => {}
+            Phase::Replayable(_) => {
+                self.replay_event(slot, backend);
+                return;
+            }
             Phase::Connecting { .. } => {
                 if backend {
                     self.connect_done(slot);
@@ -398,6 +419,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             // No backend socket yet: only the client's can report.
             Phase::Preamble { .. } => {
                 self.read_preamble(slot);
+                return;
+            }
+            Phase::Hello { .. } => {
+                self.read_hello(slot);
                 return;
             }
         }
@@ -672,6 +697,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             stats.bytes_to_backend.fetch_add(up, Relaxed);
             stats.bytes_to_client.fetch_add(down, Relaxed);
         }
+        if let Phase::Replayable(held) = &conn.phase {
+            held.stats().active.fetch_sub(1, Relaxed);
+        }
         let listener = &self.listeners[conn.listener];
         let established = matches!(conn.phase, Phase::Established { .. });
         listener.stats.ends.count(established, cause);
@@ -705,8 +733,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 /// The access record of a connection ending now for `cause`.
 fn record(conn: &Conn, listener: &ListenerState, now: Instant, cause: EndCause) -> AccessRecord {
     let (backend, attempts, connect_time, up, down) = match &conn.phase {
-        Phase::Preamble { .. } => (None, 0, None, 0, 0),
+        Phase::Preamble { .. } | Phase::Hello { .. } => (None, 0, None, 0, 0),
         Phase::Connecting { attempts, .. } => (None, *attempts, None, 0, 0),
+        Phase::Replayable(held) => (None, held.attempts(), None, 0, 0),
         Phase::Established {
             pair,
             address,

@@ -24,7 +24,7 @@ max_connections = 100
 connect_attempts = 3
 
 [service.health]
-kind = "none"
+kind = "tcp"
 
 [[service.backend]]
 name = "b1"
@@ -172,7 +172,7 @@ fn check_warns_about_a_short_join_key() {
     );
     assert!(
         finished.stderr.contains(&format!(
-            "{path}: warning: the join key is 9 characters long"
+            "{path}:2:12: warning: the join key is 9 characters long"
         )) && finished.stderr.contains("at least 16"),
         "no warning about the short join key; stderr: {:?}",
         finished.stderr
@@ -486,6 +486,193 @@ fn a_join_key_file_with_a_control_character_is_refused() {
             !finished.stderr.contains("listening"),
             "ringlb started listening:\n{}",
             finished.stderr
+        );
+    }
+}
+
+/// `ringlb check FILE`, `ringlb check -c FILE` and `ringlb -c FILE check`
+/// are the same command (the first two were "unexpected argument" and
+/// "--config required" before); the summary counts in words ("1 service").
+#[test]
+fn check_takes_the_file_in_every_spelling() {
+    let dir = TempDir::new("checkargs");
+    let path = dir.write("ringlb.toml", GOOD);
+    let p = path.as_os_str();
+    for args in [
+        &[OsStr::new("check"), p][..],
+        &[OsStr::new("check"), OsStr::new("-c"), p][..],
+        &[OsStr::new("-c"), p, OsStr::new("check")][..],
+        &[OsStr::new("--config"), p, OsStr::new("check")][..],
+    ] {
+        let finished = run_to_exit(args);
+        assert!(
+            finished.status.success(),
+            "ringlb {args:?}: exit {:?}\nstderr: {}",
+            finished.status,
+            finished.stderr
+        );
+        assert!(
+            finished.stdout.contains(": ok (1 service, 2 backends)"),
+            "ringlb {args:?}: {:?}",
+            finished.stdout
+        );
+    }
+    let none = run_to_exit(&[OsStr::new("check")]);
+    assert!(!none.status.success());
+    assert!(
+        none.stderr
+            .contains("check needs the config file: ringlb check FILE"),
+        "{}",
+        none.stderr
+    );
+}
+
+/// Risky but valid settings draw `file:line:col: warning: …` and exit 0;
+/// `--strict` makes them fail the check.
+#[test]
+fn check_warns_about_risky_settings_and_strict_refuses_them() {
+    let risky = GOOD
+        .replace(
+            "admin = \"off\"",
+            "admin = \"0.0.0.0:9090\"\nadmin_allow = [\"0.0.0.0/0\"]",
+        )
+        .replace(
+            "kind = \"tcp\"",
+            "kind = \"https\"\ninsecure_skip_verify = true",
+        );
+    let (finished, path) = check(&risky);
+    assert!(
+        finished.status.success(),
+        "warnings failed the check: exit {:?}\n{}",
+        finished.status,
+        finished.stderr
+    );
+    let admin = line_of(&risky, "admin = \"0.0.0.0:9090\"");
+    let tls = line_of(&risky, "insecure_skip_verify = true");
+    for (line, col, words) in [
+        (admin, 9, "the admin API listens on 0.0.0.0:9090, admin_allow lets every address in and there is no admin_token"),
+        (tls, 24, "service web: the backends' certificates are not verified (insecure_skip_verify = true)"),
+    ] {
+        let want = format!("{path}:{line}:{col}: warning: {words}");
+        assert!(
+            finished.stderr.contains(&want),
+            "no {want:?} in\n{}",
+            finished.stderr
+        );
+    }
+    assert!(
+        finished.stdout.contains("2 warnings"),
+        "{:?}",
+        finished.stdout
+    );
+    let dir = TempDir::new("strict");
+    let kept = dir.write("ringlb.toml", &risky);
+    let strict = run_to_exit(&[
+        OsStr::new("check"),
+        OsStr::new("--strict"),
+        kept.as_os_str(),
+    ]);
+    assert!(
+        !strict.status.success(),
+        "--strict passed a file with warnings:\n{}",
+        strict.stderr
+    );
+    assert!(
+        strict.stderr.contains("2 warnings refused by --strict"),
+        "{}",
+        strict.stderr
+    );
+    // The good file passes --strict.
+    let good = dir.write("good.toml", GOOD);
+    let finished = run_to_exit(&[
+        OsStr::new("check"),
+        OsStr::new("--strict"),
+        good.as_os_str(),
+    ]);
+    assert!(
+        finished.status.success() && !finished.stderr.contains("warning"),
+        "exit {:?}\n{}",
+        finished.status,
+        finished.stderr
+    );
+}
+
+/// The messages the issue found misleading say what is wrong and what to
+/// write instead.
+#[test]
+fn check_says_what_to_write_instead() {
+    /// The file, where the error points, words it must say, words it
+    /// must no longer say.
+    type Case = (
+        String,
+        (usize, usize),
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+    let cases: [Case; 4] = [
+        (
+            GOOD.replace("connect_timeout = \"500ms\"", "connect_timeout = \"1.5s\""),
+            (line_of(GOOD, "connect_timeout = \"500ms\""), 19),
+            &["fractions are not accepted (write \"1500ms\")"],
+            &["unit is missing"],
+        ),
+        (
+            // The backends moved above their service.
+            format!(
+                "[[service.backend]]\nname = \"b1\"\naddress = \"127.0.0.1:34567\"\n\n{}",
+                GOOD.replace("[global]\nworkers = 2\nengine = \"epoll\"\nadmin = \"off\"\n", "")
+            ),
+            (1, 1),
+            &["[[service.backend]] comes before any [[service]]", "must follow the [[service]] it belongs to"],
+            &["duplicate key", "invalid type"],
+        ),
+        (
+            "[global]\nworkers = 1\n\n[[service.backend]]\nname = \"b1\"\naddress = \"127.0.0.1:1\"\n"
+                .to_owned(),
+            (4, 1),
+            &["must follow the [[service]] it belongs to"],
+            &["expected a sequence", "expected an array"],
+        ),
+        (
+            GOOD.replace("address = \"127.0.0.1:34567\"", "address = \"localhost\""),
+            (line_of(GOOD, "address = \"127.0.0.1:34567\""), 11),
+            &["has no port: write \"localhost:PORT\"", "\"host:port\""],
+            &["not a socket address"],
+        ),
+    ];
+    for (text, (line, col), says, not) in cases {
+        let (finished, path) = check(&text);
+        assert!(!finished.status.success(), "accepted:\n{text}");
+        let (l, c, message) = located_error(&finished.stderr, &path)
+            .unwrap_or_else(|| panic!("no located error:\n{}", finished.stderr));
+        assert_eq!((l, c), (line, col), "{message}");
+        for word in says {
+            assert!(message.contains(word), "{message:?} does not say {word:?}");
+        }
+        for word in not {
+            assert!(!message.contains(word), "{message:?} still says {word:?}");
+        }
+    }
+}
+
+/// `--help` describes the tool, not the crate (its doc comment said "the
+/// ringlb binary: command line, logging, systemd glue").
+#[test]
+fn help_describes_the_tool() {
+    let help = run_to_exit(&[OsStr::new("--help")]);
+    assert!(help.status.success(), "{}", help.stderr);
+    assert!(
+        help.stdout
+            .starts_with("ringlb: a sticky layer-4 TCP load balancer for Linux"),
+        "{}",
+        help.stdout
+    );
+    assert!(!help.stdout.contains("systemd glue"), "{}", help.stdout);
+    for sub in ["check", "demo", "ctl"] {
+        assert!(
+            help.stdout.contains(&format!("\n  {sub} ")),
+            "--help lists no {sub}:\n{}",
+            help.stdout
         );
     }
 }

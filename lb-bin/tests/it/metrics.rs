@@ -258,7 +258,7 @@ fn reload_results_are_counted_and_the_last_one_shown() {
 }
 
 /// An HTTP health endpoint that answers 200 or 503 as `up` says.
-fn health_endpoint(up: Arc<AtomicBool>) -> (std::net::SocketAddr, Arc<AtomicBool>) {
+pub(crate) fn health_endpoint(up: Arc<AtomicBool>) -> (std::net::SocketAddr, Arc<AtomicBool>) {
     let listener = harness::listen(std::net::SocketAddr::new(LOCALHOST, 0));
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));

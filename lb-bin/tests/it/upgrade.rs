@@ -333,7 +333,7 @@ impl Transfer {
 
 /// Starts a new process against `sock` and waits until it took over and the
 /// old one (`old`) drains: returns it and the switch time.
-fn upgrade(config: &Path, sock: &Path, old: &Proc) -> (Proc, Duration) {
+pub fn upgrade(config: &Path, sock: &Path, old: &Proc) -> (Proc, Duration) {
     let t0 = Instant::now();
     let new = Proc::start(config, sock);
     let took = new.wait_log("took over the listening sockets", READY);

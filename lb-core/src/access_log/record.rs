@@ -50,11 +50,16 @@ pub enum EndCause {
     /// `ringlb_service_refused_total` has the reason): the client was
     /// reset, no backend asked.
     SourceRefused,
+    /// A client of a listen address that routes by server name (`sni`)
+    /// sent no ClientHello ringlb reads in time, or asked for a name no
+    /// service there takes (`ringlb_sni_refused_total` has the reason):
+    /// the client was reset, no backend asked.
+    SniRefused,
 }
 
 impl EndCause {
     /// Every cause, in label order of the docs.
-    pub const ALL: [EndCause; 11] = [
+    pub const ALL: [EndCause; 12] = [
         EndCause::ClientClosed,
         EndCause::BackendClosed,
         EndCause::ClientReset,
@@ -66,6 +71,7 @@ impl EndCause {
         EndCause::Shutdown,
         EndCause::ProxyHeader,
         EndCause::SourceRefused,
+        EndCause::SniRefused,
     ];
 
     /// The stable snake_case label.
@@ -82,6 +88,7 @@ impl EndCause {
             EndCause::Shutdown => "shutdown",
             EndCause::ProxyHeader => "proxy_header",
             EndCause::SourceRefused => "source_refused",
+            EndCause::SniRefused => "sni_refused",
         }
     }
 
@@ -95,7 +102,8 @@ impl EndCause {
             EndCause::ConnectFailed
             | EndCause::NoBackend
             | EndCause::ProxyHeader
-            | EndCause::SourceRefused => (true, false),
+            | EndCause::SourceRefused
+            | EndCause::SniRefused => (true, false),
             EndCause::IdleTimeout | EndCause::LocalError | EndCause::Shutdown => (true, true),
         }
     }

@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::{AdminState, Balance};
+use crate::control::history::SAMPLE_EVERY;
 pub(crate) use crate::control::status::{BackendView, ServiceView, StatusView};
 
 /// The config file's word for an admin state.
@@ -158,6 +159,34 @@ pub(crate) struct BackendDoc<'a> {
     pub connect_refused: u64,
     pub connect_timeout: u64,
     pub connect_other: u64,
+    /// The last five minutes of traffic, one sample a second.
+    pub history: HistoryDoc<'a>,
+    /// The last health transitions (at most 20), oldest first.
+    pub transitions: Vec<TransitionDoc<'a>>,
+}
+
+/// A backend's traffic samples: numbers only, to keep the document small.
+#[derive(Debug, Serialize)]
+pub(crate) struct HistoryDoc<'a> {
+    /// Seconds each sample covers.
+    pub interval_s: u64,
+    /// New connections in each interval, oldest first (up to 300; fewer
+    /// in the first five minutes).
+    pub new_connections: &'a [u32],
+    /// Bytes forwarded both ways in each interval, as many as the above.
+    pub bytes: &'a [u64],
+}
+
+/// One change of a backend's health.
+#[derive(Debug, Serialize)]
+pub(crate) struct TransitionDoc<'a> {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub at_unix: u64,
+    /// `up` | `down` | `unknown`.
+    pub from: &'static str,
+    pub to: &'static str,
+    pub reason: &'a str,
 }
 
 impl<'a> ServicesDoc<'a> {
@@ -210,6 +239,23 @@ impl<'a> BackendDoc<'a> {
             connect_refused: st.connect_refused.load(Relaxed),
             connect_timeout: st.connect_timeout.load(Relaxed),
             connect_other: st.connect_other.load(Relaxed),
+            history: HistoryDoc {
+                interval_s: SAMPLE_EVERY.as_secs(),
+                new_connections: &b.history.new_connections,
+                bytes: &b.history.bytes,
+            },
+            transitions: b
+                .history
+                .transitions
+                .iter()
+                .map(|t| TransitionDoc {
+                    at: rfc3339(t.at),
+                    at_unix: unix_seconds(t.at),
+                    from: t.from.as_str(),
+                    to: t.to.as_str(),
+                    reason: &t.reason,
+                })
+                .collect(),
         }
     }
 }
@@ -291,6 +337,7 @@ mod tests {
             last_change: UNIX_EPOCH,
             stats: Arc::default(),
             joined: false,
+            history: Default::default(),
         }
     }
 
@@ -331,5 +378,57 @@ mod tests {
         let v = view(vec![backend(AdminState::Enabled, Health::Up)]);
         assert!(!HealthDoc::new(Some(&v), "lb1", false).healthy());
         assert!(!HealthDoc::new(None, "lb1", true).healthy());
+    }
+
+    #[test]
+    fn a_backend_shows_its_samples_and_transitions_as_compact_json() {
+        use crate::control::history::{HistoryView, Transition};
+        let mut b = backend(AdminState::Enabled, Health::Down);
+        b.history = HistoryView {
+            new_connections: vec![0, 3, 12],
+            bytes: vec![0, 512, 70_000],
+            transitions: vec![
+                Transition {
+                    at: at(1_700_000_000),
+                    from: Health::Unknown,
+                    to: Health::Up,
+                    reason: "probe passed".into(),
+                },
+                Transition {
+                    at: at(1_700_000_042),
+                    from: Health::Up,
+                    to: Health::Down,
+                    reason: "connect: connection refused".into(),
+                },
+            ],
+        };
+        let v = view(vec![b]);
+        let doc = BackendDoc::new(&v.services[0], &v.services[0].backends[0]);
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&doc).expect("serialize")).expect("json");
+        assert_eq!(
+            json["history"],
+            serde_json::json!({
+                "interval_s": 1,
+                "new_connections": [0, 3, 12],
+                "bytes": [0, 512, 70000],
+            })
+        );
+        assert_eq!(
+            json["transitions"],
+            serde_json::json!([
+                {"at": "2023-11-14T22:13:20Z", "at_unix": 1_700_000_000u64,
+                 "from": "unknown", "to": "up", "reason": "probe passed"},
+                {"at": "2023-11-14T22:14:02Z", "at_unix": 1_700_000_042u64,
+                 "from": "up", "to": "down", "reason": "connect: connection refused"},
+            ])
+        );
+        // A backend with no past yet: empty arrays, never missing keys.
+        let v = view(vec![backend(AdminState::Enabled, Health::Unknown)]);
+        let json =
+            serde_json::to_value(BackendDoc::new(&v.services[0], &v.services[0].backends[0]))
+                .expect("serialize");
+        assert_eq!(json["history"]["new_connections"], serde_json::json!([]));
+        assert_eq!(json["transitions"], serde_json::json!([]));
     }
 }

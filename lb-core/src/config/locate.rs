@@ -76,6 +76,16 @@ impl Source<'_> {
     /// Translates an error of the TOML parser or of serde into a located
     /// problem with its key path.
     pub(super) fn toml_error(&self, error: &toml::de::Error) -> Invalid {
+        if let Some((span, header)) = orphan_service_table(self.text) {
+            return Invalid {
+                span: Some(span),
+                message: format!(
+                    "{header} comes before any [[service]]: a [[service.backend]] or \
+                     [service.…] table must follow the [[service]] it belongs to \
+                     (write [[service]] with its name and listen first, then its tables)"
+                ),
+            };
+        }
         let span = error.span();
         // One line per error: the parser's messages may hold several.
         let message = error.message().trim().replace('\n', "; ");
@@ -155,6 +165,66 @@ fn hint_for(path: &str, message: &str) -> &'static str {
     } else {
         ""
     }
+}
+
+/// Span of the value at a key path of the document (`["service", 0,
+/// "health", "kind"]` as [`PathStep`]s), if the text is TOML and the key is
+/// written: to point a warning about a valid file at its line.
+pub(super) fn value_span(text: &str, path: &[PathStep<'_>]) -> Option<Range<usize>> {
+    let tree: Spanned<Node> = toml::from_str(text).ok()?;
+    let mut node = &tree;
+    for step in path {
+        node = match (step, node.get_ref()) {
+            (PathStep::Key(want), Node::Table(entries)) => {
+                &entries.iter().find(|(key, _)| key == want)?.1
+            }
+            (PathStep::Index(i), Node::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(node.span())
+}
+
+/// One step of a path given to [`value_span`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PathStep<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// A `[service.…]` or `[[service.…]]` header written before the first
+/// `[[service]]`: TOML then makes `service` a table, and the parser's own
+/// words ("duplicate key `service`", "invalid type: map, expected a
+/// sequence") hide the mistake. Returns the header's span and text. Only
+/// asked once the file failed to load, so a header-like line inside a
+/// multi-line string can at worst reword an error that is there anyway.
+fn orphan_service_table(text: &str) -> Option<(Range<usize>, &str)> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim();
+        let header = trimmed
+            .split_once('#')
+            .map_or(trimmed, |(before, _)| before)
+            .trim_end();
+        let name = match header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+            Some(name) => name,
+            None => match header.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(name) => name,
+                None => continue,
+            },
+        };
+        let name: String = name.chars().filter(|c| !c.is_whitespace()).collect();
+        if name == "service" {
+            return None;
+        }
+        if name.starts_with("service.") {
+            let lead = line.len() - line.trim_start().len();
+            return Some((start + lead..start + lead + header.len(), header));
+        }
+    }
+    None
 }
 
 /// One step of a key path.

@@ -70,6 +70,10 @@ pub(super) struct RawService {
     pub accept_proxy: Option<Spanned<bool>>,
     pub proxy_trusted: Option<TextList>,
     pub proxy_header_timeout: Option<Spanned<DurationText>>,
+    // SNI routing (validate/sni.rs).
+    pub sni: Option<TextList>,
+    pub sni_default: Option<Spanned<bool>>,
+    pub sni_timeout: Option<Spanned<DurationText>>,
     // Per-source rules (validate/sources.rs).
     pub allow: Option<TextList>,
     pub deny: Option<TextList>,
@@ -80,6 +84,8 @@ pub(super) struct RawService {
     pub backend: Vec<Spanned<RawBackend>>,
     // PROXY protocol out.
     pub send_proxy: Option<Text>,
+    // The TLS-safe retry (worker/replay.rs).
+    pub retry_before_response: Option<Text>,
 }
 
 /// `[service.health]`.

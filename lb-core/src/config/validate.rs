@@ -12,6 +12,7 @@ mod global;
 mod health;
 mod proxy_in;
 mod service;
+mod sni;
 mod sources;
 
 use std::collections::HashMap;
@@ -66,8 +67,9 @@ impl TryFrom<Raw<'_>> for Config {
 struct Seen {
     /// Service name → index of the service that has it.
     service_names: HashMap<String, usize>,
-    /// Listen address → name of the service that listens on it.
-    listen_owners: HashMap<SocketAddr, String>,
+    /// Listen address → the services on it (one, or several routing by
+    /// server name).
+    listen_owners: HashMap<SocketAddr, sni::Share>,
 }
 
 /// A path from the file, relative to the config file's directory.

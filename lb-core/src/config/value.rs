@@ -45,6 +45,9 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
         if digits.is_empty() {
             return Err(not_a_duration());
         }
+        if after_digits.starts_with(['.', ',']) {
+            return Err(fraction_refused(text));
+        }
         let unit_end = after_digits
             .find(|c: char| !c.is_ascii_alphabetic())
             .unwrap_or(after_digits.len());
@@ -84,6 +87,49 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is too long (at most 8760h, one year)"));
     }
     Ok(duration)
+}
+
+/// The message for a fractional duration ("1.5s"): fractions are refused,
+/// and when the value is a whole number of milliseconds the message
+/// gives it the way to write it ("1500ms").
+fn fraction_refused(text: &str) -> String {
+    let exact = exact_fraction_ms(text).filter(|&ms| ms > 0);
+    let instead = match exact {
+        // "1500ms" reads better than "1s500ms"; "2m30s" than "150000ms".
+        Some(ms) if ms < 60_000 && ms % 1_000 != 0 => format!("write \"{ms}ms\""),
+        Some(ms) => format!("write {:?}", format_duration(Duration::from_millis(ms))),
+        None => "use a smaller unit, as in \"1500ms\" for 1.5 s".to_owned(),
+    };
+    format!("{text:?} is not a duration: fractions are not accepted ({instead})")
+}
+
+/// `<digits>.<digits><unit>` in whole milliseconds, if it is one.
+fn exact_fraction_ms(text: &str) -> Option<u64> {
+    let (whole, rest) = text.split_once(['.', ','])?;
+    let unit_at = rest.find(|c: char| !c.is_ascii_digit())?;
+    let (fraction, unit) = rest.split_at(unit_at);
+    let unit_ms: u64 = match unit {
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        "ms" => 1,
+        _ => return None,
+    };
+    if whole.is_empty()
+        || fraction.is_empty()
+        || fraction.len() > 9
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let scale = 10u64.pow(fraction.len() as u32);
+    let whole: u64 = whole.parse().ok()?;
+    let fraction: u64 = fraction.parse().ok()?;
+    let scaled = whole
+        .checked_mul(scale)?
+        .checked_add(fraction)?
+        .checked_mul(unit_ms)?;
+    (scaled % scale == 0).then_some(scaled / scale)
 }
 
 /// Writes a duration the way the file does ("1m30s", "500ms", "0s"), for
@@ -261,7 +307,7 @@ pub(super) fn is_valid_host(host: &str) -> bool {
 }
 
 /// A host name, not an IP address: a host with a letter in it.
-fn is_host_name(host: &str) -> bool {
+pub(super) fn is_host_name(host: &str) -> bool {
     is_valid_host(host) && host.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
@@ -315,6 +361,26 @@ mod tests {
         assert!(overflow.contains("too long"), "{overflow}");
         let unit = parse_duration("5d").unwrap_err();
         assert!(unit.contains("unknown unit \"d\""), "{unit}");
+    }
+
+    #[test]
+    fn fractions_are_refused_with_the_way_to_write_them() {
+        for (bad, instead) in [
+            ("1.5s", "write \"1500ms\""),
+            ("0.25s", "write \"250ms\""),
+            ("2.5m", "write \"2m30s\""),
+            ("1,5s", "write \"1500ms\""),
+            ("0.5h", "write \"30m\""),
+            ("1.0001s", "use a smaller unit"),
+            ("1m1.5s", "use a smaller unit"),
+        ] {
+            let message = parse_duration(bad).unwrap_err();
+            assert!(
+                message.contains("fractions are not accepted") && message.contains(instead),
+                "{bad}: {message}"
+            );
+            assert!(!message.contains("unit is missing"), "{bad}: {message}");
+        }
     }
 
     #[test]

@@ -234,8 +234,7 @@ pub(super) fn keep_joined(
         }
         if kind_changed {
             let fresh = new_backend(service.health.kind, &record.config);
-            record.change_health(fresh.health);
-            record.reason = fresh.reason;
+            record.change_health(fresh.health, fresh.reason);
             record.last_change = fresh.last_change;
         }
         backends.push(record);

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::history;
 use super::resolve::{self, Resolver};
 use super::status::{status_line, ControlCounters, StatusView};
 use super::{Command, Health, ListenerCopies, Registry, RegistryError, ReloadSummary};
@@ -297,6 +298,7 @@ impl ControlPlane {
             .take()
             .map(|admin| self.supervisor.spawn_task("admin server", admin));
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        let mut samples = history::SampleClock::new();
         let mut resolve_every = self.config.global.resolve_interval;
         let mut resolve_tick = resolve::ticks(resolve_every);
         loop {
@@ -306,6 +308,7 @@ impl ControlPlane {
             }
             tokio::select! {
                 _ = status_tick.tick() => self.send_status(),
+                periods = samples.tick() => self.registry.sample(periods),
                 _ = resolve_tick.tick() => {
                     self.resolver.start_round(&self.config, &self.supervisor, resolve_every);
                 }
@@ -546,10 +549,12 @@ impl ControlPlane {
         let nofile = sys::nofile_limit().map_or(u64::MAX, |(soft, _)| soft);
         let fds = budget::compute(nofile, &budget::Inputs::of(&running, self.workers.len()))?;
         // Bind the new listen addresses first: failing here changes nothing.
+        // A shared address (SNI routing) is one listener, its first
+        // service's.
         let wanted: Vec<(String, SocketAddr)> = new
-            .services
-            .iter()
-            .flat_map(|s| s.listen.iter().map(move |a| (s.name.clone(), *a)))
+            .listeners()
+            .into_iter()
+            .map(|(s, a)| (s.to_owned(), a))
             .collect();
         let mut added: Vec<(String, SocketAddr, SocketAddr, Vec<socket2::Socket>)> = Vec::new();
         for (service, addr) in &wanted {

@@ -9,13 +9,15 @@ use std::time::{Instant, SystemTime};
 
 use std::net::SocketAddr;
 
-use crate::config::{AdminState, Balance, Config, HealthCheck, HealthKind};
+use crate::config::{AdminState, Balance, Config, HealthCheck, HealthKind, RetryBeforeResponse};
 use crate::health::BackendKey;
 use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
+use crate::sni_routes::SniRoutes;
 use crate::source_limits::SourcePolicy;
 use crate::stats::{BackendStats, ServiceStats};
 
+use super::history::{Rates, Reading, Transitions};
 use super::join;
 
 /// A backend's health as the control plane knows it (the prober's state:
@@ -41,6 +43,12 @@ pub struct BackendRecord {
     /// window. None while unusable. Set in [`Registry::snapshot`], so a
     /// down-and-up between two publications (no client moved) is no return.
     pub(crate) usable_since: Option<Instant>,
+    /// The last five minutes of its traffic, one sample a second, for the
+    /// status page's sparklines (`control/history.rs`).
+    pub(crate) rates: Rates,
+    /// Its last health transitions with their reasons, for the status
+    /// page's health strip.
+    pub(crate) transitions: Transitions,
 }
 
 impl BackendRecord {
@@ -49,16 +57,20 @@ impl BackendRecord {
         self.admin == AdminState::Enabled && self.health == Health::Up
     }
 
-    /// Sets the health state; a change is counted
-    /// (`ringlb_backend_health_transitions_total`) and dated. True if it
-    /// changed.
-    pub(crate) fn change_health(&mut self, health: Health) -> bool {
-        if self.health == health {
+    /// Sets the health state and its reason; a change is counted
+    /// (`ringlb_backend_health_transitions_total`), dated and kept in the
+    /// backend's transitions. True if it changed.
+    pub(crate) fn change_health(&mut self, health: Health, reason: String) -> bool {
+        let from = self.health;
+        self.reason = reason;
+        if from == health {
             return false;
         }
         self.health = health;
         self.last_change = SystemTime::now();
         self.stats.count_health_change(health);
+        self.transitions
+            .push(self.last_change, from, health, &self.reason);
         true
     }
 }
@@ -233,8 +245,7 @@ impl Registry {
                             || prev.config.health.kind != s.health.kind
                         {
                             let fresh = new_backend(s.health.kind, b);
-                            rec.change_health(fresh.health);
-                            rec.reason = fresh.reason;
+                            rec.change_health(fresh.health, fresh.reason);
                             rec.last_change = SystemTime::now();
                         }
                         rec.config = b.clone();
@@ -290,8 +301,7 @@ impl Registry {
         reason: String,
     ) -> Result<bool, RegistryError> {
         let b = self.backend_mut(service, backend)?;
-        b.reason = reason;
-        Ok(b.change_health(health))
+        Ok(b.change_health(health, reason))
     }
 
     /// Sets the operator's state; true if it changed.
@@ -372,6 +382,7 @@ impl Registry {
                 liveness: c.liveness,
                 accept_proxy: c.accept_proxy.clone(),
                 sources: svc.sources.clone(),
+                retry_tls: c.retry_before_response == RetryBeforeResponse::Tls,
             };
             let backends: Vec<BackendEntry> = svc
                 .backends
@@ -405,10 +416,25 @@ impl Registry {
             services.push(table);
         }
         self.generation += 1;
+        let sni = SniRoutes::build(self.services.iter().map(|s| &s.config))
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         Ok(Snapshot {
             generation: self.generation,
             services,
+            sni,
         })
+    }
+
+    /// Takes one sample of every backend's traffic (see
+    /// `control/history.rs`): `periods` sample periods since the last one.
+    /// Relaxed loads of counters the workers keep anyway.
+    pub(crate) fn sample(&mut self, periods: u32) {
+        for b in self.services.iter_mut().flat_map(|s| s.backends.iter_mut()) {
+            let now = Reading::of(&b.stats);
+            b.rates.record(now, periods);
+        }
     }
 
     /// What the prober should probe: every backend of every service, with
@@ -464,6 +490,8 @@ pub(super) fn new_backend(kind: HealthKind, b: &crate::config::Backend) -> Backe
         stats: Arc::new(BackendStats::default()),
         joined: false,
         usable_since: None,
+        rates: Rates::default(),
+        transitions: Transitions::default(),
     }
 }
 
@@ -643,5 +671,62 @@ mod tests {
             Err(RegistryError::NoService(_))
         ));
         assert!(after.generation > before.generation);
+    }
+
+    #[test]
+    fn samples_and_transitions_follow_the_backend_through_a_reload() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut r = Registry::new(&config(
+            &[("a", "127.0.0.1:1001"), ("b", "127.0.0.1:1002")],
+            "http",
+        ));
+        r.sample(1); // the baseline
+        r.set_health("s", "a", Health::Up, "probe passed".into())
+            .unwrap();
+        r.set_health("s", "a", Health::Down, "connection refused".into())
+            .unwrap();
+        r.set_health("s", "a", Health::Down, "refused again".into())
+            .unwrap();
+        {
+            let a = &r.service("s").unwrap().backends[0];
+            a.stats.total.fetch_add(4, Relaxed);
+            a.stats.bytes_to_backend.fetch_add(100, Relaxed);
+            a.stats.bytes_to_client.fetch_add(900, Relaxed);
+        }
+        r.sample(1);
+        // b goes; a stays (the file now lists it second, after a new c).
+        r.apply(&config(
+            &[("c", "127.0.0.1:1003"), ("a", "127.0.0.1:1001")],
+            "http",
+        ));
+        r.service("s").unwrap().backends[1]
+            .stats
+            .total
+            .fetch_add(2, Relaxed);
+        r.sample(1);
+        let svc = r.service("s").unwrap();
+        let a = &svc.backends[1];
+        assert_eq!(a.config.name, "a");
+        assert_eq!(a.rates.connections(), vec![4, 2], "kept by name");
+        assert_eq!(a.rates.bytes(), vec![1000, 0]);
+        let t = a.transitions.to_vec();
+        assert_eq!(
+            t.iter()
+                .map(|t| (t.from, t.to, t.reason.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                (Health::Unknown, Health::Up, "probe passed"),
+                (Health::Up, Health::Down, "connection refused"),
+            ],
+            "only changes, with their reasons"
+        );
+        assert_eq!(a.reason, "refused again", "the reason is still the latest");
+        let c = &svc.backends[0];
+        assert_eq!(
+            c.rates.connections(),
+            Vec::<u32>::new(),
+            "a new backend starts empty"
+        );
+        assert!(c.transitions.to_vec().is_empty());
     }
 }

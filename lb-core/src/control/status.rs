@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::history::HistoryView;
 use super::{BackendRecord, Health, Registry};
 use crate::config::{AdminState, Balance};
 use crate::stats::{BackendStats, ServiceStats};
@@ -137,6 +138,9 @@ pub(crate) struct BackendView {
     pub stats: Arc<BackendStats>,
     /// Added by a node's join request, not by the config file.
     pub joined: bool,
+    /// Its last five minutes of traffic and last health transitions
+    /// (copied: the registry's ring goes on).
+    pub history: HistoryView,
 }
 
 /// A backend's state in the router's health vocabulary.
@@ -220,6 +224,7 @@ impl BackendView {
             last_change: b.last_change,
             stats: b.stats.clone(),
             joined: b.joined,
+            history: HistoryView::new(&b.rates, &b.transitions),
         }
     }
 
@@ -256,6 +261,7 @@ mod tests {
             last_change: UNIX_EPOCH,
             stats: Arc::default(),
             joined: false,
+            history: HistoryView::default(),
         }
     }
 

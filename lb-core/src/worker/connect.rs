@@ -18,15 +18,16 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::access_log::EndCause;
 use crate::conn::{Pair, Readiness};
 use crate::proxy_header::{self, ProxyVersion};
 use crate::snapshot::BackendEntry;
 use crate::source_limits::{SourceHold, SourceRefused};
-use crate::stats::LOCAL_ERRORS;
+use crate::stats::{BackendStats, LOCAL_ERRORS};
 
+use super::replay::Attempt;
 use super::{Conn, Phase, Reactor, Syscalls, Worker};
 
 /// Most backends one client connection tries.
@@ -47,6 +48,9 @@ pub(crate) enum ConnectFailure {
     Refused,
     Timeout,
     Unreachable,
+    /// Connected, then closed or reset before its first byte (seen when a
+    /// held TLS ClientHello is replayed elsewhere: `replay.rs`).
+    ClosedBeforeAnswer,
     Other(i32),
 }
 
@@ -56,13 +60,14 @@ impl std::fmt::Display for ConnectFailure {
             ConnectFailure::Refused => f.write_str("connection refused"),
             ConnectFailure::Timeout => f.write_str("connect timed out"),
             ConnectFailure::Unreachable => f.write_str("unreachable"),
+            ConnectFailure::ClosedBeforeAnswer => f.write_str("closed before answering"),
             ConnectFailure::Other(errno) => write!(f, "{}", io::Error::from_raw_os_error(*errno)),
         }
     }
 }
 
 impl ConnectFailure {
-    fn from_io(e: &io::Error) -> ConnectFailure {
+    pub(super) fn from_io(e: &io::Error) -> ConnectFailure {
         match e.raw_os_error() {
             Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
             Some(libc::ETIMEDOUT) => ConnectFailure::Timeout,
@@ -75,6 +80,18 @@ impl ConnectFailure {
     }
 }
 
+/// The backend a connect reached, as the established phase names it.
+pub(crate) struct Served {
+    /// Its counters (`active` is counted on connect, the rest once the
+    /// connection is established on it).
+    pub stats: Arc<BackendStats>,
+    /// Its name, only kept with the access log on.
+    pub name: Option<Arc<str>>,
+    pub address: SocketAddr,
+    /// How long its connect took.
+    pub connect_time: Duration,
+}
+
 /// Where workers send passive failures; never blocks (drops when full).
 pub(crate) type FailureSender = tokio::sync::mpsc::Sender<PassiveFailure>;
 
@@ -84,6 +101,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     pub(crate) fn open(&mut self, li: usize, si: usize, client: OwnedFd, peer: SocketAddr) {
         if self.snapshot.services[si].settings.accept_proxy.is_some() {
             self.open_preamble(li, si, client, peer);
+            return;
+        }
+        if self.listeners[li].routes.is_some() {
+            self.open_hello(li, client, peer);
             return;
         }
         let source = match self.admit_source(si, peer) {
@@ -255,7 +276,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 
     /// True when a connect to `address` failed for a local reason (then it
     /// is counted and logged as such, and must not reach passive health).
-    fn local_failure(&self, e: &io::Error, address: SocketAddr) -> bool {
+    pub(super) fn local_failure(&self, e: &io::Error, address: SocketAddr) -> bool {
         LOCAL_ERRORS
             .record(e, &format_args!("connecting to backend {address}"))
             .is_some()
@@ -361,6 +382,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let Phase::Connecting {
             backend_index,
             target,
+            candidates,
+            count,
+            tried,
             generation,
             started,
             attempts,
@@ -415,12 +439,48 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 return;
             }
         }
+        if self.slab.get(slot).is_none() {
+            return;
+        }
+        stats.active.fetch_add(1, Relaxed);
+        let served = Served {
+            stats,
+            name,
+            address,
+            connect_time: self.now.saturating_duration_since(started),
+        };
+        if self.snapshot.services[si].settings.retry_tls {
+            // Held until the backend answers (`replay.rs`); off: this
+            // branch is all it costs.
+            let attempt = Attempt {
+                backend_index,
+                target,
+                candidates,
+                count,
+                tried,
+                attempts,
+                generation,
+            };
+            self.hold(slot, attempt, served);
+            return;
+        }
+        self.establish(slot, served, attempts);
+    }
+
+    /// The connection in `slot` is established on backend `served` (its
+    /// `active` already counted) after `attempts` connects: counted, then
+    /// forwarded by the engine or the inline pumps.
+    pub(super) fn establish(&mut self, slot: usize, served: Served, attempts: u8) {
         let Some(conn) = self.slab.get_mut(slot) else {
             return;
         };
-        stats.active.fetch_add(1, Relaxed);
+        let Served {
+            stats,
+            name,
+            address,
+            connect_time,
+        } = served;
         stats.total.fetch_add(1, Relaxed);
-        let connect_time = self.now.saturating_duration_since(started);
         stats.connect_time.record(connect_time);
         conn.phase = Phase::Established {
             pair: Pair::default(),

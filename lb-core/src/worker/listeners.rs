@@ -29,6 +29,8 @@ use socket2::Socket;
 use crate::access_log::EndCause;
 use crate::conn;
 use crate::failpoint::failpoint;
+use crate::snapshot::Snapshot;
+use crate::sni_routes::SniRoutes;
 use crate::stats::{ServiceStats, LOCAL_ERRORS};
 
 use super::{Reactor, Syscalls, Token, Worker};
@@ -71,6 +73,13 @@ pub(crate) struct ListenerState {
     pub(crate) stats: Arc<ServiceStats>,
     /// Index of the service in the worker's current snapshot.
     pub(crate) service_index: Option<usize>,
+    /// The address routes by TLS server name (`sni`): which service a
+    /// client's ClientHello picks (`sni.rs`). None: every client is the
+    /// service's (one branch on accept).
+    pub(crate) routes: Option<Arc<SniRoutes>>,
+    /// No socket of its own: the connections that a shared address's
+    /// routes gave to `service` are counted and logged here (`sni.rs`).
+    pub(crate) routed: bool,
     /// Not watched now: the service is full, or accept hit a resource limit.
     pub(crate) paused: bool,
     /// Accept batch ran out with connections left: accept again next turn.
@@ -86,6 +95,8 @@ impl ListenerState {
     pub(crate) fn new(l: Listener, service_index: Option<usize>, more: bool) -> ListenerState {
         ListenerState {
             service_index,
+            routes: None,
+            routed: false,
             addr: l.addr,
             service: l.service,
             socket: Some(l.socket),
@@ -93,6 +104,39 @@ impl ListenerState {
             paused: false,
             more,
             held: VecDeque::new(),
+        }
+    }
+}
+
+impl ListenerState {
+    /// The state of service `si` (named `service`, counting on `stats`)
+    /// for the shared address `addr`: no socket; the connections routed to
+    /// it by server name (`sni.rs`).
+    pub(crate) fn routed(
+        service: Arc<str>,
+        addr: SocketAddr,
+        stats: Arc<ServiceStats>,
+        si: usize,
+    ) -> ListenerState {
+        ListenerState {
+            service,
+            addr,
+            socket: None,
+            stats,
+            service_index: Some(si),
+            routes: None,
+            routed: true,
+            paused: false,
+            more: false,
+            held: VecDeque::new(),
+        }
+    }
+
+    /// Its service and routes in `snapshot` (a new generation).
+    pub(crate) fn refresh(&mut self, snapshot: &Snapshot) {
+        self.service_index = snapshot.service_index(&self.service);
+        if !self.routed {
+            self.routes = snapshot.sni_routes(self.service_index, self.addr);
         }
     }
 }
@@ -182,8 +226,14 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         if !self.budget.try_take() {
             return Err(Full::Budget);
         }
-        let max = self.snapshot.services[si].settings.max_connections;
-        if !self.listeners[li].stats.try_reserve(max) {
+        // With routes, the service is not known yet: its limit applies
+        // once the ClientHello picks it (`sni.rs`).
+        let l = &self.listeners[li];
+        let max = match l.routes {
+            None => self.snapshot.services[si].settings.max_connections,
+            Some(_) => None,
+        };
+        if !l.stats.try_reserve(max) {
             self.budget.release();
             return Err(Full::Service);
         }
@@ -204,7 +254,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     fn admit(&mut self, li: usize, si: usize, fd: OwnedFd, peer: SocketAddr) {
         failpoint!("worker-panic-after-accepts");
         failpoint!(stall "worker-stall-after-accepts");
-        self.listeners[li].stats.accepted.fetch_add(1, Relaxed);
+        // With routes, counted on the service the ClientHello picks.
+        if self.listeners[li].routes.is_none() {
+            self.listeners[li].stats.accepted.fetch_add(1, Relaxed);
+        }
         self.control.accepted.fetch_add(1, Relaxed);
         self.open(li, si, fd, peer);
     }
@@ -333,6 +386,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             }
             let max = l
                 .service_index
+                .filter(|_| l.routes.is_none())
                 .and_then(|si| self.snapshot.services[si].settings.max_connections);
             let full =
                 self.budget.is_spent() || max.is_some_and(|m| l.stats.active.load(Relaxed) >= m);

@@ -114,8 +114,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 // Clients may be queued already; edge-triggered (an engine
                 // that accepts by itself finds them on arming).
                 let si = self.snapshot.service_index(&l.service);
-                self.listeners
-                    .push(ListenerState::new(l, si, !R::DELIVERS_ACCEPTS));
+                let mut state = ListenerState::new(l, si, !R::DELIVERS_ACCEPTS);
+                state.refresh(&self.snapshot);
+                self.listeners.push(state);
                 if let Err(e) = self.reactor.add(fd, Token::listener(i)) {
                     tracing::error!(worker = self.id, error = %e, "cannot watch a new listener");
                     self.listeners[i].socket = None;

@@ -23,6 +23,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::access_log::EndCause;
 use crate::proxy_header::{parse, Parsed, MAX_HEADER};
@@ -116,7 +117,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 // Bytes may have come after the header, in the segment
                 // that raised the last edge: the pumps look for them.
                 conn.client_ready.readable = seen > len || conn.client_ready.readable;
-                self.choose_backend(slot);
+                if self.listeners[conn.listener].routes.is_some() {
+                    // The service is picked by the ClientHello that follows.
+                    self.await_hello(slot);
+                } else {
+                    self.choose_backend(slot);
+                }
             }
         }
     }
@@ -138,7 +144,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
 
     /// The preamble is done: the client's candidates (by the address it
     /// now has) and its first connect.
-    fn choose_backend(&mut self, slot: usize) {
+    pub(super) fn choose_backend(&mut self, slot: usize) {
         let Some(conn) = self.slab.get(slot) else {
             return;
         };
@@ -167,9 +173,12 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     /// reset to the client; no backend was asked.
     pub(crate) fn refuse(&mut self, slot: usize, reason: ProxyRefused) {
         if let Some(conn) = self.slab.get(slot) {
-            self.listeners[conn.listener]
-                .stats
-                .count_proxy_refused(reason);
+            let l = &self.listeners[conn.listener];
+            l.stats.count_proxy_refused(reason);
+            if l.routes.is_some() {
+                // Not counted on accept: no hello picked a service.
+                l.stats.accepted.fetch_add(1, Relaxed);
+            }
         }
         self.abort(slot, EndCause::ProxyHeader);
     }

@@ -6,7 +6,8 @@
 //! is static and inlined exactly as the direct `sys::` calls were; no
 //! pointer, no vtable, no state. Only the calls whose results steer the
 //! worker (accept, connect, the outcome of a connect, the reads of a
-//! preamble, the PROXY header that completes a connect, what the kernel
+//! preamble or a ClientHello, the PROXY header that completes a connect,
+//! a held ClientHello's copy to a backend, what the kernel
 //! still delivers when the idle timeout is due) go through here; the byte
 //! pumps and socket options do not decide anything and stay direct.
 
@@ -33,8 +34,9 @@ pub(crate) trait Syscalls {
     ) -> io::Result<Socket>;
     /// The pending error of a socket, cleared ([`sys::take_socket_error`]).
     fn take_socket_error(&mut self, fd: RawFd) -> io::Result<Option<io::Error>>;
-    /// Copies what a client socket holds without consuming it
-    /// ([`sys::peek`]): a preamble is judged before it is taken.
+    /// Copies what a socket holds without consuming it ([`sys::peek`]): a
+    /// preamble or a TLS ClientHello is judged before it is taken, and a
+    /// backend's first byte is seen and left for the pumps.
     fn peek(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize>;
     /// Non-blocking read ([`sys::recv`]): takes a judged preamble off the
     /// socket.
@@ -45,6 +47,9 @@ pub(crate) trait Syscalls {
     /// Writes a PROXY header on a freshly connected backend socket
     /// ([`sys::send`], non-blocking); the bytes written.
     fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize>;
+    /// Non-blocking write ([`sys::send`]): a held TLS ClientHello copied
+    /// to a backend (`replay.rs`); the bytes written.
+    fn send(&mut self, fd: RawFd, buf: &[u8]) -> io::Result<usize>;
     /// What the kernel delivered of a socket's bytes ([`sys::delivery`]);
     /// None where it cannot say (then only ringlb's own reads and writes
     /// count as activity).
@@ -96,6 +101,11 @@ impl Syscalls for Kernel {
     #[inline]
     fn send_header(&mut self, fd: RawFd, header: &[u8]) -> io::Result<usize> {
         sys::send(fd, header)
+    }
+
+    #[inline]
+    fn send(&mut self, fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+        sys::send(fd, buf)
     }
 
     #[inline]

@@ -24,6 +24,9 @@ use crate::control::Registry;
 use crate::snapshot::{PickState, SnapshotCell};
 use crate::source_limits::SourceRefused;
 
+// The replayable phase's tests (`replay.rs`), with this file's fakes.
+mod replay;
+
 /// What the worker asked to watch. `ACCEPTS`: the engine accepts by itself
 /// (io_uring's multishot accept) and hands connections to `on_accepted`.
 #[derive(Default)]
@@ -67,6 +70,12 @@ struct FakeKernel {
     /// The next header writes end this way, in order: Ok(n) writes only n
     /// bytes, Err(errno) fails; when empty, a write takes everything.
     header_outcomes: VecDeque<Result<usize, i32>>,
+    /// Held bytes written to backends (`replay.rs`), in order: (backend
+    /// socket, bytes). They reach the backend's far end too.
+    sent: Vec<(RawFd, Vec<u8>)>,
+    /// The next held-byte writes take at most this many bytes each, in
+    /// order; when empty, the socket pair takes what it can.
+    send_limits: VecDeque<usize>,
 }
 
 /// The address every fake client connected to (its socket's local address).
@@ -126,6 +135,13 @@ impl Syscalls for FakeKernel {
             Some(Err(errno)) => return Err(io::Error::from_raw_os_error(errno)),
         };
         self.headers.push((fd, header[..n].to_vec()));
+        Ok(n)
+    }
+
+    fn send(&mut self, fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+        let limit = self.send_limits.pop_front().unwrap_or(buf.len());
+        let n = crate::sys::send(fd, &buf[..limit.min(buf.len())])?;
+        self.sent.push((fd, buf[..n].to_vec()));
         Ok(n)
     }
 }
@@ -460,7 +476,9 @@ fn a_failed_connect_tries_the_next_distinct_backend_in_preference_order_up_to_ma
 
 #[test]
 fn a_connect_that_completes_after_a_failure_is_established_with_the_second_backend() {
-    let mut r = rig::<false>("connect_attempts = 3", 3);
+    // Without the TLS-safe retry's wait for the backend's first byte
+    // (`tests/replay.rs` has it): established on connect.
+    let mut r = rig::<false>("connect_attempts = 3\nretry_before_response = \"off\"", 3);
     let ip = [10, 9, 8, 7];
     let expected = r.preference(ip);
     r.queue_client(ip);
@@ -1076,3 +1094,6 @@ fn with_accept_proxy_the_headers_client_is_the_source() {
     assert_eq!(source_refused(&r, SourceRefused::Denied), 1);
     assert_eq!(source_refused(&r, SourceRefused::Connections), 1);
 }
+
+// The SNI phase (worker/sni.rs), on this file's rig.
+mod sni;

@@ -1,7 +1,8 @@
 //! A worker's deadlines: the header timeout of a connection in its
 //! preamble (then it is refused), the connect timeout of a connecting
 //! connection (then the next candidate is tried) and the idle timeout of
-//! an established one (then both sides are reset), and how long the engine
+//! an established one (or one waiting for its backend's first byte,
+//! `replay.rs`) (then both sides are reset), and how long the engine
 //! may sleep before the next one is due.
 //!
 //! Runs on the worker's thread. Each connection has at most one live entry
@@ -16,7 +17,7 @@ use std::cmp::Reverse;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::stats::ProxyRefused;
+use crate::stats::{ProxyRefused, SniRefused};
 
 use super::connect::ConnectFailure;
 use super::{Phase, Reactor, Syscalls, Worker};
@@ -62,8 +63,10 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                 continue;
             }
             let due = match &conn.phase {
-                Phase::Preamble { deadline } | Phase::Connecting { deadline, .. } => *deadline,
-                Phase::Established { .. } => {
+                Phase::Preamble { deadline }
+                | Phase::Hello { deadline }
+                | Phase::Connecting { deadline, .. } => *deadline,
+                Phase::Established { .. } | Phase::Replayable(_) => {
                     let idle = self.listeners[conn.listener]
                         .service_index
                         .map_or(Duration::from_secs(900), |si| {
@@ -88,6 +91,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             }
             match conn.phase {
                 Phase::Preamble { .. } => self.refuse(slot, ProxyRefused::Timeout),
+                Phase::Hello { .. } => self.refuse_hello(slot, SniRefused::Timeout),
                 Phase::Connecting { target, .. } => {
                     let si = self.listeners[conn.listener].service_index;
                     self.drop_backend(slot);
@@ -98,7 +102,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
                     self.next_attempt(slot);
                 }
                 // Idle too long: both sides learn it by a reset.
-                Phase::Established { .. } => self.abort(slot, EndCause::IdleTimeout),
+                Phase::Established { .. } | Phase::Replayable(_) => {
+                    self.abort(slot, EndCause::IdleTimeout)
+                }
             }
         }
     }

@@ -13,15 +13,19 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::sni::SniKeys;
 use super::{
     choice, convert_duration, each, integer, optional_duration, positive_u32, positive_usize,
     required, Invalid, Seen, Zero,
 };
 use crate::config::backend::{BackendAddr, BackendName, Weight};
 use crate::config::raw::{DurationText, RawBackend, RawService, Text};
-use crate::config::value::{is_valid_name, parse_host_port, parse_socket_addr};
+use crate::config::value::{
+    is_host_name, is_valid_name, parse_host_port, parse_socket_addr, truncated,
+};
 use crate::config::{
-    AdminState, Backend, Balance, HealthCheck, Service, TcpLiveness, DEFAULT_MAGLEV_TABLE_SIZE,
+    AdminState, Backend, Balance, HealthCheck, RetryBeforeResponse, Service, TcpLiveness,
+    DEFAULT_MAGLEV_TABLE_SIZE,
 };
 use crate::maglev::{is_prime, MIN_TABLE_SIZE};
 use crate::proxy_header::ProxyVersion;
@@ -60,7 +64,8 @@ impl Seen {
         }
         self.service_names.insert(name.clone(), index);
 
-        let listen = self.convert_listen(&raw, &table, &path, &name)?;
+        let sni = super::sni::convert_sni(&raw, &path)?;
+        let listen = self.convert_listen(&raw, &table, (&path, &name), sni.as_ref())?;
         let balance = match &raw.balance {
             None => default.balance,
             Some(balance) => choice(
@@ -140,6 +145,17 @@ impl Seen {
         let maglev_table_size = convert_table_size(&raw, &table, &path, backends.len())?;
         // PROXY protocol out.
         let (send_proxy, health) = convert_send_proxy(&raw, &path, &backends, health)?;
+        let retry_before_response = match &raw.retry_before_response {
+            None => default.retry_before_response,
+            Some(value) => choice(
+                value,
+                &at("retry_before_response"),
+                &[
+                    ("tls", RetryBeforeResponse::Tls),
+                    ("off", RetryBeforeResponse::Off),
+                ],
+            )?,
+        };
 
         Ok(Service {
             name,
@@ -157,10 +173,12 @@ impl Seen {
             source_address,
             liveness,
             accept_proxy,
+            sni: sni.map(|keys| keys.route),
             sources,
             health,
             backends,
             send_proxy,
+            retry_before_response,
         })
     }
 
@@ -168,8 +186,8 @@ impl Seen {
         &mut self,
         raw: &RawService,
         table: &Range<usize>,
-        path: &str,
-        name: &str,
+        (path, name): (&str, &str),
+        sni: Option<&SniKeys>,
     ) -> Result<Vec<SocketAddr>, Invalid> {
         let key = format!("{path}.listen");
         let list = required(
@@ -202,19 +220,13 @@ impl Seen {
                     format!("{addr} is listed twice"),
                 ));
             }
-            if let Some(owner) = self.listen_owners.get(addr) {
-                return Err(Invalid::at(
-                    item.span(),
-                    format!("{key}[{i}]"),
-                    format!(
-                        "{addr} is already a listen address of service {owner:?} \
-                         (a listen address belongs to one service)"
-                    ),
-                ));
-            }
-        }
-        for addr in &listen {
-            self.listen_owners.insert(*addr, name.to_owned());
+            super::sni::claim(
+                &mut self.listen_owners,
+                *addr,
+                (item.span(), format!("{key}[{i}]")),
+                name,
+                (sni, path),
+            )?;
         }
         Ok(listen)
     }
@@ -364,7 +376,7 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
         &table,
         path,
         "address",
-        "\"IP:port\" or \"[IPv6]:port\"",
+        "\"IP:port\", \"[IPv6]:port\" or \"host:port\"",
     )?;
     let text = raw_address.get_ref();
     let (address, host) = match BackendAddr::parse(text) {
@@ -377,7 +389,10 @@ fn convert_backend(raw: &Spanned<RawBackend>, path: &str) -> Result<CheckedBacke
                 Some(text.clone()),
             )
         }
-        Err(e) => return Err(Invalid::at(raw_address.span(), at("address"), e)),
+        Err(e) => {
+            let message = backend_address_hint(text).unwrap_or_else(|| e.to_string());
+            return Err(Invalid::at(raw_address.span(), at("address"), message));
+        }
     };
     let default = Backend::new(String::new(), address);
     let weight = match &raw.weight {
@@ -552,4 +567,26 @@ fn convert_send_proxy(
         health.send_proxy = send_proxy.or(first);
     }
     Ok((send_proxy, health))
+}
+
+/// What the config file (which takes host names, unlike the join API)
+/// says about a backend address that is neither an IP address nor a
+/// `host:port` it can resolve; None: the address check's own words do.
+fn backend_address_hint(text: &str) -> Option<String> {
+    const SYNTAX: &str = "expected \"IP:port\", \"[IPv6]:port\" or \"host:port\"";
+    let shown = truncated(text);
+    if is_host_name(text) {
+        return Some(format!(
+            "{shown:?} has no port: write \"{shown}:PORT\" with the port the backend serves on ({SYNTAX})"
+        ));
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    if is_host_name(host) && !port_ok {
+        return Some(format!(
+            "{shown:?}: the port must be a number from 1 to 65535, not {:?} ({SYNTAX})",
+            truncated(port)
+        ));
+    }
+    None
 }
