@@ -77,6 +77,17 @@ pub(crate) enum Cmd {
     /// or from --admin and --token-file. Exit status: 0 done, 1 refused or
     /// failed (the server's reason on stderr), 2 usage or connection error.
     Ctl(Ctl),
+    /// Write the man pages and the bash, zsh and fish completions (for
+    /// packagers: scripts/build-deb.sh).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write ringlb.1 and ringlb-SUBCOMMAND.1 into.
+        #[arg(long, value_name = "DIR")]
+        man: Option<PathBuf>,
+        /// Directory to write ringlb (bash), _ringlb (zsh) and ringlb.fish into.
+        #[arg(long, value_name = "DIR")]
+        completions: Option<PathBuf>,
+    },
 }
 
 /// `ringlb ctl`: where the admin API is, and what to ask it.

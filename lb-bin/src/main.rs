@@ -4,6 +4,7 @@
 
 mod cli;
 mod ctl;
+mod generate;
 mod stderr_log;
 
 use std::io::Write;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use cli::{Cli, Cmd};
 use lb_core::{Config, DemoBackends, Inherited, ListenFd, Server, StartOptions};
 use stderr_log::StderrLog;
@@ -54,6 +55,9 @@ fn main() -> ExitCode {
              (or `ringlb --config FILE` to run with yours)"
         )),
         Some(Cmd::Demo { listen, admin }) => demo(listen, admin, &log),
+        Some(Cmd::Generate { man, completions }) => {
+            generate::write(Cli::command(), man.as_deref(), completions.as_deref())
+        }
         Some(Cmd::Ctl(ctl)) => {
             // Its messages are its own (stderr, before the log's last
             // lines, which it has none of): no `ringlb:` prefix.
