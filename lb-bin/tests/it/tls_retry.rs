@@ -22,7 +22,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::harness::{
     self, connect_from, for_each_engine, for_each_variant, seeded_bytes, Backend, BackendConfig,
-    Deadline, LbConfig, Ringlb, TempDir, LOCALHOST,
+    Deadline, LbConfig, Ringlb, TempDir, Variant, LOCALHOST,
 };
 
 /// Kills of the victim backend per run.
@@ -471,40 +471,53 @@ fn resetter(got: mpsc::Sender<Vec<u8>>) -> Backend {
 fn a_backend_resetting_every_connection_before_answering_hands_the_client_to_the_next_byte_exact() {
     let _shared = harness::shared();
     for_each_variant("a_backend_resetting_every_connection", |engine| {
-        let (got_tx, got) = mpsc::channel();
-        let bad = resetter(got_tx);
-        let good = Backend::echo("good");
-        let mut config = LbConfig::over(engine, &[&bad, &good]);
-        config.workers = 1;
-        config.admin = true;
-        config.service().balance = "round-robin".to_owned();
-        config.service().connect_attempts = 2;
-        let lb = Ringlb::start(&config);
-        for i in 0..4u64 {
-            let mut c = connect_from(LOCALHOST, lb.addr()).expect("connect to ringlb");
-            c.write_all(HELLO).expect("send the hello");
-            // The echo backend's answer (the hello back) ends the hold.
-            let mut answer = vec![0u8; HELLO.len()];
-            c.read_exact(&mut answer).expect("the hello echoed");
-            assert_eq!(answer, HELLO, "{engine}: client {i}");
-            let rest = seeded_bytes(i, 64 * 1024);
-            c.write_all(&rest).expect("send the rest");
-            let mut back = vec![0u8; rest.len()];
-            c.read_exact(&mut back).expect("the rest echoed");
-            assert!(back == rest, "{engine}: client {i}: the rest differs");
+        // Alone, and behind SNI routing (the hello is peeked to pick the
+        // service, then held and replayed the same way).
+        for sni in [false, true] {
+            resetter_hands_over(engine, sni);
         }
-        let mut resets = 0u64;
-        while let Ok(bytes) = got.try_recv() {
-            assert_eq!(bytes, HELLO, "{engine}: the resetter got the hello");
-            resets += 1;
-        }
-        assert!(
-            resets >= 1,
-            "{engine}: round-robin never chose the resetter"
-        );
-        assert_eq!(good.accepted(), 4, "{engine}: every client on the echo");
-        let metrics = lb.metrics();
-        let replays = metrics.labelled("ringlb_tls_replays_total", "service", "web");
-        assert_eq!(replays, Some(resets), "{engine}: replays counted");
     });
+}
+
+fn resetter_hands_over(engine: Variant, sni: bool) {
+    let (got_tx, got) = mpsc::channel();
+    let bad = resetter(got_tx);
+    let good = Backend::echo("good");
+    let mut config = LbConfig::over(engine, &[&bad, &good]);
+    config.workers = 1;
+    config.admin = true;
+    config.service().balance = "round-robin".to_owned();
+    config.service().connect_attempts = 2;
+    if sni {
+        // The name in HELLO (curl's, captured).
+        config.service().extra = vec!["sni = [\"art.example.com\"]".to_owned()];
+    }
+    let lb = Ringlb::start(&config);
+    let engine = format!("{engine:?} sni={sni}");
+    for i in 0..4u64 {
+        let mut c = connect_from(LOCALHOST, lb.addr()).expect("connect to ringlb");
+        c.write_all(HELLO).expect("send the hello");
+        // The echo backend's answer (the hello back) ends the hold.
+        let mut answer = vec![0u8; HELLO.len()];
+        c.read_exact(&mut answer).expect("the hello echoed");
+        assert_eq!(answer, HELLO, "{engine}: client {i}");
+        let rest = seeded_bytes(i, 64 * 1024);
+        c.write_all(&rest).expect("send the rest");
+        let mut back = vec![0u8; rest.len()];
+        c.read_exact(&mut back).expect("the rest echoed");
+        assert!(back == rest, "{engine}: client {i}: the rest differs");
+    }
+    let mut resets = 0u64;
+    while let Ok(bytes) = got.try_recv() {
+        assert_eq!(bytes, HELLO, "{engine}: the resetter got the hello");
+        resets += 1;
+    }
+    assert!(
+        resets >= 1,
+        "{engine}: round-robin never chose the resetter"
+    );
+    assert_eq!(good.accepted(), 4, "{engine}: every client on the echo");
+    let metrics = lb.metrics();
+    let replays = metrics.labelled("ringlb_tls_replays_total", "service", "web");
+    assert_eq!(replays, Some(resets), "{engine}: replays counted");
 }
