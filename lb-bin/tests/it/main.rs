@@ -25,6 +25,7 @@ mod backend_address;
 mod config;
 mod failover;
 mod faults;
+mod ha;
 mod half_close;
 mod idle;
 mod integrity;

@@ -167,6 +167,8 @@ pub(crate) struct ControlPlane {
     failures: mpsc::Receiver<PassiveFailure>,
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown_timeout: Duration,
+    /// How long the health answers 503 before the listeners close.
+    drain_announce: Duration,
     handle_signals: bool,
     /// The access log, reopened on SIGUSR1 (None: off).
     access_log: Option<AccessLogHandle>,
@@ -189,6 +191,7 @@ impl ControlPlane {
             handing_over: false,
             handed_over: false,
             shutdown_timeout: setup.config.global.shutdown_timeout,
+            drain_announce: setup.config.global.drain_announce,
             config: setup.config,
             config_path: setup.config_path,
             listeners: setup.listeners,
@@ -551,6 +554,7 @@ impl ControlPlane {
             .iter()
             .flat_map(|s| s.listen.iter().map(move |a| (s.name.clone(), *a)))
             .collect();
+        let freebind = |service: &str| new.services.iter().any(|s| s.name == service && s.freebind);
         let mut added: Vec<(String, SocketAddr, SocketAddr, Vec<socket2::Socket>)> = Vec::new();
         for (service, addr) in &wanted {
             if self
@@ -563,13 +567,12 @@ impl ControlPlane {
             let mut bound = *addr;
             let mut sockets = Vec::with_capacity(self.workers.len());
             for _ in &self.workers {
-                let socket = sys::reuseport_listener(bound, sys::BACKLOG).map_err(|cause| {
-                    ReloadError::Listen {
+                let socket = sys::reuseport_listener(bound, sys::BACKLOG, freebind(service))
+                    .map_err(|cause| ReloadError::Listen {
                         service: service.clone(),
                         addr: *addr,
                         cause,
-                    }
-                })?;
+                    })?;
                 if bound.port() == 0 {
                     bound = socket
                         .local_addr()
@@ -630,6 +633,7 @@ impl ControlPlane {
             self.budget.set_limit(fds.connections);
         }
         self.shutdown_timeout = new.global.shutdown_timeout;
+        self.drain_announce = new.global.drain_announce;
         self.config = new;
         Ok(summary)
     }
@@ -719,6 +723,20 @@ impl ControlPlane {
             if let Err(e) = crate::notify::stopping() {
                 tracing::warn!(error = %e, "cannot tell systemd we are stopping");
             }
+        }
+        // Announce first: the health answers 503 while the listeners still
+        // accept, so keepalived/BIRD send new clients elsewhere before any
+        // is refused. After a takeover the new process serves on: nothing
+        // to announce.
+        if !self.drain_announce.is_zero() && !self.handed_over {
+            for w in &self.workers {
+                w.announcing.store(true, Relaxed);
+            }
+            tracing::info!(
+                drain_announce = ?self.drain_announce,
+                "health answers 503 now; the listeners close after drain_announce"
+            );
+            tokio::time::sleep(self.drain_announce).await;
         }
         for w in &self.workers {
             w.draining.store(true, Relaxed);

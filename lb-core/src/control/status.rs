@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use super::{BackendRecord, Health, Registry};
 use crate::config::{AdminState, Balance};
+use crate::fingerprint::Fingerprints;
 use crate::stats::{BackendStats, ServiceStats};
 
 /// Control-plane figures, shown by `/metrics` (through the `StatusView`)
@@ -119,6 +120,8 @@ pub(crate) struct ServiceView {
     pub stats: Arc<ServiceStats>,
     /// In configuration order.
     pub backends: Vec<BackendView>,
+    /// As of the last snapshot: whether a tier's instances agree.
+    pub fingerprints: Fingerprints,
 }
 
 /// One backend of a [`ServiceView`].
@@ -177,6 +180,7 @@ impl StatusView {
                 balance: s.config.balance,
                 stats: s.stats.clone(),
                 backends: s.backends.iter().map(BackendView::new).collect(),
+                fingerprints: s.fingerprints,
             })
             .collect();
         StatusView {
