@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# A tier of ringlb hosts in network namespaces (issue 15, docs/ha.md):
+# keepalived (VRRP) active/passive and BGP ECMP (BIRD) active/active, with
+# the contrib/ files as shipped (addresses and timers substituted).
+#
+#   scripts/ha-test.sh            RINGLB=path (default target/debug/ringlb)
+#
+# Exit 0 only when every scenario holds; each prints its measured figures
+# as "FIGURE name: value". Skips (prints SKIPPED, exit 0) when not root or
+# when namespaces, keepalived or bird cannot be used. Everything it starts
+# is stopped by pid and every namespace it made is deleted on exit.
+#
+# Namespaces (prefix rha<pid>-):
+#   cli  24 client source addresses        be   3 backends b1 b2 b3 (br1)
+#   VRRP: lb1, lb2 on the clients' LAN (br0 in cli), VIP 10.77.1.100
+#   ECMP: rtr (BIRD, merge paths), lb1..lb3 (BIRD each, VIP 10.77.9.1 on lo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RINGLB=${RINGLB:-$ROOT/target/debug/ringlb}
+HA=$ROOT/scripts/ha
+CONTRIB=$ROOT/contrib
+PATH=$PATH:/usr/sbin:/sbin
+START=$(date +%s.%N)
+
+skip() {
+  echo "ha-test: SKIPPED: $*"
+  exit 0
+}
+[ "$(id -u)" = 0 ] || skip "needs root (network namespaces)"
+for tool in ip nft keepalived bird birdc curl python3; do
+  command -v "$tool" >/dev/null 2>&1 || skip "$tool is not installed (apt-get install iproute2 nftables keepalived bird2 curl python3)"
+done
+[ -x "$RINGLB" ] || { echo "ha-test: FAILED: no ringlb binary at $RINGLB (cargo build -p lb-bin)"; exit 1; }
+
+P=rha$$-
+WORK=$(mktemp -d /tmp/ringlb-ha.XXXXXX)
+NAMESPACES=()
+PIDS=()
+FAILED=0
+
+cleanup() {
+  local pid ns
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  if [ "$FAILED" = 0 ] && [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "ha-test: logs kept in $WORK"; fi
+}
+trap cleanup EXIT
+
+say() { echo "ha-test: $*"; }
+figure() { echo "FIGURE $*"; }
+fail() {
+  echo "ha-test: FAILED: $*"
+  FAILED=1
+}
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
+
+mkns() {
+  ip netns add "$P$1" || skip "cannot make network namespaces ($P$1)"
+  NAMESPACES+=("$P$1")
+  ip -n "$P$1" link set lo up
+}
+x() { local ns=$1; shift; ip netns exec "$P$ns" "$@"; }
+# Starts a long-running command in a namespace; its pid goes to PIDS and
+# to the variable named $2.
+bg() {
+  local ns=$1 var=$2 log=$3; shift 3
+  ip netns exec "$P$ns" "$@" >"$log" 2>&1 &
+  PIDS+=("$!")
+  printf -v "$var" '%s' "$!"
+}
+# wait_for SECONDS DESCRIPTION COMMAND…: polls COMMAND every 50 ms.
+wait_for() {
+  local limit=$1 what=$2; shift 2
+  local end
+  end=$(python3 -c "import time,sys; print(time.time() + float(sys.argv[1]))" "$limit")
+  while ! "$@" >/dev/null 2>&1; do
+    if python3 -c "import time,sys; sys.exit(0 if time.time() > float(sys.argv[1]) else 1)" "$end"; then
+      fail "timed out after ${limit}s waiting for $what"
+      return 1
+    fi
+    sleep 0.05
+  done
+}
+
+SOURCES=$(python3 -c "print(','.join(f'10.77.1.{i}' for i in range(10, 34)))")
+SOURCES_ECMP=$(python3 -c "print(','.join(f'10.77.5.{i}' for i in range(10, 34)))")
+
+# ---------------------------------------------------------------------------
+# Backends (shared by both topologies): be with br1, b1..b3 on 10.77.2.1-3.
+mkns be
+ip -n "${P}be" link add br1 type bridge
+ip -n "${P}be" link set br1 up
+for i in 1 2 3; do
+  ip -n "${P}be" addr add "10.77.2.$i/24" dev br1
+done
+for i in 1 2 3; do
+  bg be DUMMY "$WORK/b$i.log" python3 "$HA/backend.py" --name "b$i" --bind "10.77.2.$i" --port 8000
+done
+BACKEND_PIDS=("${PIDS[@]: -3}")
+
+# Joins namespace $1 to the backends' bridge as 10.77.2.$2.
+link_backends() {
+  local ns=$1 host=$2
+  ip link add "k$host-$$" netns "$P$ns" type veth peer name "kb$host-$$" netns "${P}be"
+  ip -n "$P$ns" link set "k$host-$$" name kb up
+  ip -n "$P$ns" addr add "10.77.2.$host/24" dev kb
+  ip -n "${P}be" link set "kb$host-$$" master br1 up
+}
+
+# ringlb config of a tier host: service web on $1:80 (freebind), Maglev
+# over b1..b3 (tcp health, fast), admin on 127.0.0.1:9090.
+ringlb_config() {
+  local vip=$1 file=$2
+  cat >"$file" <<EOF
+[global]
+workers = 1
+admin = "127.0.0.1:9090"
+admin_token = "ha-test-token"
+join_key = "ha-test-join-key-0123456789"
+drain_announce = "3s"
+shutdown_timeout = "20s"
+
+[[service]]
+name = "web"
+listen = ["$vip:80"]
+freebind = true
+balance = "maglev"
+connect_timeout = "500ms"
+
+[service.health]
+kind = "tcp"
+interval = "200ms"
+fast_interval = "100ms"
+timeout = "200ms"
+fall = 2
+rise = 2
+
+[[service.backend]]
+name = "b1"
+address = "10.77.2.1:8000"
+
+[[service.backend]]
+name = "b2"
+address = "10.77.2.2:8000"
+
+[[service.backend]]
+name = "b3"
+address = "10.77.2.3:8000"
+EOF
+}
+
+healthy() { x "$1" curl -fsS -o /dev/null --max-time 1 http://127.0.0.1:9090/router/api/v1/system/health; }
+# Starts ringlb in namespace $1 (config $2); its pid in RINGLB_PID_<ns>.
+start_ringlb() {
+  local ns=$1 conf=$2 pid
+  bg "$ns" pid "$WORK/ringlb-$ns.log" "$RINGLB" --config "$conf"
+  printf -v "RINGLB_PID_$ns" '%s' "$pid"
+  wait_for 15 "ringlb in $ns to answer 200 on its health" healthy "$ns"
+}
+ringlb_pid() { local v="RINGLB_PID_$1"; echo "${!v}"; }
+metrics() { x "$1" curl -fsS --max-time 2 http://127.0.0.1:9090/metrics; }
+fingerprint() { metrics "$1" | sed -n "s/^$2{service=\"web\",fingerprint=\"\([0-9a-f]*\)\"} 1$/\1/p"; }
+
+client() { x cli python3 "$HA/client.py" "$@"; }
+# The part of a map (JSON) after "via", as counts; and the backend per source.
+via_split() { python3 -c 'import json,sys,collections; m=json.load(open(sys.argv[1])); c=collections.Counter(v.split(" via ")[-1] if not v.startswith("ERR") else "ERR" for v in m.values()); print(" ".join(f"{k}={n}" for k,n in sorted(c.items())))' "$1"; }
+map_errors() { python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(sum(v.startswith("ERR") for v in m.values()))' "$1"; }
+# Percentage of sources of map $2 reaching the backend they reached in $1.
+same_pct() { python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); k=[s for s in a if not a[s].startswith("ERR")]; same=sum(a[s].split(" via ")[0]==b.get(s,"").split(" via ")[0] for s in k); print(f"{100.0*same/len(k):.1f}" if k else "0.0")' "$1" "$2"; }
+json_get() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); [v:=v[k] for k in sys.argv[2:]]; print(v)' "$@"; }
+
+# ===========================================================================
+# VRRP: lb1, lb2 on the clients' LAN, keepalived with contrib's config.
+vrrp_setup() {
+  mkns cli
+  ip -n "${P}cli" link add br0 type bridge
+  ip -n "${P}cli" link set br0 up
+  local i
+  for i in $(seq 10 33); do ip -n "${P}cli" addr add "10.77.1.$i/24" dev br0; done
+  for h in 1 2; do
+    mkns "lb$h"
+    ip link add "f$h-$$" netns "${P}lb$h" type veth peer name "fb$h-$$" netns "${P}cli"
+    ip -n "${P}lb$h" link set "f$h-$$" name eth0 up
+    ip -n "${P}lb$h" addr add "10.77.1.$h/24" dev eth0
+    ip -n "${P}cli" link set "fb$h-$$" master br0 up
+    link_backends "lb$h" "1$h"
+    local peer=$((3 - h))
+    x "lb$h" sh "$CONTRIB/keepalived/ringlb-ha-setup.sh" 10.77.1.100 80 "10.77.1.$peer" \
+      || { fail "ringlb-ha-setup.sh in lb$h"; return 1; }
+    x "lb$h" sysctl -qw net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2 net.ipv4.conf.eth0.rp_filter=2
+    ringlb_config 10.77.1.100 "$WORK/ringlb-lb$h.toml"
+    start_ringlb "lb$h" "$WORK/ringlb-lb$h.toml"
+    # keepalived as shipped, with the test's addresses and paths, faster
+    # timers (advert 0.2 s in VRRPv3, fall 1; the check interval is whole
+    # seconds) and without script security (the test's notify wrapper lives
+    # under /tmp).
+    cat >"$WORK/notify-lb$h.sh" <<EOF
+#!/bin/sh
+sh "$CONTRIB/keepalived/ringlb-notify.sh" "\$@"
+echo "\$3" > "$WORK/state-lb$h"
+EOF
+    chmod +x "$WORK/notify-lb$h.sh"
+    sed -e "s/192\.0\.2\.10/10.77.1.100/g; s/192\.0\.2\.11/10.77.1.1/g; s/192\.0\.2\.12/10.77.1.2/g" \
+      -e "s|/etc/keepalived/ringlb-check.sh|$CONTRIB/keepalived/ringlb-check.sh|" \
+      -e "s|\"/etc/keepalived/ringlb-notify.sh\"|\"$WORK/notify-lb$h.sh\"|" \
+      -e "s/^\(\s*\)fall 2 .*/\1fall 1/; s/^\(\s*\)advert_int 1$/\1advert_int 0.2/" \
+      -e "s/^\(\s*\)router_id .*/&\n\1vrrp_version 3/" \
+      -e "/enable_script_security/d" \
+      "$CONTRIB/keepalived/keepalived-lb$h.conf" >"$WORK/keepalived-lb$h.conf"
+  done
+  # lb1 first: it becomes master; lb2 then joins as backup (nopreempt).
+  start_keepalived 1
+  wait_for 10 "lb1 to become VRRP master" grep -qx MASTER "$WORK/state-lb1"
+  start_keepalived 2
+  wait_for 10 "lb2 to become VRRP backup" grep -qx BACKUP "$WORK/state-lb2"
+}
+start_keepalived() {
+  local h=$1
+  bg "lb$h" DUMMY "$WORK/keepalived-lb$h.log" keepalived -n -l -D -f "$WORK/keepalived-lb$h.conf" \
+    -p "$WORK/keepalived-lb$h.pid" -r "$WORK/vrrp-lb$h.pid" -c "$WORK/checkers-lb$h.pid"
+}
+vip_on() { ip -n "${P}lb$1" -4 addr show dev eth0 | grep -q "10.77.1.100/"; }
+# Fresh loop client; $1 = name. Sets LOOP_PID.
+start_loop() {
+  rm -f "$WORK/stop-$1"
+  bg cli LOOP_PID "$WORK/loop-$1.log" python3 "$HA/client.py" loop --dst 10.77.1.100:80 \
+    --sources "$SOURCES" --events "$WORK/events-$1.jsonl" --stop "$WORK/stop-$1" --max-seconds 60
+}
+stop_loop() {
+  touch "$WORK/stop-$1"
+  wait "$LOOP_PID" 2>/dev/null || true
+}
+via_seen() { grep -q "via $2" "$WORK/events-$1.jsonl"; }
+# Events of loop $1 after time $2 carried by $3 exist.
+via_seen_after() { python3 -c 'import json,sys; sys.exit(0 if any(e["ok"] and e["t"]>float(sys.argv[2]) and e["what"].endswith("via "+sys.argv[3]) for e in map(json.loads, open(sys.argv[1]))) else 1)' "$WORK/events-$1.jsonl" "$2" "$3"; }
+
+vrrp_kill() {
+  say "VRRP 1: kill -9 of the active ringlb (lb1)"
+  client map --dst 10.77.1.100:80 --sources "$SOURCES" --tries 2 >"$WORK/vrrp-before.json"
+  [ "$(map_errors "$WORK/vrrp-before.json")" = 0 ] || { fail "VRRP 1: clients failed before the kill: $(cat "$WORK/vrrp-before.json")"; return; }
+  say "before: $(via_split "$WORK/vrrp-before.json")"
+  # A long transfer through lb1: it will be lost with lb1's ringlb.
+  bg cli BULK_PID "$WORK/bulk-kill.log" python3 "$HA/client.py" bulk --dst 10.77.1.100:80 \
+    --source 10.77.1.10 --bytes 20000000 --delay-ms 10 --result "$WORK/bulk-kill.json"
+  start_loop kill
+  wait_for 10 "the loop client to get through lb1" via_seen kill 10.77.2.11
+  local t0
+  t0=$(now)
+  kill -9 "$(ringlb_pid lb1)"
+  wait_for 15 "a new connection through lb2 after the kill" via_seen_after kill "$t0" 10.77.2.12 || true
+  wait_for 10 "lb1's VRRP instance to leave MASTER" sh -c "! grep -qx MASTER '$WORK/state-lb1'" || true
+  sleep 1 # one more second of new connections after the move, for the same-backend figure
+  stop_loop kill
+  client map --dst 10.77.1.100:80 --sources "$SOURCES" --tries 2 >"$WORK/vrrp-after.json"
+  local report
+  report=$(python3 "$HA/client.py" report --events "$WORK/events-kill.jsonl" --since "$t0" --baseline "$WORK/vrrp-before.json")
+  say "loop after the kill: $report"
+  wait "$BULK_PID" 2>/dev/null || true
+  figure "vrrp_kill_to_first_new_connection_s: $(json_get <(echo "$report") first_success_after)"
+  figure "vrrp_kill_failed_new_connections_during_failover: $(json_get <(echo "$report") failed)"
+  figure "vrrp_kill_same_backend_pct (loop after the move): $(json_get <(echo "$report") same_backend_pct)"
+  figure "vrrp_kill_same_backend_pct (every source, map after): $(same_pct "$WORK/vrrp-before.json" "$WORK/vrrp-after.json") ($(via_split "$WORK/vrrp-after.json"))"
+  figure "vrrp_kill_established_through_dead_host: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("intact" if r["ok"] else "lost ("+str(r["bytes"])+" of "+str(r["expected"])+" bytes: "+str(r["error"])+")")' "$WORK/bulk-kill.json")"
+  [ "$(same_pct "$WORK/vrrp-before.json" "$WORK/vrrp-after.json")" = "100.0" ] || fail "VRRP 1: clients changed backend: $(cat "$WORK/vrrp-after.json")"
+  [ "$(map_errors "$WORK/vrrp-after.json")" = 0 ] || fail "VRRP 1: clients failed after the move"
+  [ "$(json_get <(echo "$report") same_backend_pct)" = "100.0" ] || fail "VRRP 1: a new connection after the move reached another backend"
+  vip_on 2 || fail "VRRP 1: the VIP is not on lb2"
+
+  say "VRRP 1b: lb1's ringlb comes back; nopreempt keeps the VIP (and the connections) on lb2"
+  bg cli BULK_PID "$WORK/bulk-survivor.log" python3 "$HA/client.py" bulk --dst 10.77.1.100:80 \
+    --source 10.77.1.11 --bytes 8000000 --delay-ms 10 --result "$WORK/bulk-survivor.json"
+  start_ringlb lb1 "$WORK/ringlb-lb1.toml"
+  wait_for 10 "lb1 back to VRRP BACKUP" grep -qx BACKUP "$WORK/state-lb1"
+  wait "$BULK_PID" 2>/dev/null || true
+  figure "vrrp_established_through_surviving_host: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("intact ("+str(r["bytes"])+" bytes, "+r["greeting"]+")" if r["ok"] else "LOST: "+str(r["error"]))' "$WORK/bulk-survivor.json")"
+  [ "$(json_get "$WORK/bulk-survivor.json" ok)" = True ] || fail "VRRP 1b: the transfer through the surviving host broke"
+  vip_on 2 || fail "VRRP 1b: the VIP left lb2 when lb1 came back (nopreempt)"
+}
+
+vrrp_drain() {
+  say "VRRP 2: planned maintenance of the active host (lb2): SIGTERM = withdraw (503) -> drain -> stop"
+  client map --dst 10.77.1.100:80 --sources "$SOURCES" --tries 2 >"$WORK/drain-before.json"
+  say "before: $(via_split "$WORK/drain-before.json")"
+  # ~10 s transfer through lb2: longer than drain_announce and the move.
+  bg cli BULK_PID "$WORK/bulk-drain.log" python3 "$HA/client.py" bulk --dst 10.77.1.100:80 \
+    --source 10.77.1.12 --bytes 12000000 --delay-ms 10 --result "$WORK/bulk-drain.json"
+  start_loop drain
+  wait_for 10 "the loop client to get through lb2" via_seen drain 10.77.2.12
+  local t0 pid
+  t0=$(now)
+  pid=$(ringlb_pid lb2)
+  kill -TERM "$pid"
+  wait_for 15 "a new connection through lb1 after the drain began" via_seen_after drain "$t0" 10.77.2.11 || true
+  local moved
+  moved=$(python3 -c 'import json,sys; print(min((round(e["t"]-float(sys.argv[2]),3) for e in map(json.loads, open(sys.argv[1])) if e["ok"] and e["t"]>float(sys.argv[2]) and e["what"].endswith("via 10.77.2.11")), default=None))' "$WORK/events-drain.jsonl" "$t0")
+  # The drained ringlb exits once its transfer is done (shutdown_timeout 20 s).
+  local end=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && fail "VRRP 2: lb2's ringlb did not exit after the drain"
+  local stopped
+  stopped=$(now)
+  sleep 0.5
+  stop_loop drain
+  wait "$BULK_PID" 2>/dev/null || true
+  local report
+  report=$(python3 "$HA/client.py" report --events "$WORK/events-drain.jsonl" --since "$t0" --baseline "$WORK/drain-before.json")
+  say "loop during the maintenance: $report"
+  figure "vrrp_drain_failed_new_connections: $(json_get <(echo "$report") failed) of $(json_get <(echo "$report") attempts) (from SIGTERM to $(elapsed "$t0" "$stopped")s, when the drained ringlb had exited)"
+  figure "vrrp_drain_sigterm_to_first_new_connection_via_lb1_s: $moved"
+  figure "vrrp_drain_same_backend_pct: $(json_get <(echo "$report") same_backend_pct)"
+  figure "vrrp_drain_long_transfer_through_old_host: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(("intact (" if r["ok"] else "BROKEN (")+str(r["bytes"])+" of "+str(r["expected"])+" bytes in "+str(r["seconds"])+"s"+("" if r["ok"] else ": "+str(r["error"]))+")")' "$WORK/bulk-drain.json")"
+  [ "$(json_get <(echo "$report") failed)" = 0 ] || fail "VRRP 2: new connections failed during the maintenance"
+  [ "$(json_get "$WORK/bulk-drain.json" ok)" = True ] || fail "VRRP 2: the long transfer through the drained host broke"
+  [ "$(json_get <(echo "$report") same_backend_pct)" = "100.0" ] || fail "VRRP 2: clients changed backend"
+  vip_on 1 || fail "VRRP 2: the VIP is not on lb1 after the maintenance"
+}
+
+vrrp_teardown() {
+  local pid ns
+  # Everything but the backends.
+  for pid in "${PIDS[@]}"; do
+    case " ${BACKEND_PIDS[*]} " in *" $pid "*) continue ;; esac
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=("${BACKEND_PIDS[@]}")
+  for ns in cli lb1 lb2; do ip netns del "$P$ns" 2>/dev/null || true; done
+}
+
+vrrp_setup
+if [ -n "${HOLD:-}" ]; then say "holding: namespaces ${P}*"; sleep "$HOLD"; fi
+vrrp_kill
+vrrp_drain
+vrrp_teardown
+
+say "run time $(elapsed "$START" "$(now)")s"
+if [ "$FAILED" = 0 ]; then
+  say "PASSED"
+else
+  say "FAILED"
+  exit 1
+fi
