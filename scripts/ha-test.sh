@@ -47,8 +47,9 @@ cleanup() {
   if [ "$FAILED" = 0 ] && [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "ha-test: logs kept in $WORK"; fi
 }
 trap cleanup EXIT
+trap 'echo "ha-test: FAILED: line $LINENO: $BASH_COMMAND"; FAILED=1' ERR
 
-say() { echo "ha-test: $*"; }
+say() { echo "ha-test: [$(elapsed "$START" "$(now)")s] $*"; }
 figure() { echo "FIGURE $*"; }
 fail() {
   echo "ha-test: FAILED: $*"
@@ -132,10 +133,10 @@ connect_timeout = "500ms"
 
 [service.health]
 kind = "tcp"
-interval = "200ms"
-fast_interval = "100ms"
-timeout = "200ms"
-fall = 2
+interval = "500ms"
+fast_interval = "200ms"
+timeout = "500ms"
+fall = 3
 rise = 2
 
 [[service.backend]]
@@ -158,7 +159,8 @@ start_ringlb() {
   local ns=$1 conf=$2 pid
   bg "$ns" pid "$WORK/ringlb-$ns.log" "$RINGLB" --config "$conf"
   printf -v "RINGLB_PID_$ns" '%s' "$pid"
-  wait_for 15 "ringlb in $ns to answer 200 on its health" healthy "$ns"
+  wait_for 20 "ringlb in $ns to answer 200 on its health" healthy "$ns" \
+    || { tail -5 "$WORK/ringlb-$ns.log"; return 1; }
 }
 ringlb_pid() { local v="RINGLB_PID_$1"; echo "${!v}"; }
 metrics() { x "$1" curl -fsS --max-time 2 http://127.0.0.1:9090/metrics; }
@@ -244,7 +246,8 @@ vrrp_kill() {
   say "before: $(via_split "$WORK/vrrp-before.json")"
   # A long transfer through lb1: it will be lost with lb1's ringlb.
   bg cli BULK_PID "$WORK/bulk-kill.log" python3 "$HA/client.py" bulk --dst 10.77.1.100:80 \
-    --source 10.77.1.10 --bytes 20000000 --delay-ms 10 --result "$WORK/bulk-kill.json"
+    --source 10.77.1.10 --bytes 20000000 --delay-ms 10 --result "$WORK/bulk-kill.json" --started "$WORK/bulk-kill.started"
+  wait_for 10 "the long transfer through lb1 to start" test -e "$WORK/bulk-kill.started"
   start_loop kill
   wait_for 10 "the loop client to get through lb1" via_seen kill 10.77.2.11
   local t0
@@ -271,7 +274,8 @@ vrrp_kill() {
 
   say "VRRP 1b: lb1's ringlb comes back; nopreempt keeps the VIP (and the connections) on lb2"
   bg cli BULK_PID "$WORK/bulk-survivor.log" python3 "$HA/client.py" bulk --dst 10.77.1.100:80 \
-    --source 10.77.1.11 --bytes 8000000 --delay-ms 10 --result "$WORK/bulk-survivor.json"
+    --source 10.77.1.11 --bytes 8000000 --delay-ms 10 --result "$WORK/bulk-survivor.json" --started "$WORK/bulk-survivor.started"
+  wait_for 10 "the long transfer through lb2 to start" test -e "$WORK/bulk-survivor.started"
   start_ringlb lb1 "$WORK/ringlb-lb1.toml"
   wait_for 10 "lb1 back to VRRP BACKUP" grep -qx BACKUP "$WORK/state-lb1"
   wait "$BULK_PID" 2>/dev/null || true
@@ -286,7 +290,8 @@ vrrp_drain() {
   say "before: $(via_split "$WORK/drain-before.json")"
   # ~10 s transfer through lb2: longer than drain_announce and the move.
   bg cli BULK_PID "$WORK/bulk-drain.log" python3 "$HA/client.py" bulk --dst 10.77.1.100:80 \
-    --source 10.77.1.12 --bytes 12000000 --delay-ms 10 --result "$WORK/bulk-drain.json"
+    --source 10.77.1.12 --bytes 12000000 --delay-ms 10 --result "$WORK/bulk-drain.json" --started "$WORK/bulk-drain.started"
+  wait_for 10 "the long transfer through lb2 to start" test -e "$WORK/bulk-drain.started"
   start_loop drain
   wait_for 10 "the loop client to get through lb2" via_seen drain 10.77.2.12
   local t0 pid
@@ -318,7 +323,8 @@ vrrp_drain() {
   vip_on 1 || fail "VRRP 2: the VIP is not on lb1 after the maintenance"
 }
 
-vrrp_teardown() {
+# Stops everything but the backends, deletes every namespace but theirs.
+teardown() {
   local pid ns
   # Everything but the backends.
   for pid in "${PIDS[@]}"; do
@@ -327,14 +333,248 @@ vrrp_teardown() {
     wait "$pid" 2>/dev/null || true
   done
   PIDS=("${BACKEND_PIDS[@]}")
-  for ns in cli lb1 lb2; do ip netns del "$P$ns" 2>/dev/null || true; done
+  for ns in cli rtr lb1 lb2 lb3; do ip netns del "$P$ns" 2>/dev/null || true; done
 }
 
-vrrp_setup
-if [ -n "${HOLD:-}" ]; then say "holding: namespaces ${P}*"; sleep "$HOLD"; fi
-vrrp_kill
-vrrp_drain
-vrrp_teardown
+
+# ===========================================================================
+# ECMP: client -> router (BIRD, merge paths) -> lb1..lb3 (BIRD each,
+# announcing the VIP while ringlb's health says 200) -> backends.
+VIP_E=10.77.9.1
+ecmp_setup() {
+  mkns cli
+  mkns rtr
+  ip link add "c0-$$" netns "${P}cli" type veth peer name "c1-$$" netns "${P}rtr"
+  ip -n "${P}cli" link set "c0-$$" name eth0 up
+  ip -n "${P}rtr" link set "c1-$$" name eth0 up
+  local i h
+  for i in $(seq 10 33); do ip -n "${P}cli" addr add "10.77.5.$i/24" dev eth0; done
+  ip -n "${P}cli" route add default via 10.77.5.1
+  ip -n "${P}rtr" addr add 10.77.5.1/24 dev eth0
+  ip -n "${P}rtr" link add br2 type bridge
+  ip -n "${P}rtr" link set br2 up
+  ip -n "${P}rtr" addr add 10.77.6.1/24 dev br2
+  x rtr sysctl -q -p "$CONTRIB/bird/sysctl-router.conf" >/dev/null
+  for h in 1 2 3; do
+    mkns "lb$h"
+    ip link add "e$h-$$" netns "${P}lb$h" type veth peer name "eb$h-$$" netns "${P}rtr"
+    ip -n "${P}lb$h" link set "e$h-$$" name eth0 up
+    ip -n "${P}lb$h" addr add "10.77.6.1$h/24" dev eth0
+    ip -n "${P}lb$h" route add default via 10.77.6.1
+    ip -n "${P}lb$h" addr add "$VIP_E/32" dev lo
+    ip -n "${P}rtr" link set "eb$h-$$" master br2 up
+    # (2$h: the VRRP hosts' veths may still be going away.)
+    link_backends "lb$h" "2$h"
+    ringlb_config "$VIP_E" "$WORK/ringlb-lb$h.toml"
+    start_ringlb "lb$h" "$WORK/ringlb-lb$h.toml"
+    # BIRD as shipped, IPv4 only, the test's addresses, short BGP timers.
+    sed -e "/# --- IPv6 begin ---/,/# --- IPv6 end ---/d" \
+      -e "s/198\.51\.100\.11/10.77.6.1$h/g; s/198\.51\.100\.1\b/10.77.6.1/g; s/192\.0\.2\.10/$VIP_E/g" \
+      -e "s/hold time 9;/hold time 3;/; s/keepalive time 3;/keepalive time 1;/; s/connect retry time 5;/connect retry time 1; connect delay time 1;/" \
+      "$CONTRIB/bird/bird-lb.conf" >"$WORK/bird-lb$h.conf"
+    bg "lb$h" DUMMY "$WORK/bird-lb$h.log" bird -f -c "$WORK/bird-lb$h.conf" -s "$WORK/bird-lb$h.ctl"
+    bg "lb$h" DUMMY "$WORK/announce-lb$h.log" sh "$CONTRIB/bird/ringlb-announce.sh" \
+      "$WORK/bird-lb$h.ctl" http://127.0.0.1:9090 0.2 2 ringlb_vip
+  done
+  sed -e "/# --- IPv6 begin ---/,/# --- IPv6 end ---/d" \
+    -e "s/198\.51\.100\.1\([123]\)\b/10.77.6.1\1/g; s/198\.51\.100\.1\b/10.77.6.1/g" \
+    -e "s/hold time 9;/hold time 3;/; s/keepalive time 3;/keepalive time 1;/; s/connect retry time 5;/connect retry time 1; connect delay time 1;/" \
+    "$CONTRIB/bird/bird-router.conf" >"$WORK/bird-rtr.conf"
+  bg rtr DUMMY "$WORK/bird-rtr.log" bird -f -c "$WORK/bird-rtr.conf" -s "$WORK/bird-rtr.ctl"
+  say "ECMP: ringlb and BIRD started on lb1..lb3; waiting for the router's paths"
+  wait_for 30 "the router's route to the VIP over lb1, lb2 and lb3" paths_are 3
+  # An operator's check before taking traffic: every host sees every
+  # backend up, and the tier agrees (the table fingerprints).
+  wait_for 30 "every host to see b1, b2, b3 up" all_see_all_up
+  wait_for 10 "the tier to agree (table fingerprints)" fp_all_equal
+}
+all_see_all_up() { all_see b1 1 && all_see b2 1 && all_see b3 1; }
+# The router's next hops for the VIP.
+paths() { ip -n "${P}rtr" route show "$VIP_E" | grep -o "via 10\.77\.6\.1[0-9]" | sed 's/via //' | sort | tr '\n' ' '; }
+paths_are() { [ "$(paths | wc -w)" = "$1" ]; }
+path_gone() { ! paths | grep -qw "$1"; }
+
+# Loop of N new connections (spread over the sources), then its report.
+ecmp_sample() {
+  local name=$1 attempts=$2; shift 2
+  start_loop_to "$name" "$VIP_E:80" "$SOURCES_ECMP" --attempts "$attempts"
+  wait "$LOOP_PID" 2>/dev/null || true
+  python3 "$HA/client.py" report --events "$WORK/events-$name.jsonl" "$@"
+}
+start_loop_to() {
+  local name=$1 dst=$2 sources=$3; shift 3
+  rm -f "$WORK/stop-$name"
+  bg cli LOOP_PID "$WORK/loop-$name.log" python3 "$HA/client.py" loop --dst "$dst" \
+    --sources "$sources" --events "$WORK/events-$name.jsonl" --stop "$WORK/stop-$name" --max-seconds 60 --pause 0.005 "$@"
+}
+r() { json_get <(echo "$1") "$2"; }
+fp_all_equal() { local a b c; a=$(fingerprint lb1 ringlb_table_fingerprint); b=$(fingerprint lb2 ringlb_table_fingerprint); c=$(fingerprint lb3 ringlb_table_fingerprint); [ -n "$a" ] && [ "$a" = "$b" ] && [ "$b" = "$c" ]; }
+backend_healthy_on() { metrics "$1" | grep -q "^ringlb_backend_healthy{service=\"web\",backend=\"$2\"} $3\$"; }
+all_see() { local h; for h in 1 2 3; do backend_healthy_on "lb$h" "$1" "$2" || return 1; done; }
+
+ecmp_spread() {
+  say "ECMP 1: all hosts up"
+  client map --dst "$VIP_E:80" --sources "$SOURCES_ECMP" --tries 2 >"$WORK/ecmp-before.json"
+  [ "$(map_errors "$WORK/ecmp-before.json")" = 0 ] || fail "ECMP 1: clients failed: $(cat "$WORK/ecmp-before.json")"
+  local rep
+  rep=$(ecmp_sample spread 120 --baseline "$WORK/ecmp-before.json")
+  say "sample: $rep"
+  figure "ecmp_split_over_hosts (120 new connections, 24 sources): $(r "$rep" via)"
+  figure "ecmp_sources_carried_by_several_hosts: $(r "$rep" sources_over_several_hosts) of $(r "$rep" sources)"
+  figure "ecmp_sources_reaching_several_backends: $(r "$rep" sources_with_several_backends) (same_backend $(r "$rep" same_backend_pct) %)"
+  [ "$(r "$rep" failed)" = 0 ] || fail "ECMP 1: new connections failed"
+  [ "$(r "$rep" sources_with_several_backends)" = 0 ] || fail "ECMP 1: a client reached several backends"
+  [ "$(python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])["via"]))' "$rep")" = 3 ] || fail "ECMP 1: flows did not spread over the 3 hosts"
+}
+
+ecmp_backend_down() {
+  say "ECMP 2: backend b2 down, as every host sees it"
+  local t0
+  t0=$(now)
+  kill -9 "${BACKEND_PIDS[1]}"
+  wait_for 15 "every host to see b2 down" all_see b2 0
+  figure "ecmp_backend_down_seen_by_all_hosts_s: $(elapsed "$t0" "$(now)")"
+  wait_for 10 "the tier to agree (table fingerprints)" fp_all_equal
+  local rep
+  rep=$(ecmp_sample down 120 --baseline "$WORK/ecmp-before.json" --moved-from b2)
+  say "sample: $rep"
+  figure "ecmp_b2_clients_moved: $(r "$rep" moved_sources) sources, each to: $(r "$rep" moved_to)"
+  figure "ecmp_b2_clients_with_one_replacement_on_every_host: $(( $(r "$rep" sources) - $(r "$rep" sources_with_several_backends) )) of $(r "$rep" sources) sources reach one backend (several hosts carried $(r "$rep" sources_over_several_hosts))"
+  figure "ecmp_other_clients_same_backend_pct: $(r "$rep" others_same_backend_pct)"
+  [ "$(r "$rep" failed)" = 0 ] || fail "ECMP 2: new connections failed"
+  [ "$(r "$rep" sources_with_several_backends)" = 0 ] || fail "ECMP 2: hosts disagree on a replacement backend"
+  [ "$(r "$rep" others_same_backend_pct)" = "100.0" ] || fail "ECMP 2: clients of healthy backends moved"
+  # b2 back for the next scenarios.
+  local pid
+  bg be pid "$WORK/b2-again.log" python3 "$HA/backend.py" --name b2 --bind 10.77.2.2 --port 8000
+  BACKEND_PIDS[1]=$pid
+  wait_for 15 "every host to see b2 up again" all_see b2 1
+  wait_for 10 "the tier to agree (table fingerprints)" fp_all_equal
+}
+
+join_node() { # join_node HOST NAME ADDRESS
+  x "$1" curl -fsS --max-time 2 -X POST -H "X-Join-Key: ha-test-join-key-0123456789" \
+    -H "Content-Type: application/json" -d "{\"name\":\"$2\",\"address\":\"$3\",\"weight\":100}" \
+    http://127.0.0.1:9090/api/v1/services/web/join >/dev/null
+}
+leave_node() {
+  x "$1" curl -fsS --max-time 2 -X POST -H "X-Join-Key: ha-test-join-key-0123456789" \
+    -H "Content-Type: application/json" -d "{\"name\":\"$2\"}" \
+    http://127.0.0.1:9090/api/v1/services/web/leave >/dev/null
+}
+fp_line() { echo "backends lb1=$(fingerprint lb1 ringlb_backends_fingerprint) lb2=$(fingerprint lb2 ringlb_backends_fingerprint) lb3=$(fingerprint lb3 ringlb_backends_fingerprint); table lb1=$(fingerprint lb1 ringlb_table_fingerprint) lb2=$(fingerprint lb2 ringlb_table_fingerprint) lb3=$(fingerprint lb3 ringlb_table_fingerprint)"; }
+
+ecmp_join() {
+  say "ECMP 3: node b4 joins through every instance; b5 through lb1 only"
+  local h pid rep
+  for h in 4 5; do
+    ip -n "${P}be" addr add "10.77.2.$h/24" dev br1
+    bg be pid "$WORK/b$h.log" python3 "$HA/backend.py" --name "b$h" --bind "10.77.2.$h" --port 8000
+    BACKEND_PIDS+=("$pid")
+  done
+  for h in 1 2 3; do join_node "lb$h" b4 10.77.2.4:8000 || fail "ECMP 3: join of b4 through lb$h"; done
+  wait_for 15 "b4 up on every host" all_see b4 1
+  local fps
+  fps=$(fp_line)
+  figure "ecmp_join_everywhere_fingerprints: $fps"
+  fp_all_equal || fail "ECMP 3: fingerprints differ after a join through every instance: $fps"
+  rep=$(ecmp_sample join-all 120)
+  figure "ecmp_join_everywhere_sources_reaching_several_backends: $(r "$rep" sources_with_several_backends) of $(r "$rep" sources) (split $(r "$rep" via))"
+  [ "$(r "$rep" sources_with_several_backends)" = 0 ] || fail "ECMP 3: clients reach several backends although every instance has b4"
+
+  join_node lb1 b5 10.77.2.5:8000 || fail "ECMP 3: join of b5 through lb1"
+  wait_for 15 "b5 up on lb1" backend_healthy_on lb1 b5 1
+  fps=$(fp_line)
+  figure "ecmp_join_one_instance_fingerprints: $fps"
+  [ "$(fingerprint lb1 ringlb_backends_fingerprint)" != "$(fingerprint lb2 ringlb_backends_fingerprint)" ] \
+    || fail "ECMP 3: lb1's backends fingerprint does not show its extra node"
+  [ "$(fingerprint lb2 ringlb_table_fingerprint)" = "$(fingerprint lb3 ringlb_table_fingerprint)" ] \
+    || fail "ECMP 3: lb2 and lb3 should still agree"
+  rep=$(ecmp_sample join-one 360)
+  figure "ecmp_join_one_instance_sources_reaching_several_backends: $(r "$rep" sources_with_several_backends) of $(r "$rep" sources) (e.g. $(r "$rep" several_backends_examples))"
+  [ "$(r "$rep" sources_with_several_backends)" != 0 ] || fail "ECMP 3: the disagreement did not show in the clients' backends"
+  leave_node lb1 b5 || fail "ECMP 3: b5 leaving lb1"
+  wait_for 10 "the tier to agree again" fp_all_equal
+}
+
+ecmp_kill_drain() {
+  say "ECMP 4: lb1's ringlb killed (kill -9), then lb2 drained (SIGTERM)"
+  client map --dst "$VIP_E:80" --sources "$SOURCES_ECMP" --tries 2 >"$WORK/ecmp-kd-before.json"
+  [ "$(map_errors "$WORK/ecmp-kd-before.json")" = 0 ] || fail "ECMP 4: clients failed before"
+  # Long transfers from 8 sources, spread over the hosts: what becomes of
+  # established connections when hosts leave the ECMP group?
+  local i bulk_pids=()
+  for i in 10 11 12 13 14 15 16 17; do
+    bg cli pid "$WORK/bulk-ecmp-$i.log" python3 "$HA/client.py" bulk --dst "$VIP_E:80" \
+      --source "10.77.5.$i" --bytes 12000000 --delay-ms 10 --result "$WORK/bulk-ecmp-$i.json" \
+      --started "$WORK/bulk-ecmp-$i.started"
+    bulk_pids+=("$pid")
+  done
+  for i in 10 11 12 13 14 15 16 17; do
+    wait_for 10 "long transfer $i to start" test -e "$WORK/bulk-ecmp-$i.started"
+  done
+  start_loop_to killdrain "$VIP_E:80" "$SOURCES_ECMP"
+  wait_for 10 "the loop to start" test -s "$WORK/events-killdrain.jsonl"
+  local t_kill t_gone1 t_term t_gone2 pid2 pid
+  t_kill=$(now)
+  kill -9 "$(ringlb_pid lb1)"
+  wait_for 10 "the router to withdraw lb1" path_gone 10.77.6.11
+  t_gone1=$(now)
+  t_term=$(now)
+  pid2=$(ringlb_pid lb2)
+  kill -TERM "$pid2"
+  wait_for 10 "the router to withdraw lb2" path_gone 10.77.6.12
+  t_gone2=$(now)
+  # New connections on past the drain's drain_announce (3 s: lb2's
+  # listeners close) and a second more.
+  python3 -c "import time,sys; time.sleep(max(0.0, float(sys.argv[1]) + 4.0 - time.time()))" "$t_term"
+  stop_loop killdrain
+  for pid in "${bulk_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  figure "ecmp_long_transfers_established_before: $(python3 -c '
+import json, sys
+out = []
+for f in sys.argv[1:]:
+    r = json.load(open(f))
+    via = {"10.77.2.21": "lb1(killed)", "10.77.2.22": "lb2(drained)", "10.77.2.23": "lb3(stayed)"}.get((r["greeting"] or " via ?").split(" via ")[-1], "?")
+    out.append(f"{via}:" + ("intact" if r["ok"] else "lost"))
+print(" ".join(sorted(out)))' "$WORK"/bulk-ecmp-*.json)"
+  client map --dst "$VIP_E:80" --sources "$SOURCES_ECMP" --tries 1 >"$WORK/ecmp-kd-after.json"
+  local before after
+  before=$(python3 "$HA/client.py" report --events "$WORK/events-killdrain.jsonl" --since "$t_kill" --until "$t_gone1")
+  after=$(python3 "$HA/client.py" report --events "$WORK/events-killdrain.jsonl" --since "$t_gone1" --baseline "$WORK/ecmp-kd-before.json")
+  say "between the kill and lb1's withdrawal: $before"
+  say "after lb1's withdrawal (lb2's drain included): $after"
+  figure "ecmp_kill_to_withdraw_s: $(elapsed "$t_kill" "$t_gone1")"
+  figure "ecmp_drain_sigterm_to_withdraw_s: $(elapsed "$t_term" "$t_gone2")"
+  figure "ecmp_failed_between_kill_and_withdraw: $(r "$before" failed) of $(r "$before" attempts)"
+  figure "ecmp_failed_after_withdraw (drain of lb2 included): $(r "$after" failed) of $(r "$after" attempts); split $(r "$after" via)"
+  figure "ecmp_same_backend_after_pct: loop $(r "$after" same_backend_pct), map $(same_pct "$WORK/ecmp-kd-before.json" "$WORK/ecmp-kd-after.json") ($(via_split "$WORK/ecmp-kd-after.json"))"
+  [ "$(r "$after" failed)" = 0 ] || fail "ECMP 4: new connections failed after the withdrawal"
+  [ "$(map_errors "$WORK/ecmp-kd-after.json")" = 0 ] || fail "ECMP 4: clients failed at the end"
+  [ "$(same_pct "$WORK/ecmp-kd-before.json" "$WORK/ecmp-kd-after.json")" = "100.0" ] || fail "ECMP 4: clients changed backend"
+  [ "$(r "$after" same_backend_pct)" = "100.0" ] || fail "ECMP 4: clients changed backend during the withdrawal"
+}
+
+# SCENARIOS="vrrp ecmp" (default): which topologies to run.
+for topology in ${SCENARIOS:-vrrp ecmp}; do
+  case $topology in
+    vrrp)
+      vrrp_setup
+      vrrp_kill
+      vrrp_drain
+      teardown
+      ;;
+    ecmp)
+      ecmp_setup
+      ecmp_spread
+      ecmp_backend_down
+      ecmp_join
+      ecmp_kill_drain
+      teardown
+      ;;
+    *) fail "unknown topology $topology (vrrp, ecmp)" ;;
+  esac
+done
 
 say "run time $(elapsed "$START" "$(now)")s"
 if [ "$FAILED" = 0 ]; then

@@ -91,7 +91,7 @@ def cmd_loop(a):
     end = time.time() + a.max_seconds
     with open(a.events, "w") as f:
         i = 0
-        while time.time() < end and not os.path.exists(a.stop):
+        while time.time() < end and not os.path.exists(a.stop) and (a.attempts == 0 or i < a.attempts):
             src = sources[i % len(sources)]
             i += 1
             t = time.time()
@@ -113,6 +113,8 @@ def cmd_bulk(a):
         header = read_line(s)
         if header != f"LEN {a.bytes}":
             raise ConnectionError(f"unexpected header {header!r}")
+        if a.started:
+            open(a.started, "w").close()
         got = 0
         while True:
             data = s.recv(65536)
@@ -142,7 +144,8 @@ def cmd_report(a):
     events = [json.loads(l) for l in open(a.events) if l.strip()]
     baseline = json.load(open(a.baseline)) if a.baseline else None
     since = a.since or 0.0
-    after = [e for e in events if e["t"] >= since]
+    until = a.until or float("inf")
+    after = [e for e in events if since <= e["t"] < until]
     fails = [e for e in after if not e["ok"]]
     first_ok = next((e for e in after if e["ok"]), None)
     out = {
@@ -153,11 +156,33 @@ def cmd_report(a):
         "max_connect_seconds": round(max((e["took"] for e in after if e["ok"]), default=0), 3),
         "via": {},
     }
+    per_source = {}
     for e in after:
         if e["ok"]:
             via = e["what"].split(" via ")[-1]
             out["via"][via] = out["via"].get(via, 0) + 1
-    if baseline is not None:
+            per_source.setdefault(e["src"], {}).setdefault(backend_of(e["what"]), set()).add(via)
+    # Sources whose connections reached more than one backend, and sources
+    # whose connections were carried by more than one ringlb host.
+    split = {s: {b: sorted(v) for b, v in m.items()} for s, m in per_source.items() if len(m) > 1}
+    out["sources"] = len(per_source)
+    out["sources_with_several_backends"] = len(split)
+    out["several_backends_examples"] = dict(list(split.items())[:2])
+    out["sources_over_several_hosts"] = sum(
+        1 for m in per_source.values() if len(set().union(*m.values())) > 1
+    )
+    if baseline is not None and a.moved_from:
+        # Clients of a backend that went down: each to one replacement; the
+        # others keep theirs.
+        moved = {s for s, v in baseline.items() if backend_of(v) == a.moved_from}
+        kept = [e for e in after if e["ok"] and e["src"] not in moved]
+        same = sum(1 for e in kept if backend_of(e["what"]) == backend_of(baseline[e["src"]]))
+        out["moved_sources"] = len(moved)
+        out["moved_to"] = {
+            s: sorted(per_source.get(s, {}).keys()) for s in sorted(moved)
+        }
+        out["others_same_backend_pct"] = round(100.0 * same / len(kept), 1) if kept else None
+    elif baseline is not None:
         # After the first success: does every client reach its old backend?
         settled = [e for e in after if e["ok"] and first_ok and e["t"] >= first_ok["t"]]
         same = sum(1 for e in settled if backend_of(e["what"]) == backend_of(baseline.get(e["src"], "")))
@@ -181,16 +206,20 @@ def main():
     l.add_argument("--stop", required=True)
     l.add_argument("--max-seconds", type=float, default=60)
     l.add_argument("--pause", type=float, default=0.01)
+    l.add_argument("--attempts", type=int, default=0, help="stop after this many (0: no limit)")
     b = sub.add_parser("bulk")
     b.add_argument("--dst", required=True)
     b.add_argument("--source", required=True)
     b.add_argument("--bytes", type=int, required=True)
     b.add_argument("--delay-ms", type=int, default=10)
     b.add_argument("--result", required=True)
+    b.add_argument("--started", help="created once the transfer has begun")
     r = sub.add_parser("report")
     r.add_argument("--events", required=True)
     r.add_argument("--since", type=float)
+    r.add_argument("--until", type=float)
     r.add_argument("--baseline")
+    r.add_argument("--moved-from", help="the backend that went down (its clients may move)")
     a = ap.parse_args()
     {"map": cmd_map, "loop": cmd_loop, "bulk": cmd_bulk, "report": cmd_report}[a.cmd](a)
 
