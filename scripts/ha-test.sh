@@ -92,7 +92,10 @@ SOURCES_ECMP=$(python3 -c "print(','.join(f'10.77.5.{i}' for i in range(10, 34))
 # ---------------------------------------------------------------------------
 # Backends (shared by both topologies): be with br1, b1..b3 on 10.77.2.1-3.
 mkns be
-ip -n "${P}be" link add br1 type bridge
+# Every bridge gets a fixed MAC address: by default a bridge takes its
+# lowest port's, so adding or removing a host would change it under the
+# others' ARP caches (and cut them off for a reachable-time).
+ip -n "${P}be" link add br1 address 02:77:00:00:02:01 type bridge
 ip -n "${P}be" link set br1 up
 for i in 1 2 3; do
   ip -n "${P}be" addr add "10.77.2.$i/24" dev br1
@@ -178,7 +181,7 @@ json_get() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); [v:=v[
 # VRRP: lb1, lb2 on the clients' LAN, keepalived with contrib's config.
 vrrp_setup() {
   mkns cli
-  ip -n "${P}cli" link add br0 type bridge
+  ip -n "${P}cli" link add br0 address 02:77:00:00:01:01 type bridge
   ip -n "${P}cli" link set br0 up
   local i
   for i in $(seq 10 33); do ip -n "${P}cli" addr add "10.77.1.$i/24" dev br0; done
@@ -351,7 +354,7 @@ ecmp_setup() {
   for i in $(seq 10 33); do ip -n "${P}cli" addr add "10.77.5.$i/24" dev eth0; done
   ip -n "${P}cli" route add default via 10.77.5.1
   ip -n "${P}rtr" addr add 10.77.5.1/24 dev eth0
-  ip -n "${P}rtr" link add br2 type bridge
+  ip -n "${P}rtr" link add br2 address 02:77:00:00:06:01 type bridge
   ip -n "${P}rtr" link set br2 up
   ip -n "${P}rtr" addr add 10.77.6.1/24 dev br2
   x rtr sysctl -q -p "$CONTRIB/bird/sysctl-router.conf" >/dev/null
@@ -554,6 +557,16 @@ print(" ".join(sorted(out)))' "$WORK"/bulk-ecmp-*.json)"
   [ "$(same_pct "$WORK/ecmp-kd-before.json" "$WORK/ecmp-kd-after.json")" = "100.0" ] || fail "ECMP 4: clients changed backend"
   [ "$(r "$after" same_backend_pct)" = "100.0" ] || fail "ECMP 4: clients changed backend during the withdrawal"
 }
+
+# The tier's Prometheus rules (contrib/prometheus), where promtool is.
+if command -v promtool >/dev/null 2>&1; then
+  promtool check rules "$CONTRIB/prometheus/ringlb-tier.rules.yml" >/dev/null \
+    && (cd "$CONTRIB/prometheus" && promtool test rules ringlb-tier.rules.test.yml >/dev/null) \
+    && say "contrib/prometheus rules: promtool check and test passed" \
+    || fail "contrib/prometheus/ringlb-tier.rules.yml: promtool check or test failed"
+else
+  say "contrib/prometheus rules not checked: promtool is not installed"
+fi
 
 # SCENARIOS="vrrp ecmp" (default): which topologies to run.
 for topology in ${SCENARIOS:-vrrp ecmp}; do
