@@ -13,7 +13,8 @@
 # Namespaces (prefix rha<pid>-):
 #   cli  24 client source addresses        be   3 backends b1 b2 b3 (br1)
 #   VRRP: lb1, lb2 on the clients' LAN (br0 in cli), VIP 10.77.1.100
-#   ECMP: rtr (BIRD, merge paths), lb1..lb3 (BIRD each, VIP 10.77.9.1 on lo)
+#   ECMP: rtr (BIRD, merge paths), lb1..lb3 (BIRD each, VIPs 10.77.9.1 and
+#         fd77:9::1 on lo, both announced over one IPv4 BGP session)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -88,6 +89,7 @@ wait_for() {
 
 SOURCES=$(python3 -c "print(','.join(f'10.77.1.{i}' for i in range(10, 34)))")
 SOURCES_ECMP=$(python3 -c "print(','.join(f'10.77.5.{i}' for i in range(10, 34)))")
+SOURCES_ECMP6=$(python3 -c "print(','.join(f'fd77:5::{i}' for i in range(10, 34)))")
 
 # ---------------------------------------------------------------------------
 # Backends (shared by both topologies): be with br1, b1..b3 on 10.77.2.1-3.
@@ -117,7 +119,8 @@ link_backends() {
 # ringlb config of a tier host: service web on $1:80 (freebind), Maglev
 # over b1..b3 (tcp health, fast), admin on 127.0.0.1:9090.
 ringlb_config() {
-  local vip=$1 file=$2
+  local vip=$1 file=$2 listen="\"$1:80\""
+  [ -z "${3:-}" ] || listen="$listen, \"[$3]:80\""
   cat >"$file" <<EOF
 [global]
 workers = 1
@@ -129,7 +132,7 @@ shutdown_timeout = "20s"
 
 [[service]]
 name = "web"
-listen = ["$vip:80"]
+listen = [$listen]
 freebind = true
 balance = "maglev"
 connect_timeout = "500ms"
@@ -344,6 +347,7 @@ teardown() {
 # ECMP: client -> router (BIRD, merge paths) -> lb1..lb3 (BIRD each,
 # announcing the VIP while ringlb's health says 200) -> backends.
 VIP_E=10.77.9.1
+VIP_E6=fd77:9::1
 ecmp_setup() {
   mkns cli
   mkns rtr
@@ -351,41 +355,50 @@ ecmp_setup() {
   ip -n "${P}cli" link set "c0-$$" name eth0 up
   ip -n "${P}rtr" link set "c1-$$" name eth0 up
   local i h
-  for i in $(seq 10 33); do ip -n "${P}cli" addr add "10.77.5.$i/24" dev eth0; done
+  for i in $(seq 10 33); do
+    ip -n "${P}cli" addr add "10.77.5.$i/24" dev eth0
+    ip -n "${P}cli" addr add "fd77:5::$i/64" dev eth0 nodad
+  done
   ip -n "${P}cli" route add default via 10.77.5.1
+  ip -n "${P}cli" -6 route add default via fd77:5::1
   ip -n "${P}rtr" addr add 10.77.5.1/24 dev eth0
+  ip -n "${P}rtr" addr add fd77:5::1/64 dev eth0 nodad
   ip -n "${P}rtr" link add br2 address 02:77:00:00:06:01 type bridge
   ip -n "${P}rtr" link set br2 up
   ip -n "${P}rtr" addr add 10.77.6.1/24 dev br2
+  ip -n "${P}rtr" addr add fd77:6::1/64 dev br2 nodad
   x rtr sysctl -q -p "$CONTRIB/bird/sysctl-router.conf" >/dev/null
   for h in 1 2 3; do
     mkns "lb$h"
     ip link add "e$h-$$" netns "${P}lb$h" type veth peer name "eb$h-$$" netns "${P}rtr"
     ip -n "${P}lb$h" link set "e$h-$$" name eth0 up
     ip -n "${P}lb$h" addr add "10.77.6.1$h/24" dev eth0
+    ip -n "${P}lb$h" addr add "fd77:6::1$h/64" dev eth0 nodad
     ip -n "${P}lb$h" route add default via 10.77.6.1
+    ip -n "${P}lb$h" -6 route add default via fd77:6::1
     ip -n "${P}lb$h" addr add "$VIP_E/32" dev lo
+    ip -n "${P}lb$h" addr add "$VIP_E6/128" dev lo nodad
     ip -n "${P}rtr" link set "eb$h-$$" master br2 up
     # (2$h: the VRRP hosts' veths may still be going away.)
     link_backends "lb$h" "2$h"
-    ringlb_config "$VIP_E" "$WORK/ringlb-lb$h.toml"
+    ringlb_config "$VIP_E" "$WORK/ringlb-lb$h.toml" "$VIP_E6"
     start_ringlb "lb$h" "$WORK/ringlb-lb$h.toml"
-    # BIRD as shipped, IPv4 only, the test's addresses, short BGP timers.
-    sed -e "/# --- IPv6 begin ---/,/# --- IPv6 end ---/d" \
-      -e "s/198\.51\.100\.11/10.77.6.1$h/g; s/198\.51\.100\.1\b/10.77.6.1/g; s/192\.0\.2\.10/$VIP_E/g" \
+    # BIRD as shipped (IPv4 and IPv6 over one IPv4 session), the test's
+    # addresses, short BGP timers.
+    sed -e "s/198\.51\.100\.11/10.77.6.1$h/g; s/198\.51\.100\.1\b/10.77.6.1/g; s/192\.0\.2\.10/$VIP_E/g; s/2001:db8::10/$VIP_E6/g" \
       -e "s/hold time 9;/hold time 3;/; s/keepalive time 3;/keepalive time 1;/; s/connect retry time 5;/connect retry time 1; connect delay time 1;/" \
       "$CONTRIB/bird/bird-lb.conf" >"$WORK/bird-lb$h.conf"
     bg "lb$h" DUMMY "$WORK/bird-lb$h.log" bird -f -c "$WORK/bird-lb$h.conf" -s "$WORK/bird-lb$h.ctl"
     bg "lb$h" DUMMY "$WORK/announce-lb$h.log" sh "$CONTRIB/bird/ringlb-announce.sh" \
-      "$WORK/bird-lb$h.ctl" http://127.0.0.1:9090 0.2 2 ringlb_vip
+      "$WORK/bird-lb$h.ctl" http://127.0.0.1:9090 0.2 2 "ringlb_vip ringlb_vip6"
   done
-  sed -e "/# --- IPv6 begin ---/,/# --- IPv6 end ---/d" \
-    -e "s/198\.51\.100\.1\([123]\)\b/10.77.6.1\1/g; s/198\.51\.100\.1\b/10.77.6.1/g" \
+  sed -e "s/198\.51\.100\.1\([123]\)\b/10.77.6.1\1/g; s/198\.51\.100\.1\b/10.77.6.1/g" \
     -e "s/hold time 9;/hold time 3;/; s/keepalive time 3;/keepalive time 1;/; s/connect retry time 5;/connect retry time 1; connect delay time 1;/" \
     "$CONTRIB/bird/bird-router.conf" >"$WORK/bird-rtr.conf"
   bg rtr DUMMY "$WORK/bird-rtr.log" bird -f -c "$WORK/bird-rtr.conf" -s "$WORK/bird-rtr.ctl"
   say "ECMP: ringlb and BIRD started on lb1..lb3; waiting for the router's paths"
   wait_for 30 "the router's route to the VIP over lb1, lb2 and lb3" paths_are 3
+  wait_for 30 "the router's route to the IPv6 VIP over lb1, lb2 and lb3" paths6_are 3
   # An operator's check before taking traffic: every host sees every
   # backend up, and the tier agrees (the table fingerprints).
   wait_for 30 "every host to see b1, b2, b3 up" all_see_all_up
@@ -395,6 +408,9 @@ all_see_all_up() { all_see b1 1 && all_see b2 1 && all_see b3 1; }
 # The router's next hops for the VIP.
 paths() { ip -n "${P}rtr" route show "$VIP_E" | grep -o "via 10\.77\.6\.1[0-9]" | sed 's/via //' | sort | tr '\n' ' '; }
 paths_are() { [ "$(paths | wc -w)" = "$1" ]; }
+paths6() { ip -n "${P}rtr" -6 route show "$VIP_E6" | grep -o "via fd77:6::1[0-9]" | sed 's/via //' | sort | tr '\n' ' '; }
+paths6_are() { [ "$(paths6 | wc -w)" = "$1" ]; }
+path6_gone() { ! paths6 | grep -qw "$1"; }
 path_gone() { ! paths | grep -qw "$1"; }
 
 # Loop of N new connections (spread over the sources), then its report.
@@ -428,6 +444,14 @@ ecmp_spread() {
   [ "$(r "$rep" failed)" = 0 ] || fail "ECMP 1: new connections failed"
   [ "$(r "$rep" sources_with_several_backends)" = 0 ] || fail "ECMP 1: a client reached several backends"
   [ "$(python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])["via"]))' "$rep")" = 3 ] || fail "ECMP 1: flows did not spread over the 3 hosts"
+  # The same over IPv6 (the /128 announced by the same BIRD sessions).
+  start_loop_to spread6 "[$VIP_E6]:80" "$SOURCES_ECMP6" --attempts 120
+  wait "$LOOP_PID" 2>/dev/null || true
+  rep=$(python3 "$HA/client.py" report --events "$WORK/events-spread6.jsonl")
+  figure "ecmp_ipv6_split_over_hosts (120 new connections to [$VIP_E6]:80): $(r "$rep" via); failed $(r "$rep" failed); sources reaching several backends $(r "$rep" sources_with_several_backends) of $(r "$rep" sources)"
+  [ "$(r "$rep" failed)" = 0 ] || fail "ECMP 1: IPv6 connections failed"
+  [ "$(r "$rep" sources_with_several_backends)" = 0 ] || fail "ECMP 1: an IPv6 client reached several backends"
+  [ "$(python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])["via"]))' "$rep")" = 3 ] || fail "ECMP 1: IPv6 flows did not spread over the 3 hosts"
 }
 
 ecmp_backend_down() {
@@ -523,11 +547,14 @@ ecmp_kill_drain() {
   kill -9 "$(ringlb_pid lb1)"
   wait_for 10 "the router to withdraw lb1" path_gone 10.77.6.11
   t_gone1=$(now)
+  wait_for 10 "the router to withdraw lb1's IPv6 route" path6_gone fd77:6::11
   t_term=$(now)
   pid2=$(ringlb_pid lb2)
   kill -TERM "$pid2"
   wait_for 10 "the router to withdraw lb2" path_gone 10.77.6.12
   t_gone2=$(now)
+  wait_for 10 "the router to withdraw lb2's IPv6 route" path6_gone fd77:6::12
+  figure "ecmp_ipv6_paths_after_kill_and_drain: $(paths6)"
   # New connections on past the drain's drain_announce (3 s: lb2's
   # listeners close) and a second more.
   python3 -c "import time,sys; time.sleep(max(0.0, float(sys.argv[1]) + 4.0 - time.time()))" "$t_term"
