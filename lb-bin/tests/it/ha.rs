@@ -107,7 +107,7 @@ fn freebind_listens_on_an_address_that_arrives_later() {
         );
 
         config.service().extra.push("freebind = true".to_owned());
-        let lb = Ringlb::start(&config);
+        let mut lb = Ringlb::start(&config);
         let addr = SocketAddr::new(IpAddr::V4(vip), 8080);
         assert_eq!(lb.addr(), addr);
         // The floating address arrives (as keepalived would add it).
@@ -117,6 +117,26 @@ fn freebind_listens_on_an_address_that_arrives_later() {
         assert!(
             matches!(&served, Ok(name) if name == "b1"),
             "once the address is here the listener (bound before) serves it: {served:?}\n{}",
+            lb.report()
+        );
+
+        // A reload binds a new listen address with freebind too.
+        let later = Ipv4Addr::new(10, 251, 0, 2);
+        config.service().listen.push(format!("{later}:8081"));
+        lb.rewrite_config(&config.to_toml());
+        lb.signal(libc::SIGHUP);
+        let line = lb.wait_for_log(&format!("listen={later}:8081"), WAIT);
+        assert!(
+            line.is_some(),
+            "a reload adding an address not on the host must bind it (freebind)\n{}",
+            lb.report()
+        );
+        ns.ip(&["addr", "add", &format!("{later}/32"), "dev", "lo"])
+            .unwrap();
+        let served = greeting(SocketAddr::new(IpAddr::V4(later), 8081));
+        assert!(
+            matches!(&served, Ok(name) if name == "b1"),
+            "the address added by the reload serves once it arrives: {served:?}\n{}",
             lb.report()
         );
     });
