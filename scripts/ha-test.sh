@@ -242,6 +242,9 @@ stop_loop() {
   wait "$LOOP_PID" 2>/dev/null || true
 }
 via_seen() { grep -q "via $2" "$WORK/events-$1.jsonl"; }
+# Seconds from $2 to the end of the first successful connection of loop $1
+# carried by $3 (a ringlb host's backend-side address).
+first_via() { python3 -c 'import json,sys; print(min((round(e["t"]+e["took"]-float(sys.argv[2]),3) for e in map(json.loads, open(sys.argv[1])) if e["ok"] and e["t"]>float(sys.argv[2]) and e["what"].endswith("via "+sys.argv[3])), default=None))' "$WORK/events-$1.jsonl" "$2" "$3"; }
 # Events of loop $1 after time $2 carried by $3 exist.
 via_seen_after() { python3 -c 'import json,sys; sys.exit(0 if any(e["ok"] and e["t"]>float(sys.argv[2]) and e["what"].endswith("via "+sys.argv[3]) for e in map(json.loads, open(sys.argv[1]))) else 1)' "$WORK/events-$1.jsonl" "$2" "$3"; }
 
@@ -268,7 +271,7 @@ vrrp_kill() {
   report=$(python3 "$HA/client.py" report --events "$WORK/events-kill.jsonl" --since "$t0" --baseline "$WORK/vrrp-before.json")
   say "loop after the kill: $report"
   wait "$BULK_PID" 2>/dev/null || true
-  figure "vrrp_kill_to_first_new_connection_s: $(json_get <(echo "$report") first_success_after)"
+  figure "vrrp_kill_to_first_new_connection_via_lb2_s: $(first_via kill "$t0" 10.77.2.12)"
   figure "vrrp_kill_failed_new_connections_during_failover: $(json_get <(echo "$report") failed)"
   figure "vrrp_kill_same_backend_pct (loop after the move): $(json_get <(echo "$report") same_backend_pct)"
   figure "vrrp_kill_same_backend_pct (every source, map after): $(same_pct "$WORK/vrrp-before.json" "$WORK/vrrp-after.json") ($(via_split "$WORK/vrrp-after.json"))"
@@ -306,7 +309,7 @@ vrrp_drain() {
   kill -TERM "$pid"
   wait_for 15 "a new connection through lb1 after the drain began" via_seen_after drain "$t0" 10.77.2.11 || true
   local moved
-  moved=$(python3 -c 'import json,sys; print(min((round(e["t"]-float(sys.argv[2]),3) for e in map(json.loads, open(sys.argv[1])) if e["ok"] and e["t"]>float(sys.argv[2]) and e["what"].endswith("via 10.77.2.11")), default=None))' "$WORK/events-drain.jsonl" "$t0")
+  moved=$(first_via drain "$t0" 10.77.2.11)
   # The drained ringlb exits once its transfer is done (shutdown_timeout 20 s).
   local end=$((SECONDS + 30))
   while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
