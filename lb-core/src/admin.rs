@@ -146,9 +146,21 @@ impl AdminContext {
         }
     }
 
-    /// False once shutdown began (workers stopped accepting).
+    /// False once shutdown began (a drain announced, or the workers
+    /// stopped accepting).
     fn serving(&self) -> bool {
-        !self.workers.iter().any(|w| w.draining.load(Relaxed))
+        self.stopping().is_none()
+    }
+
+    /// Why this instance no longer takes new clients, if it is stopping.
+    fn stopping(&self) -> Option<&'static str> {
+        if self.workers.iter().any(|w| w.draining.load(Relaxed)) {
+            Some("shutting down: not accepting new connections")
+        } else if self.workers.iter().any(|w| w.announcing.load(Relaxed)) {
+            Some("draining: still accepting until drain_announce ends; send new clients elsewhere")
+        } else {
+            None
+        }
     }
 }
 
@@ -512,9 +524,9 @@ impl AdminContext {
     }
 
     async fn health(&self) -> Response<Full<Bytes>> {
-        let serving = self.serving();
+        let stopping = self.stopping();
         let view = self.status().await.ok();
-        let doc = HealthDoc::new(view.as_ref(), &self.node_id, serving);
+        let doc = HealthDoc::new(view.as_ref(), &self.node_id, stopping);
         let status = if doc.healthy() {
             StatusCode::OK
         } else {

@@ -73,6 +73,11 @@ pub struct Global {
     /// `shutdown_timeout = "30s"` (default): how long SIGTERM waits for
     /// established connections before closing them.
     pub shutdown_timeout: Duration,
+    /// `drain_announce = "0s"` (default): on SIGTERM, how long ringlb's own
+    /// health answers 503 while the listeners still accept, before the
+    /// drain closes them, so keepalived or BIRD move traffic away first
+    /// (docs/ha.md). Not applied when a new ringlb took the sockets over.
+    pub drain_announce: Duration,
     /// `resolve_interval = "30s"` (default, > 0): how often the control
     /// plane looks up the backends given by host name again.
     pub resolve_interval: Duration,
@@ -235,6 +240,11 @@ pub struct Service {
     /// `source_address = "10.0.0.5"` (default none): local address for
     /// backend connections (bound with IP_BIND_ADDRESS_NO_PORT).
     pub source_address: Option<IpAddr>,
+    /// `freebind = true` (default false): the listen addresses may be ones
+    /// this host does not have (yet): IP_FREEBIND / IPV6_FREEBIND, so a
+    /// standby ringlb is listening before keepalived moves a floating
+    /// address to it. Off by default: a mistyped address fails the start.
+    pub freebind: bool,
     /// `tcp_user_timeout` and `tcp_keepalive_*`: how soon a backend that
     /// vanished (no RST, no answer) ends its connections.
     pub liveness: TcpLiveness,
@@ -718,6 +728,7 @@ impl Default for Global {
             admin_token: None,
             join_key: None,
             shutdown_timeout: Duration::from_secs(30),
+            drain_announce: Duration::ZERO,
             resolve_interval: Duration::from_secs(30),
             pipe_size: NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN),
             pipe_pool: 256,
@@ -775,6 +786,7 @@ impl Service {
             bounded_load: None,
             slow_start: None,
             source_address: None,
+            freebind: false,
             liveness: TcpLiveness::default(),
             accept_proxy: None,
             sni: None,

@@ -17,6 +17,7 @@ mod engine;
 mod error;
 mod excerpt;
 mod failpoint;
+mod fingerprint;
 mod handover;
 mod hash;
 mod health;

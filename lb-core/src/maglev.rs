@@ -290,6 +290,12 @@ pub struct EffectiveTable {
 }
 
 impl EffectiveTable {
+    /// The usable owner of every slot (empty when none is usable): what
+    /// the tier's table fingerprint is taken over (`fingerprint.rs`).
+    pub(crate) fn slots(&self) -> &[u32] {
+        &self.slots
+    }
+
     /// The usable member for a client key, or None when no member is usable.
     /// The hot path: one modulo, one load.
     #[inline]

@@ -147,6 +147,7 @@ pub(crate) fn render(
     e.sample("ringlb_snapshot_generation", &[], view.generation);
 
     render_services(&mut e, view);
+    render_fingerprints(&mut e, view);
     render_ends(&mut e, view);
     if let Some(log) = access_log {
         render_access_log(&mut e, log);
@@ -239,6 +240,36 @@ fn render_services(e: &mut Exposition, view: &StatusView) {
         e.family(name, kind, help);
         for s in &view.services {
             e.sample(name, &[("service", &s.name)], read(s));
+        }
+    }
+}
+
+/// The tier's agreement check (docs/ha.md): info-style gauges, always 1,
+/// the value in the `fingerprint` label, so a rule can count distinct
+/// values across instances.
+fn render_fingerprints(e: &mut Exposition, view: &StatusView) {
+    type Read = fn(&ServiceView) -> u64;
+    let families: [(&str, &str, Read); 2] = [
+        (
+            "ringlb_backends_fingerprint",
+            "Always 1; the fingerprint label hashes the service's configured backends (names, addresses, weights), policy and table size. Instances of a tier that differ here pick backends differently.",
+            |s| s.fingerprints.backends,
+        ),
+        (
+            "ringlb_table_fingerprint",
+            "Always 1; the fingerprint label hashes the table new clients are placed with now (the backend set and which backends are usable). Instances of a tier that differ here send some clients to different backends.",
+            |s| s.fingerprints.table,
+        ),
+    ];
+    for (name, help, read) in families {
+        e.family(name, Kind::Gauge, help);
+        for s in &view.services {
+            let fingerprint = crate::fingerprint::hex(read(s));
+            e.sample(
+                name,
+                &[("service", &s.name), ("fingerprint", &fingerprint)],
+                1,
+            );
         }
     }
 }
@@ -685,6 +716,7 @@ mod tests {
                 balance: Balance::Maglev,
                 stats: Arc::default(),
                 backends: vec![backend("a"), backend("b")],
+                fingerprints: Default::default(),
             }],
         };
         let workers = vec![Arc::new(WorkerControl::default())];

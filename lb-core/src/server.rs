@@ -235,8 +235,7 @@ impl Server {
                     listening.push((svc.name.clone(), bound));
                     continue;
                 }
-                let (bound, sockets) =
-                    listener_group(&svc.name, addr, worker_count, &mut inherited)?;
+                let (bound, sockets) = listener_group(svc, addr, worker_count, &mut inherited)?;
                 for (w, socket) in sockets.into_iter().enumerate() {
                     if let Ok(dup) = socket.try_clone() {
                         handover.push((svc.name.clone(), bound, dup));
@@ -638,11 +637,12 @@ pub fn connection_budget(config: &Config) -> Result<FdBudget> {
 /// bind and shared. Returns the bound address and one socket per worker (or
 /// more).
 fn listener_group(
-    service: &str,
+    svc: &crate::config::Service,
     addr: SocketAddr,
     workers: usize,
     inherited: &mut Vec<Inherited>,
 ) -> Result<(SocketAddr, Vec<socket2::Socket>)> {
+    let service = svc.name.as_str();
     let matches = |i: &Inherited| {
         !i.admin
             && i.service.as_deref().is_none_or(|s| s == service)
@@ -680,7 +680,7 @@ fn listener_group(
     let mut bound = addr;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let socket = sys::reuseport_listener(bound, sys::BACKLOG)
+        let socket = sys::reuseport_listener(bound, sys::BACKLOG, svc.freebind)
             .map_err(|cause| Error::Listen { addr, cause })?;
         if bound.port() == 0 {
             let local = socket.local_addr().ok().and_then(|a| a.as_socket());

@@ -183,6 +183,12 @@ impl ServiceTable {
         self.maglev.as_ref().map(|(t, _)| t)
     }
 
+    /// The Maglev table with unusable backends skipped (None for the other
+    /// policies): what the table fingerprint is taken over.
+    pub(crate) fn effective_table(&self) -> Option<&crate::maglev::EffectiveTable> {
+        self.maglev.as_ref().map(|(_, e)| e)
+    }
+
     /// Fills `out` with the backends to try for a new connection from
     /// `client`, best first, distinct and usable; returns how many.
     /// Zero means no backend is usable.

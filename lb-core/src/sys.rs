@@ -79,11 +79,22 @@ pub(crate) const BACKLOG: i32 = 4096;
 
 /// A non-blocking listening socket with SO_REUSEPORT, so each worker can own
 /// one for the same address and the kernel spreads connections over them.
-pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+/// With `freebind` the address need not be on this host yet
+/// (IP_FREEBIND / IPV6_FREEBIND: a floating address that arrives later).
+pub(crate) fn reuseport_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    freebind: bool,
+) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // "[::]:p" and "0.0.0.0:p" may both be configured: keep them apart.
         sock.set_only_v6(true)?;
+        if freebind {
+            sock.set_freebind_v6(true)?;
+        }
+    } else if freebind {
+        sock.set_freebind_v4(true)?;
     }
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
@@ -441,7 +452,7 @@ mod tests {
 
     #[test]
     fn accepted_sockets_inherit_nodelay_and_keepalive_from_the_listener() {
-        let l = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let l = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let addr = l.local_addr().unwrap().as_socket().unwrap();
         let _c = TcpStream::connect(addr).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

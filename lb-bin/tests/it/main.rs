@@ -28,6 +28,7 @@ mod ctl;
 mod docs;
 mod failover;
 mod faults;
+mod ha;
 mod half_close;
 mod idle;
 mod integrity;

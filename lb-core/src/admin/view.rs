@@ -63,7 +63,7 @@ impl<'a> HealthDoc<'a> {
     pub(crate) fn new(
         view: Option<&'a StatusView>,
         node_id: &'a str,
-        serving: bool,
+        stopping: Option<&str>,
     ) -> HealthDoc<'a> {
         let mut services = Vec::new();
         let mut empty = Vec::new();
@@ -80,8 +80,9 @@ impl<'a> HealthDoc<'a> {
                 });
             }
         }
-        let message = if !serving {
-            "shutting down: not accepting new connections".to_string()
+        let serving = stopping.is_none();
+        let message = if let Some(why) = stopping {
+            why.to_string()
         } else if view.is_none() {
             "the control plane did not answer".to_string()
         } else if !empty.is_empty() {
@@ -354,6 +355,7 @@ mod tests {
                 balance: Balance::Maglev,
                 stats: Arc::default(),
                 backends,
+                fingerprints: Default::default(),
             }],
         }
     }
@@ -364,20 +366,20 @@ mod tests {
             backend(AdminState::Enabled, Health::Up),
             backend(AdminState::Drain, Health::Up),
         ]);
-        let doc = HealthDoc::new(Some(&v), "lb1", true);
+        let doc = HealthDoc::new(Some(&v), "lb1", None);
         assert!(doc.healthy());
         assert_eq!(doc.services.len(), 2);
         assert_eq!(doc.services[0].service_id, "web/b");
         assert_eq!(doc.services[1].state, "DRAINING");
 
         let v = view(vec![backend(AdminState::Disabled, Health::Up)]);
-        let doc = HealthDoc::new(Some(&v), "lb1", true);
+        let doc = HealthDoc::new(Some(&v), "lb1", None);
         assert!(!doc.healthy());
         assert_eq!(doc.router.message, "no usable backend in service web");
 
         let v = view(vec![backend(AdminState::Enabled, Health::Up)]);
-        assert!(!HealthDoc::new(Some(&v), "lb1", false).healthy());
-        assert!(!HealthDoc::new(None, "lb1", true).healthy());
+        assert!(!HealthDoc::new(Some(&v), "lb1", Some("shutting down")).healthy());
+        assert!(!HealthDoc::new(None, "lb1", None).healthy());
     }
 
     #[test]

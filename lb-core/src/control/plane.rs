@@ -35,10 +35,10 @@ use crate::supervisor::{Supervisor, ThreadResult};
 use crate::sys;
 use crate::worker::{Listener, PassiveFailure, WorkerControl, WorkerMessage};
 
+mod drain;
+
 /// Longest a binary-upgrade exchange may stall before it is abandoned.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest the drain waits for the workers to close their listeners.
-const LISTENERS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Extra wait for the first health round beyond the longest check timeout.
 const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(250);
 /// How often the runtime bumps its heartbeat (the watchdog's evidence that
@@ -168,6 +168,8 @@ pub(crate) struct ControlPlane {
     failures: mpsc::Receiver<PassiveFailure>,
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown_timeout: Duration,
+    /// How long the health answers 503 before the listeners close.
+    drain_announce: Duration,
     handle_signals: bool,
     /// The access log, reopened on SIGUSR1 (None: off).
     access_log: Option<AccessLogHandle>,
@@ -190,6 +192,7 @@ impl ControlPlane {
             handing_over: false,
             handed_over: false,
             shutdown_timeout: setup.config.global.shutdown_timeout,
+            drain_announce: setup.config.global.drain_announce,
             config: setup.config,
             config_path: setup.config_path,
             listeners: setup.listeners,
@@ -556,6 +559,7 @@ impl ControlPlane {
             .into_iter()
             .map(|(s, a)| (s.to_owned(), a))
             .collect();
+        let freebind = |service: &str| new.services.iter().any(|s| s.name == service && s.freebind);
         let mut added: Vec<(String, SocketAddr, SocketAddr, Vec<socket2::Socket>)> = Vec::new();
         for (service, addr) in &wanted {
             if self
@@ -568,13 +572,12 @@ impl ControlPlane {
             let mut bound = *addr;
             let mut sockets = Vec::with_capacity(self.workers.len());
             for _ in &self.workers {
-                let socket = sys::reuseport_listener(bound, sys::BACKLOG).map_err(|cause| {
-                    ReloadError::Listen {
+                let socket = sys::reuseport_listener(bound, sys::BACKLOG, freebind(service))
+                    .map_err(|cause| ReloadError::Listen {
                         service: service.clone(),
                         addr: *addr,
                         cause,
-                    }
-                })?;
+                    })?;
                 if bound.port() == 0 {
                     bound = socket
                         .local_addr()
@@ -635,6 +638,7 @@ impl ControlPlane {
             self.budget.set_limit(fds.connections);
         }
         self.shutdown_timeout = new.global.shutdown_timeout;
+        self.drain_announce = new.global.drain_announce;
         self.config = new;
         Ok(summary)
     }
@@ -710,63 +714,6 @@ impl ControlPlane {
             w.wake();
         }
         Ok(())
-    }
-
-    /// Stop accepting, wait for connections up to the timeout, stop workers.
-    async fn drain(&mut self) {
-        // Our copies of the listening sockets would keep them open (and the
-        // kernel queueing to them) after the workers close theirs.
-        self.handover.clear();
-        self.admin_handover = None;
-        // After an upgrade the new process is the service: a STOPPING=1
-        // from us would stop it.
-        if !self.handed_over {
-            if let Err(e) = crate::notify::stopping() {
-                tracing::warn!(error = %e, "cannot tell systemd we are stopping");
-            }
-        }
-        for w in &self.workers {
-            w.draining.store(true, Relaxed);
-            w.wake();
-        }
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        // A worker's count is only final once it has closed its listeners
-        // (until then it may still accept): wait for that first. Workers
-        // turn at least every 100 ms; a worker whose loop died never
-        // answers, hence the bound.
-        let closed_by = (tokio::time::Instant::now() + LISTENERS_CLOSE_WAIT).min(deadline);
-        while !self.workers.iter().all(|w| {
-            w.listeners_closed
-                .load(std::sync::atomic::Ordering::Acquire)
-        }) {
-            if tokio::time::Instant::now() >= closed_by {
-                tracing::warn!("some workers did not close their listeners in time; draining on");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        loop {
-            let open: usize = self
-                .workers
-                .iter()
-                .map(|w| w.connections.load(Relaxed))
-                .sum();
-            if open == 0 {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    connections = open,
-                    "shutdown timeout: closing the remaining connections"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for w in &self.workers {
-            w.stop.store(true, Relaxed);
-            w.wake();
-        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use std::net::SocketAddr;
 
 use crate::config::{AdminState, Balance, Config, HealthCheck, HealthKind, RetryBeforeResponse};
+use crate::fingerprint::{Fingerprints, Part};
 use crate::health::BackendKey;
 use crate::maglev::MaglevTable;
 use crate::snapshot::{BackendEntry, ServiceSettings, ServiceTable, Snapshot};
@@ -89,6 +90,9 @@ pub struct ServiceRecord {
     /// set), made once per configuration: a snapshot, made on every health
     /// change, must not start the counts over.
     pub(super) sources: Option<Arc<SourcePolicy>>,
+    /// The fingerprints of the last snapshot built (`fingerprint.rs`), for
+    /// `/metrics`: how a tier checks its instances agree.
+    pub(super) fingerprints: Fingerprints,
 }
 
 /// Errors of registry operations (admin actions on unknown names…).
@@ -140,6 +144,7 @@ impl Registry {
                 stats: Arc::new(ServiceStats::default()),
                 maglev: None,
                 sources: SourcePolicy::build(&s.sources, s.hash_prefix_v4, s.hash_prefix_v6, None),
+                fingerprints: Fingerprints::default(),
             })
             .collect();
         Registry {
@@ -214,6 +219,7 @@ impl Registry {
                         s.hash_prefix_v6,
                         None,
                     ),
+                    fingerprints: Fingerprints::default(),
                 });
                 continue;
             };
@@ -285,6 +291,7 @@ impl Registry {
                 stats: prev.stats,
                 maglev: if same_table { prev.maglev } else { None },
                 sources,
+                fingerprints: prev.fingerprints,
             });
         }
         summary.services_removed = old.into_iter().map(|o| o.config.name).collect();
@@ -413,6 +420,22 @@ impl Registry {
             if c.balance == Balance::Maglev {
                 svc.maglev = table.maglev_table().cloned();
             }
+            let parts: Vec<Part<'_>> = svc
+                .backends
+                .iter()
+                .map(|b| Part {
+                    name: &b.config.name,
+                    address: b.config.address,
+                    weight: b.config.weight.get(),
+                    usable: b.usable(),
+                })
+                .collect();
+            svc.fingerprints = crate::fingerprint::compute(
+                crate::admin::view::balance_str(c.balance),
+                c.maglev_table_size,
+                &parts,
+                table.effective_table(),
+            );
             services.push(table);
         }
         self.generation += 1;

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use super::history::HistoryView;
 use super::{BackendRecord, Health, Registry};
 use crate::config::{AdminState, Balance};
+use crate::fingerprint::Fingerprints;
 use crate::stats::{BackendStats, ServiceStats};
 
 /// Control-plane figures, shown by `/metrics` (through the `StatusView`)
@@ -120,6 +121,8 @@ pub(crate) struct ServiceView {
     pub stats: Arc<ServiceStats>,
     /// In configuration order.
     pub backends: Vec<BackendView>,
+    /// As of the last snapshot: whether a tier's instances agree.
+    pub fingerprints: Fingerprints,
 }
 
 /// One backend of a [`ServiceView`].
@@ -181,6 +184,7 @@ impl StatusView {
                 balance: s.config.balance,
                 stats: s.stats.clone(),
                 backends: s.backends.iter().map(BackendView::new).collect(),
+                fingerprints: s.fingerprints,
             })
             .collect();
         StatusView {

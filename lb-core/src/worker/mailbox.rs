@@ -24,6 +24,9 @@ use super::{Reactor, Syscalls, Token, Worker};
 pub struct WorkerControl {
     /// Stop accepting (close listeners); keep serving connections.
     pub draining: AtomicBool,
+    /// A drain is announced (`drain_announce`): ringlb's health answers
+    /// 503 while this worker still accepts. Read by the admin server only.
+    pub announcing: AtomicBool,
     /// Exit now, closing every connection.
     pub stop: AtomicBool,
     /// Set (Release) by a draining worker once every listener is closed and

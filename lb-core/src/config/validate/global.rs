@@ -135,6 +135,10 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
         None => default.shutdown_timeout,
         Some(timeout) => convert_duration(timeout, "global.shutdown_timeout", Zero::Allowed)?,
     };
+    let drain_announce = match &raw.drain_announce {
+        None => default.drain_announce,
+        Some(grace) => convert_duration(grace, "global.drain_announce", Zero::Allowed)?,
+    };
     let resolve_interval = match &raw.resolve_interval {
         None => default.resolve_interval,
         Some(every) => convert_duration(every, "global.resolve_interval", Zero::Refused)?,
@@ -179,6 +183,7 @@ pub(super) fn convert_global(raw: RawGlobal, base_dir: &Path) -> Result<Global, 
         admin_token,
         join_key,
         shutdown_timeout,
+        drain_announce,
         resolve_interval,
         pipe_size,
         pipe_pool,

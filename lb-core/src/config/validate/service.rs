@@ -133,6 +133,7 @@ impl Seen {
                 )
             })?),
         };
+        let freebind = raw.freebind.as_ref().is_some_and(|f| *f.get_ref());
         let liveness = convert_liveness(&raw, &path)?;
         let accept_proxy = super::proxy_in::convert_accept_proxy(&raw, &table, &path)?;
         let sources = super::sources::convert_sources(&raw, &path)?;
@@ -171,6 +172,7 @@ impl Seen {
             bounded_load,
             slow_start,
             source_address,
+            freebind,
             liveness,
             accept_proxy,
             sni: sni.map(|keys| keys.route),
