@@ -51,6 +51,7 @@ mod source_limits;
 mod status_history;
 mod stickiness;
 mod systemd;
+mod test_ca;
 mod threads;
 mod time_wait;
 mod tls_retry;

@@ -13,88 +13,21 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use crate::access_log::wait_record;
 use crate::harness::{
     for_each_engine, for_each_variant, run_to_exit, Backend, BackendConfig, Deadline, LbConfig,
     Ringlb, TempDir, Variant, IO_TIMEOUT, LOCALHOST,
 };
+use crate::test_ca::TestCa;
 use crate::upgrade::{free_port, upgrade, Proc};
-
-/// A test CA and the PEM file of its certificate.
-struct Pki {
-    dir: TempDir,
-    ca_key: KeyPair,
-    ca: rcgen::Certificate,
-    ca_der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = TempDir::new("sni-pki");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ringlb sni test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = params.self_signed(&ca_key).expect("CA cert");
-        dir.write("ca.pem", &ca.pem());
-        let ca_der = ca.der().clone();
-        Pki {
-            dir,
-            ca_key,
-            ca,
-            ca_der,
-        }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A rustls server config with a certificate for `names` signed by the CA.
-    fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
-        let key = KeyPair::generate().expect("server key");
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("server params");
-        let cert = params
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .expect("server cert");
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key)
-            .expect("server TLS config");
-        Arc::new(config)
-    }
-
-    /// A rustls client config trusting the CA only.
-    fn client(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).expect("CA root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
-    }
-}
 
 /// A TLS backend of pool `pool`: terminates TLS with `tls`, reads an HTTP
 /// request head and answers `pool=<pool>` (HTTP/1.0, then closes).
@@ -224,9 +157,9 @@ fn curl(addr: SocketAddr, name: &str, ca: &Path) -> (bool, String) {
 /// A real ClientHello for `name`, as rustls writes it, and the client
 /// that wrote it (to finish the handshake after the hello was sent by
 /// hand).
-fn hello(pki: &Pki, name: &str) -> (rustls::ClientConnection, Vec<u8>) {
+fn hello(pki: &TestCa, name: &str) -> (rustls::ClientConnection, Vec<u8>) {
     let server = ServerName::try_from(name.to_owned()).expect("server name");
-    let mut conn = rustls::ClientConnection::new(pki.client(), server).expect("client");
+    let mut conn = rustls::ClientConnection::new(pki.rustls_client(), server).expect("client");
     let mut bytes = Vec::new();
     while conn.wants_write() {
         conn.write_tls(&mut bytes).expect("hello bytes");
@@ -270,10 +203,10 @@ fn two_names_reach_two_pools_whose_certificates_verify_end_to_end() {
         println!("sni two pools: SKIPPED: needs openssl and curl");
         return;
     }
-    let pki = Pki::new();
-    let art = tls_backend("art", pki.server(&["art.example.com"]));
-    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
-    let rest = tls_backend("rest", pki.server(&["rest.example.org"]));
+    let pki = TestCa::new("sni-pki");
+    let art = tls_backend("art", pki.rustls_server(&["art.example.com"]));
+    let xray = tls_backend("xray", pki.rustls_server(&["*.example.com"]));
+    let rest = tls_backend("rest", pki.rustls_server(&["rest.example.org"]));
     let ca = pki.ca_file();
     for_each_engine("sni two pools", |engine| {
         let addr = SocketAddr::new(LOCALHOST, free_port());
@@ -343,9 +276,9 @@ fn two_names_reach_two_pools_whose_certificates_verify_end_to_end() {
 #[test]
 fn without_a_default_unknown_names_and_non_tls_are_refused_without_a_backend() {
     let _shared = crate::harness::shared();
-    let pki = Pki::new();
-    let art = tls_backend("art", pki.server(&["art.example.com"]));
-    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
+    let pki = TestCa::new("sni-pki");
+    let art = tls_backend("art", pki.rustls_server(&["art.example.com"]));
+    let xray = tls_backend("xray", pki.rustls_server(&["*.example.com"]));
     for_each_engine("sni refusals", |engine| {
         let addr = SocketAddr::new(LOCALHOST, free_port());
         let log = TempDir::new("sni-log");
@@ -463,9 +396,9 @@ fn without_a_default_unknown_names_and_non_tls_are_refused_without_a_backend() {
 #[test]
 fn a_hello_written_byte_by_byte_still_routes_and_a_stalled_one_is_closed_at_the_timeout() {
     let _shared = crate::harness::shared();
-    let pki = Pki::new();
-    let art = tls_backend("art", pki.server(&["art.example.com"]));
-    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
+    let pki = TestCa::new("sni-pki");
+    let art = tls_backend("art", pki.rustls_server(&["art.example.com"]));
+    let xray = tls_backend("xray", pki.rustls_server(&["*.example.com"]));
     for_each_variant("sni byte by byte", |engine| {
         let addr = SocketAddr::new(LOCALHOST, free_port());
         let lb = Ringlb::start(&config(
@@ -578,7 +511,7 @@ fn sharing_conflicts_are_config_errors_with_their_position() {
 
 /// A whole TLS exchange through `addr` with rustls asking for `name`
 /// (after `preface`, sent first in clear): the reply, or why it failed.
-fn fetch(pki: &Pki, addr: SocketAddr, name: &str, preface: &[u8]) -> io::Result<String> {
+fn fetch(pki: &TestCa, addr: SocketAddr, name: &str, preface: &[u8]) -> io::Result<String> {
     let (conn, bytes) = hello(pki, name);
     let mut tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -594,9 +527,12 @@ fn fetch(pki: &Pki, addr: SocketAddr, name: &str, preface: &[u8]) -> io::Result<
 #[test]
 fn a_reload_changes_the_routes_of_a_shared_address_at_once() {
     let _shared = crate::harness::shared();
-    let pki = Pki::new();
-    let art = tls_backend("art", pki.server(&["art.example.com", "ci.example.com"]));
-    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
+    let pki = TestCa::new("sni-pki");
+    let art = tls_backend(
+        "art",
+        pki.rustls_server(&["art.example.com", "ci.example.com"]),
+    );
+    let xray = tls_backend("xray", pki.rustls_server(&["*.example.com"]));
     for_each_engine("sni reload", |engine| {
         let addr = SocketAddr::new(LOCALHOST, free_port());
         let pools = |art_names: &str| {
@@ -632,9 +568,9 @@ fn a_reload_changes_the_routes_of_a_shared_address_at_once() {
 #[test]
 fn behind_a_balancer_the_proxy_header_comes_first_then_the_hello_routes() {
     let _shared = crate::harness::shared();
-    let pki = Pki::new();
-    let art = tls_backend("art", pki.server(&["art.example.com"]));
-    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
+    let pki = TestCa::new("sni-pki");
+    let art = tls_backend("art", pki.rustls_server(&["art.example.com"]));
+    let xray = tls_backend("xray", pki.rustls_server(&["*.example.com"]));
     for_each_engine("sni after proxy header", |engine| {
         let addr = SocketAddr::new(LOCALHOST, free_port());
         let mut config = config(
@@ -679,9 +615,9 @@ fn behind_a_balancer_the_proxy_header_comes_first_then_the_hello_routes() {
 #[test]
 fn an_upgrade_hands_over_the_shared_listener_and_routing_goes_on() {
     let _shared = crate::harness::shared();
-    let pki = Arc::new(Pki::new());
-    let art = tls_backend("art", pki.server(&["art.example.com"]));
-    let xray = tls_backend("xray", pki.server(&["*.example.com"]));
+    let pki = Arc::new(TestCa::new("sni-pki"));
+    let art = tls_backend("art", pki.rustls_server(&["art.example.com"]));
+    let xray = tls_backend("xray", pki.rustls_server(&["*.example.com"]));
     for_each_engine("sni upgrade", |engine| {
         let addr = SocketAddr::new(LOCALHOST, free_port());
         let mut lb_config = config(

@@ -16,14 +16,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use rustls::pki_types::ServerName;
-use rustls_pki_types::CertificateDer;
 
 use crate::harness::{
     self, connect_from, for_each_engine, for_each_variant, seeded_bytes, Backend, BackendConfig,
-    Deadline, LbConfig, Ringlb, TempDir, Variant, LOCALHOST,
+    Deadline, LbConfig, Ringlb, Variant, LOCALHOST,
 };
+use crate::test_ca::TestCa;
 
 /// Kills of the victim backend per run.
 const KILLS: usize = 20;
@@ -38,52 +37,22 @@ const MAX_HANDSHAKES: usize = 20_000;
 const HELLO: &[u8] = include_bytes!("../../../lb-core/src/fuzz/corpus/tls_hello/curl_sni.bin");
 
 /// A test CA and a server certificate it signed for `localhost` and
-/// 127.0.0.1, as PEM files for openssl, and the CA for rustls.
+/// 127.0.0.1, as PEM files for openssl.
 struct Certs {
-    _dir: TempDir,
+    ca: TestCa,
     cert: PathBuf,
     key: PathBuf,
-    ca: CertificateDer<'static>,
 }
 
 impl Certs {
     fn generate() -> Certs {
-        let dir = TempDir::new("tls-retry");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "ringlb tls_retry test CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = ca.self_signed(&ca_key).expect("CA cert");
-        let key = KeyPair::generate().expect("server key");
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
-        params.subject_alt_names.push(SanType::IpAddress(LOCALHOST));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let server = params.signed_by(&key, &ca, &ca_key).expect("server cert");
-        let cert = dir.write("server.pem", &server.pem());
-        let key = dir.write("server.key", &key.serialize_pem());
-        Certs {
-            ca: ca.der().clone(),
-            _dir: dir,
-            cert,
-            key,
-        }
+        let ca = TestCa::new("tls-retry");
+        let (cert, key) = ca.server_pem_files("server", &["localhost"], &[LOCALHOST]);
+        Certs { ca, cert, key }
     }
 
     fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).expect("the test CA");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
+        self.ca.rustls_client()
     }
 }
 
