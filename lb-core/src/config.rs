@@ -542,17 +542,29 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     /// `file:line:col: message`, dropping the parts that are unknown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(file) = &self.file {
-            write!(f, "{}:", file.display())?;
-        }
-        if let (Some(line), Some(col)) = (self.line, self.col) {
-            write!(f, "{line}:{col}:")?;
-        }
-        if self.file.is_some() || self.line.is_some() {
-            f.write_str(" ")?;
-        }
+        write_location(f, self.file.as_deref(), self.line, self.col)?;
         f.write_str(&self.message)
     }
+}
+
+/// The `file:line:col: ` before a located message (an error or a
+/// warning), dropping the parts that are unknown.
+fn write_location(
+    f: &mut fmt::Formatter<'_>,
+    file: Option<&Path>,
+    line: Option<usize>,
+    col: Option<usize>,
+) -> fmt::Result {
+    if let Some(file) = file {
+        write!(f, "{}:", file.display())?;
+    }
+    if let (Some(line), Some(col)) = (line, col) {
+        write!(f, "{line}:{col}:")?;
+    }
+    if file.is_some() || line.is_some() {
+        f.write_str(" ")?;
+    }
+    Ok(())
 }
 
 impl std::error::Error for ConfigError {}

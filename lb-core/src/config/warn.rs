@@ -32,15 +32,7 @@ pub struct ConfigWarning {
 impl fmt::Display for ConfigWarning {
     /// `file:line:col: warning: message`, dropping the parts that are unknown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(file) = &self.file {
-            write!(f, "{}:", file.display())?;
-        }
-        if let (Some(line), Some(col)) = (self.line, self.col) {
-            write!(f, "{line}:{col}:")?;
-        }
-        if self.file.is_some() || self.line.is_some() {
-            f.write_str(" ")?;
-        }
+        super::write_location(f, self.file.as_deref(), self.line, self.col)?;
         write!(f, "warning: {}", self.message)
     }
 }
