@@ -128,8 +128,9 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
     }
 
     /// Takes exactly `len` judged bytes off the client socket (they are
-    /// there: a peek saw them). False if the socket failed meanwhile.
-    fn take(&mut self, fd: RawFd, len: usize) -> bool {
+    /// there: a peek saw them): a PROXY header, or the hello a backend was
+    /// sent (`replay.rs`). False if the socket failed meanwhile.
+    pub(super) fn take(&mut self, fd: RawFd, len: usize) -> bool {
         let mut taken = 0;
         while taken < len {
             match self.sys.recv(fd, &mut self.scratch[..len - taken]) {

@@ -255,7 +255,7 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
         let (sent, fd) = (held.sent, conn.client.as_raw_fd());
         // Whatever else the client sent (or its FIN) is the pumps' now.
         conn.client_ready.readable = true;
-        if !self.take_sent(fd, sent) {
+        if !self.take(fd, sent) {
             // The client reset: its bytes are gone with it.
             self.abort(slot, EndCause::ClientReset);
             return;
@@ -268,21 +268,6 @@ impl<R: Reactor, S: Syscalls> Worker<R, S> {
             return;
         };
         self.establish(slot, held.served, held.attempt.attempts);
-    }
-
-    /// Takes the `len` bytes the backend was sent off the client socket
-    /// `fd` (a peek saw them there). False if the socket failed meanwhile.
-    fn take_sent(&mut self, fd: RawFd, len: usize) -> bool {
-        let mut taken = 0;
-        while taken < len {
-            match self.sys.recv(fd, &mut self.scratch[..len - taken]) {
-                Ok(0) => return false,
-                Ok(n) => taken += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
     }
 
     /// The backend closed (`error` None) or failed before its first byte:
