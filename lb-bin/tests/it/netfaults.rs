@@ -1176,11 +1176,15 @@ fn vanished_client(t: &Topology, lb: &Ringlb, engine: &str) {
         End::Reset,
         "[{engine}] the vanished client's backend connection ended with {end:?} after {took:?}"
     );
-    let bound = VANISH_IDLE + Duration::from_secs(1);
+    // The idle time runs from ringlb's last write to the vanished client,
+    // which goes on after the cut until its socket buffer is full: about
+    // 0.1 s on a quiet machine, 1.2 s seen with the CPUs overloaded (four
+    // busy loops on two vCPUs beside the test), hence 2 s of slack.
+    let bound = VANISH_IDLE + Duration::from_secs(2);
     assert!(
         took <= bound,
         "[{engine}] the vanished client's backend connection reset after {took:?} (bound \
-         {bound:?}: idle timeout {VANISH_IDLE:?} + 1 s to fill the buffers)"
+         {bound:?}: idle timeout {VANISH_IDLE:?} + 2 s to fill the buffers)"
     );
     let mut downloads = 0;
     for (i, r) in results.into_iter().enumerate() {
