@@ -429,7 +429,7 @@ impl AdminContext {
         match route {
             Route::StatusPage => page(),
             Route::Health => self.health().await,
-            Route::Metrics => match self.status().await {
+            Route::Metrics => match self.status(false).await {
                 Ok(view) => respond(
                     StatusCode::OK,
                     crate::metrics::CONTENT_TYPE,
@@ -442,7 +442,7 @@ impl AdminContext {
                 ),
                 Err(Unavailable) => unavailable(),
             },
-            Route::Services => match self.status().await {
+            Route::Services => match self.status(true).await {
                 Ok(view) => json(
                     StatusCode::OK,
                     &ServicesDoc::new(&view, &self.node_id, SystemTime::now()),
@@ -525,7 +525,7 @@ impl AdminContext {
 
     async fn health(&self) -> Response<Full<Bytes>> {
         let stopping = self.stopping();
-        let view = self.status().await.ok();
+        let view = self.status(false).await.ok();
         let doc = HealthDoc::new(view.as_ref(), &self.node_id, stopping);
         let status = if doc.healthy() {
             StatusCode::OK
@@ -580,7 +580,7 @@ impl AdminContext {
             Ok(Ok(())) => {}
         }
         tracing::info!(peer = %peer, service = %service, backend = %backend, action = ?action, "admin action");
-        let Ok(view) = self.status().await else {
+        let Ok(view) = self.status(true).await else {
             return unavailable();
         };
         match view.backend(service, backend) {
@@ -593,9 +593,10 @@ impl AdminContext {
         }
     }
 
-    /// The registry as it is now.
-    async fn status(&self) -> Result<StatusView, Unavailable> {
-        self.ask(|reply| Command::Status { reply }).await
+    /// The registry as it is now; `history`: with the backends' samples and
+    /// transitions (only the JSON documents show them).
+    async fn status(&self, history: bool) -> Result<StatusView, Unavailable> {
+        self.ask(|reply| Command::Status { history, reply }).await
     }
 
     /// Sends a command and waits (bounded) for its reply. While shutting

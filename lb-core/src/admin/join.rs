@@ -240,7 +240,7 @@ impl AdminContext {
             Ok(Ok(JoinOutcome::AlreadyJoined)) => StatusCode::OK,
         };
         tracing::info!(peer = %peer, service = %service, backend = %name, address = %address, status = status.as_u16(), "join request accepted");
-        let Ok(view) = self.status().await else {
+        let Ok(view) = self.status(true).await else {
             return unavailable();
         };
         match view.backend(service, &name) {

@@ -35,8 +35,14 @@ pub(crate) enum Command {
         weight: NonZeroU32,
         reply: oneshot::Sender<Result<(), RegistryError>>,
     },
-    /// The registry's state now, for the admin API's reads.
-    Status { reply: oneshot::Sender<StatusView> },
+    /// The registry's state now, for the admin API's reads; `history`:
+    /// with each backend's samples and transitions (the JSON documents and
+    /// the status page), not for /metrics and the health answer, which do
+    /// not show them (300 samples a backend copied for nothing).
+    Status {
+        history: bool,
+        reply: oneshot::Sender<StatusView>,
+    },
     /// The join key in force (it follows reloads); None: joining is off.
     JoinKey {
         reply: oneshot::Sender<Option<String>>,

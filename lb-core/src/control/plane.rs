@@ -347,8 +347,9 @@ impl ControlPlane {
                     Some(Command::Weight { service, backend, weight, reply }) => {
                         let _ = reply.send(self.set_weight(&service, &backend, weight));
                     }
-                    Some(Command::Status { reply }) => {
-                        let _ = reply.send(StatusView::new(&self.registry, &self.counters));
+                    Some(Command::Status { history, reply }) => {
+                        let view = StatusView::new(&self.registry, &self.counters, history);
+                        let _ = reply.send(view);
                     }
                     Some(Command::JoinKey { reply }) => {
                         let _ = reply.send(self.config.global.join_key.clone());

@@ -174,7 +174,11 @@ impl StatusView {
     /// Copies the registry's state (names, states, reasons; the counters by
     /// `Arc`) and the control plane's reload counts. Called on the
     /// control-plane thread.
-    pub(crate) fn new(registry: &Registry, counters: &ControlCounters) -> StatusView {
+    pub(crate) fn new(
+        registry: &Registry,
+        counters: &ControlCounters,
+        history: bool,
+    ) -> StatusView {
         let services = registry
             .services()
             .iter()
@@ -183,7 +187,11 @@ impl StatusView {
                 listen: s.config.listen.clone(),
                 balance: s.config.balance,
                 stats: s.stats.clone(),
-                backends: s.backends.iter().map(BackendView::new).collect(),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| BackendView::new(b, history))
+                    .collect(),
                 fingerprints: s.fingerprints,
             })
             .collect();
@@ -217,7 +225,8 @@ impl ServiceView {
 }
 
 impl BackendView {
-    fn new(b: &BackendRecord) -> BackendView {
+    /// `history`: with its samples and transitions (else empty).
+    fn new(b: &BackendRecord, history: bool) -> BackendView {
         BackendView {
             name: b.config.name.clone(),
             address: b.config.address,
@@ -228,7 +237,11 @@ impl BackendView {
             last_change: b.last_change,
             stats: b.stats.clone(),
             joined: b.joined,
-            history: HistoryView::new(&b.rates, &b.transitions),
+            history: if history {
+                HistoryView::new(&b.rates, &b.transitions)
+            } else {
+                HistoryView::default()
+            },
         }
     }
 
