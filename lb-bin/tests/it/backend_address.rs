@@ -11,7 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use crate::harness::{
-    self, read_line, Backend, BackendConfig, Deadline, LbConfig, Ringlb, IO_TIMEOUT, LOCALHOST,
+    self, read_line, read_request_head, Backend, BackendConfig, Deadline, LbConfig, Ringlb,
+    IO_TIMEOUT, LOCALHOST,
 };
 
 /// How long a health state change may take to show in the metrics.
@@ -60,13 +61,8 @@ fn try_through(lb: &Ringlb) -> std::io::Result<(String, TcpStream)> {
 /// An HTTP endpoint answering 200 to anything, on `LOCALHOST`:0.
 fn http_ok(name: &str) -> Backend {
     Backend::spawn(name, LOCALHOST, |mut s| {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-            match s.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => return,
-            }
+        if !read_request_head(&mut s) {
+            return;
         }
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
     })

@@ -1389,6 +1389,21 @@ pub fn connect_from(src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Reads an HTTP request head up to its blank line (at most 8 KiB), byte
+/// by byte so nothing after it is consumed. False if the peer closed or
+/// failed first.
+pub fn read_request_head(s: &mut impl Read) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Reads one `\n`-terminated line (at most 256 bytes), without the `\n`.
 pub fn read_line(s: &mut TcpStream) -> io::Result<String> {
     let mut line = Vec::new();

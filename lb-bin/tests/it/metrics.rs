@@ -13,8 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    self, connect_from, for_each_variant, seeded_bytes, Backend, BackendConfig, Deadline, LbConfig,
-    Metrics, Ringlb, LOCALHOST,
+    self, connect_from, for_each_variant, read_request_head, seeded_bytes, Backend, BackendConfig,
+    Deadline, LbConfig, Metrics, Ringlb, LOCALHOST,
 };
 
 /// Longest a counter may take to show what happened (the workers flush
@@ -278,14 +278,8 @@ fn serve_health(listener: TcpListener, up: Arc<AtomicBool>, stop: Arc<AtomicBool
         }
         let Ok(mut s) = conn else { continue };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-            match s.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => break,
-            }
-        }
+        // Answered even when the head is cut short.
+        let _ = read_request_head(&mut s);
         let status = if up.load(Ordering::SeqCst) {
             "200 OK"
         } else {

@@ -23,8 +23,8 @@ use rustls::pki_types::ServerName;
 
 use crate::access_log::wait_record;
 use crate::harness::{
-    for_each_engine, for_each_variant, run_to_exit, Backend, BackendConfig, Deadline, LbConfig,
-    Ringlb, TempDir, Variant, IO_TIMEOUT, LOCALHOST,
+    for_each_engine, for_each_variant, read_request_head, run_to_exit, Backend, BackendConfig,
+    Deadline, LbConfig, Ringlb, TempDir, Variant, IO_TIMEOUT, LOCALHOST,
 };
 use crate::test_ca::TestCa;
 use crate::upgrade::{free_port, upgrade, Proc};
@@ -38,13 +38,8 @@ fn tls_backend(pool: &str, tls: Arc<rustls::ServerConfig>) -> Backend {
             return;
         };
         let mut s = rustls::StreamOwned::new(conn, tcp);
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-            match s.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => return,
-            }
+        if !read_request_head(&mut s) {
+            return;
         }
         let reply = format!(
             "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
